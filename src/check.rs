@@ -1,0 +1,235 @@
+//! `liftoff check`: one line per check (ok / warning / error, with the
+//! remedy), built from the configuration and the pool identity. Later rooms
+//! (sandbox, link) add their own checks through [`Report::push`].
+//!
+//! Exit status: 0 when the host can run the launcher, 78 when any error is a
+//! configuration error, 1 for other failures.
+
+use serde::Serialize;
+
+use crate::config::{Config, Env, KeySource};
+use crate::identity::{self, Identity, PoolKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warning,
+    Error,
+}
+
+/// What kind of thing a failed check is about; decides the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Area {
+    /// Operator configuration: exit 78.
+    Config,
+    /// The host or the network: exit 1.
+    Host,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub area: Area,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn push(
+        &mut self,
+        name: impl Into<String>,
+        status: Status,
+        area: Area,
+        message: impl Into<String>,
+    ) {
+        self.checks.push(Check {
+            name: name.into(),
+            status,
+            area,
+            message: message.into(),
+        });
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        let errors = || self.checks.iter().filter(|c| c.status == Status::Error);
+        if errors().any(|c| c.area == Area::Config) {
+            crate::EXIT_CONFIG
+        } else if errors().next().is_some() {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// The human report: one line per check.
+    pub fn to_text(&self) -> String {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for c in &self.checks {
+            let status = match c.status {
+                Status::Ok => "ok",
+                Status::Warning => "warning",
+                Status::Error => "error",
+            };
+            out.push_str(&format!("{status:<8}{:<width$}  {}\n", c.name, c.message));
+        }
+        let errors = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Error)
+            .count();
+        let warnings = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Warning)
+            .count();
+        out.push_str(&match errors {
+            0 => format!("\nthis host can run the launcher ({warnings} warning(s))\n"),
+            n => format!("\n{n} error(s), {warnings} warning(s): fix the errors above, then run `liftoff check` again\n"),
+        });
+        out
+    }
+
+    pub fn to_json(&self) -> String {
+        let doc = serde_json::json!({
+            "ok": self.exit_code() == 0,
+            "exit_code": self.exit_code(),
+            "checks": self.checks,
+        });
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    }
+}
+
+/// Checks configuration and identity. Returns the report and, when they are
+/// usable, the configuration and the identity.
+pub fn configuration(env: &Env, now: i64) -> (Report, Option<Config>, Option<Identity>) {
+    let mut report = Report::default();
+    let loaded = Config::load(env);
+    for e in &loaded.errors {
+        report.push(&e.var, Status::Error, Area::Config, &e.message);
+    }
+    for w in &loaded.warnings {
+        report.push(&w.var, Status::Warning, Area::Config, &w.message);
+    }
+    if loaded.errors.is_empty() {
+        report.push(
+            "configuration",
+            Status::Ok,
+            Area::Config,
+            "every variable is valid",
+        );
+    }
+    let config = loaded.config;
+    let identity = check_identity(&config, &mut report, now);
+    let config = (report.exit_code() != crate::EXIT_CONFIG).then_some(config);
+    (report, config, identity)
+}
+
+fn check_identity(config: &Config, report: &mut Report, now: i64) -> Option<Identity> {
+    let token = match &config.token {
+        Some(t) => {
+            let brokers: Vec<String> = t.brokers.iter().map(|b| b.to_string()).collect();
+            report.push(
+                "token",
+                Status::Ok,
+                Area::Config,
+                format!(
+                    "pool {}, brokers in order: {}",
+                    t.pool_id,
+                    brokers.join(", ")
+                ),
+            );
+            Some(t)
+        }
+        None if config_has_error(report, "SPACELIFT_TOKEN") => None,
+        None => {
+            report.push("SPACELIFT_TOKEN", Status::Error, Area::Config, "is not set: set it to the token the control plane gave when the worker pool was created");
+            None
+        }
+    };
+    let key = match &config.private_key {
+        Some(k) => match PoolKey::from_pem(&k.pem.0) {
+            Ok(key) => {
+                let from = match &k.source {
+                    KeySource::Env => "SPACELIFT_POOL_PRIVATE_KEY".to_string(),
+                    KeySource::File(p) => p.display().to_string(),
+                };
+                report.push(
+                    "private key",
+                    Status::Ok,
+                    Area::Config,
+                    format!("RSA {} bits, from {from}", key.bits()),
+                );
+                Some((key, k.var()))
+            }
+            Err(e) => {
+                report.push(k.var(), Status::Error, Area::Config, e);
+                None
+            }
+        },
+        None if config_has_error(report, "SPACELIFT_POOL_PRIVATE_KEY")
+            || config_has_error(report, "LIFTOFF_POOL_PRIVATE_KEY_FILE") =>
+        {
+            None
+        }
+        None => {
+            report.push(
+                "SPACELIFT_POOL_PRIVATE_KEY",
+                Status::Error,
+                Area::Config,
+                "is not set: set it to `base64 -w 0 spacelift.key` of the key made with the CSR, or set LIFTOFF_POOL_PRIVATE_KEY_FILE",
+            );
+            None
+        }
+    };
+    let (token, (key, key_var)) = (token?, key?);
+    match Identity::new(token, key, key_var, now) {
+        Ok((identity, warnings)) => {
+            let cn = identity
+                .cert
+                .subject_cn
+                .as_deref()
+                .unwrap_or("(no common name)");
+            report.push(
+                "certificate",
+                Status::Ok,
+                Area::Config,
+                format!(
+                    "{cn}: matches the private key, valid until {}",
+                    identity::format_time(identity.cert.not_after)
+                ),
+            );
+            for w in warnings {
+                report.push(w.var, Status::Warning, Area::Config, w.message);
+            }
+            match identity.client_config(token, &config.additional_root_cas, None) {
+                Ok(_) => report.push(
+                    "tls",
+                    Status::Ok,
+                    Area::Config,
+                    "client certificate and trusted roots are usable",
+                ),
+                Err(e) => report.push("tls", Status::Error, Area::Config, e),
+            }
+            Some(identity)
+        }
+        Err(f) => {
+            report.push(f.var, Status::Error, Area::Config, f.message);
+            None
+        }
+    }
+}
+
+fn config_has_error(report: &Report, var: &str) -> bool {
+    report
+        .checks
+        .iter()
+        .any(|c| c.name == var && c.status == Status::Error)
+}

@@ -1,0 +1,25 @@
+//! liftoff: a lightweight, single-binary launcher for private worker pools.
+//!
+//! The module map follows ../shared/DESIGN.md: `config` reads every operator
+//! setting, `identity` holds the pool's key and certificate, `check` builds the
+//! host report of `liftoff check`, and `launcher_log` sets up the launcher's own
+//! log (run logs live elsewhere).
+
+pub mod check;
+pub mod config;
+pub mod identity;
+pub mod launcher_log;
+
+/// Exit status for configuration errors (EX_CONFIG): systemd's unit does not
+/// restart on it.
+pub const EXIT_CONFIG: i32 = 78;
+
+/// The version `liftoff version` prints: version, git commit, build target.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LIFTOFF_GIT_COMMIT"),
+    ", ",
+    env!("LIFTOFF_BUILD_TARGET"),
+    ")"
+);
