@@ -1,2 +1,636 @@
+//! Table-driven tests for every variable: good values, each bad form,
+//! defaults, and the all-errors-at-once report.
+
+use super::*;
+use std::time::Duration;
+
+fn load(pairs: &[(&str, &str)]) -> Loaded {
+    let env: Env = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load(&env)
+}
+
+fn load_netns(pairs: &[(&str, &str)], netns: &Path) -> Loaded {
+    let env: Env = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load_with_netns_dir(&env, netns)
+}
+
+/// Asserts one error on `var` whose message contains every `needle`.
+fn assert_error(pairs: &[(&str, &str)], var: &str, needles: &[&str]) {
+    let l = load(pairs);
+    let e = l
+        .errors
+        .iter()
+        .find(|e| e.var == var)
+        .unwrap_or_else(|| panic!("no error for {var} in {:?} (input {pairs:?})", l.errors));
+    for n in needles {
+        assert!(
+            e.message.contains(n),
+            "error for {var} {:?} lacks {n:?}",
+            e.message
+        );
+    }
+}
+
+fn ok(pairs: &[(&str, &str)]) -> Config {
+    let l = load(pairs);
+    assert!(
+        l.errors.is_empty(),
+        "unexpected errors {:?} for {pairs:?}",
+        l.errors
+    );
+    l.config
+}
+
 #[test]
-fn placeholder() {}
+fn defaults_match_the_seed() {
+    let c = ok(&[]);
+    assert_eq!(c.logs_timeout, Duration::from_secs(7 * 60));
+    assert_eq!(c.run_timeout, Duration::from_secs(70 * 60));
+    assert!(!c.debug && !c.sensitive_output_upload && !c.run_logs_on_stdout);
+    assert_eq!(c.network, Network::Host);
+    assert_eq!(c.runtime, Runtime::Liftoff);
+    assert_eq!(c.state_dir, PathBuf::from("/var/lib/liftoff"));
+    assert_eq!(
+        c.provider_cache_dir,
+        PathBuf::from("/var/cache/liftoff/providers")
+    );
+    assert_eq!(c.workers, 1);
+    assert_eq!(c.log_filter, "info");
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.disk_usage_threshold, 90);
+    assert_eq!(c.landlock, LandlockMode::BestEffort);
+    assert_eq!(c.job_memory, None);
+    assert_eq!(c.job_pids, 4096);
+    assert_eq!(c.kill_grace, Duration::from_secs(10));
+    assert!(c.token.is_none() && c.private_key.is_none());
+    assert!(
+        c.mask_envs.is_empty()
+            && c.whitelist_envs.is_empty()
+            && c.metadata.is_empty()
+            && c.vcs_mappings.is_empty()
+    );
+}
+
+#[test]
+fn durations() {
+    for var in [
+        "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
+        "SPACELIFT_LAUNCHER_RUN_TIMEOUT",
+        "LIFTOFF_SHUTDOWN_GRACE",
+        "LIFTOFF_KILL_GRACE",
+    ] {
+        let c = ok(&[(var, "1h30m")]);
+        let got = match var {
+            "SPACELIFT_LAUNCHER_LOGS_TIMEOUT" => c.logs_timeout,
+            "SPACELIFT_LAUNCHER_RUN_TIMEOUT" => c.run_timeout,
+            "LIFTOFF_SHUTDOWN_GRACE" => c.shutdown_grace,
+            _ => c.kill_grace,
+        };
+        assert_eq!(got, Duration::from_secs(5400), "{var}");
+        assert_error(&[(var, "abc")], var, &["\"abc\"", "1000s", "1h30m"]);
+        assert_error(&[(var, "120")], var, &["missing unit"]);
+        assert_error(&[(var, "-5m")], var, &["negative"]);
+        assert_error(&[(var, "0s")], var, &["longer than 0s"]);
+        assert_error(&[(var, "5 days")], var, &["unit"]);
+    }
+    assert_eq!(
+        ok(&[("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", "1000s")]).logs_timeout,
+        Duration::from_secs(1000)
+    );
+    assert_eq!(
+        ok(&[("SPACELIFT_LAUNCHER_RUN_TIMEOUT", "120m")]).run_timeout,
+        Duration::from_secs(7200)
+    );
+}
+
+#[test]
+fn booleans() {
+    let vars = [
+        "SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED",
+        "SPACELIFT_DEBUG",
+        "SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED",
+    ];
+    for var in vars {
+        for (text, want) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("false", false),
+            ("False", false),
+            ("0", false),
+        ] {
+            let c = ok(&[(var, text)]);
+            let got = match var {
+                "SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED" => c.sensitive_output_upload,
+                "SPACELIFT_DEBUG" => c.debug,
+                _ => c.run_logs_on_stdout,
+            };
+            assert_eq!(got, want, "{var}={text}");
+        }
+        for bad in ["yes", "on", "2", "enabled"] {
+            assert_error(
+                &[(var, bad)],
+                var,
+                &[&format!("{bad:?}"), "true, false, 1 or 0"],
+            );
+        }
+    }
+    assert_eq!(ok(&[("SPACELIFT_DEBUG", "true")]).log_filter, "debug");
+    assert_eq!(
+        ok(&[("SPACELIFT_DEBUG", "true"), ("LIFTOFF_LOG", "warn")]).log_filter,
+        "warn"
+    );
+}
+
+#[test]
+fn mask_envs_and_whitelist() {
+    assert_eq!(
+        ok(&[("SPACELIFT_MASK_ENVS", "A, B_2,,C")]).mask_envs,
+        vec!["A", "B_2", "C"]
+    );
+    assert_error(
+        &[("SPACELIFT_MASK_ENVS", "GOOD,bad-name")],
+        "SPACELIFT_MASK_ENVS",
+        &["\"bad-name\"", "variable name"],
+    );
+    let c = ok(&[(
+        "SPACELIFT_WHITELIST_ENVS",
+        "AWS_REGION,ro_PLAN_ONLY,wo_APPLY_ONLY",
+    )]);
+    assert_eq!(
+        c.whitelist_envs,
+        vec![
+            WhitelistEntry {
+                name: "AWS_REGION".into(),
+                scope: RunScope::All
+            },
+            WhitelistEntry {
+                name: "PLAN_ONLY".into(),
+                scope: RunScope::ReadOnly
+            },
+            WhitelistEntry {
+                name: "APPLY_ONLY".into(),
+                scope: RunScope::WriteOnly
+            },
+        ]
+    );
+    assert_error(
+        &[("SPACELIFT_WHITELIST_ENVS", "A B")],
+        "SPACELIFT_WHITELIST_ENVS",
+        &["\"A B\""],
+    );
+}
+
+#[test]
+fn policy_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.rego");
+    std::fs::write(&policy, "package spacelift\n").unwrap();
+    let p = policy.to_str().unwrap();
+    assert_eq!(
+        ok(&[("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY", p)]).run_initialization_policy,
+        Some(policy.clone())
+    );
+    let var = "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY";
+    assert_error(
+        &[(var, "/does/not/exist.rego")],
+        var,
+        &["/does/not/exist.rego", "cannot be read"],
+    );
+    assert_error(&[(var, dir.path().to_str().unwrap())], var, &["not a file"]);
+}
+
+#[test]
+fn mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().to_str().unwrap();
+    for var in [
+        "SPACELIFT_WORKER_EXTRA_MOUNTS",
+        "SPACELIFT_WORKER_RO_EXTRA_MOUNTS",
+        "SPACELIFT_WORKER_WO_EXTRA_MOUNTS",
+    ] {
+        let value = format!("{host}:/mnt/a,{host}:/mnt/b:ro");
+        let c = ok(&[(var, &value)]);
+        let got = match var {
+            "SPACELIFT_WORKER_EXTRA_MOUNTS" => c.extra_mounts,
+            "SPACELIFT_WORKER_RO_EXTRA_MOUNTS" => c.ro_extra_mounts,
+            _ => c.wo_extra_mounts,
+        };
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[1],
+            Mount {
+                host: dir.path().into(),
+                sandbox: "/mnt/b".into(),
+                read_only: true
+            }
+        );
+        assert_error(
+            &[(var, "/no/such/dir:/mnt/x")],
+            var,
+            &["/no/such/dir", "does not exist"],
+        );
+        assert_error(&[(var, &format!("{host}:mnt"))], var, &["absolute"]);
+        assert_error(&[(var, &format!("{host}:/mnt/../etc"))], var, &[".."]);
+        assert_error(&[(var, "justonepath")], var, &["/host/path:/sandbox/path"]);
+    }
+    // Two bad mounts in one variable: both reported.
+    let l = load(&[("SPACELIFT_WORKER_EXTRA_MOUNTS", "/nope1:/a,/nope2:/b")]);
+    assert_eq!(l.errors.len(), 2, "{:?}", l.errors);
+}
+
+#[test]
+fn network_and_runtime() {
+    let netns = tempfile::tempdir().unwrap();
+    std::fs::write(netns.path().join("runs"), "").unwrap();
+    let var = "SPACELIFT_WORKER_NETWORK";
+    assert_eq!(
+        load_netns(&[(var, "host")], netns.path()).config.network,
+        Network::Host
+    );
+    assert_eq!(
+        load_netns(&[(var, "none")], netns.path()).config.network,
+        Network::None
+    );
+    let l = load_netns(&[(var, "runs")], netns.path());
+    assert!(l.errors.is_empty());
+    assert_eq!(l.config.network, Network::Named("runs".into()));
+    let l = load_netns(&[(var, "missing")], netns.path());
+    assert!(
+        l.errors[0].message.contains("ip netns add missing"),
+        "{:?}",
+        l.errors
+    );
+    assert_error(&[(var, "bridge")], var, &["Docker"]);
+    assert_error(&[(var, "../etc")], var, &["host, none"]);
+
+    let var = "SPACELIFT_WORKER_RUNTIME";
+    assert_eq!(ok(&[(var, "landlock")]).runtime, Runtime::Landlock);
+    let l = load(&[(var, "none")]);
+    assert!(l.errors.is_empty());
+    assert_eq!(l.config.runtime, Runtime::None);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.var == var && w.message.contains("NO isolation"))
+    );
+    assert_error(
+        &[(var, "runsc")],
+        var,
+        &["\"runsc\"", "liftoff", "landlock", "none"],
+    );
+}
+
+#[test]
+fn docker_config_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert_eq!(
+        ok(&[("SPACELIFT_DOCKER_CONFIG_DIR", d)]).docker_config_dir,
+        Some(dir.path().into())
+    );
+    assert_error(
+        &[("SPACELIFT_DOCKER_CONFIG_DIR", "/no/such")],
+        "SPACELIFT_DOCKER_CONFIG_DIR",
+        &["not a directory"],
+    );
+}
+
+#[test]
+fn metadata_tags() {
+    let c = ok(&[
+        ("SPACELIFT_METADATA_instance_id", "i-123"),
+        ("SPACELIFT_METADATA_az", "eu-west-1a"),
+    ]);
+    assert_eq!(
+        c.metadata.get("instance_id").map(String::as_str),
+        Some("i-123")
+    );
+    assert_eq!(c.metadata.len(), 2);
+    assert_error(
+        &[("SPACELIFT_METADATA_", "x")],
+        "SPACELIFT_METADATA_",
+        &["no tag name"],
+    );
+}
+
+#[test]
+fn vcs_mappings() {
+    let n = |i: u32| format!("SPACELIFT_PRIVATEVCS_MAPPING_NAME_{i}");
+    let e = |i: u32| format!("SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_{i}");
+    let c = ok(&[
+        (&n(0), "bitbucket_pool"),
+        (&e(0), "http://192.168.2.2"),
+        (&n(1), "github_pool"),
+        (&e(1), "https://internal-github.net"),
+    ]);
+    assert_eq!(c.vcs_mappings.len(), 2);
+    assert_eq!(c.vcs_mappings[1].name, "github_pool");
+    assert_eq!(
+        c.vcs_mappings[1].base_endpoint,
+        "https://internal-github.net"
+    );
+
+    assert_error(
+        &[(&n(0), "a")],
+        &n(0),
+        &["has no SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0"],
+    );
+    assert_error(
+        &[(&e(0), "https://x")],
+        &e(0),
+        &["has no SPACELIFT_PRIVATEVCS_MAPPING_NAME_0"],
+    );
+    assert_error(
+        &[
+            (&n(0), "a"),
+            (&e(0), "https://x"),
+            (&n(2), "c"),
+            (&e(2), "https://z"),
+        ],
+        &n(1),
+        &["without gaps"],
+    );
+    assert_error(
+        &[(&n(0), "a"), (&e(0), "ftp://x")],
+        &e(0),
+        &["\"ftp://x\"", "http://"],
+    );
+    assert_error(
+        &[
+            (&n(0), "a"),
+            (&e(0), "https://x"),
+            ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_x", "b"),
+        ],
+        "SPACELIFT_PRIVATEVCS_MAPPING_NAME_x",
+        &["mapping number"],
+    );
+    assert_error(
+        &[("SPACELIFT_PRIVATEVCS_MAPPING_NAME_01", "b")],
+        "SPACELIFT_PRIVATEVCS_MAPPING_NAME_01",
+        &["mapping number"],
+    );
+}
+
+#[test]
+fn disk_threshold_proxies_cas() {
+    assert_eq!(
+        ok(&[("SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD", "80%")]).disk_usage_threshold,
+        80
+    );
+    assert_error(
+        &[("SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD", "120")],
+        "SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD",
+        &["1 to 100"],
+    );
+
+    let c = ok(&[
+        ("HTTPS_PROXY", "http://proxy:3128"),
+        ("http_proxy", "proxy:8080"),
+        ("NO_PROXY", "localhost, .internal"),
+    ]);
+    assert_eq!(c.proxies.https.as_deref(), Some("http://proxy:3128"));
+    assert_eq!(c.proxies.http.as_deref(), Some("http://proxy:8080"));
+    assert_eq!(c.proxies.no_proxy, vec!["localhost", ".internal"]);
+    let l = load(&[("HTTPS_PROXY", "ftp://user:secret@proxy")]);
+    assert_eq!(l.errors[0].var, "HTTPS_PROXY");
+    assert!(
+        !l.errors[0].message.contains("secret"),
+        "proxy password shown: {}",
+        l.errors[0].message
+    );
+
+    assert_error(
+        &[("ADDITIONAL_ROOT_CAS", "/no/such/bundle.pem")],
+        "ADDITIONAL_ROOT_CAS",
+        &["cannot be read"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bundle.pem");
+    std::fs::write(&f, "not pem").unwrap();
+    assert_error(
+        &[("ADDITIONAL_ROOT_CAS", f.to_str().unwrap())],
+        "ADDITIONAL_ROOT_CAS",
+        &["neither PEM"],
+    );
+    assert_error(
+        &[(
+            "ADDITIONAL_ROOT_CAS",
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+        )],
+        "ADDITIONAL_ROOT_CAS",
+        &["inline"],
+    );
+}
+
+#[test]
+fn liftoff_variables() {
+    let c = ok(&[
+        ("LIFTOFF_STATE_DIR", "/srv/liftoff"),
+        ("LIFTOFF_PROVIDER_CACHE_DIR", "/srv/cache"),
+        ("LIFTOFF_PROVIDER_CACHE_MAX_BYTES", "1GiB"),
+        ("LIFTOFF_WORKERS", "2"),
+        ("LIFTOFF_LOG", "info,liftoff::link=debug"),
+        ("LIFTOFF_LOG_FORMAT", "json"),
+        ("LIFTOFF_LANDLOCK", "require"),
+        ("LIFTOFF_JOB_MEMORY", "1536MiB"),
+        ("LIFTOFF_JOB_PIDS", "1024"),
+        ("LIFTOFF_JOB_CPUS", "1.5"),
+    ]);
+    assert_eq!(c.state_dir, PathBuf::from("/srv/liftoff"));
+    assert_eq!(c.provider_cache_dir, PathBuf::from("/srv/cache"));
+    assert_eq!(c.provider_cache_max_bytes, 1 << 30);
+    assert_eq!(c.workers, 2);
+    assert_eq!(c.log_filter, "info,liftoff::link=debug");
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.landlock, LandlockMode::Require);
+    assert_eq!(c.job_memory, Some(1536 << 20));
+    assert_eq!(c.job_pids, 1024);
+    assert_eq!(c.job_cpus, Some(1.5));
+
+    let bad: &[(&str, &str, &str)] = &[
+        ("LIFTOFF_STATE_DIR", "relative/dir", "absolute"),
+        ("LIFTOFF_PROVIDER_CACHE_DIR", "cache", "absolute"),
+        ("LIFTOFF_PROVIDER_CACHE_MAX_BYTES", "lots", "byte size"),
+        ("LIFTOFF_WORKERS", "0", "1 to 64"),
+        ("LIFTOFF_WORKERS", "65", "1 to 64"),
+        ("LIFTOFF_WORKERS", "two", "1 to 64"),
+        ("LIFTOFF_LOG", "info,[[[", "RUST_LOG"),
+        ("LIFTOFF_LOG_FORMAT", "xml", "text or json"),
+        ("LIFTOFF_LANDLOCK", "maybe", "best-effort or require"),
+        ("LIFTOFF_JOB_MEMORY", "1MiB", "16MiB"),
+        ("LIFTOFF_JOB_MEMORY", "lots", "auto"),
+        ("LIFTOFF_JOB_PIDS", "2", "at least 16"),
+        ("LIFTOFF_JOB_CPUS", "-1", "CPUs"),
+        ("LIFTOFF_JOB_CPUS", "NaN", "CPUs"),
+    ];
+    for (var, value, needle) in bad {
+        assert_error(&[(var, value)], var, &[needle]);
+    }
+    assert_eq!(ok(&[("LIFTOFF_JOB_MEMORY", "auto")]).job_memory, None);
+}
+
+#[test]
+fn private_key_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("k.pem");
+    std::fs::write(&f, "PEM").unwrap();
+    let c = ok(&[("LIFTOFF_POOL_PRIVATE_KEY_FILE", f.to_str().unwrap())]);
+    assert_eq!(c.private_key.unwrap().source, KeySource::File(f.clone()));
+    let c = ok(&[("SPACELIFT_POOL_PRIVATE_KEY", "UEVN")]);
+    assert_eq!(c.private_key.unwrap().pem.0, b"PEM");
+    assert_error(
+        &[("SPACELIFT_POOL_PRIVATE_KEY", "%%%")],
+        "SPACELIFT_POOL_PRIVATE_KEY",
+        &["base64 -w 0"],
+    );
+    assert_error(
+        &[(
+            "SPACELIFT_POOL_PRIVATE_KEY",
+            "-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----",
+        )],
+        "SPACELIFT_POOL_PRIVATE_KEY",
+        &["PEM text, not base64"],
+    );
+    assert_error(
+        &[("LIFTOFF_POOL_PRIVATE_KEY_FILE", "/no/key.pem")],
+        "LIFTOFF_POOL_PRIVATE_KEY_FILE",
+        &["cannot be read"],
+    );
+    assert_error(
+        &[
+            ("LIFTOFF_POOL_PRIVATE_KEY_FILE", f.to_str().unwrap()),
+            ("SPACELIFT_POOL_PRIVATE_KEY", "UEVN"),
+        ],
+        "LIFTOFF_POOL_PRIVATE_KEY_FILE",
+        &["only one"],
+    );
+}
+
+#[test]
+fn secrets_are_never_shown() {
+    let secret_token = "c2VjcmV0LXRva2VuLXZhbHVl"; // base64 of a non-JSON secret
+    let l = load(&[
+        ("SPACELIFT_TOKEN", secret_token),
+        ("SPACELIFT_POOL_PRIVATE_KEY", "%%secret%%"),
+    ]);
+    assert_eq!(l.errors.len(), 2, "{:?}", l.errors);
+    for e in &l.errors {
+        assert!(!e.message.contains("secret"), "secret shown in {e}");
+        assert!(!e.message.contains(secret_token));
+    }
+    let shown = format!("{:?}", l.config);
+    assert!(!shown.contains("%%secret%%"));
+    let key_cfg = load(&[("SPACELIFT_POOL_PRIVATE_KEY", "UEVN")]).config;
+    for (k, v) in key_cfg.effective() {
+        assert!(!v.contains("PEM") && !v.contains("UEVN"), "{k}={v}");
+    }
+}
+
+#[test]
+fn unknown_variables_get_a_suggestion() {
+    let l = load(&[
+        ("SPACELIFT_LAUNCHER_RUN_TIMEOT", "5m"),
+        ("LIFTOFF_WORKER", "2"),
+        ("SPACELIFT_COMPLETELY_DIFFERENT_THING", "x"),
+        ("PATH", "/bin"),
+    ]);
+    assert!(l.errors.is_empty());
+    let find = |var: &str| {
+        l.warnings
+            .iter()
+            .find(|w| w.var == var)
+            .unwrap_or_else(|| panic!("no warning for {var}: {:?}", l.warnings))
+    };
+    assert!(
+        find("SPACELIFT_LAUNCHER_RUN_TIMEOT")
+            .message
+            .contains("did you mean SPACELIFT_LAUNCHER_RUN_TIMEOUT?")
+    );
+    assert!(
+        find("LIFTOFF_WORKER")
+            .message
+            .contains("did you mean LIFTOFF_WORKERS?")
+    );
+    assert!(
+        find("SPACELIFT_COMPLETELY_DIFFERENT_THING")
+            .message
+            .contains("ignored")
+    );
+    assert!(!l.warnings.iter().any(|w| w.var == "PATH"));
+}
+
+#[test]
+fn all_errors_at_once() {
+    let l = load(&[
+        ("SPACELIFT_LAUNCHER_RUN_TIMEOUT", "abc"),
+        ("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", "5"),
+        ("SPACELIFT_DEBUG", "yes"),
+        ("SPACELIFT_WORKER_RUNTIME", "docker"),
+        ("LIFTOFF_WORKERS", "0"),
+        ("SPACELIFT_TOKEN", "%%%"),
+        ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", "x"),
+    ]);
+    let vars: Vec<&str> = l.errors.iter().map(|e| e.var.as_str()).collect();
+    for want in [
+        "SPACELIFT_LAUNCHER_RUN_TIMEOUT",
+        "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
+        "SPACELIFT_DEBUG",
+        "SPACELIFT_WORKER_RUNTIME",
+        "LIFTOFF_WORKERS",
+        "SPACELIFT_TOKEN",
+        "SPACELIFT_PRIVATEVCS_MAPPING_NAME_0",
+    ] {
+        assert!(vars.contains(&want), "{want} missing from {vars:?}");
+    }
+    // Defaults stand in for the bad values.
+    assert_eq!(l.config.run_timeout, Duration::from_secs(4200));
+    assert!(l.into_result().is_err());
+}
+
+#[test]
+fn every_variable_is_documented_and_read() {
+    // Each documented variable, set to a bad value, must produce an error or be
+    // accepted: none may be silently ignored as unknown.
+    for v in vars::VARIABLES {
+        let l = load(&[(v.name, "!!bad value!!")]);
+        assert!(
+            !l.warnings
+                .iter()
+                .any(|w| w.var == v.name && w.message.contains("not a variable")),
+            "{} is documented but unknown",
+            v.name
+        );
+    }
+}
+
+#[test]
+fn effective_config_lists_every_variable() {
+    let c = ok(&[("SPACELIFT_METADATA_zone", "a")]);
+    let eff = c.effective();
+    for v in vars::VARIABLES {
+        assert!(
+            eff.iter().any(|(k, _)| k == v.name),
+            "{} missing from liftoff config",
+            v.name
+        );
+    }
+    assert!(
+        eff.iter()
+            .any(|(k, v)| k == "SPACELIFT_METADATA_zone" && v == "a")
+    );
+    let c = ok(&[("HTTPS_PROXY", "http://u:pw@proxy:3128")]);
+    let https = c
+        .effective()
+        .into_iter()
+        .find(|(k, _)| k == "HTTPS_PROXY")
+        .unwrap()
+        .1;
+    assert_eq!(https, "http://***@proxy:3128");
+}

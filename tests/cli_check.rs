@@ -1,0 +1,276 @@
+//! The command line as an operator meets it: `liftoff check` exit codes and
+//! messages for a good configuration and several bad ones, `liftoff config`
+//! redaction, `liftoff version` and `--help`.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use support::pki::{self, Pool};
+
+fn pool() -> &'static (tempfile::TempDir, Pool) {
+    static P: OnceLock<(tempfile::TempDir, Pool)> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(
+            dir.path(),
+            2048,
+            &[
+                ("eu-west-1", "mqtts://127.0.0.1:8883"),
+                ("eu-central-1", "mqtts://127.0.0.1:8884"),
+            ],
+        );
+        (dir, pool)
+    })
+}
+
+/// Runs liftoff with exactly `env` (nothing inherited but PATH).
+fn liftoff(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(support::liftoff_bin());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn good_env(p: &Pool) -> Vec<(&'static str, String)> {
+    vec![
+        ("SPACELIFT_TOKEN", p.token.clone()),
+        ("SPACELIFT_POOL_PRIVATE_KEY", p.key_base64()),
+    ]
+}
+
+fn with<'a>(
+    base: &'a [(&'static str, String)],
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    base.iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(extra.iter().copied())
+        .collect()
+}
+
+#[test]
+fn bad_run_timeout_exits_78_naming_the_variable_and_syntax() {
+    let o = liftoff(&["check"], &[("SPACELIFT_LAUNCHER_RUN_TIMEOUT", "abc")]);
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("SPACELIFT_LAUNCHER_RUN_TIMEOUT"), "{t}");
+    assert!(
+        t.contains("\"abc\"") && t.contains("1h30m") && t.contains("120m"),
+        "{t}"
+    );
+}
+
+#[test]
+fn matching_pair_passes() {
+    let (_, p) = pool();
+    let env = good_env(p);
+    let o = liftoff(&["check"], &with(&env, &[]));
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("matches the private key"), "{t}");
+    assert!(t.contains("eu-west-1") && t.contains("eu-central-1"), "{t}");
+    // The key file form works as well.
+    let o = liftoff(
+        &["check"],
+        &[
+            ("SPACELIFT_TOKEN", &p.token),
+            ("LIFTOFF_POOL_PRIVATE_KEY_FILE", p.key.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn mismatched_pair_fails_with_the_mismatch_message() {
+    let (_, p) = pool();
+    let dir = tempfile::tempdir().unwrap();
+    let (other, _) = pki::pool_key_and_csr(dir.path(), "other", 2048);
+    let other_b64 = pki::base64_file(&other);
+    let o = liftoff(
+        &["check"],
+        &[
+            ("SPACELIFT_TOKEN", &p.token),
+            ("SPACELIFT_POOL_PRIVATE_KEY", &other_b64),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(78));
+    assert!(
+        text(&o).contains("the token's certificate does not match SPACELIFT_POOL_PRIVATE_KEY: was the pool reset, or is this another pool's key?"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn missing_and_garbage_identity() {
+    let o = liftoff(&["check"], &[]);
+    assert_eq!(o.status.code(), Some(78));
+    let t = text(&o);
+    assert!(
+        t.contains("SPACELIFT_TOKEN") && t.contains("is not set"),
+        "{t}"
+    );
+    assert!(t.contains("SPACELIFT_POOL_PRIVATE_KEY"), "{t}");
+
+    let o = liftoff(
+        &["check"],
+        &[
+            ("SPACELIFT_TOKEN", "@@garbage@@"),
+            ("SPACELIFT_POOL_PRIVATE_KEY", "@@garbage@@"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(78));
+    let t = text(&o);
+    assert!(t.contains("not valid base64"), "{t}");
+    assert!(!t.contains("@@garbage@@"), "secret value echoed: {t}");
+
+    let (_, p) = pool();
+    let not_a_key = base64_of("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    let o = liftoff(
+        &["check"],
+        &[
+            ("SPACELIFT_TOKEN", &p.token),
+            ("SPACELIFT_POOL_PRIVATE_KEY", &not_a_key),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(78));
+    assert!(
+        text(&o).contains("SPACELIFT_POOL_PRIVATE_KEY"),
+        "{}",
+        text(&o)
+    );
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let (_, p) = pool();
+    let env = good_env(p);
+    let o = liftoff(
+        &["check"],
+        &with(
+            &env,
+            &[
+                ("SPACELIFT_DEBUG", "yes"),
+                ("LIFTOFF_WORKERS", "0"),
+                ("SPACELIFT_WORKER_NETWORK", "bridge"),
+            ],
+        ),
+    );
+    assert_eq!(o.status.code(), Some(78));
+    let t = text(&o);
+    for var in [
+        "SPACELIFT_DEBUG",
+        "LIFTOFF_WORKERS",
+        "SPACELIFT_WORKER_NETWORK",
+    ] {
+        assert!(t.contains(var), "{var} missing: {t}");
+    }
+    assert!(t.contains("3 error(s)"), "{t}");
+}
+
+#[test]
+fn warnings_do_not_fail_the_check() {
+    let (_, p) = pool();
+    let env = good_env(p);
+    let o = liftoff(&["check"], &with(&env, &[("SPACELIFT_DEBGU", "true")]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("did you mean SPACELIFT_DEBUG?"));
+}
+
+#[test]
+fn json_report() {
+    let (_, p) = pool();
+    let env = good_env(p);
+    let o = liftoff(
+        &["check", "--json"],
+        &with(&env, &[("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", "7")]),
+    );
+    assert_eq!(o.status.code(), Some(78));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["exit_code"], 78);
+    let checks = doc["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "SPACELIFT_LAUNCHER_LOGS_TIMEOUT" && c["status"] == "error")
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "certificate" && c["status"] == "ok")
+    );
+}
+
+#[test]
+fn config_redacts_secrets() {
+    let (_, p) = pool();
+    let env = good_env(p);
+    let o = liftoff(
+        &["config"],
+        &with(&env, &[("SPACELIFT_METADATA_instance_id", "i-42")]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(t.contains("SPACELIFT_TOKEN=(set, redacted)"), "{t}");
+    assert!(
+        t.contains("SPACELIFT_POOL_PRIVATE_KEY=(set, redacted)"),
+        "{t}"
+    );
+    assert!(t.contains("SPACELIFT_LAUNCHER_RUN_TIMEOUT=1h10m0s"), "{t}");
+    assert!(t.contains("SPACELIFT_METADATA_instance_id=i-42"), "{t}");
+    assert!(
+        !t.contains(&p.token[..40]) && !t.contains(&env[1].1[..40]),
+        "secret printed: {t}"
+    );
+    let o = liftoff(&["config", "--json"], &with(&env, &[]));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["LIFTOFF_WORKERS"], "1");
+    let o = liftoff(&["config"], &[("LIFTOFF_WORKERS", "x")]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("LIFTOFF_WORKERS"));
+}
+
+#[test]
+fn version_and_help() {
+    let o = liftoff(&["version"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        t.starts_with(&format!("liftoff {}", env!("CARGO_PKG_VERSION")))
+            && t.contains("commit")
+            && t.contains("linux"),
+        "{t}"
+    );
+    let o = liftoff(&["--version"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = liftoff(&["--help"], &[]);
+    let t = text(&o);
+    for sub in ["check", "config", "version"] {
+        assert!(t.contains(sub), "{t}");
+        let o = liftoff(&[sub, "--help"], &[]);
+        assert_eq!(o.status.code(), Some(0), "{sub} --help");
+        assert!(text(&o).contains("Usage"), "{sub}");
+    }
+    let o = liftoff(&["no-such-command"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+}
