@@ -138,6 +138,8 @@ fn rsa_public_components(der: &[u8]) -> der::Result<(Vec<u8>, Vec<u8>)> {
 /// What liftoff reads from the pool certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
+    /// X.509 version: 1 or 3 (TLS needs 3).
+    pub version: u32,
     pub subject_cn: Option<String>,
     /// Seconds since the epoch.
     pub not_before: i64,
@@ -154,8 +156,11 @@ pub fn certificate_info(cert: &[u8]) -> Result<CertInfo, String> {
 fn parse_certificate(cert: &[u8]) -> der::Result<CertInfo> {
     let mut outer = Der::new(cert).nested(der::SEQUENCE, "not a SEQUENCE")?;
     let mut tbs = outer.nested(der::SEQUENCE, "no TBSCertificate")?;
+    let mut version = 1;
     if tbs.peek_tag() == Some(der::CONTEXT_0) {
-        tbs.any()?;
+        let explicit = tbs.expect(der::CONTEXT_0, "bad version")?;
+        let v = Der::new(explicit).expect(der::INTEGER, "bad version")?;
+        version = v.last().map_or(1, |b| u32::from(*b) + 1);
     }
     tbs.expect(der::INTEGER, "no serial number")?;
     tbs.expect(der::SEQUENCE, "no signature algorithm")?;
@@ -182,6 +187,7 @@ fn parse_certificate(cert: &[u8]) -> der::Result<CertInfo> {
         None
     };
     Ok(CertInfo {
+        version,
         subject_cn,
         not_before,
         not_after,
@@ -252,6 +258,15 @@ impl Identity {
         let Some(cert_key) = &cert.rsa_public else {
             return Err(err("SPACELIFT_TOKEN", "the token's certificate is not for an RSA key: pool keys are RSA; generate the key and CSR again with `openssl req -new -newkey rsa:4096 -nodes`".into()));
         };
+        if cert.version < 3 {
+            return Err(err(
+                "SPACELIFT_TOKEN",
+                format!(
+                    "the token's certificate is an X.509 v{} certificate, which TLS refuses: it must be v3; ask the control plane for a new token",
+                    cert.version
+                ),
+            ));
+        }
         if key.public_components().as_ref() != Some(cert_key) {
             return Err(err(
                 key_var,

@@ -3,20 +3,35 @@
 //! `LIFTOFF_LOG` (debug when `SPACELIFT_DEBUG=true`). Call [`init`] once, after
 //! the configuration is read.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. A second call does nothing.
+/// Installs the global subscriber. A second call does nothing. `filter` is
+/// in RUST_LOG syntax (`info`, `warn,liftoff::link=debug`); the configuration
+/// has already validated it.
 pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::builder()
-        .parse(filter)
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let targets = filter
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+    let registry = tracing_subscriber::registry().with(targets);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
     };
 }

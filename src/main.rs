@@ -26,6 +26,9 @@ enum Command {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
+        /// Print every variable liftoff reads, with its default and meaning, as a Markdown table.
+        #[arg(long, conflicts_with = "json")]
+        variables: bool,
     },
     /// Print the version, git commit and build target.
     Version,
@@ -50,7 +53,13 @@ fn main() {
             );
             report.exit_code()
         }
-        Command::Config { json } => show_config(&env, json),
+        Command::Config {
+            variables: true, ..
+        } => {
+            print!("{}", liftoff::config::vars::markdown_table());
+            0
+        }
+        Command::Config { json, .. } => show_config(&env, json),
         Command::Version => {
             println!("liftoff {}", liftoff::VERSION);
             0

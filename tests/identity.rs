@@ -246,3 +246,39 @@ fn certificate_for_an_ec_key_is_refused() {
         err.message
     );
 }
+
+#[test]
+fn version_1_certificate_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new(&d.join("ca"), "ca");
+    let (k, csr) = pki::pool_key_and_csr(d, "v1", 2048);
+    // No extensions: openssl writes an X.509 v1 certificate.
+    pki::openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            ca.cert_path().to_str().unwrap(),
+            "-CAkey",
+            ca.key_path().to_str().unwrap(),
+            "-CAcreateserial",
+            "-out",
+            "v1.crt",
+            "-days",
+            "30",
+        ],
+    );
+    let tok = token::parse(&pki::token(
+        "p",
+        &std::fs::read_to_string(d.join("v1.crt")).unwrap(),
+        None,
+        &[("r", "h")],
+    ))
+    .unwrap();
+    let err = Identity::new(&tok, key(&k), "SPACELIFT_POOL_PRIVATE_KEY", now()).unwrap_err();
+    assert!(err.message.contains("v1"), "{}", err.message);
+}

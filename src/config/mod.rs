@@ -571,8 +571,7 @@ impl Config {
         });
         let default_filter = if debug { "debug" } else { "info" };
         let log_filter = r.parsed("LIFTOFF_LOG", default_filter.to_string(), |v| {
-            tracing_subscriber::EnvFilter::builder()
-                .parse(v)
+            v.parse::<tracing_subscriber::filter::Targets>()
                 .map(|_| v.to_string())
                 .map_err(|e| format!("{e}: expected a filter in RUST_LOG syntax, such as info or info,liftoff::link=debug"))
         });

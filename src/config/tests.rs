@@ -461,7 +461,7 @@ fn liftoff_variables() {
         ("LIFTOFF_WORKERS", "0", "1 to 64"),
         ("LIFTOFF_WORKERS", "65", "1 to 64"),
         ("LIFTOFF_WORKERS", "two", "1 to 64"),
-        ("LIFTOFF_LOG", "info,[[[", "RUST_LOG"),
+        ("LIFTOFF_LOG", "info,liftoff=loud", "RUST_LOG"),
         ("LIFTOFF_LOG_FORMAT", "xml", "text or json"),
         ("LIFTOFF_LANDLOCK", "maybe", "best-effort or require"),
         ("LIFTOFF_JOB_MEMORY", "1MiB", "16MiB"),

@@ -235,3 +235,28 @@ pub fn closest(name: &str) -> Option<&'static str> {
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
+
+/// Every variable as a Markdown table (`liftoff config --variables`); the
+/// README and docs/configuration.md carry this table, and a test keeps them
+/// in step.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| variable | default | meaning |\n|---|---|---|\n");
+    for v in VARIABLES {
+        let default = match (v.secret, v.default) {
+            (true, _) => "(secret)".to_string(),
+            (false, "") => "".to_string(),
+            (false, d) => format!("`{d}`"),
+        };
+        out.push_str(&format!("| `{}` | {default} | {} |\n", v.name, v.help));
+    }
+    out.push_str(&format!(
+        "| `{METADATA_PREFIX}<tag>` | | Each becomes a worker metadata tag named `<tag>`. |\n"
+    ));
+    out.push_str(&format!(
+        "| `{VCS_NAME_PREFIX}<N>` | | VCS Agent Pool name of mapping N (from 0, no gaps). |\n"
+    ));
+    out.push_str(&format!(
+        "| `{VCS_ENDPOINT_PREFIX}<N>` | | http(s) base address of mapping N's VCS. |\n"
+    ));
+    out
+}

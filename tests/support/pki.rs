@@ -103,7 +103,7 @@ impl TestCa {
         std::fs::write(db.join("serial"), "1000\n").unwrap();
         let conf = db.join("ca.cnf");
         std::fs::write(&conf, format!(
-            "[ca]\ndefault_ca=test\n[test]\ndir={d}\ndatabase=$dir/index.txt\nserial=$dir/serial\nnew_certs_dir=$dir/new\ndefault_md=sha256\npolicy=any\nunique_subject=no\n[any]\ncommonName=supplied\n",
+            "[ca]\ndefault_ca=test\n[test]\ndir={d}\ndatabase=$dir/index.txt\nserial=$dir/serial\nnew_certs_dir=$dir/new\ndefault_md=sha256\npolicy=any\nunique_subject=no\nx509_extensions=ext\n[ext]\nbasicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n[any]\ncommonName=supplied\n",
             d = db.display()
         )).unwrap();
         openssl(
