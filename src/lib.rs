@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod config;
+pub mod hostwatch;
 pub mod identity;
 pub mod launcher_log;
 
