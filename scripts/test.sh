@@ -33,10 +33,13 @@ fi
 for c in rustfmt clippy; do
     rustup component list --installed | grep -q "^$c" || rustup component add "$c"
 done
-if ! cargo audit --version >/dev/null 2>&1; then
-    step "installing cargo-audit"
-    cargo install cargo-audit --locked
-fi
+# Cargo tools the suite uses: the offline advisory audit and the packagers.
+for tool in audit deb generate-rpm; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        step "installing cargo-$tool"
+        cargo install "cargo-$tool" --locked
+    fi
+done
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

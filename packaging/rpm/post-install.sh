@@ -1,0 +1,5 @@
+. /usr/share/liftoff/maintainer-common.sh
+liftoff_create_user
+liftoff_create_dirs
+liftoff_apparmor_load
+liftoff_enable_and_maybe_start
