@@ -21,10 +21,13 @@ liftoff_create_dirs() {
     return 0
 }
 
-# Only where AppArmor is present: install and load the profile that allows
-# user namespaces (Ubuntu 23.10+ restricts them).
+# Only where AppArmor is present and knows the `userns` rule (AppArmor 4, as
+# on Ubuntu 23.10+, which restricts unprivileged user namespaces): install and
+# load the profile that allows them. Older AppArmor neither restricts user
+# namespaces nor parses the rule.
 liftoff_apparmor_load() {
     [ -d /etc/apparmor.d ] || return 0
+    [ -e /etc/apparmor.d/abi/4.0 ] || return 0
     [ -f "$LIFTOFF_APPARMOR_SRC" ] || return 0
     cp "$LIFTOFF_APPARMOR_SRC" "$LIFTOFF_APPARMOR_DST"
     if command -v apparmor_parser >/dev/null 2>&1 && [ -d /sys/kernel/security/apparmor ]; then
