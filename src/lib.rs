@@ -10,6 +10,7 @@ pub mod config;
 pub mod hostwatch;
 pub mod identity;
 pub mod launcher_log;
+pub mod run;
 
 /// Exit status for configuration errors (EX_CONFIG): systemd's unit does not
 /// restart on it.

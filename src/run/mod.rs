@@ -1,0 +1,16 @@
+//! One run, from assignment to result: the spec (`spec`), the worker-side
+//! initialization policy (`policy`), the source archive and its safe
+//! extraction (`source`), the job's environment and mounts (`env`), the shared
+//! provider cache (`cache`) and the run's outputs (`outputs`).
+//!
+//! Order for one run: decrypt the state (`identity::decrypt_run_state`) →
+//! `RunSpec::from_json` → `Policy::evaluate` → fetch and extract the source →
+//! build environment and mounts → run each step in the sandbox with its output
+//! through the log pipeline → upload outputs and artifacts → report.
+
+pub mod cache;
+pub mod env;
+pub mod outputs;
+pub mod policy;
+pub mod source;
+pub mod spec;

@@ -1,0 +1,417 @@
+//! The run spec: what one run is, as the control plane sends it inside the
+//! encrypted run state of an `assign` (or as a plain file for
+//! `liftoff exec --spec`). Every field is documented in docs/protocol.md.
+//!
+//! [`RunSpec::from_json`] parses and validates; nothing downstream re-checks.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::parse;
+
+/// Read-only runs (proposed: plan) or write runs (tracked: apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunType {
+    Proposed,
+    Tracked,
+}
+
+impl RunType {
+    pub fn read_only(self) -> bool {
+        self == RunType::Proposed
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RunType::Proposed => "PROPOSED",
+            RunType::Tracked => "TRACKED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stack {
+    pub id: String,
+    #[serde(default)]
+    pub slug: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    #[serde(default)]
+    pub hash: String,
+    #[serde(default)]
+    pub branch: String,
+    #[serde(default)]
+    pub author: String,
+    #[serde(default)]
+    pub message: String,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// One environment variable of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variable {
+    pub name: String,
+    pub value: String,
+    /// Secret values are masked in logs and in the policy input.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// One step: a program with arguments, or a shell line run by `/bin/sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    #[serde(default)]
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub shell: Option<String>,
+    /// The step prints the run's outputs as JSON (`tofu output -json`): its
+    /// output is parsed and uploaded, not logged.
+    #[serde(default)]
+    pub outputs: bool,
+}
+
+impl Step {
+    /// The argv to execute.
+    pub fn command(&self) -> Vec<String> {
+        match &self.shell {
+            Some(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+            None => self.argv.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// `https://…` (a pre-signed tar.gz) or `private://<vcs pool>/<path>`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Path relative to the workspace source directory.
+    pub path: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uploads {
+    /// Pre-signed PUT URLs for log chunks 0, 1, 2, … (more may arrive in
+    /// `uploads` messages).
+    #[serde(default)]
+    pub logs: Vec<String>,
+    /// Pre-signed PUT URL for the outputs document.
+    #[serde(default)]
+    pub outputs: Option<String>,
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Go durations; the stricter of these and the launcher's own wins.
+    #[serde(default)]
+    pub run: Option<String>,
+    #[serde(default)]
+    pub logs: Option<String>,
+}
+
+/// Where the job's root filesystem comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runner {
+    /// A runner image unpacked on this host (absolute path); the host's /usr
+    /// and friends when absent.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// The image the plane would use, for the policy input only.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    pub run_id: String,
+    pub run_type: RunType,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub stack: Stack,
+    #[serde(default)]
+    pub commit: Commit,
+    #[serde(default)]
+    pub triggered_by: Option<String>,
+    #[serde(default)]
+    pub user_provided_metadata: Vec<String>,
+    #[serde(default)]
+    pub environment: Vec<Variable>,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub source: Option<Source>,
+    #[serde(default)]
+    pub uploads: Uploads,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub runner: Runner,
+}
+
+/// Most steps a run may have.
+pub const MAX_STEPS: usize = 64;
+/// Most environment variables a run may have.
+pub const MAX_VARIABLES: usize = 4096;
+
+impl RunSpec {
+    /// Parses and validates a spec. The error names the field and what is
+    /// expected.
+    pub fn from_json(bytes: &[u8]) -> Result<RunSpec, String> {
+        let spec: RunSpec =
+            serde_json::from_slice(bytes).map_err(|e| format!("run spec is not valid: {e}"))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.run_id.is_empty()
+            || self.run_id.len() > 128
+            || !self
+                .run_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("run spec: run_id must be 1 to 128 letters, digits, - or _".into());
+        }
+        if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
+            return Err(format!("run spec: steps must hold 1 to {MAX_STEPS} steps"));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            match (&s.shell, s.argv.is_empty()) {
+                (Some(_), false) => {
+                    return Err(format!(
+                        "run spec: steps[{i}] ({}) has both argv and shell: give one",
+                        s.name
+                    ));
+                }
+                (None, true) => {
+                    return Err(format!(
+                        "run spec: steps[{i}] ({}) has neither argv nor shell",
+                        s.name
+                    ));
+                }
+                (Some(line), true) if line.trim().is_empty() => {
+                    return Err(format!(
+                        "run spec: steps[{i}] ({}) has an empty shell line",
+                        s.name
+                    ));
+                }
+                _ => {}
+            }
+            if s.argv
+                .iter()
+                .chain(s.shell.iter())
+                .any(|a| a.contains('\0'))
+            {
+                return Err(format!(
+                    "run spec: steps[{i}] ({}) contains a NUL byte",
+                    s.name
+                ));
+            }
+        }
+        if self.environment.len() > MAX_VARIABLES {
+            return Err(format!(
+                "run spec: more than {MAX_VARIABLES} environment variables"
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for v in &self.environment {
+            if !parse::is_env_name(&v.name) {
+                return Err(format!(
+                    "run spec: environment variable name {:?} is not valid",
+                    v.name
+                ));
+            }
+            if v.value.contains('\0') {
+                return Err(format!(
+                    "run spec: environment variable {} contains a NUL byte",
+                    v.name
+                ));
+            }
+            if !seen.insert(v.name.as_str()) {
+                return Err(format!(
+                    "run spec: environment variable {} is given twice",
+                    v.name
+                ));
+            }
+        }
+        for (field, t) in [
+            ("timeouts.run", &self.timeouts.run),
+            ("timeouts.logs", &self.timeouts.logs),
+        ] {
+            if let Some(t) = t {
+                match parse::duration(t) {
+                    Ok(d) if !d.is_zero() => {}
+                    Ok(_) => return Err(format!("run spec: {field} must be longer than 0s")),
+                    Err(e) => return Err(format!("run spec: {field} {t:?}: {e}")),
+                }
+            }
+        }
+        if let Some(root) = &self.runner.root {
+            if !root.is_absolute()
+                || root
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err("run spec: runner.root must be an absolute path without ..".into());
+            }
+        }
+        for (i, a) in self.uploads.artifacts.iter().enumerate() {
+            let p = std::path::Path::new(&a.path);
+            if p.is_absolute()
+                || p.components().any(|c| c == std::path::Component::ParentDir)
+                || a.path.is_empty()
+            {
+                return Err(format!(
+                    "run spec: uploads.artifacts[{i}].path must be relative to the source directory, without .."
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stricter (shorter) of the spec's timeout and the launcher's.
+    pub fn run_timeout(&self, launcher: Duration) -> Duration {
+        stricter(self.timeouts.run.as_deref(), launcher)
+    }
+
+    pub fn logs_timeout(&self, launcher: Duration) -> Duration {
+        stricter(self.timeouts.logs.as_deref(), launcher)
+    }
+
+    /// Values that must never reach a log: the secret variables'.
+    pub fn secret_values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.environment
+            .iter()
+            .filter(|v| v.secret)
+            .map(|v| (v.name.as_str(), v.value.as_str()))
+    }
+}
+
+fn stricter(spec: Option<&str>, launcher: Duration) -> Duration {
+    spec.and_then(|t| parse::duration(t).ok())
+        .map_or(launcher, |d| d.min(launcher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({"run_id": "01JRUN", "run_type": "proposed", "steps": [{"name": "hello", "argv": ["echo", "hi"]}]})
+    }
+
+    #[test]
+    fn minimal_and_full_specs() {
+        let s = RunSpec::from_json(minimal().to_string().as_bytes()).unwrap();
+        assert!(s.run_type.read_only());
+        assert_eq!(s.steps[0].command(), vec!["echo", "hi"]);
+        let mut j = minimal();
+        j["run_type"] = "tracked".into();
+        j["steps"] = serde_json::json!([{"name": "plan", "shell": "tofu plan"}, {"name": "out", "argv": ["tofu", "output", "-json"], "outputs": true}]);
+        j["environment"] = serde_json::json!([{"name": "A", "value": "1"}, {"name": "S", "value": "hunter22", "secret": true}]);
+        j["timeouts"] = serde_json::json!({"run": "30m", "logs": "2h"});
+        let s = RunSpec::from_json(j.to_string().as_bytes()).unwrap();
+        assert!(!s.run_type.read_only());
+        assert_eq!(s.steps[0].command(), vec!["/bin/sh", "-c", "tofu plan"]);
+        assert_eq!(
+            s.secret_values().collect::<Vec<_>>(),
+            vec![("S", "hunter22")]
+        );
+        assert_eq!(
+            s.run_timeout(Duration::from_secs(4200)),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            s.logs_timeout(Duration::from_secs(420)),
+            Duration::from_secs(420)
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (
+                serde_json::json!({"run_type": "proposed", "steps": []}),
+                "run_id",
+            ),
+            (
+                serde_json::json!({"run_id": "a/b", "run_type": "proposed", "steps": [{"name": "x", "argv": ["x"]}]}),
+                "run_id",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "maybe", "steps": [{"name": "x", "argv": ["x"]}]}),
+                "unknown variant",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": []}),
+                "steps",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": [{"name": "x"}]}),
+                "neither argv nor shell",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": [{"name": "x", "argv": ["a"], "shell": "b"}]}),
+                "both",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": [{"name": "x", "argv": ["a"]}], "environment": [{"name": "1X", "value": ""}]}),
+                "not valid",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": [{"name": "x", "argv": ["a"]}], "environment": [{"name": "X", "value": ""}, {"name": "X", "value": ""}]}),
+                "twice",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": [{"name": "x", "argv": ["a"]}], "timeouts": {"run": "soon"}}),
+                "timeouts.run",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": [{"name": "x", "argv": ["a"]}], "runner": {"root": "relative"}}),
+                "runner.root",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": [{"name": "x", "argv": ["a"]}], "uploads": {"artifacts": [{"path": "../x", "url": "u"}]}}),
+                "artifacts[0]",
+            ),
+            (
+                serde_json::json!({"run_id": "a", "run_type": "proposed", "steps": [{"name": "x", "argv": ["a"]}], "surprise": 1}),
+                "unknown field",
+            ),
+        ];
+        for (j, needle) in cases {
+            let err = RunSpec::from_json(j.to_string().as_bytes()).unwrap_err();
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        }
+        assert!(RunSpec::from_json(b"\xff\xfe").is_err());
+        assert!(RunSpec::from_json(b"").is_err());
+    }
+}
