@@ -4,7 +4,8 @@
 //! Order: [`install_crypto_provider`] once per process; [`PoolKey::from_pem`];
 //! [`Identity::new`] (checks that certificate and key belong together and
 //! that the certificate is valid now); then [`Identity::client_config`] for
-//! mTLS to the brokers. Run-state decryption also lives here (later).
+//! mTLS to the brokers. Per run, [`Identity::decrypt_run_state`] opens the
+//! end-to-end encrypted run state ([`seal_run_state`] is the plane's side).
 
 mod der;
 
@@ -138,6 +139,8 @@ fn rsa_public_components(der: &[u8]) -> der::Result<(Vec<u8>, Vec<u8>)> {
 /// What liftoff reads from the pool certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
+    /// The SubjectPublicKeyInfo, DER (to encrypt run state to this pool).
+    pub spki_der: Vec<u8>,
     /// X.509 version: 1 or 3 (TLS needs 3).
     pub version: u32,
     pub subject_cn: Option<String>,
@@ -172,7 +175,9 @@ fn parse_certificate(cert: &[u8]) -> der::Result<CertInfo> {
     let not_after = der::time(t2, v2)?;
     let subject = tbs.expect(der::SEQUENCE, "no subject")?;
     let subject_cn = common_name(subject);
+    let spki_start = tbs;
     let mut spki = tbs.nested(der::SEQUENCE, "no subject public key info")?;
+    let spki_der = spki_start.consumed_until(&tbs).to_vec();
     let mut alg = spki.nested(der::SEQUENCE, "no public key algorithm")?;
     let oid = alg.expect(der::OID, "no public key algorithm OID")?;
     let bits = spki.expect(der::BIT_STRING, "no public key")?;
@@ -187,6 +192,7 @@ fn parse_certificate(cert: &[u8]) -> der::Result<CertInfo> {
         None
     };
     Ok(CertInfo {
+        spki_der,
         version,
         subject_cn,
         not_before,
@@ -366,4 +372,108 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The run-state envelope: the run state encrypted with AES-256-GCM under a
+/// fresh key, that key wrapped with RSA-OAEP-SHA256 to the pool key; the AAD
+/// is the run id. docs/protocol.md has a worked example.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Always `RSA-OAEP-256+A256GCM`.
+    pub alg: String,
+    /// base64 of the RSA-OAEP-SHA256-wrapped 32-byte AES key.
+    pub key: String,
+    /// base64 of the 12-byte GCM nonce.
+    pub nonce: String,
+    /// base64 of the ciphertext followed by the 16-byte GCM tag.
+    pub ciphertext: String,
+}
+
+/// The one envelope algorithm.
+pub const ENVELOPE_ALG: &str = "RSA-OAEP-256+A256GCM";
+/// Largest run state accepted (decrypted), 8 MiB.
+pub const MAX_RUN_STATE: usize = 8 << 20;
+
+impl Identity {
+    /// Opens a run-state envelope addressed to this pool for `run_id`. Any
+    /// tampering (key, nonce, ciphertext, tag, or another run's id) and any
+    /// envelope for another pool's key fail with a reason; nothing panics.
+    pub fn decrypt_run_state(&self, envelope: &Envelope, run_id: &str) -> Result<Vec<u8>, String> {
+        use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        use aws_lc_rs::rsa::{
+            OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey,
+        };
+        if envelope.alg != ENVELOPE_ALG {
+            return Err(format!(
+                "run state uses algorithm {:?}; this liftoff reads {ENVELOPE_ALG}",
+                envelope.alg
+            ));
+        }
+        let b64 = |field: &str, v: &str| {
+            crate::config::token::decode_base64(v)
+                .map_err(|_| format!("run state field {field:?} is not base64"))
+        };
+        let wrapped = b64("key", &envelope.key)?;
+        let nonce = b64("nonce", &envelope.nonce)?;
+        let mut data = b64("ciphertext", &envelope.ciphertext)?;
+        if data.len() > MAX_RUN_STATE + 16 {
+            return Err(format!("run state is larger than {MAX_RUN_STATE} bytes"));
+        }
+        let private = PrivateDecryptingKey::from_pkcs8(&self.key.pkcs8)
+            .map_err(|_| "the pool key cannot decrypt".to_string())?;
+        let oaep = OaepPrivateDecryptingKey::new(private)
+            .map_err(|_| "the pool key cannot decrypt".to_string())?;
+        let mut key = vec![0u8; oaep.min_output_size()];
+        let key = oaep
+            .decrypt(&OAEP_SHA256_MGF1SHA256, &wrapped, &mut key, None)
+            .map_err(|_| "the run state's key cannot be unwrapped: it was encrypted for another pool's key, or tampered with".to_string())?;
+        let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| {
+            "the run state's key is not 32 bytes: the envelope is malformed".to_string()
+        })?;
+        let nonce = Nonce::try_assume_unique_for_key(&nonce)
+            .map_err(|_| "the run state's nonce is not 12 bytes".to_string())?;
+        let plain = LessSafeKey::new(unbound)
+            .open_in_place(nonce, Aad::from(run_id.as_bytes()), &mut data)
+            .map_err(|_| format!("the run state does not authenticate for run {run_id}: it was tampered with, or belongs to another run"))?;
+        Ok(plain.to_vec())
+    }
+}
+
+/// The control plane's side of [`Identity::decrypt_run_state`]: seals
+/// `plaintext` for the pool whose certificate has `spki_der`, bound to
+/// `run_id`. Used by tests and by the plane double.
+pub fn seal_run_state(spki_der: &[u8], run_id: &str, plaintext: &[u8]) -> Result<Envelope, String> {
+    use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
+    use base64::Engine as _;
+    let rng = SystemRandom::new();
+    let mut key = [0u8; 32];
+    let mut nonce = [0u8; 12];
+    rng.fill(&mut key).map_err(|_| "no randomness")?;
+    rng.fill(&mut nonce).map_err(|_| "no randomness")?;
+    let public = PublicEncryptingKey::from_der(spki_der)
+        .map_err(|e| format!("not an RSA public key: {e}"))?;
+    let oaep = OaepPublicEncryptingKey::new(public).map_err(|_| "not an RSA public key")?;
+    let mut wrapped = vec![0u8; oaep.ciphertext_size()];
+    let wrapped = oaep
+        .encrypt(&OAEP_SHA256_MGF1SHA256, &key, &mut wrapped, None)
+        .map_err(|_| "RSA-OAEP failed")?;
+    let sealing = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).map_err(|_| "bad key")?);
+    let mut data = plaintext.to_vec();
+    sealing
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(run_id.as_bytes()),
+            &mut data,
+        )
+        .map_err(|_| "AES-GCM failed")?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(Envelope {
+        alg: ENVELOPE_ALG.into(),
+        key: b64.encode(wrapped),
+        nonce: b64.encode(nonce),
+        ciphertext: b64.encode(data),
+    })
 }

@@ -282,3 +282,138 @@ fn version_1_certificate_is_refused_clearly() {
     let err = Identity::new(&tok, key(&k), "SPACELIFT_POOL_PRIVATE_KEY", now()).unwrap_err();
     assert!(err.message.contains("v1"), "{}", err.message);
 }
+
+mod run_state {
+    use super::*;
+    use base64::Engine as _;
+    use liftoff::identity::{Envelope, seal_run_state};
+
+    fn identity() -> (Identity, Vec<u8>) {
+        let f = fixture();
+        let tok = token::parse(&f.pool.token).unwrap();
+        let (id, _) =
+            Identity::new(&tok, key(&f.pool.key), "SPACELIFT_POOL_PRIVATE_KEY", now()).unwrap();
+        let spki = id.cert.spki_der.clone();
+        (id, spki)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (id, spki) = identity();
+        let state = br#"{"run_id":"01JRUN","run_type":"proposed","steps":[]}"#;
+        let env = seal_run_state(&spki, "01JRUN", state).unwrap();
+        assert_eq!(id.decrypt_run_state(&env, "01JRUN").unwrap(), state);
+        // The spki from our DER reader is what openssl prints for the certificate.
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-in"])
+            .arg(&fixture().pool.cert)
+            .args(["-pubkey", "-noout"])
+            .output()
+            .unwrap();
+        let pem = String::from_utf8(out.stdout).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+            spki
+        );
+    }
+
+    fn flip(field: &str, b64: &str) -> String {
+        let e = base64::engine::general_purpose::STANDARD;
+        let mut raw = e.decode(b64).unwrap();
+        let i = raw.len() / 2;
+        raw[i] ^= 0x01;
+        let _ = field;
+        e.encode(raw)
+    }
+
+    #[test]
+    fn tampering_is_refused_with_a_reason() {
+        let (id, spki) = identity();
+        let env = seal_run_state(&spki, "01JRUN", b"secret state").unwrap();
+        let cases: Vec<(Envelope, &str, &str)> = vec![
+            (
+                Envelope {
+                    ciphertext: flip("ciphertext", &env.ciphertext),
+                    ..env.clone()
+                },
+                "01JRUN",
+                "tampered",
+            ),
+            (
+                Envelope {
+                    nonce: flip("nonce", &env.nonce),
+                    ..env.clone()
+                },
+                "01JRUN",
+                "tampered",
+            ),
+            (
+                Envelope {
+                    key: flip("key", &env.key),
+                    ..env.clone()
+                },
+                "01JRUN",
+                "another pool",
+            ),
+            (env.clone(), "01OTHER", "another run"),
+            (
+                Envelope {
+                    alg: "none".into(),
+                    ..env.clone()
+                },
+                "01JRUN",
+                "algorithm",
+            ),
+            (
+                Envelope {
+                    key: "%%%".into(),
+                    ..env.clone()
+                },
+                "01JRUN",
+                "not base64",
+            ),
+            (
+                Envelope {
+                    nonce: "AAAA".into(),
+                    ..env.clone()
+                },
+                "01JRUN",
+                "12 bytes",
+            ),
+            (
+                Envelope {
+                    ciphertext: String::new(),
+                    ..env.clone()
+                },
+                "01JRUN",
+                "tampered",
+            ),
+        ];
+        for (e, run, needle) in cases {
+            let err = id.decrypt_run_state(&e, run).unwrap_err();
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn envelope_for_another_pools_key() {
+        let (id, _) = identity();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(&dir.path().join("ca"), "ca");
+        let (_, csr) = pki::pool_key_and_csr(dir.path(), "other", 2048);
+        ca.sign(&csr, &dir.path().join("other.crt"), 30);
+        let other = liftoff::identity::certificate_info(
+            &token::pem_certificates(
+                &std::fs::read_to_string(dir.path().join("other.crt")).unwrap(),
+            )
+            .unwrap()[0],
+        )
+        .unwrap();
+        let env = seal_run_state(&other.spki_der, "01JRUN", b"for someone else").unwrap();
+        let err = id.decrypt_run_state(&env, "01JRUN").unwrap_err();
+        assert!(err.contains("another pool's key"), "{err}");
+    }
+}

@@ -33,6 +33,12 @@ impl<'a> Der<'a> {
         self.rest.is_empty()
     }
 
+    /// The bytes read between `self` (an earlier copy of the cursor) and
+    /// `later`.
+    pub fn consumed_until(&self, later: &Der<'a>) -> &'a [u8] {
+        &self.rest[..self.rest.len() - later.rest.len()]
+    }
+
     pub fn peek_tag(&self) -> Option<u8> {
         self.rest.first().copied()
     }
