@@ -77,7 +77,12 @@ fn setup() -> Setup {
 #[test]
 fn whitelist_and_mounts_for_read_only_runs() {
     let s = setup();
-    let l = env::build(&spec("proposed"), &s.config, &s.launcher);
+    let l = env::build(
+        &spec("proposed"),
+        &s.config,
+        &s.launcher,
+        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
+    );
     assert_eq!(
         l.env.get("AWS_REGION").map(String::as_str),
         Some("eu-west-1")
@@ -117,12 +122,23 @@ fn whitelist_and_mounts_for_read_only_runs() {
         vec!["/mnt/all", "/mnt/ro", "/var/cache/liftoff/providers"]
     );
     assert!(l.mounts[1].read_only);
+    assert_eq!(
+        l.mounts[2].host,
+        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
+        "the run's private layer"
+    );
+    assert!(!l.mounts[2].read_only);
 }
 
 #[test]
 fn whitelist_and_mounts_for_write_runs() {
     let s = setup();
-    let l = env::build(&spec("tracked"), &s.config, &s.launcher);
+    let l = env::build(
+        &spec("tracked"),
+        &s.config,
+        &s.launcher,
+        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
+    );
     assert_eq!(
         l.env.get("APPLY_ONLY").map(String::as_str),
         Some("apply-secret")
@@ -142,7 +158,12 @@ fn whitelist_and_mounts_for_write_runs() {
 #[test]
 fn secrets_for_the_redactor() {
     let s = setup();
-    let l = env::build(&spec("tracked"), &s.config, &s.launcher);
+    let l = env::build(
+        &spec("tracked"),
+        &s.config,
+        &s.launcher,
+        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
+    );
     let values: Vec<&str> = l.secrets.iter().map(|(_, v)| v.as_str()).collect();
     assert!(values.contains(&"hunter22"), "secret run variable");
     assert!(values.contains(&"eu-west-1"), "SPACELIFT_MASK_ENVS value");
@@ -162,7 +183,12 @@ fn a_run_may_set_its_own_plugin_cache() {
         value: "/mnt/workspace/cache".into(),
         secret: false,
     });
-    let l = env::build(&sp, &s.config, &s.launcher);
+    let l = env::build(
+        &sp,
+        &s.config,
+        &s.launcher,
+        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
+    );
     assert_eq!(
         l.env.get("TF_PLUGIN_CACHE_DIR").map(String::as_str),
         Some("/mnt/workspace/cache")

@@ -6,11 +6,12 @@
 //! sets itself (run id, workspace, `TF_PLUGIN_CACHE_DIR` unless the run set
 //! it). Nothing else of the launcher's environment reaches a run.
 //! Mounts = `SPACELIFT_WORKER_EXTRA_MOUNTS` + the read-only or write variant
-//! for the run's type + the provider cache at its own path.
+//! for the run's type + the run's provider-cache layer at the cache's path.
 //! Secrets (for the log redactor) = secret run variables, the values of
 //! `SPACELIFT_MASK_ENVS`, the pool token and the private key.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::config::{Config, Env, Mount, RunScope};
 
@@ -35,7 +36,9 @@ pub struct Launch {
 }
 
 /// Builds the run's environment, mounts and secrets.
-pub fn build(spec: &RunSpec, config: &Config, launcher: &Env) -> Launch {
+/// `provider_layer` is the run's private provider-cache layer
+/// (`cache::ProviderCache::layer`), mounted at the cache's own path.
+pub fn build(spec: &RunSpec, config: &Config, launcher: &Env, provider_layer: &Path) -> Launch {
     let read_only = spec.run_type.read_only();
     let mut env = BTreeMap::new();
     for (k, v) in [
@@ -86,7 +89,7 @@ pub fn build(spec: &RunSpec, config: &Config, launcher: &Env) -> Launch {
         .cloned(),
     );
     mounts.push(Mount {
-        host: config.provider_cache_dir.clone(),
+        host: provider_layer.to_path_buf(),
         sandbox: config.provider_cache_dir.clone(),
         read_only: false,
     });
