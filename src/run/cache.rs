@@ -89,7 +89,7 @@ impl ProviderCache {
             let rel = pkg
                 .strip_prefix(&self.dir)
                 .map_err(|e| err("bad package path", &pkg, e))?;
-            link_tree(&pkg, &layer.join(rel), owner, &mut stats.bytes)?;
+            link_tree(&pkg, &layer.join(rel), &mut stats.bytes)?;
             stats.packages += 1;
         }
         // Directories above the packages belong to the job too, so that it can
@@ -230,12 +230,7 @@ fn own_dirs(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     Ok(())
 }
 
-fn link_tree(
-    src: &Path,
-    dst: &Path,
-    owner: Option<(u32, u32)>,
-    bytes: &mut u64,
-) -> Result<(), String> {
+fn link_tree(src: &Path, dst: &Path, bytes: &mut u64) -> Result<(), String> {
     fs::create_dir_all(dst).map_err(|e| err("cannot create", dst, e))?;
     for e in fs::read_dir(src)
         .map_err(|e| err("cannot read", src, e))?
@@ -244,7 +239,7 @@ fn link_tree(
         let (from, to) = (e.path(), dst.join(e.file_name()));
         let ft = e.file_type().map_err(|x| err("cannot stat", &from, x))?;
         if ft.is_dir() {
-            link_tree(&from, &to, owner, bytes)?;
+            link_tree(&from, &to, bytes)?;
         } else if ft.is_file() {
             if fs::hard_link(&from, &to).is_err() {
                 fs::copy(&from, &to).map_err(|x| err("cannot copy", &from, x))?;
