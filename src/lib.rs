@@ -7,8 +7,10 @@
 
 pub mod check;
 pub mod config;
+pub mod exec;
 pub mod identity;
 pub mod launcher_log;
+pub mod sandbox;
 
 /// Exit status for configuration errors (EX_CONFIG): systemd's unit does not
 /// restart on it.

@@ -1,0 +1,365 @@
+//! The parent side of starting a sandbox: [`spawn`]. See the setup order in
+//! the module doc of `sandbox` (mod.rs).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use super::child::{self, ChildPlan};
+use super::cgroup::JobCgroup;
+use super::landlock::{self, Rules};
+use super::namespaces::{self, NetnsGuard};
+use super::{
+    Error, JOB_HOME, Network, Runtime, Sandbox, SandboxSpec, Stdio, WORKSPACE, mounts, rlimits,
+    seccomp,
+};
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into a two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::os("pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds are fresh and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn cstr(s: &[u8], what: &str) -> Result<CString, Error> {
+    CString::new(s).map_err(|_| Error::new(format!("{what} contains a NUL byte")))
+}
+
+/// execve candidates for `program` with the job's PATH (as execvp would).
+fn exec_paths(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, Error> {
+    if program.is_empty() {
+        return Err(Error::new("no program to run"));
+    }
+    if program.contains('/') {
+        return Ok(vec![cstr(program.as_bytes(), "program")?]);
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| cstr(format!("{d}/{program}").as_bytes(), "program path"))
+        .collect()
+}
+
+/// Where each standard stream goes: (child end, parent end).
+fn stdio(which: Stdio, input: bool) -> Result<(Option<OwnedFd>, Option<File>), Error> {
+    match which {
+        Stdio::Inherit => Ok((None, None)),
+        Stdio::Null => {
+            let f = std::fs::OpenOptions::new()
+                .read(input)
+                .write(!input)
+                .open("/dev/null")
+                .map_err(|e| Error::os("open /dev/null", e))?;
+            Ok((Some(f.into()), None))
+        }
+        Stdio::Piped => {
+            let (r, w) = pipe()?;
+            if input {
+                Ok((Some(r), Some(File::from(w))))
+            } else {
+                Ok((Some(w), Some(File::from(r))))
+            }
+        }
+    }
+}
+
+/// Starts the job of `spec`. Returns once the job has been exec'd (or with
+/// the reason setup failed).
+///
+/// Call it from a thread that outlives the job: PDEATHSIG fires when the
+/// spawning *thread* exits (the job's cgroup still catches a launcher crash).
+pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
+    let program = spec
+        .argv
+        .first()
+        .ok_or_else(|| Error::new("no program to run"))?
+        .clone();
+    let workspace = std::fs::canonicalize(&spec.workspace)
+        .map_err(|e| Error::new(format!("workspace {}: {e}", spec.workspace.display())))?;
+    if !workspace.is_dir() {
+        return Err(Error::new(format!(
+            "workspace {} is not a directory",
+            workspace.display()
+        )));
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let host = namespaces::host_ids(spec.host_id);
+    let mut warnings = Vec::new();
+
+    if root && spec.runtime != Runtime::None {
+        // The job (an unprivileged host id) owns its workspace.
+        let meta = std::fs::metadata(&workspace)
+            .map_err(|e| Error::new(format!("workspace {}: {e}", workspace.display())))?;
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() != host.0 {
+            std::os::unix::fs::chown(&workspace, Some(host.0), Some(host.1)).map_err(|e| {
+                Error::new(format!(
+                    "give the workspace {} to the job's host id {}: {e}",
+                    workspace.display(),
+                    host.0
+                ))
+            })?;
+        }
+    }
+
+    // 1. The plan.
+    let liftoff = spec.runtime == Runtime::Liftoff;
+    let ops = if liftoff {
+        let mut s = spec.clone();
+        s.workspace = workspace.clone();
+        mounts::plan(&s)?
+    } else {
+        Vec::new()
+    };
+    let landlock_rules = match spec.runtime {
+        Runtime::None => None,
+        Runtime::Liftoff => {
+            let mut rw: Vec<PathBuf> = vec![WORKSPACE.into(), "/tmp".into(), JOB_HOME.into(), "/dev/shm".into(), "/dev/pts".into()];
+            rw.extend(spec.mounts.iter().filter(|m| m.writable).map(|m| m.target.clone()));
+            let (rules, warning) = Rules::for_sandbox(spec.landlock, &rw)?;
+            warnings.extend(warning);
+            Some(rules)
+        }
+        Runtime::Landlock => {
+            let mut ro = landlock::host_read_only(spec.root.as_deref());
+            ro.extend(spec.mounts.iter().filter(|m| !m.writable).map(|m| m.source.clone()));
+            let mut rw = vec![workspace.clone()];
+            rw.extend(spec.mounts.iter().filter(|m| m.writable).map(|m| m.source.clone()));
+            let dev = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts", "/dev/shm"]
+                .iter()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>();
+            let (rules, warning) = Rules::new(spec.landlock, &ro, &rw, &dev)?;
+            warnings.extend(warning);
+            Some(rules)
+        }
+    };
+    let seccomp_prog = match spec.runtime {
+        Runtime::None => None,
+        _ => Some(seccomp::programs()?),
+    };
+    let exec_paths = exec_paths(&program, &spec.env)?;
+    let argv_c: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_bytes(), "an argument"))
+        .collect::<Result<_, _>>()?;
+    let mut env_c = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(Error::new(format!("bad environment variable name {k:?}")));
+        }
+        env_c.push(cstr(format!("{k}={v}").as_bytes(), "an environment variable")?);
+    }
+    let cwd = match (&spec.cwd, spec.runtime) {
+        (Some(c), _) => c.clone(),
+        (None, Runtime::Liftoff) => PathBuf::from(WORKSPACE),
+        (None, _) => workspace.clone(),
+    };
+    let hostname = if liftoff {
+        if spec.hostname.is_empty() || spec.hostname.len() > 64 {
+            return Err(Error::new(format!("bad hostname {:?}: 1 to 64 characters", spec.hostname)));
+        }
+        Some(cstr(spec.hostname.as_bytes(), "the hostname")?)
+    } else {
+        None
+    };
+    if !liftoff && spec.network != Network::Host {
+        return Err(Error::new(format!(
+            "network {} needs runtime liftoff (runtime {} has no namespaces)",
+            spec.network,
+            spec.runtime.name()
+        )));
+    }
+
+    // 2. cgroups.
+    let cgroup = match JobCgroup::create(&spec.name, &spec.limits) {
+        Ok(cg) => Some(cg),
+        Err(e) if !root => {
+            warnings.push(format!(
+                "cgroup limits are NOT enforced (memory, pids, cpu) and the tree is tracked by its pid namespace only: {e}"
+            ));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+
+    let (sync_r, sync_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    let (in_child, in_parent) = stdio(spec.stdin, true)?;
+    let (out_child, out_parent) = stdio(spec.stdout, false)?;
+    let (errs_child, errs_parent) = stdio(spec.stderr, false)?;
+    let raw = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+
+    let argv: Vec<*const libc::c_char> = argv_c
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = env_c
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let plan = ChildPlan {
+        ops,
+        hostname,
+        loopback: spec.network == Network::None,
+        cgroupns: cgroup.is_some(),
+        drop_groups: root,
+        become_host: (root && !liftoff).then_some(host),
+        landlock: landlock_rules,
+        seccomp: seccomp_prog,
+        rlimits: rlimits::plan(spec.limits.nofile),
+        exec_paths,
+        argv,
+        envp,
+        cwd: cstr(cwd.as_os_str().as_bytes(), "the working directory")?,
+        stdio: [raw(&in_child), raw(&out_child), raw(&errs_child)],
+        sync_fd: sync_r.as_raw_fd(),
+        err_fd: err_w.as_raw_fd(),
+        status_fd: status_w.as_raw_fd(),
+    };
+
+    // 3-4. Named network, clone.
+    let flags = if liftoff {
+        namespaces::clone_flags(&spec.network)
+    } else {
+        0
+    };
+    let guard = match &spec.network {
+        Network::Named(name) if liftoff => Some(NetnsGuard::enter(name)?),
+        _ => None,
+    };
+    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child gets
+    // a copy of this address space and only runs `child::run_*`, which make
+    // system calls on `plan` and never return.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        if liftoff {
+            child::run_init(&plan)
+        } else {
+            child::run_direct(&plan)
+        }
+    }
+    drop(guard);
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        if let Some(cg) = &cgroup {
+            cg.remove();
+        }
+        return Err(Error::new(format!(
+            "clone with namespaces: {e}{}",
+            if liftoff {
+                " (are user namespaces allowed? run `liftoff check`)"
+            } else {
+                ""
+            }
+        )));
+    }
+    let pid = pid as libc::pid_t;
+    drop((sync_r, err_w, status_w, in_child, out_child, errs_child));
+
+    // SAFETY: pidfd_open of our own, not yet reaped child.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let abort = |e: Error, cgroup: &Option<JobCgroup>| -> Error {
+        // SAFETY: kill and reap our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, libc::__WALL);
+        }
+        if let Some(cg) = cgroup {
+            cg.kill_all();
+            cg.remove();
+        }
+        e
+    };
+    if pidfd < 0 {
+        let e = Error::os("pidfd_open (kernel 5.3+)", std::io::Error::last_os_error());
+        return Err(abort(e, &cgroup));
+    }
+    // SAFETY: a fresh fd we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+
+    // 5. Maps, cgroup, go.
+    if liftoff {
+        if let Err(e) = namespaces::write_id_maps(pid, host) {
+            return Err(abort(e, &cgroup));
+        }
+    }
+    if let Some(cg) = &cgroup {
+        if let Err(e) = cg.add(pid) {
+            return Err(abort(e, &cgroup));
+        }
+    }
+    let mut sync_w = File::from(sync_w);
+    {
+        use std::io::Write;
+        if let Err(e) = sync_w.write_all(&[1]) {
+            return Err(abort(Error::os("start the sandbox", e), &cgroup));
+        }
+    }
+
+    // 6. Exec or error.
+    let mut err_r = File::from(err_r);
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    {
+        use std::io::Read;
+        while got < buf.len() {
+            match err_r.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(abort(Error::os("read the sandbox's setup status", e), &cgroup)),
+            }
+        }
+    }
+    if got == buf.len() {
+        let step = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let what = child::describe(step, &plan.ops, &program);
+        let err = std::io::Error::from_raw_os_error(errno);
+        let hint = if step == child::STEP_EXEC && errno == libc::ENOENT {
+            " (not found in the sandbox's PATH or root)".to_string()
+        } else {
+            String::new()
+        };
+        return Err(abort(Error::new(format!("sandbox setup failed: {what}: {err}{hint}")), &cgroup));
+    }
+
+    Ok(Sandbox {
+        pid,
+        pidfd,
+        status: liftoff.then(|| File::from(status_r)),
+        cgroup,
+        outcome: None,
+        lifeline: Some(sync_w),
+        stdin: in_parent,
+        stdout: out_parent,
+        stderr: errs_parent,
+        warnings,
+    })
+}
