@@ -198,8 +198,19 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     }
     // Block every signal before the fork: init takes them with sigwaitinfo.
     let all = init::block_all();
-    // SAFETY: fork in a single-threaded process (we are the clone child).
-    let pid = unsafe { libc::fork() };
+    // A raw fork: libc's fork() runs atfork handlers and takes malloc locks
+    // that another launcher thread may have held at clone time (deadlock).
+    // SAFETY: fork-like clone without CLONE_VM; the child runs `run_job`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    } as libc::pid_t;
     if pid < 0 {
         fail(e, STEP_FORK, errno());
     }

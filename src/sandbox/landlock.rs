@@ -46,6 +46,9 @@ pub const SCOPE_SIGNAL: u64 = 1 << 1;
 /// The ABI this build knows in full.
 pub const FULL_ABI: i32 = 6;
 
+/// The rights that apply to files (the rest are directory rights).
+const FILE_ACCESS: u64 = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV;
+
 const READ: u64 = EXECUTE | READ_FILE | READ_DIR;
 
 /// Filesystem rights a kernel of `abi` can handle.
@@ -244,8 +247,15 @@ impl Rules {
                 }
                 return Err(e);
             }
+            // Files take only file rights (else EINVAL).
+            // SAFETY: fstat into a zeroed struct for our fd.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let is_dir = unsafe { libc::fstat(fd, &mut st) } == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            let access = if is_dir { *access } else { *access & FILE_ACCESS };
             let rule = PathBeneath {
-                allowed_access: *access,
+                allowed_access: access,
                 parent_fd: fd,
             };
             // SAFETY: a valid packed path_beneath struct.

@@ -16,6 +16,9 @@ use super::{
     seccomp,
 };
 
+/// How long the child may take from clone to exec.
+const SETUP_TIMEOUT_MS: i32 = 30_000;
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 into a two-element array.
@@ -329,6 +332,23 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     {
         use std::io::Read;
         while got < buf.len() {
+            // A child stuck in setup must not hang the launcher.
+            let mut pfd = libc::pollfd {
+                fd: err_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll of one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, SETUP_TIMEOUT_MS) };
+            if r == 0 {
+                return Err(abort(
+                    Error::new(format!(
+                        "sandbox setup did not finish within {} s",
+                        SETUP_TIMEOUT_MS / 1000
+                    )),
+                    &cgroup,
+                ));
+            }
             match err_r.read(&mut buf[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,

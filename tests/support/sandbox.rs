@@ -124,7 +124,7 @@ pub fn probe(args: &[&str], probe_args: &[&str]) -> Run {
     exec(&all, &cmd)
 }
 
-/// Host pids whose command line contains `marker`.
+/// Host pids whose command line starts with `marker`.
 pub fn host_pids_with(marker: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -133,7 +133,7 @@ pub fn host_pids_with(marker: &str) -> Vec<i32> {
         };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(marker) {
+            if cmd.starts_with(marker) {
                 pids.push(pid);
             }
         }
