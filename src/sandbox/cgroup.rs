@@ -149,6 +149,8 @@ pub struct JobCgroup {
     oom_file: Option<PathBuf>,
     /// cgroup.kill is available.
     kill_file: bool,
+    /// The v2 directory (entered at clone with CLONE_INTO_CGROUP).
+    v2: Option<PathBuf>,
 }
 
 fn write(path: &Path, value: &str) -> Result<(), Error> {
@@ -228,6 +230,7 @@ impl JobCgroup {
                     return Err(e);
                 }
                 cg.kill_file = track.join("cgroup.kill").exists();
+                cg.v2 = Some(track.clone());
                 cg.dirs.push(track.clone());
                 cg.track = track;
                 Ok(cg)
@@ -260,6 +263,7 @@ impl JobCgroup {
             dirs: vec![dir.clone()],
             oom_file: Some(dir.join("memory.events")),
             kill_file: dir.join("cgroup.kill").exists(),
+            v2: Some(dir.clone()),
         };
         let r = (|| {
             if let Some(m) = limits.memory {
@@ -296,6 +300,7 @@ impl JobCgroup {
             dirs: Vec::new(),
             oom_file: None,
             kill_file: false,
+            v2: None,
         };
         let dir_for = |ctrl: &str, mount: &str| -> PathBuf {
             root.join(mount)
@@ -345,6 +350,32 @@ impl JobCgroup {
                 cg.remove();
                 Err(e)
             }
+        }
+    }
+
+    /// The v2 directory a child can be cloned into (CLONE_INTO_CGROUP).
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.v2.as_deref()
+    }
+
+    /// The v1 `tasks` files: the child writes "0" to each to join its
+    /// cgroups. Moving oneself (a single thread) skips the global
+    /// threadgroup lock and its RCU grace period (~10 ms) that writing a
+    /// pid to cgroup.procs costs.
+    pub fn v1_task_files(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .filter(|d| Some(d.as_path()) != self.v2.as_deref())
+            .map(|d| d.join("tasks"))
+            .collect()
+    }
+
+    /// Moves `pid` into the v2 cgroup (the fallback when clone3 with
+    /// CLONE_INTO_CGROUP is unavailable).
+    pub fn add_v2(&self, pid: libc::pid_t) -> Result<(), Error> {
+        match &self.v2 {
+            Some(d) => write(&d.join("cgroup.procs"), &pid.to_string()),
+            None => Ok(()),
         }
     }
 

@@ -37,6 +37,7 @@ pub(crate) const STEP_CWD: u32 = 15;
 pub(crate) const STEP_SECCOMP: u32 = 16;
 pub(crate) const STEP_EXEC: u32 = 17;
 pub(crate) const STEP_PDEATHSIG: u32 = 18;
+pub(crate) const STEP_CGROUP: u32 = 19;
 pub(crate) const STEP_MOUNT: u32 = 1000;
 
 /// Words for a step number (parent side).
@@ -60,6 +61,7 @@ pub(crate) fn describe(step: u32, ops: &[(Op, String)], program: &str) -> String
         STEP_SECCOMP => "installing the seccomp filter".into(),
         STEP_EXEC => format!("executing {program:?}"),
         STEP_PDEATHSIG => "setting the parent-death signal".into(),
+        STEP_CGROUP => "joining the job's v1 cgroups".into(),
         s if s >= STEP_MOUNT => ops
             .get((s - STEP_MOUNT) as usize)
             .map(|(_, w)| w.clone())
@@ -90,6 +92,8 @@ pub(crate) struct ChildPlan {
     /// Child ends for fds 0, 1, 2; -1 = inherit.
     pub stdio: [i32; 3],
     pub sync_fd: i32,
+    /// v1 `tasks` files opened by the parent: the child writes "0".
+    pub cgroup_tasks: Vec<i32>,
     pub err_fd: i32,
     pub status_fd: i32,
 }
@@ -140,6 +144,15 @@ fn wait_for_go(plan: &ChildPlan) {
         // The launcher is gone or gave up.
         // SAFETY: _exit ends the child without running anything else.
         unsafe { libc::_exit(125) };
+    }
+    for fd in &plan.cgroup_tasks {
+        // SAFETY: write of a constant to an fd the parent opened; close it.
+        let r = unsafe { libc::write(*fd, b"0".as_ptr() as *const libc::c_void, 1) };
+        if r < 0 {
+            fail(plan.err_fd, STEP_CGROUP, errno());
+        }
+        // SAFETY: closing our copy.
+        unsafe { libc::close(*fd) };
     }
 }
 

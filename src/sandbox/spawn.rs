@@ -16,6 +16,24 @@ use super::{
     seccomp,
 };
 
+/// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// How long the child may take from clone to exec.
 const SETUP_TIMEOUT_MS: i32 = 30_000;
 
@@ -198,6 +216,16 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         Err(e) => return Err(e),
     };
 
+    let mut cgroup_tasks = Vec::new();
+    if let Some(cg) = &cgroup {
+        for f in cg.v1_task_files() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .map_err(|e| Error::new(format!("open {}: {e}", f.display())))?;
+            cgroup_tasks.push(OwnedFd::from(file));
+        }
+    }
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -232,6 +260,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         cwd: cstr(cwd.as_os_str().as_bytes(), "the working directory")?,
         stdio: [raw(&in_child), raw(&out_child), raw(&errs_child)],
         sync_fd: sync_r.as_raw_fd(),
+        cgroup_tasks: cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
         err_fd: err_w.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
     };
@@ -246,19 +275,61 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         Network::Named(name) if liftoff => Some(NetnsGuard::enter(name)?),
         _ => None,
     };
-    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child gets
-    // a copy of this address space and only runs `child::run_*`, which make
+    let v2_dir = match cgroup.as_ref().and_then(|c| c.v2_dir()) {
+        Some(d) => Some(
+            std::fs::File::open(d)
+                .map_err(|e| Error::new(format!("open cgroup {}: {e}", d.display())))?,
+        ),
+        None => None,
+    };
+    let mut pidfd: i32 = -1;
+    let mut args = CloneArgs {
+        flags: flags as u64 | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut i32 as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: 0,
+    };
+    if let Some(f) = &v2_dir {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = f.as_raw_fd() as u64;
+    }
+    // SAFETY: a fork-like clone3 (no CLONE_VM, no stack): the child gets a
+    // copy of this address space and only runs `child::run_*`, which make
     // system calls on `plan` and never return.
-    let pid = unsafe {
+    let mut pid = unsafe {
         libc::syscall(
-            libc::SYS_clone,
-            flags | libc::SIGCHLD as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
         )
     };
+    let mut into_cgroup = v2_dir.is_some();
+    if pid < 0 {
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if matches!(e, libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EOPNOTSUPP) {
+            // Kernels before 5.7: clone, then move the child (slower).
+            into_cgroup = false;
+            pidfd = -1;
+            // SAFETY: as above, with the classic clone.
+            pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    flags | libc::SIGCHLD as libc::c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                )
+            };
+        }
+    }
     if pid == 0 {
         if liftoff {
             child::run_init(&plan)
@@ -267,6 +338,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         }
     }
     drop(guard);
+    drop(v2_dir);
     if pid < 0 {
         let e = std::io::Error::last_os_error();
         if let Some(cg) = &cgroup {
@@ -282,10 +354,8 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         )));
     }
     let pid = pid as libc::pid_t;
-    drop((sync_r, err_w, status_w, in_child, out_child, errs_child));
+    drop((sync_r, err_w, status_w, in_child, out_child, errs_child, cgroup_tasks));
 
-    // SAFETY: pidfd_open of our own, not yet reaped child.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let abort = |e: Error, cgroup: &Option<JobCgroup>| -> Error {
         // SAFETY: kill and reap our own child.
         unsafe {
@@ -300,11 +370,15 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         e
     };
     if pidfd < 0 {
+        // SAFETY: pidfd_open of our own, not yet reaped child.
+        pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    }
+    if pidfd < 0 {
         let e = Error::os("pidfd_open (kernel 5.3+)", std::io::Error::last_os_error());
         return Err(abort(e, &cgroup));
     }
     // SAFETY: a fresh fd we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
 
     // 5. Maps, cgroup, go.
     if liftoff {
@@ -313,8 +387,10 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         }
     }
     if let Some(cg) = &cgroup {
-        if let Err(e) = cg.add(pid) {
-            return Err(abort(e, &cgroup));
+        if !into_cgroup {
+            if let Err(e) = cg.add_v2(pid) {
+                return Err(abort(e, &cgroup));
+            }
         }
     }
     let mut sync_w = File::from(sync_w);
