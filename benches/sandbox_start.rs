@@ -28,15 +28,45 @@ fn bwrap_args() -> Vec<String> {
             Err(_) => {}
         }
     }
-    for f in ["/etc/ld.so.cache", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/ssl/certs/ca-certificates.crt"] {
+    for f in [
+        "/etc/ld.so.cache",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/nsswitch.conf",
+        "/etc/ssl/certs/ca-certificates.crt",
+    ] {
         if std::path::Path::new(f).exists() {
             a.extend(["--ro-bind".into(), f.into(), f.into()]);
         }
     }
     a.extend(
-        ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home/spacelift", "--bind", "/tmp", "/mnt/workspace", "--uid", "1983", "--gid", "1983", "--hostname", "liftoff", "--chdir", "/mnt/workspace", "--clearenv", "/bin/true"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/home/spacelift",
+            "--bind",
+            "/tmp",
+            "/mnt/workspace",
+            "--uid",
+            "1983",
+            "--gid",
+            "1983",
+            "--hostname",
+            "liftoff",
+            "--chdir",
+            "/mnt/workspace",
+            "--clearenv",
+            "/bin/true",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     a
 }
@@ -65,10 +95,20 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n = if full { 200 } else { 3 };
     let liftoff = env!("CARGO_BIN_EXE_liftoff");
-    let bwrap = std::process::Command::new("bwrap").arg("--version").output().is_ok();
-    assert!(bwrap, "the benchmark needs bubblewrap (apt-get install bubblewrap)");
+    let bwrap = std::process::Command::new("bwrap")
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        bwrap,
+        "the benchmark needs bubblewrap (apt-get install bubblewrap)"
+    );
     // SAFETY: geteuid cannot fail.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark runs liftoff as root (cgroups): run it as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the benchmark runs liftoff as root (cgroups): run it as root"
+    );
     let bargs = bwrap_args();
     let ws = std::env::temp_dir().join(format!("liftoff-bench-{}", std::process::id()));
     std::fs::create_dir_all(&ws).unwrap();
@@ -80,8 +120,22 @@ fn main() {
     for _ in 0..n {
         bare.push(time_one(&mut Command::new("/bin/true")));
         bw.push(time_one(Command::new("bwrap").args(&bargs)));
-        lo.push(time_one(Command::new(liftoff).env_clear().args(["exec", "--workspace", &ws_s, "--", "/bin/true"])));
-        lo_none.push(time_one(Command::new(liftoff).env_clear().args(["exec", "--workspace", &ws_s, "--network", "none", "--", "/bin/true"])));
+        lo.push(time_one(Command::new(liftoff).env_clear().args([
+            "exec",
+            "--workspace",
+            &ws_s,
+            "--",
+            "/bin/true",
+        ])));
+        lo_none.push(time_one(Command::new(liftoff).env_clear().args([
+            "exec",
+            "--workspace",
+            &ws_s,
+            "--network",
+            "none",
+            "--",
+            "/bin/true",
+        ])));
     }
     let _ = std::fs::remove_dir_all(&ws);
     let (bm, bp) = stats(&mut bare);
@@ -89,11 +143,31 @@ fn main() {
     let (lm, lp) = stats(&mut lo);
     let (nm, np) = stats(&mut lo_none);
     println!("sandbox start, {n} starts each (interleaved), wall time of spawn to exit:");
-    println!("  {:<52} median {bm:7.3} ms   p95 {bp:7.3} ms", "/bin/true (bare)");
-    println!("  {:<52} median {wm:7.3} ms   p95 {wp:7.3} ms", "bwrap --unshare-all --die-with-parent (ro binds)");
-    println!("  {:<52} median {lm:7.3} ms   p95 {lp:7.3} ms", "liftoff exec -- /bin/true (host network)");
-    println!("  {:<52} median {nm:7.3} ms   p95 {np:7.3} ms", "liftoff exec --network none -- /bin/true");
-    println!("  ratio liftoff/bwrap (median): {:.2} (host network), {:.2} (network none)", lm / wm, nm / wm);
-    println!("  ratio liftoff/bwrap (p95):    {:.2} (host network), {:.2} (network none)", lp / wp, np / wp);
+    println!(
+        "  {:<52} median {bm:7.3} ms   p95 {bp:7.3} ms",
+        "/bin/true (bare)"
+    );
+    println!(
+        "  {:<52} median {wm:7.3} ms   p95 {wp:7.3} ms",
+        "bwrap --unshare-all --die-with-parent (ro binds)"
+    );
+    println!(
+        "  {:<52} median {lm:7.3} ms   p95 {lp:7.3} ms",
+        "liftoff exec -- /bin/true (host network)"
+    );
+    println!(
+        "  {:<52} median {nm:7.3} ms   p95 {np:7.3} ms",
+        "liftoff exec --network none -- /bin/true"
+    );
+    println!(
+        "  ratio liftoff/bwrap (median): {:.2} (host network), {:.2} (network none)",
+        lm / wm,
+        nm / wm
+    );
+    println!(
+        "  ratio liftoff/bwrap (p95):    {:.2} (host network), {:.2} (network none)",
+        lp / wp,
+        np / wp
+    );
     println!("  target: ratio <= 1.00 and liftoff median < 5 ms");
 }

@@ -262,7 +262,11 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
             if let Some(s) = &signals {
                 // SAFETY: read one signalfd_siginfo into a large enough buffer.
                 unsafe {
-                    libc::read(s.as_raw_fd(), info.as_mut_ptr() as *mut libc::c_void, info.len())
+                    libc::read(
+                        s.as_raw_fd(),
+                        info.as_mut_ptr() as *mut libc::c_void,
+                        info.len(),
+                    )
                 };
             }
             match sb.terminate(config.kill_grace) {

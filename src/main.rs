@@ -30,7 +30,7 @@ enum Command {
     /// Print the version, git commit and build target.
     Version,
     /// Run a program in the sandbox: exit status is the job's, 128+N for signal N, 124 on timeout, 125 when liftoff failed.
-    Exec(liftoff::exec::ExecArgs),
+    Exec(Box<liftoff::exec::ExecArgs>),
 }
 
 fn main() {
@@ -55,7 +55,7 @@ fn main() {
             report.exit_code()
         }
         Command::Config { json } => show_config(&env, json),
-        Command::Exec(args) => liftoff::exec::run(args, &env),
+        Command::Exec(args) => liftoff::exec::run(*args, &env),
         Command::Version => {
             println!("liftoff {}", liftoff::VERSION);
             0

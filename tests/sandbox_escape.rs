@@ -20,7 +20,11 @@ impl HostSecrets {
     fn new() -> HostSecrets {
         let dir = std::path::PathBuf::from(format!("/var/lib/liftoff-escape-{}", unique()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("pool.key"), "-----BEGIN PRIVATE KEY-----\nSECRETKEY\n").unwrap();
+        std::fs::write(
+            dir.join("pool.key"),
+            "-----BEGIN PRIVATE KEY-----\nSECRETKEY\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("token"), "SECRETTOKEN").unwrap();
         HostSecrets { dir }
     }
@@ -35,7 +39,10 @@ impl Drop for HostSecrets {
 #[test]
 fn cannot_read_etc_shadow() {
     require_root();
-    let r = sh(&[], "cat /etc/shadow; cat /proc/1/root/etc/shadow; echo done");
+    let r = sh(
+        &[],
+        "cat /etc/shadow; cat /proc/1/root/etc/shadow; echo done",
+    );
     assert!(!r.stdout.contains("root:"), "{r:#?}");
     assert!(r.stdout.contains("done"), "{r:#?}");
 }
@@ -54,7 +61,10 @@ fn cannot_read_launcher_key_file() {
     let key = s.dir.join("pool.key");
     let r = sh(
         &[],
-        &format!("cat {k}; cat /proc/1/root{k}; cat /proc/1/cwd{k}; echo done", k = key.display()),
+        &format!(
+            "cat {k}; cat /proc/1/root{k}; cat /proc/1/cwd{k}; echo done",
+            k = key.display()
+        ),
     );
     assert!(!r.stdout.contains("SECRETKEY"), "{r:#?}");
     assert!(r.stdout.contains("done"));
@@ -64,15 +74,31 @@ fn cannot_read_launcher_key_file() {
 fn cannot_read_launcher_state_dir() {
     require_root();
     let s = HostSecrets::new();
-    let r = sh(&[], &format!("ls {d} && cat {d}/token; ls /var/lib && echo VAR", d = s.dir.display()));
-    assert!(!r.stdout.contains("SECRETTOKEN") && !r.stdout.contains("pool.key"), "{r:#?}");
+    let r = sh(
+        &[],
+        &format!(
+            "ls {d} && cat {d}/token; ls /var/lib && echo VAR",
+            d = s.dir.display()
+        ),
+    );
+    assert!(
+        !r.stdout.contains("SECRETTOKEN") && !r.stdout.contains("pool.key"),
+        "{r:#?}"
+    );
     assert!(!r.stdout.contains("VAR"), "/var is visible: {r:#?}");
 }
 
 #[test]
 fn cannot_read_launcher_environment_through_init() {
     require_root();
-    let mut c = liftoff_exec(&[], &["/bin/sh", "-c", "cat /proc/1/environ; cat /proc/1/mem; echo done"]);
+    let mut c = liftoff_exec(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /proc/1/environ; cat /proc/1/mem; echo done",
+        ],
+    );
     c.env("SPACELIFT_TOKEN", "SECRETTOKENENV");
     let o = c.output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -92,7 +118,10 @@ fn cannot_write_under_usr() {
 #[test]
 fn cannot_write_outside_workspace() {
     require_root();
-    let r = sh(&[], "for p in /x /etc/x /bin/x /home/x /mnt/x /proc/x; do touch $p 2>/dev/null && echo WROTE $p; done; echo done");
+    let r = sh(
+        &[],
+        "for p in /x /etc/x /bin/x /home/x /mnt/x /proc/x; do touch $p 2>/dev/null && echo WROTE $p; done; echo done",
+    );
     assert!(!r.stdout.contains("WROTE"), "{r:#?}");
     assert!(r.stdout.contains("done"));
 }
@@ -101,8 +130,14 @@ fn cannot_write_outside_workspace() {
 fn cannot_see_host_processes() {
     require_root();
     let marker = format!("{}", 500000 + unique() % 100000);
-    let mut host = std::process::Command::new("sleep").arg(&marker).spawn().unwrap();
-    let r = sh(&[], "cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo; ls -d /proc/[0-9]* | wc -l");
+    let mut host = std::process::Command::new("sleep")
+        .arg(&marker)
+        .spawn()
+        .unwrap();
+    let r = sh(
+        &[],
+        "cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo; ls -d /proc/[0-9]* | wc -l",
+    );
     let _ = host.kill();
     let _ = host.wait();
     assert!(!r.stdout.contains(&marker), "host process visible: {r:#?}");
@@ -113,7 +148,10 @@ fn cannot_see_host_processes() {
 #[test]
 fn cannot_signal_host_processes() {
     require_root();
-    let mut host = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+    let mut host = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
     let pid = host.id().to_string();
     let r = probe(&[], &["kill", &pid]);
     let r2 = sh(&[], "kill -9 -1; echo done");
@@ -139,7 +177,10 @@ fn cannot_ptrace_init() {
 #[test]
 fn cannot_ptrace_host_process() {
     require_root();
-    let mut host = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+    let mut host = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
     let pid = host.id().to_string();
     let r = probe(&[], &["ptrace-pid", &pid]);
     let _ = host.kill();
@@ -253,14 +294,22 @@ fn cannot_become_root_inside() {
 fn setuid_binaries_do_not_give_root() {
     require_root();
     // A setuid-root copy of `id`, mounted into the sandbox.
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("suid-{}", unique()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("suid-{}", unique()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy("/usr/bin/id", dir.join("id")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("id"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let m = format!("{}:/opt/suid:ro", dir.display());
-    let r = exec(&["--mount", &m], &["/bin/sh", "-c", "/opt/suid/id -u; /opt/suid/id -g; su -c id root </dev/null; sudo -n id; echo done"]);
+    let r = exec(
+        &["--mount", &m],
+        &[
+            "/bin/sh",
+            "-c",
+            "/opt/suid/id -u; /opt/suid/id -g; su -c id root </dev/null; sudo -n id; echo done",
+        ],
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let ids: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(ids.first(), Some(&"1983"), "{r:#?}");
@@ -275,14 +324,20 @@ fn network_none_cannot_reach_host_loopback() {
     let port = l.local_addr().unwrap().port().to_string();
     // Sanity: host network reaches it.
     let ok = probe(&["--network", "host"], &["connect", "127.0.0.1", &port]);
-    assert_eq!(ok.code, 1, "the host listener should be reachable with host network: {ok:#?}");
+    assert_eq!(
+        ok.code, 1,
+        "the host listener should be reachable with host network: {ok:#?}"
+    );
     probe(&["--network", "none"], &["connect", "127.0.0.1", &port]).assert_blocked();
 }
 
 #[test]
 fn cannot_connect_to_host_abstract_socket() {
     require_root();
-    require(liftoff::sandbox::landlock::abi() >= 6, "landlock ABI 6 (kernel 6.12+) scopes abstract unix sockets");
+    require(
+        liftoff::sandbox::landlock::abi() >= 6,
+        "landlock ABI 6 (kernel 6.12+) scopes abstract unix sockets",
+    );
     let name = format!("liftoff-escape-{}", unique());
     // Bind an abstract socket on the host with a small helper process.
     let mut host = std::process::Command::new("python3")
@@ -306,13 +361,21 @@ fn fork_bomb_is_contained_by_pids() {
     let n: u32 = r.stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(n < 64, "forked {n} processes with --pids 64");
     // The launcher (this test) is alive and the host can still fork.
-    assert!(std::process::Command::new("true").status().unwrap().success());
+    assert!(
+        std::process::Command::new("true")
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 #[test]
 fn memory_hog_is_killed_as_oom() {
     require_root();
-    let r = probe(&["--memory", "64MiB", "--timeout", "60s"], &["memhog", "512"]);
+    let r = probe(
+        &["--memory", "64MiB", "--timeout", "60s"],
+        &["memhog", "512"],
+    );
     assert_eq!(r.code, 137, "{r:#?}");
     assert!(r.stderr.contains("out of memory"), "{r:#?}");
     assert!(!r.stdout.contains("ESCAPED"));
@@ -329,7 +392,10 @@ fn daemonized_grandchild_dies_on_timeout() {
     let r = probe(&["--timeout", "1s"], &["daemon", &m]);
     assert_eq!(r.code, 124, "{r:#?}");
     assert!(
-        eventually(Duration::from_secs(2), || host_pids_with(&format!("sleep {m}")).is_empty()),
+        eventually(Duration::from_secs(2), || host_pids_with(&format!(
+            "sleep {m}"
+        ))
+        .is_empty()),
         "a daemonized grandchild survived the timeout"
     );
 }
@@ -345,7 +411,10 @@ fn daemonized_grandchild_dies_on_cancel() {
         .spawn()
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || !host_pids_with(&format!("sleep {m}")).is_empty()),
+        eventually(Duration::from_secs(5), || !host_pids_with(&format!(
+            "sleep {m}"
+        ))
+        .is_empty()),
         "the daemon never started"
     );
     // SAFETY: SIGTERM to our own child.
@@ -353,7 +422,10 @@ fn daemonized_grandchild_dies_on_cancel() {
     let status = child.wait().unwrap();
     assert!(!status.success());
     assert!(
-        eventually(Duration::from_secs(3), || host_pids_with(&format!("sleep {m}")).is_empty()),
+        eventually(Duration::from_secs(3), || host_pids_with(&format!(
+            "sleep {m}"
+        ))
+        .is_empty()),
         "a daemonized grandchild survived the cancel"
     );
 }
@@ -368,13 +440,19 @@ fn nothing_survives_launcher_sigkill() {
         .spawn()
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || !host_pids_with(&format!("sleep {m}")).is_empty()),
+        eventually(Duration::from_secs(5), || !host_pids_with(&format!(
+            "sleep {m}"
+        ))
+        .is_empty()),
         "the daemon never started"
     );
     child.kill().unwrap();
     let _ = child.wait();
     assert!(
-        eventually(Duration::from_secs(3), || host_pids_with(&format!("sleep {m}")).is_empty()),
+        eventually(Duration::from_secs(3), || host_pids_with(&format!(
+            "sleep {m}"
+        ))
+        .is_empty()),
         "a job process survived the launcher's SIGKILL: {:?}",
         host_pids_with(&format!("sleep {m}"))
     );
@@ -383,7 +461,10 @@ fn nothing_survives_launcher_sigkill() {
 #[test]
 fn capabilities_are_all_dropped() {
     require_root();
-    let r = sh(&[], "grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|CapInh|NoNewPrivs|Seccomp):' /proc/self/status");
+    let r = sh(
+        &[],
+        "grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|CapInh|NoNewPrivs|Seccomp):' /proc/self/status",
+    );
     for line in r.stdout.lines() {
         let (k, v) = line.split_once(':').unwrap();
         let v = v.trim();

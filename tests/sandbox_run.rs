@@ -12,7 +12,10 @@ use support::sandbox::*;
 #[test]
 fn host_tools_run() {
     require_root();
-    let r = sh(&[], "echo a,b | awk -F, '{print $2}' | sed s/b/c/ | grep c && ls /usr/bin >/dev/null && echo ok");
+    let r = sh(
+        &[],
+        "echo a,b | awk -F, '{print $2}' | sed s/b/c/ | grep c && ls /usr/bin >/dev/null && echo ok",
+    );
     assert_eq!(r.stdout, "c\nok\n", "{r:#?}");
     assert_eq!(r.code, 0);
 }
@@ -22,10 +25,16 @@ fn workspace_is_writable_and_owned_by_the_job() {
     require_root();
     let ws = tempfile::tempdir().unwrap();
     let w = ws.path().to_str().unwrap();
-    let r = sh(&["--workspace", w], "echo hello > /mnt/workspace/out && mkdir -p /mnt/workspace/d/e && pwd");
+    let r = sh(
+        &["--workspace", w],
+        "echo hello > /mnt/workspace/out && mkdir -p /mnt/workspace/d/e && pwd",
+    );
     assert_eq!(r.code, 0, "{r:#?}");
     assert_eq!(r.stdout, "/mnt/workspace\n");
-    assert_eq!(std::fs::read_to_string(ws.path().join("out")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out")).unwrap(),
+        "hello\n"
+    );
     use std::os::unix::fs::MetadataExt;
     let uid = std::fs::metadata(ws.path().join("out")).unwrap().uid();
     assert_eq!(uid, liftoff::sandbox::DEFAULT_HOST_ID);
@@ -34,7 +43,10 @@ fn workspace_is_writable_and_owned_by_the_job() {
 #[test]
 fn tmp_home_and_dev_are_usable() {
     require_root();
-    let r = sh(&[], "echo x > /tmp/t && cat /tmp/t && echo y > $HOME/h && cat $HOME/h && echo z > /dev/shm/s && cat /dev/shm/s && echo > /dev/null && head -c 4 /dev/urandom | wc -c && test -c /dev/zero && echo devok");
+    let r = sh(
+        &[],
+        "echo x > /tmp/t && cat /tmp/t && echo y > $HOME/h && cat $HOME/h && echo z > /dev/shm/s && cat /dev/shm/s && echo > /dev/null && head -c 4 /dev/urandom | wc -c && test -c /dev/zero && echo devok",
+    );
     assert_eq!(r.stdout, "x\ny\nz\n4\ndevok\n", "{r:#?}");
 }
 
@@ -79,12 +91,22 @@ fn liftoff_errors_exit_125_with_prefix() {
 fn environment_is_exactly_what_was_passed() {
     require_root();
     let mut c = liftoff_exec(
-        &["--env", "FOO=bar baz", "--pass-env", "PASSED", "--env", "LANG=C"],
+        &[
+            "--env",
+            "FOO=bar baz",
+            "--pass-env",
+            "PASSED",
+            "--env",
+            "LANG=C",
+        ],
         &["/usr/bin/env"],
     );
     c.env("PASSED", "yes").env("NOT_PASSED", "secret");
     let o = c.output().unwrap();
-    let mut lines: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
     lines.sort();
     assert_eq!(
         lines,
@@ -112,33 +134,63 @@ fn hostname_is_the_sandboxes_own() {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let r = exec(&[], &["cat", "/proc/sys/kernel/hostname"]);
     assert_ne!(r.stdout, host);
-    let r = exec(&["--hostname", "run-01abc"], &["cat", "/proc/sys/kernel/hostname", "/etc/hostname"]);
+    let r = exec(
+        &["--hostname", "run-01abc"],
+        &["cat", "/proc/sys/kernel/hostname", "/etc/hostname"],
+    );
     assert_eq!(r.stdout, "run-01abc\nrun-01abc\n");
 }
 
 #[test]
 fn uid_is_1983_inside_and_unprivileged_outside() {
     require_root();
-    let r = sh(&[], "id -u; id -g; id -un; echo $HOME; getent passwd spacelift");
-    assert_eq!(r.stdout, "1983\n1983\nspacelift\n/home/spacelift\nspacelift:x:1983:1983:spacelift:/home/spacelift:/bin/sh\n", "{r:#?}");
+    let r = sh(
+        &[],
+        "id -u; id -g; id -un; echo $HOME; getent passwd spacelift",
+    );
+    assert_eq!(
+        r.stdout,
+        "1983\n1983\nspacelift\n/home/spacelift\nspacelift:x:1983:1983:spacelift:/home/spacelift:/bin/sh\n",
+        "{r:#?}"
+    );
     let m = format!("{}", 800000 + unique() % 100000);
     let mut child = liftoff_exec(&[], &["sleep", &m]).spawn().unwrap();
     let marker = format!("sleep {m}");
-    assert!(eventually(Duration::from_secs(5), || !host_pids_with(&marker).is_empty()));
+    assert!(eventually(Duration::from_secs(5), || !host_pids_with(
+        &marker
+    )
+    .is_empty()));
     let pid = host_pids_with(&marker)[0];
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
     child.kill().unwrap();
     let _ = child.wait();
-    let uids: Vec<u32> = uid_line.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
-    assert!(uids.iter().all(|u| *u == liftoff::sandbox::DEFAULT_HOST_ID), "{uid_line}");
+    let uids: Vec<u32> = uid_line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        uids.iter().all(|u| *u == liftoff::sandbox::DEFAULT_HOST_ID),
+        "{uid_line}"
+    );
 }
 
 #[test]
 fn etc_is_built_for_the_job() {
     require_root();
-    let r = sh(&[], "cat /etc/nsswitch.conf | head -1; test -s /etc/ssl/certs/ca-certificates.crt && echo ca; head -1 /etc/hosts; touch /etc/x 2>/dev/null || echo ro");
-    assert_eq!(r.stdout, "passwd: files\nca\n127.0.0.1\tlocalhost\nro\n", "{r:#?}");
+    let r = sh(
+        &[],
+        "cat /etc/nsswitch.conf | head -1; test -s /etc/ssl/certs/ca-certificates.crt && echo ca; head -1 /etc/hosts; touch /etc/x 2>/dev/null || echo ro",
+    );
+    assert_eq!(
+        r.stdout, "passwd: files\nca\n127.0.0.1\tlocalhost\nro\n",
+        "{r:#?}"
+    );
 }
 
 #[test]
@@ -150,7 +202,10 @@ fn extra_mounts_read_only_and_read_write() {
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let ro = format!("{}:/mnt/ro:ro", d.path().display());
     let rw = format!("{}:/mnt/rw:rw", d.path().display());
-    let r = sh(&["--mount", &ro, "--mount", &rw], "cat /mnt/ro/in; touch /mnt/ro/x 2>/dev/null || echo ro-refused; echo out > /mnt/rw/out && echo rw-ok");
+    let r = sh(
+        &["--mount", &ro, "--mount", &rw],
+        "cat /mnt/ro/in; touch /mnt/ro/x 2>/dev/null || echo ro-refused; echo out > /mnt/rw/out && echo rw-ok",
+    );
     assert_eq!(r.stdout, "dataro-refused\nrw-ok\n", "{r:#?}");
     assert!(d.path().join("out").exists());
 }
@@ -158,7 +213,10 @@ fn extra_mounts_read_only_and_read_write() {
 #[test]
 fn network_none_has_loopback_only() {
     require_root();
-    let r = sh(&["--network", "none"], "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '");
+    let r = sh(
+        &["--network", "none"],
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    );
     assert_eq!(r.stdout, "lo\n", "{r:#?}");
 }
 
@@ -182,7 +240,10 @@ fn a_root_directory_replaces_the_host_root() {
     assert_eq!(r.stdout, "hi image 1\n", "{r:#?}");
     assert_eq!(r.code, 3);
     // The host's tools are not there.
-    let r = exec(&["--root", root.path().to_str().unwrap()], &["/usr/bin/env"]);
+    let r = exec(
+        &["--root", root.path().to_str().unwrap()],
+        &["/usr/bin/env"],
+    );
     assert_eq!(r.code, 125, "{r:#?}");
 }
 
@@ -193,12 +254,23 @@ fn runtime_landlock_runs_without_namespaces() {
     let ws = tempfile::tempdir().unwrap();
     let mut c = liftoff_exec(
         &["--workspace", ws.path().to_str().unwrap()],
-        &["/bin/sh", "-c", "id -u; echo x > $PWD/f && echo wrote; ls /root 2>/dev/null || echo noroot; touch /var/tmp/x 2>/dev/null || echo novar"],
+        &[
+            "/bin/sh",
+            "-c",
+            "id -u; echo x > $PWD/f && echo wrote; ls /root 2>/dev/null || echo noroot; touch /var/tmp/x 2>/dev/null || echo novar",
+        ],
     );
     c.env("SPACELIFT_WORKER_RUNTIME", "landlock");
     let o = c.output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(out, format!("{}\nwrote\nnoroot\nnovar\n", liftoff::sandbox::DEFAULT_HOST_ID), "{o:?}");
+    assert_eq!(
+        out,
+        format!(
+            "{}\nwrote\nnoroot\nnovar\n",
+            liftoff::sandbox::DEFAULT_HOST_ID
+        ),
+        "{o:?}"
+    );
 }
 
 #[test]
@@ -207,7 +279,14 @@ fn library_api_pipes_and_wait() {
     use liftoff::sandbox::{Exit, SandboxSpec, spawn};
     use std::io::Read;
     let ws = tempfile::tempdir().unwrap();
-    let mut spec = SandboxSpec::new(ws.path(), vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()]);
+    let mut spec = SandboxSpec::new(
+        ws.path(),
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "echo out; echo err >&2; exit 3".into(),
+        ],
+    );
     spec.limits.memory = Some(256 << 20);
     let mut sb = spawn(&spec).unwrap();
     let mut out = String::new();
@@ -230,8 +309,15 @@ fn library_api_terminate_kills_the_tree() {
     let spec = SandboxSpec::new(ws.path(), vec!["sh".into(), "-c".into(), script]);
     let mut sb = spawn(&spec).unwrap();
     let marker = format!("sleep {m}");
-    assert!(eventually(Duration::from_secs(5), || host_pids_with(&marker).len() == 2));
+    assert!(eventually(Duration::from_secs(5), || host_pids_with(
+        &marker
+    )
+    .len()
+        == 2));
     let o = sb.terminate(Duration::from_millis(300)).unwrap();
     assert!(matches!(o.exit, liftoff::sandbox::Exit::Signal(_)), "{o:?}");
-    assert!(eventually(Duration::from_secs(2), || host_pids_with(&marker).is_empty()));
+    assert!(eventually(Duration::from_secs(2), || host_pids_with(
+        &marker
+    )
+    .is_empty()));
 }

@@ -162,10 +162,7 @@ fn mkdir(dir: &Path) -> Result<(), Error> {
     match std::fs::create_dir(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::new(format!(
-            "create cgroup {}: {e}",
-            dir.display()
-        ))),
+        Err(e) => Err(Error::new(format!("create cgroup {}: {e}", dir.display()))),
     }
 }
 
@@ -221,7 +218,9 @@ impl JobCgroup {
             }
             Layout::Hybrid { root, unified } => {
                 let own_path = own.unified.as_deref().unwrap_or("/");
-                let track_parent = unified.join(own_path.trim_start_matches('/')).join("liftoff");
+                let track_parent = unified
+                    .join(own_path.trim_start_matches('/'))
+                    .join("liftoff");
                 let mut cg = JobCgroup::create_v1(root, own, name, limits)?;
                 let track = track_parent.join(name);
                 let made = mkdir(&track_parent).and_then(|_| mkdir(&track));
@@ -484,8 +483,13 @@ mod tests {
 
     #[test]
     fn parses_own_cgroups() {
-        let own = OwnCgroups::parse("9:name=systemd:/\n4:memory:/process_api/x\n1:cpu,cpuacct:/a\n0::/system.slice/liftoff.service\n");
-        assert_eq!(own.unified.as_deref(), Some("/system.slice/liftoff.service"));
+        let own = OwnCgroups::parse(
+            "9:name=systemd:/\n4:memory:/process_api/x\n1:cpu,cpuacct:/a\n0::/system.slice/liftoff.service\n",
+        );
+        assert_eq!(
+            own.unified.as_deref(),
+            Some("/system.slice/liftoff.service")
+        );
         assert_eq!(own.v1_path("memory"), "/process_api/x");
         assert_eq!(own.v1_path("cpuacct"), "/a");
         assert_eq!(own.v1_path("pids"), "/");
@@ -522,15 +526,27 @@ mod tests {
         };
         let cg = JobCgroup::create_in(&layout, &own, "job1", &limits).unwrap();
         let dir = t.path().join("liftoff/job1");
-        assert_eq!(std::fs::read_to_string(dir.join("memory.max")).unwrap(), "1073741824");
-        assert_eq!(std::fs::read_to_string(dir.join("pids.max")).unwrap(), "100");
-        assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).unwrap(), "150000 100000");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "1073741824"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("pids.max")).unwrap(),
+            "100"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "150000 100000"
+        );
         assert_eq!(
             std::fs::read_to_string(t.path().join("cgroup.subtree_control")).unwrap(),
             "+memory +pids +cpu"
         );
         assert_eq!(cg.tracking_dir(), dir);
         assert_eq!(oom_count("low 0\noom 1\noom_kill 2\n"), 2);
-        assert_eq!(oom_count("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n"), 0);
+        assert_eq!(
+            oom_count("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n"),
+            0
+        );
     }
 }

@@ -180,14 +180,31 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     wait_for_go(plan);
     if plan.drop_groups {
         // SAFETY: setgroups with an empty list.
-        ok_or_fail(e, STEP_SETGROUPS, sys(unsafe { libc::setgroups(0, std::ptr::null()) }));
+        ok_or_fail(
+            e,
+            STEP_SETGROUPS,
+            sys(unsafe {
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                    as libc::c_int
+            }),
+        );
     }
     // The namespace's root (0) is unmapped, so these keep our capabilities
-    // inside the namespace until the job drops them.
+    // inside the namespace until the job drops them. Raw system calls: libc's
+    // wrappers broadcast to the launcher's other threads, which this copy of
+    // the process does not have.
     // SAFETY: setresgid/setresuid with the mapped job id.
-    ok_or_fail(e, STEP_SETGID, sys(unsafe { libc::setresgid(JOB_ID, JOB_ID, JOB_ID) }));
+    ok_or_fail(
+        e,
+        STEP_SETGID,
+        sys(unsafe { libc::syscall(libc::SYS_setresgid, JOB_ID, JOB_ID, JOB_ID) as libc::c_int }),
+    );
     // SAFETY: as above.
-    ok_or_fail(e, STEP_SETUID, sys(unsafe { libc::setresuid(JOB_ID, JOB_ID, JOB_ID) }));
+    ok_or_fail(
+        e,
+        STEP_SETUID,
+        sys(unsafe { libc::syscall(libc::SYS_setresuid, JOB_ID, JOB_ID, JOB_ID) as libc::c_int }),
+    );
     // Credential changes clear PDEATHSIG: set it again.
     // SAFETY: prctl with constant arguments.
     ok_or_fail(
@@ -198,7 +215,11 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     launcher_alive(plan);
     if plan.cgroupns {
         // SAFETY: unshare with a constant flag.
-        ok_or_fail(e, STEP_CGROUPNS, sys(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }));
+        ok_or_fail(
+            e,
+            STEP_CGROUPNS,
+            sys(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }),
+        );
     }
     if let Some(h) = &plan.hostname {
         ok_or_fail(e, STEP_HOSTNAME, namespaces::set_hostname(h));
@@ -249,11 +270,26 @@ pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
     let e = plan.err_fd;
     if let Some((uid, gid)) = plan.become_host {
         // SAFETY: leaving host root: no groups, then gid, then uid.
-        ok_or_fail(e, STEP_SETGROUPS, sys(unsafe { libc::setgroups(0, std::ptr::null()) }));
+        ok_or_fail(
+            e,
+            STEP_SETGROUPS,
+            sys(unsafe {
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                    as libc::c_int
+            }),
+        );
         // SAFETY: as above.
-        ok_or_fail(e, STEP_SETGID, sys(unsafe { libc::setresgid(gid, gid, gid) }));
+        ok_or_fail(
+            e,
+            STEP_SETGID,
+            sys(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) as libc::c_int }),
+        );
         // SAFETY: as above.
-        ok_or_fail(e, STEP_SETUID, sys(unsafe { libc::setresuid(uid, uid, uid) }));
+        ok_or_fail(
+            e,
+            STEP_SETUID,
+            sys(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) as libc::c_int }),
+        );
     }
     // SAFETY: prctl with constant arguments (cleared by the uid change).
     ok_or_fail(
@@ -281,7 +317,11 @@ fn run_job(plan: &ChildPlan) -> ! {
     for (target, fd) in plan.stdio.iter().enumerate() {
         if *fd >= 0 {
             // SAFETY: dup2 of a valid fd onto 0/1/2 (clears CLOEXEC there).
-            ok_or_fail(e, STEP_STDIO, sys(unsafe { libc::dup2(*fd, target as i32) }));
+            ok_or_fail(
+                e,
+                STEP_STDIO,
+                sys(unsafe { libc::dup2(*fd, target as i32) }),
+            );
         }
     }
     // SAFETY: every fd above 2 closes at exec (the launcher's included).
@@ -345,7 +385,15 @@ fn drop_capabilities() -> Result<(), i32> {
         }
     }
     // SAFETY: prctl with constant arguments.
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
     #[repr(C)]
     struct Header {
         version: u32,

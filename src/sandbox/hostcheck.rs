@@ -5,12 +5,14 @@
 
 use std::path::Path;
 
-use super::cgroup::{Layout, OwnCgroups, CGROUP_ROOT};
+use super::cgroup::{CGROUP_ROOT, Layout, OwnCgroups};
 use super::{LandlockMode, Runtime, landlock, seccomp};
 use crate::check::{Area, Report, Status};
 
 fn read(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Kernel release, e.g. "6.18.0".
@@ -91,10 +93,19 @@ pub fn push_checks(report: &mut Report, runtime: Runtime, mode: LandlockMode) {
     }
     if userns_ok {
         match userns_works() {
-            Ok(()) => report.push("user namespaces", Status::Ok, host, "this launcher can create user namespaces"),
+            Ok(()) => report.push(
+                "user namespaces",
+                Status::Ok,
+                host,
+                "this launcher can create user namespaces",
+            ),
             Err(e) => {
                 userns_ok = false;
-                let st = if runtime == Runtime::Liftoff { Status::Error } else { Status::Warning };
+                let st = if runtime == Runtime::Liftoff {
+                    Status::Error
+                } else {
+                    Status::Warning
+                };
                 report.push("user namespaces", st, host, format!("creating one failed ({e}): check the sysctls above and the AppArmor profile, or use SPACELIFT_WORKER_RUNTIME=landlock"));
             }
         }
@@ -104,20 +115,55 @@ pub fn push_checks(report: &mut Report, runtime: Runtime, mode: LandlockMode) {
     let abi = landlock::abi();
     let missing = landlock::missing(abi);
     if missing.is_empty() {
-        report.push("landlock", Status::Ok, host, format!("ABI {abi}: filesystem rules, signal and abstract socket scoping"));
+        report.push(
+            "landlock",
+            Status::Ok,
+            host,
+            format!("ABI {abi}: filesystem rules, signal and abstract socket scoping"),
+        );
     } else {
-        let st = if mode == LandlockMode::Require || runtime == Runtime::Landlock { Status::Error } else { Status::Warning };
-        report.push("landlock", st, host, format!("ABI {abi}: best effort without {}; a newer kernel (6.12+) gives the full set{}", missing.join(", "), if mode == LandlockMode::Require { " (LIFTOFF_LANDLOCK=require refuses to run)" } else { "" }));
+        let st = if mode == LandlockMode::Require || runtime == Runtime::Landlock {
+            Status::Error
+        } else {
+            Status::Warning
+        };
+        report.push(
+            "landlock",
+            st,
+            host,
+            format!(
+                "ABI {abi}: best effort without {}; a newer kernel (6.12+) gives the full set{}",
+                missing.join(", "),
+                if mode == LandlockMode::Require {
+                    " (LIFTOFF_LANDLOCK=require refuses to run)"
+                } else {
+                    ""
+                }
+            ),
+        );
     }
 
     // seccomp.
     if seccomp::available() {
         match seccomp::programs() {
-            Ok(p) => report.push("seccomp", Status::Ok, host, format!("filter mode available; deny-list of {} instructions", p.deny.len())),
+            Ok(p) => report.push(
+                "seccomp",
+                Status::Ok,
+                host,
+                format!(
+                    "filter mode available; deny-list of {} instructions",
+                    p.deny.len()
+                ),
+            ),
             Err(e) => report.push("seccomp", Status::Error, host, e.message),
         }
     } else {
-        report.push("seccomp", Status::Error, host, "seccomp filters are unavailable: the kernel needs CONFIG_SECCOMP_FILTER");
+        report.push(
+            "seccomp",
+            Status::Error,
+            host,
+            "seccomp filters are unavailable: the kernel needs CONFIG_SECCOMP_FILTER",
+        );
     }
 
     // cgroups.

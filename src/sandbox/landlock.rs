@@ -187,7 +187,10 @@ impl Rules {
 
     /// The rules for a runtime-liftoff root: everything read-only but /dev
     /// and the writable mounts.
-    pub fn for_sandbox(mode: LandlockMode, writable: &[PathBuf]) -> Result<(Rules, Option<String>), Error> {
+    pub fn for_sandbox(
+        mode: LandlockMode,
+        writable: &[PathBuf],
+    ) -> Result<(Rules, Option<String>), Error> {
         Rules::new(
             mode,
             &[PathBuf::from("/")],
@@ -253,7 +256,11 @@ impl Rules {
             // SAFETY: as above.
             let is_dir = unsafe { libc::fstat(fd, &mut st) } == 0
                 && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            let access = if is_dir { *access } else { *access & FILE_ACCESS };
+            let access = if is_dir {
+                *access
+            } else {
+                *access & FILE_ACCESS
+            };
             let rule = PathBeneath {
                 allowed_access: access,
                 parent_fd: fd,
@@ -287,10 +294,12 @@ fn errno() -> i32 {
 pub fn host_read_only(root: Option<&Path>) -> Vec<PathBuf> {
     match root {
         Some(r) => vec![r.to_path_buf()],
-        None => ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/opt"]
-            .iter()
-            .map(PathBuf::from)
-            .collect(),
+        None => [
+            "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/opt",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect(),
     }
 }
 

@@ -203,7 +203,11 @@ pub fn unique_name() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("liftoff-{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+    format!(
+        "liftoff-{}-{:x}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    )
 }
 
 /// A sandbox setup failure: what failed and why.
@@ -400,8 +404,7 @@ impl Sandbox {
         let r = loop {
             // SAFETY: waitpid on our own child with a valid status pointer.
             let r = unsafe { libc::waitpid(self.pid, &mut status, flags | libc::__WALL) };
-            if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-            {
+            if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
             break r;

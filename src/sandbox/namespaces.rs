@@ -34,7 +34,11 @@ pub fn clone_flags(network: &Network) -> libc::c_ulong {
 pub fn host_ids(host_id: u32) -> (u32, u32) {
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if uid == 0 { (host_id, host_id) } else { (uid, gid) }
+    if uid == 0 {
+        (host_id, host_id)
+    } else {
+        (uid, gid)
+    }
 }
 
 /// Writes /proc/PID/{setgroups,uid_map,gid_map}: 1983 inside = the host ids.

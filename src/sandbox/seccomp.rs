@@ -124,8 +124,13 @@ fn arch() -> Result<TargetArch, Error> {
 }
 
 fn masked(arg: u8, mask: u64) -> Result<SeccompRule, Error> {
-    let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), mask)
-        .map_err(|e| Error::new(format!("seccomp rule: {e}")))?;
+    let cond = SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(mask),
+        mask,
+    )
+    .map_err(|e| Error::new(format!("seccomp rule: {e}")))?;
     SeccompRule::new(vec![cond]).map_err(|e| Error::new(format!("seccomp rule: {e}")))
 }
 

@@ -7,8 +7,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use super::child::{self, ChildPlan};
 use super::cgroup::JobCgroup;
+use super::child::{self, ChildPlan};
 use super::landlock::{self, Rules};
 use super::namespaces::{self, NetnsGuard};
 use super::{
@@ -146,21 +146,51 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let landlock_rules = match spec.runtime {
         Runtime::None => None,
         Runtime::Liftoff => {
-            let mut rw: Vec<PathBuf> = vec![WORKSPACE.into(), "/tmp".into(), JOB_HOME.into(), "/dev/shm".into(), "/dev/pts".into()];
-            rw.extend(spec.mounts.iter().filter(|m| m.writable).map(|m| m.target.clone()));
+            let mut rw: Vec<PathBuf> = vec![
+                WORKSPACE.into(),
+                "/tmp".into(),
+                JOB_HOME.into(),
+                "/dev/shm".into(),
+                "/dev/pts".into(),
+            ];
+            rw.extend(
+                spec.mounts
+                    .iter()
+                    .filter(|m| m.writable)
+                    .map(|m| m.target.clone()),
+            );
             let (rules, warning) = Rules::for_sandbox(spec.landlock, &rw)?;
             warnings.extend(warning);
             Some(rules)
         }
         Runtime::Landlock => {
             let mut ro = landlock::host_read_only(spec.root.as_deref());
-            ro.extend(spec.mounts.iter().filter(|m| !m.writable).map(|m| m.source.clone()));
+            ro.extend(
+                spec.mounts
+                    .iter()
+                    .filter(|m| !m.writable)
+                    .map(|m| m.source.clone()),
+            );
             let mut rw = vec![workspace.clone()];
-            rw.extend(spec.mounts.iter().filter(|m| m.writable).map(|m| m.source.clone()));
-            let dev = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts", "/dev/shm"]
-                .iter()
-                .map(PathBuf::from)
-                .collect::<Vec<_>>();
+            rw.extend(
+                spec.mounts
+                    .iter()
+                    .filter(|m| m.writable)
+                    .map(|m| m.source.clone()),
+            );
+            let dev = [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/full",
+                "/dev/random",
+                "/dev/urandom",
+                "/dev/tty",
+                "/dev/pts",
+                "/dev/shm",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .collect::<Vec<_>>();
             let (rules, warning) = Rules::new(spec.landlock, &ro, &rw, &dev)?;
             warnings.extend(warning);
             Some(rules)
@@ -181,7 +211,10 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         if k.is_empty() || k.contains('=') {
             return Err(Error::new(format!("bad environment variable name {k:?}")));
         }
-        env_c.push(cstr(format!("{k}={v}").as_bytes(), "an environment variable")?);
+        env_c.push(cstr(
+            format!("{k}={v}").as_bytes(),
+            "an environment variable",
+        )?);
     }
     let cwd = match (&spec.cwd, spec.runtime) {
         (Some(c), _) => c.clone(),
@@ -190,7 +223,10 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     };
     let hostname = if liftoff {
         if spec.hostname.is_empty() || spec.hostname.len() > 64 {
-            return Err(Error::new(format!("bad hostname {:?}: 1 to 64 characters", spec.hostname)));
+            return Err(Error::new(format!(
+                "bad hostname {:?}: 1 to 64 characters",
+                spec.hostname
+            )));
         }
         Some(cstr(spec.hostname.as_bytes(), "the hostname")?)
     } else {
@@ -313,7 +349,10 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let mut into_cgroup = v2_dir.is_some();
     if pid < 0 {
         let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        if matches!(e, libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EOPNOTSUPP) {
+        if matches!(
+            e,
+            libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EOPNOTSUPP
+        ) {
             // Kernels before 5.7: clone, then move the child (slower).
             into_cgroup = false;
             pidfd = -1;
@@ -354,7 +393,15 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         )));
     }
     let pid = pid as libc::pid_t;
-    drop((sync_r, err_w, status_w, in_child, out_child, errs_child, cgroup_tasks));
+    drop((
+        sync_r,
+        err_w,
+        status_w,
+        in_child,
+        out_child,
+        errs_child,
+        cgroup_tasks,
+    ));
 
     let abort = |e: Error, cgroup: &Option<JobCgroup>| -> Error {
         // SAFETY: kill and reap our own child.
@@ -429,7 +476,12 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(abort(Error::os("read the sandbox's setup status", e), &cgroup)),
+                Err(e) => {
+                    return Err(abort(
+                        Error::os("read the sandbox's setup status", e),
+                        &cgroup,
+                    ));
+                }
             }
         }
     }
@@ -443,7 +495,10 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         } else {
             String::new()
         };
-        return Err(abort(Error::new(format!("sandbox setup failed: {what}: {err}{hint}")), &cgroup));
+        return Err(abort(
+            Error::new(format!("sandbox setup failed: {what}: {err}{hint}")),
+            &cgroup,
+        ));
     }
 
     Ok(Sandbox {

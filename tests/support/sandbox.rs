@@ -180,7 +180,13 @@ pub fn unprivileged_user() -> (u32, u32) {
         };
         if id("-u").is_none() {
             let o = Command::new("useradd")
-                .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER])
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    TEST_USER,
+                ])
                 .output()
                 .expect("useradd is needed to create the unprivileged test user");
             // A parallel test may have created it first.
