@@ -321,3 +321,25 @@ fn library_api_terminate_kills_the_tree() {
     )
     .is_empty()));
 }
+
+#[test]
+fn check_reports_host_capabilities() {
+    require_root();
+    let o = std::process::Command::new(support::liftoff_bin())
+        .args(["check", "--json"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for n in ["kernel", "user namespaces", "landlock", "seccomp", "cgroups", "runtime"] {
+        assert!(names.contains(&n), "missing check {n}: {names:?}");
+    }
+    let runtime = doc["checks"].as_array().unwrap().iter().find(|c| c["name"] == "runtime").unwrap();
+    assert_eq!(runtime["status"], "ok", "{runtime}");
+}
