@@ -224,6 +224,16 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
     for w in &sb.warnings {
         eprintln!("liftoff: warning: {w}");
     }
+    let show_timings = env.get("LIFTOFF_EXEC_TIMINGS").is_some();
+    if show_timings {
+        for (what, t) in &sb.timings {
+            eprintln!(
+                "liftoff: timing: {:8.3} ms  {what}",
+                t.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    let waited = Instant::now();
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut timed_out = false;
     let outcome = loop {
@@ -282,6 +292,12 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
             }
         }
     };
+    if show_timings {
+        eprintln!(
+            "liftoff: timing: {:8.3} ms  job ran, tree ended, cgroups removed",
+            waited.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     if timed_out {
         eprintln!(
             "liftoff: the job timed out after {} and was killed",

@@ -337,9 +337,43 @@ fn check_reports_host_capabilities() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    for n in ["kernel", "user namespaces", "landlock", "seccomp", "cgroups", "runtime"] {
+    for n in [
+        "kernel",
+        "user namespaces",
+        "landlock",
+        "seccomp",
+        "cgroups",
+        "runtime",
+    ] {
         assert!(names.contains(&n), "missing check {n}: {names:?}");
     }
-    let runtime = doc["checks"].as_array().unwrap().iter().find(|c| c["name"] == "runtime").unwrap();
+    let runtime = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "runtime")
+        .unwrap();
     assert_eq!(runtime["status"], "ok", "{runtime}");
+}
+
+#[test]
+fn named_network_namespace_is_joined() {
+    require_root();
+    let name = format!("lt{}", unique() % 1_000_000);
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status();
+    require(
+        st.map(|s| s.success()).unwrap_or(false),
+        "`ip netns add` (iproute2) creates the test namespace",
+    );
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/run/netns/{name}"))
+        .unwrap()
+        .ino();
+    let r = exec(&["--network", &name], &["readlink", "/proc/self/ns/net"]);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &name])
+        .status();
+    assert_eq!(r.stdout, format!("net:[{ino}]\n"), "{r:#?}");
 }

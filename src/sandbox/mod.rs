@@ -277,6 +277,8 @@ pub struct Sandbox {
     pub stderr: Option<File>,
     /// What is not enforced on this host (said once, never silently).
     pub warnings: Vec<String>,
+    /// Time since `spawn` was called at each setup phase (for tuning).
+    pub timings: Vec<(&'static str, Duration)>,
 }
 
 impl Sandbox {

@@ -293,7 +293,7 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
             dst: cs("/newroot")?,
             fstype: cs("tmpfs")?,
             flags: libc::MS_NOSUID | libc::MS_NODEV,
-            data: cs("mode=0755,size=1m")?,
+            data: cs("mode=0755,size=4m")?,
         },
         "mount the root tmpfs".into(),
     );
@@ -430,7 +430,17 @@ fn etc(p: &mut Plan, spec: &SandboxSpec) -> Result<(), Error> {
     match &spec.root {
         None => {
             for e in HOST_ETC {
-                mirror_entry(p, &Path::new("/etc").join(e), &etc.join(e))?;
+                let host = Path::new("/etc").join(e);
+                // Small files are copied (one write) rather than bound (a
+                // mount and a remount): cheaper at every start.
+                match std::fs::symlink_metadata(&host) {
+                    Ok(m) if m.is_file() && m.len() <= 1 << 20 => {
+                        if let Ok(data) = std::fs::read(&host) {
+                            p.write(&etc.join(e), data)?;
+                        }
+                    }
+                    _ => mirror_entry(p, &host, &etc.join(e))?,
+                }
             }
         }
         Some(root) => {

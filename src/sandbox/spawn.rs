@@ -118,8 +118,9 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let host = namespaces::host_ids(spec.host_id);
     let mut warnings = Vec::new();
 
-    if root && spec.runtime != Runtime::None {
-        // The job (an unprivileged host id) owns its workspace.
+    if root {
+        // The job (an unprivileged host id, in every runtime) owns its
+        // workspace.
         let meta = std::fs::metadata(&workspace)
             .map_err(|e| Error::new(format!("workspace {}: {e}", workspace.display())))?;
         use std::os::unix::fs::MetadataExt;
@@ -134,6 +135,8 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         }
     }
 
+    let t0 = std::time::Instant::now();
+    let mut timings = Vec::with_capacity(8);
     // 1. The plan.
     let liftoff = spec.runtime == Runtime::Liftoff;
     let ops = if liftoff {
@@ -196,10 +199,12 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
             Some(rules)
         }
     };
+    timings.push(("plan: mounts, landlock", t0.elapsed()));
     let seccomp_prog = match spec.runtime {
         Runtime::None => None,
         _ => Some(seccomp::programs()?),
     };
+    timings.push(("plan: seccomp", t0.elapsed()));
     let exec_paths = exec_paths(&program, &spec.env)?;
     let argv_c: Vec<CString> = spec
         .argv
@@ -240,6 +245,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         )));
     }
 
+    timings.push(("plan: argv, env", t0.elapsed()));
     // 2. cgroups.
     let cgroup = match JobCgroup::create(&spec.name, &spec.limits) {
         Ok(cg) => Some(cg),
@@ -262,6 +268,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
             cgroup_tasks.push(OwnedFd::from(file));
         }
     }
+    timings.push(("cgroups created", t0.elapsed()));
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -427,6 +434,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     // SAFETY: a fresh fd we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
 
+    timings.push(("cloned", t0.elapsed()));
     // 5. Maps, cgroup, go.
     if liftoff {
         if let Err(e) = namespaces::write_id_maps(pid, host) {
@@ -448,6 +456,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         }
     }
 
+    timings.push(("maps written, child released", t0.elapsed()));
     // 6. Exec or error.
     let mut err_r = File::from(err_r);
     let mut buf = [0u8; 8];
@@ -501,6 +510,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         ));
     }
 
+    timings.push(("job exec'd", t0.elapsed()));
     Ok(Sandbox {
         pid,
         pidfd,
@@ -512,5 +522,6 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         stdout: out_parent,
         stderr: errs_parent,
         warnings,
+        timings,
     })
 }
