@@ -455,6 +455,61 @@ impl JobCgroup {
     }
 }
 
+/// Removes empty job cgroups left behind by a launcher that was killed
+/// (call once at launcher start). Populated ones are left alone (rmdir
+/// refuses them). Returns how many were removed.
+pub fn sweep_stale() -> usize {
+    let layout = Layout::detect(Path::new(CGROUP_ROOT));
+    let own = OwnCgroups::read();
+    let mut parents: Vec<PathBuf> = Vec::new();
+    match &layout {
+        Layout::V2 { root } => {
+            parents.push(v2_parent(root, own.unified.as_deref().unwrap_or("/")).jobs)
+        }
+        Layout::Hybrid { root, unified } => {
+            let own2 = own
+                .unified
+                .as_deref()
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            parents.push(unified.join(own2).join("liftoff"));
+            for c in ["pids", "memory", "cpu"] {
+                parents.push(
+                    root.join(c)
+                        .join(own.v1_path(c).trim_start_matches('/'))
+                        .join("liftoff"),
+                );
+            }
+        }
+        Layout::V1 { root } => {
+            for c in ["pids", "memory", "cpu"] {
+                parents.push(
+                    root.join(c)
+                        .join(own.v1_path(c).trim_start_matches('/'))
+                        .join("liftoff"),
+                );
+            }
+        }
+        Layout::None => {}
+    }
+    let mut removed = 0;
+    for p in parents {
+        let Ok(entries) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("liftoff-")
+                && e.path().is_dir()
+                && std::fs::remove_dir(e.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// The `oom_kill N` count of memory.events (v2) or memory.oom_control (v1).
 pub fn oom_count(text: &str) -> u64 {
     text.lines()

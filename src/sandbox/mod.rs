@@ -438,8 +438,11 @@ impl Sandbox {
         };
         let mut oom_killed = false;
         if let Some(cg) = self.cgroup.as_ref() {
-            // Nothing of the job may outlive its top process.
-            cg.kill_all();
+            // Nothing of the job may outlive its top process. With an init,
+            // the kernel has already killed and reaped the pid namespace.
+            if self.status.is_none() {
+                cg.kill_all();
+            }
             oom_killed = cg.oom_killed();
         }
         let o = Outcome { exit, oom_killed };
