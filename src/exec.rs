@@ -316,3 +316,86 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
         Exit::Signal(_) => outcome.exit_code(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ExecArgs,
+    }
+
+    fn args(v: &[&str]) -> ExecArgs {
+        let mut all = vec!["exec"];
+        all.extend_from_slice(v);
+        Wrap::try_parse_from(all).unwrap().args
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn spec_from_flags() {
+        let e = env(&[("PASSME", "1"), ("SECRET", "x")]);
+        let config = Config::load(&e).config;
+        let a = args(&[
+            "--env",
+            "A=b=c",
+            "--pass-env",
+            "PASSME",
+            "--pass-env",
+            "UNSET",
+            "--memory",
+            "512MiB",
+            "--pids",
+            "100",
+            "--cwd",
+            "/tmp",
+            "--hostname",
+            "h1",
+            "--network",
+            "none",
+            "--mount",
+            "/usr:/opt/u:ro",
+            "--",
+            "prog",
+            "arg",
+        ]);
+        let s = build_spec(&a, &e, &config, "/tmp".into()).unwrap();
+        assert_eq!(s.argv, vec!["prog", "arg"]);
+        assert!(s.env.contains(&("A".into(), "b=c".into())));
+        assert!(s.env.contains(&("PASSME".into(), "1".into())));
+        assert!(!s.env.iter().any(|(k, _)| k == "SECRET" || k == "UNSET"));
+        assert_eq!(s.limits.memory, Some(512 << 20));
+        assert_eq!(s.limits.pids, Some(100));
+        assert_eq!(s.hostname, "h1");
+        assert_eq!(s.network, Network::None);
+        assert_eq!(s.mounts.len(), 1);
+        assert!(!s.mounts[0].writable);
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        let e = env(&[]);
+        let config = Config::load(&e).config;
+        for bad in [
+            vec!["--env", "NOVALUE", "--", "x"],
+            vec!["--env", "1X=2", "--", "x"],
+            vec!["--memory", "lots", "--", "x"],
+            vec!["--cwd", "relative", "--", "x"],
+            vec!["--network", "bridge", "--", "x"],
+        ] {
+            assert!(
+                build_spec(&args(&bad), &e, &config, "/tmp".into()).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}
