@@ -590,6 +590,8 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
+/// statvfs f_flag bit (glibc has it in libc, musl does not).
+const ST_RELATIME: libc::c_ulong = 0x1000;
 
 #[repr(C)]
 struct MountAttr {
@@ -646,7 +648,7 @@ fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
         (libc::ST_NOEXEC, libc::MS_NOEXEC),
         (libc::ST_NOATIME, libc::MS_NOATIME),
         (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (ST_RELATIME, libc::MS_RELATIME),
     ] {
         if st.f_flag & st_flag != 0 {
             flags |= ms;

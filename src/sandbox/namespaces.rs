@@ -118,11 +118,11 @@ pub(crate) fn loopback_up() -> Result<(), i32> {
     req.ifr_name[1] = b'o' as libc::c_char;
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a valid ifreq.
     let r = unsafe {
-        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             -1
         } else {
             req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            libc::ioctl(s, libc::SIOCSIFFLAGS, &req)
+            libc::ioctl(s, libc::SIOCSIFFLAGS as _, &req)
         }
     };
     let e = errno();
