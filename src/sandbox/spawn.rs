@@ -125,6 +125,15 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
             .map_err(|e| Error::new(format!("workspace {}: {e}", workspace.display())))?;
         use std::os::unix::fs::MetadataExt;
         if meta.uid() != host.0 {
+            // Never hand a system directory (/, /tmp, /home...) to the job.
+            let depth = workspace.components().count();
+            if depth < 3 || meta.mode() & 0o1000 != 0 {
+                return Err(Error::new(format!(
+                    "workspace {} is a shared or top-level directory: give the job a dedicated directory (it becomes owned by the job's host id {})",
+                    workspace.display(),
+                    host.0
+                )));
+            }
             std::os::unix::fs::chown(&workspace, Some(host.0), Some(host.1)).map_err(|e| {
                 Error::new(format!(
                     "give the workspace {} to the job's host id {}: {e}",
