@@ -94,7 +94,10 @@ fn stats(v: &mut [Duration]) -> (f64, f64) {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n = if full { 200 } else { 3 };
-    let liftoff = env!("CARGO_BIN_EXE_liftoff");
+    // LIFTOFF_BENCH_BIN: another build to time (e.g. the static musl one).
+    let liftoff_bin = std::env::var("LIFTOFF_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_liftoff").to_string());
+    let liftoff = liftoff_bin.as_str();
     let bwrap = std::process::Command::new("bwrap")
         .arg("--version")
         .output()
@@ -142,7 +145,9 @@ fn main() {
     let (wm, wp) = stats(&mut bw);
     let (lm, lp) = stats(&mut lo);
     let (nm, np) = stats(&mut lo_none);
-    println!("sandbox start, {n} starts each (interleaved), wall time of spawn to exit:");
+    println!(
+        "sandbox start, {n} starts each (interleaved), wall time of spawn to exit ({liftoff}):"
+    );
     println!(
         "  {:<52} median {bm:7.3} ms   p95 {bp:7.3} ms",
         "/bin/true (bare)"

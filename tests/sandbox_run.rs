@@ -325,7 +325,7 @@ fn library_api_terminate_kills_the_tree() {
 #[test]
 fn check_reports_host_capabilities() {
     require_root();
-    let o = std::process::Command::new(support::liftoff_bin())
+    let o = std::process::Command::new(bin())
         .args(["check", "--json"])
         .env_clear()
         .output()

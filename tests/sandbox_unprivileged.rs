@@ -52,7 +52,7 @@ fn unprivileged_job_is_the_launchers_uid_outside() {
         .arg(format!("--reuid={u}"))
         .arg(format!("--regid={g}"))
         .arg("--clear-groups")
-        .arg(support::liftoff_bin())
+        .arg(bin())
         .args(["exec", "--", "sleep", &m])
         .env_clear()
         .env("TMPDIR", "/tmp")

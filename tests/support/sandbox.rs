@@ -8,6 +8,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The liftoff binary under test: `LIFTOFF_TEST_BIN` (e.g. the static musl
+/// build) or the one cargo built for this run.
+pub fn bin() -> PathBuf {
+    std::env::var_os("LIFTOFF_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(super::liftoff_bin)
+}
+
 /// Fails the test unless it runs as root (CI runs as root).
 pub fn require_root() {
     // SAFETY: geteuid cannot fail.
@@ -92,7 +100,7 @@ impl Run {
 
 /// A `liftoff exec` command with a clean environment.
 pub fn liftoff_exec(args: &[&str], cmd: &[&str]) -> Command {
-    let mut c = Command::new(super::liftoff_bin());
+    let mut c = Command::new(bin());
     c.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .env("LIFTOFF_KILL_GRACE", "1s")
@@ -212,7 +220,7 @@ pub fn exec_unprivileged(args: &[&str], cmd: &[&str]) -> Run {
         .arg(format!("--reuid={uid}"))
         .arg(format!("--regid={gid}"))
         .arg("--clear-groups")
-        .arg(super::liftoff_bin())
+        .arg(bin())
         .arg("exec")
         .args(args)
         .arg("--")
