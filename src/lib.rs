@@ -7,10 +7,12 @@
 
 pub mod check;
 pub mod config;
+pub mod exec;
 pub mod hostwatch;
 pub mod identity;
 pub mod launcher_log;
 pub mod run;
+pub mod sandbox;
 
 /// Exit status for configuration errors (EX_CONFIG): systemd's unit does not
 /// restart on it.

@@ -32,6 +32,8 @@ enum Command {
     },
     /// Print the version, git commit and build target.
     Version,
+    /// Run a program in the sandbox: exit status is the job's, 128+N for signal N, 124 on timeout, 125 when liftoff failed.
+    Exec(Box<liftoff::exec::ExecArgs>),
 }
 
 fn main() {
@@ -39,7 +41,9 @@ fn main() {
     let env = Env::from_process();
     let code = match cli.command {
         Command::Check { json } => {
-            let (report, config, _) = check::configuration(&env, identity::now());
+            let (mut report, config, _) = check::configuration(&env, identity::now());
+            let loaded = liftoff::config::Config::load(&env).config;
+            liftoff::sandbox::hostcheck::push_checks(&mut report, loaded.runtime, loaded.landlock);
             if let Some(c) = &config {
                 launcher_log::init(c.log_format, &c.log_filter);
             }
@@ -60,6 +64,7 @@ fn main() {
             0
         }
         Command::Config { json, .. } => show_config(&env, json),
+        Command::Exec(args) => liftoff::exec::run(*args, &env),
         Command::Version => {
             println!("liftoff {}", liftoff::VERSION);
             0

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod sandbox;
 
 use std::path::PathBuf;
 

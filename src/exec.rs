@@ -1,0 +1,401 @@
+//! `liftoff exec`: run one program in the sandbox from the command line.
+//!
+//! Order: [`ExecArgs`] (parsed by main) → [`run`]: read the sandbox settings
+//! of the configuration, build the [`SandboxSpec`], spawn, wait for the job,
+//! the timeout, or SIGINT/SIGTERM/SIGHUP (cancel: SIGTERM to the tree, the
+//! kill grace, SIGKILL), remove the temporary workspace. Returns the exit
+//! status: the job's own, 128+N for signal N, 124 on timeout, 125 when
+//! liftoff itself failed (the reason on stderr, prefixed `liftoff:`).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::config::{Config, Env, Network, parse};
+use crate::sandbox::{self, BindMount, Exit, Limits, SandboxSpec, Stdio};
+
+/// Exit status when the timeout killed the job (as timeout(1)).
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status when liftoff itself failed.
+pub const EXIT_LIFTOFF: i32 = 125;
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// Host directory mounted read-write at /mnt/workspace (default: a fresh temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// A root directory (an unpacked runner image) instead of the host's /usr, /bin, /sbin, /lib.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Extra bind mount SRC:DST[:ro|rw] (read-write by default).
+    #[arg(long = "mount", value_name = "SRC:DST[:ro|rw]")]
+    pub mounts: Vec<String>,
+    /// host, none (loopback only), or a namespace name under /run/netns (default: SPACELIFT_WORKER_NETWORK, else host).
+    #[arg(long, value_name = "host|none|NAME")]
+    pub network: Option<String>,
+    /// Set a variable in the job's environment.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Pass a variable of liftoff's own environment to the job.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
+    /// Memory limit in bytes (or 512MiB, 2GiB...; default LIFTOFF_JOB_MEMORY, else host memory minus 384MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub memory: Option<String>,
+    /// Maximum number of processes (default LIFTOFF_JOB_PIDS, else 4096).
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Kill the job after this long (Go duration: 30s, 5m, 1h30m); exit status 124.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Working directory inside the sandbox (default /mnt/workspace).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Hostname inside the sandbox (default: one of its own).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
+    pub command: Vec<String>,
+}
+
+/// Settings of the configuration `liftoff exec` uses.
+const SANDBOX_VARS: &[&str] = &[
+    "SPACELIFT_WORKER_NETWORK",
+    "SPACELIFT_WORKER_RUNTIME",
+    "LIFTOFF_LANDLOCK",
+    "LIFTOFF_JOB_MEMORY",
+    "LIFTOFF_JOB_PIDS",
+    "LIFTOFF_JOB_CPUS",
+    "LIFTOFF_KILL_GRACE",
+];
+
+fn fail(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("liftoff: {msg}");
+    EXIT_LIFTOFF
+}
+
+/// A temporary workspace removed on drop.
+struct TempWorkspace(PathBuf);
+
+impl Drop for TempWorkspace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_workspace() -> std::io::Result<TempWorkspace> {
+    let base = std::env::temp_dir();
+    for i in 0..16 {
+        let p = base.join(format!("{}-ws{i}", sandbox::unique_name()));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(TempWorkspace(p)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free temporary directory name"))
+}
+
+/// Builds the spec from the flags and the configuration.
+pub fn build_spec(
+    args: &ExecArgs,
+    env: &Env,
+    config: &Config,
+    workspace: PathBuf,
+) -> Result<SandboxSpec, String> {
+    let mut spec = SandboxSpec::new(workspace, args.command.clone());
+    spec.runtime = config.runtime;
+    spec.landlock = config.landlock;
+    spec.root = args.root.clone();
+    spec.network = match &args.network {
+        Some(n) => Network::parse(n, std::path::Path::new(crate::config::NETNS_DIR))
+            .map_err(|e| format!("--network {n}: {e}"))?,
+        None => config.network.clone(),
+    };
+    for m in &args.mounts {
+        let m = parse::mount(m).map_err(|e| format!("--mount: {e}"))?;
+        spec.mounts.push(BindMount {
+            source: m.host,
+            target: m.sandbox,
+            writable: !m.read_only,
+        });
+    }
+    for item in &args.env {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(format!("--env {item:?}: expected NAME=VALUE"));
+        };
+        if !parse::is_env_name(k) {
+            return Err(format!("--env {item:?}: {k:?} is not a variable name"));
+        }
+        spec.env.retain(|(n, _)| n != k);
+        spec.env.push((k.to_string(), v.to_string()));
+    }
+    for name in &args.pass_env {
+        if !parse::is_env_name(name) {
+            return Err(format!("--pass-env {name:?}: not a variable name"));
+        }
+        if let Some(v) = env.get(name) {
+            spec.env.retain(|(n, _)| n != name);
+            spec.env.push((name.clone(), v.to_string()));
+        }
+    }
+    let memory = match &args.memory {
+        Some(m) => Some(parse::byte_size(m).map_err(|e| format!("--memory {m}: {e}"))?),
+        None => config.job_memory.or_else(sandbox::auto_memory_limit),
+    };
+    spec.limits = Limits {
+        memory,
+        pids: Some(args.pids.unwrap_or(config.job_pids)),
+        cpus: config.job_cpus,
+        ..Limits::default()
+    };
+    if let Some(c) = &args.cwd {
+        if !c.is_absolute() {
+            return Err(format!("--cwd {}: must be an absolute path", c.display()));
+        }
+        spec.cwd = Some(c.clone());
+    }
+    if let Some(h) = &args.hostname {
+        spec.hostname = h.clone();
+    } else {
+        spec.hostname = "liftoff".into();
+    }
+    spec.stdin = Stdio::Inherit;
+    spec.stdout = Stdio::Inherit;
+    spec.stderr = Stdio::Inherit;
+    Ok(spec)
+}
+
+/// Blocks SIGINT, SIGTERM, SIGHUP and returns a signalfd for them.
+fn cancel_signals() -> Option<OwnedFd> {
+    // SAFETY: sigset manipulation on a stack value, sigprocmask, signalfd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Runs `liftoff exec`; returns the process exit status.
+pub fn run(args: ExecArgs, env: &Env) -> i32 {
+    let loaded = Config::load(env);
+    let errors: Vec<String> = loaded
+        .errors
+        .iter()
+        .filter(|e| SANDBOX_VARS.contains(&e.var.as_str()))
+        .map(|e| format!("{}: {}", e.var, e.message))
+        .collect();
+    if !errors.is_empty() {
+        return fail(errors.join("; "));
+    }
+    let config = loaded.config;
+    let timeout = match &args.timeout {
+        Some(t) => match parse::duration(t) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => return fail(format!("--timeout {t}: must be longer than 0s")),
+            Err(e) => return fail(format!("--timeout {t}: {e}")),
+        },
+        None => None,
+    };
+    let (workspace, _temp) = match &args.workspace {
+        Some(w) => (w.clone(), None),
+        None => match temp_workspace() {
+            Ok(t) => (t.0.clone(), Some(t)),
+            Err(e) => return fail(format!("create a temporary workspace: {e}")),
+        },
+    };
+    let spec = match build_spec(&args, env, &config, workspace) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let signals = cancel_signals();
+    let mut sb = match sandbox::spawn(&spec) {
+        Ok(sb) => sb,
+        Err(e) => return fail(e),
+    };
+    for w in &sb.warnings {
+        eprintln!("liftoff: warning: {w}");
+    }
+    let show_timings = env.get("LIFTOFF_EXEC_TIMINGS").is_some();
+    if show_timings {
+        for (what, t) in &sb.timings {
+            eprintln!(
+                "liftoff: timing: {:8.3} ms  {what}",
+                t.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    let waited = Instant::now();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut timed_out = false;
+    let outcome = loop {
+        let wait_ms = match deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+            None => -1,
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: sb.pidfd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_ref().map(|s| s.as_raw_fd()).unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two valid pollfds (a negative fd is ignored).
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
+        if r < 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            match sb.wait() {
+                Ok(o) => break o,
+                Err(e) => return fail(e),
+            }
+        }
+        if fds[1].revents != 0 {
+            let mut info = [0u8; 128];
+            if let Some(s) = &signals {
+                // SAFETY: read one signalfd_siginfo into a large enough buffer.
+                unsafe {
+                    libc::read(
+                        s.as_raw_fd(),
+                        info.as_mut_ptr() as *mut libc::c_void,
+                        info.len(),
+                    )
+                };
+            }
+            match sb.terminate(config.kill_grace) {
+                Ok(o) => break o,
+                Err(e) => return fail(e),
+            }
+        }
+        if r == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            timed_out = true;
+            match sb.terminate(config.kill_grace) {
+                Ok(o) => break o,
+                Err(e) => return fail(e),
+            }
+        }
+    };
+    if show_timings {
+        eprintln!(
+            "liftoff: timing: {:8.3} ms  job ran, tree ended, cgroups removed",
+            waited.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    if timed_out {
+        eprintln!(
+            "liftoff: the job timed out after {} and was killed",
+            parse::format_duration(timeout.unwrap_or_default())
+        );
+        return EXIT_TIMEOUT;
+    }
+    if outcome.oom_killed {
+        eprintln!(
+            "liftoff: the job ran out of memory (limit {} bytes) and was killed",
+            spec.limits.memory.unwrap_or(0)
+        );
+    }
+    match outcome.exit {
+        Exit::Code(c) => c,
+        Exit::Signal(_) => outcome.exit_code(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ExecArgs,
+    }
+
+    fn args(v: &[&str]) -> ExecArgs {
+        let mut all = vec!["exec"];
+        all.extend_from_slice(v);
+        Wrap::try_parse_from(all).unwrap().args
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn spec_from_flags() {
+        let e = env(&[("PASSME", "1"), ("SECRET", "x")]);
+        let config = Config::load(&e).config;
+        let a = args(&[
+            "--env",
+            "A=b=c",
+            "--pass-env",
+            "PASSME",
+            "--pass-env",
+            "UNSET",
+            "--memory",
+            "512MiB",
+            "--pids",
+            "100",
+            "--cwd",
+            "/tmp",
+            "--hostname",
+            "h1",
+            "--network",
+            "none",
+            "--mount",
+            "/usr:/opt/u:ro",
+            "--",
+            "prog",
+            "arg",
+        ]);
+        let s = build_spec(&a, &e, &config, "/tmp".into()).unwrap();
+        assert_eq!(s.argv, vec!["prog", "arg"]);
+        assert!(s.env.contains(&("A".into(), "b=c".into())));
+        assert!(s.env.contains(&("PASSME".into(), "1".into())));
+        assert!(!s.env.iter().any(|(k, _)| k == "SECRET" || k == "UNSET"));
+        assert_eq!(s.limits.memory, Some(512 << 20));
+        assert_eq!(s.limits.pids, Some(100));
+        assert_eq!(s.hostname, "h1");
+        assert_eq!(s.network, Network::None);
+        assert_eq!(s.mounts.len(), 1);
+        assert!(!s.mounts[0].writable);
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        let e = env(&[]);
+        let config = Config::load(&e).config;
+        for bad in [
+            vec!["--env", "NOVALUE", "--", "x"],
+            vec!["--env", "1X=2", "--", "x"],
+            vec!["--memory", "lots", "--", "x"],
+            vec!["--cwd", "relative", "--", "x"],
+            vec!["--network", "bridge", "--", "x"],
+        ] {
+            assert!(
+                build_spec(&args(&bad), &e, &config, "/tmp".into()).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}

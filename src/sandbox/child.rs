@@ -1,0 +1,427 @@
+//! The child side of [`super::spawn`]: everything between `clone(2)` and
+//! `execve(2)`. Only system calls on data the parent prepared ([`ChildPlan`]):
+//! no allocation, no locks, no panics, so it is safe after cloning a
+//! multi-threaded launcher.
+//!
+//! Order (runtime liftoff), in [`run_init`]: PDEATHSIG → wait for the go →
+//! uid/gid 1983 → cgroup namespace → hostname → loopback → mount plan → fork
+//! the job ([`run_job`]) → become init ([`super::init::serve`]).
+//! Runtimes landlock/none: [`run_direct`] (the child is the job).
+//!
+//! Errors go to the parent through the error pipe as (step, errno); the
+//! parent turns the step number into words ([`describe`]).
+
+use std::ffi::CString;
+
+use super::landlock::Rules;
+use super::mounts::Op;
+use super::rlimits::Rlimit;
+use super::seccomp::Programs;
+use super::{JOB_ID, init, namespaces, rlimits, seccomp};
+
+pub(crate) const STEP_SYNC: u32 = 1;
+pub(crate) const STEP_SETGROUPS: u32 = 2;
+pub(crate) const STEP_SETGID: u32 = 3;
+pub(crate) const STEP_SETUID: u32 = 4;
+pub(crate) const STEP_CGROUPNS: u32 = 5;
+pub(crate) const STEP_HOSTNAME: u32 = 6;
+pub(crate) const STEP_LOOPBACK: u32 = 7;
+pub(crate) const STEP_FORK: u32 = 8;
+pub(crate) const STEP_SETSID: u32 = 9;
+pub(crate) const STEP_STDIO: u32 = 10;
+pub(crate) const STEP_RLIMITS: u32 = 11;
+pub(crate) const STEP_CAPS: u32 = 12;
+pub(crate) const STEP_NNP: u32 = 13;
+pub(crate) const STEP_LANDLOCK: u32 = 14;
+pub(crate) const STEP_CWD: u32 = 15;
+pub(crate) const STEP_SECCOMP: u32 = 16;
+pub(crate) const STEP_EXEC: u32 = 17;
+pub(crate) const STEP_PDEATHSIG: u32 = 18;
+pub(crate) const STEP_CGROUP: u32 = 19;
+pub(crate) const STEP_MOUNT: u32 = 1000;
+
+/// Words for a step number (parent side).
+pub(crate) fn describe(step: u32, ops: &[(Op, String)], program: &str) -> String {
+    match step {
+        STEP_SYNC => "waiting for the launcher".into(),
+        STEP_SETGROUPS => "dropping supplementary groups".into(),
+        STEP_SETGID => format!("setting gid {JOB_ID}"),
+        STEP_SETUID => format!("setting uid {JOB_ID}"),
+        STEP_CGROUPNS => "creating the cgroup namespace".into(),
+        STEP_HOSTNAME => "setting the hostname".into(),
+        STEP_LOOPBACK => "bringing up the loopback interface".into(),
+        STEP_FORK => "forking the job from init".into(),
+        STEP_SETSID => "starting a new session".into(),
+        STEP_STDIO => "connecting stdin/stdout/stderr".into(),
+        STEP_RLIMITS => "setting rlimits".into(),
+        STEP_CAPS => "dropping capabilities".into(),
+        STEP_NNP => "setting no_new_privs".into(),
+        STEP_LANDLOCK => "applying landlock rules".into(),
+        STEP_CWD => "changing to the working directory".into(),
+        STEP_SECCOMP => "installing the seccomp filter".into(),
+        STEP_EXEC => format!("executing {program:?}"),
+        STEP_PDEATHSIG => "setting the parent-death signal".into(),
+        STEP_CGROUP => "joining the job's v1 cgroups".into(),
+        s if s >= STEP_MOUNT => ops
+            .get((s - STEP_MOUNT) as usize)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_else(|| format!("mount step {}", s - STEP_MOUNT)),
+        s => format!("step {s}"),
+    }
+}
+
+/// Everything the child needs, prepared by the parent.
+pub(crate) struct ChildPlan {
+    pub ops: Vec<(Op, String)>,
+    pub hostname: Option<CString>,
+    pub loopback: bool,
+    pub cgroupns: bool,
+    /// Drop supplementary groups (a root launcher can; an unprivileged one
+    /// has setgroups denied).
+    pub drop_groups: bool,
+    /// Runtime landlock/none as root: the host ids to become.
+    pub become_host: Option<(u32, u32)>,
+    pub landlock: Option<Rules>,
+    pub seccomp: Option<&'static Programs>,
+    pub rlimits: Vec<Rlimit>,
+    /// execve candidates (PATH lookup done in the parent).
+    pub exec_paths: Vec<CString>,
+    pub argv: Vec<*const libc::c_char>,
+    pub envp: Vec<*const libc::c_char>,
+    pub cwd: CString,
+    /// Child ends for fds 0, 1, 2; -1 = inherit.
+    pub stdio: [i32; 3],
+    pub sync_fd: i32,
+    /// v1 `tasks` files opened by the parent: the child writes "0".
+    pub cgroup_tasks: Vec<i32>,
+    pub err_fd: i32,
+    pub status_fd: i32,
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn fail(err_fd: i32, step: u32, errno: i32) -> ! {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&step.to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: write of a stack buffer, then _exit (no destructors run).
+    unsafe {
+        libc::write(err_fd, buf.as_ptr() as *const libc::c_void, buf.len());
+        libc::_exit(125)
+    }
+}
+
+fn ok_or_fail(err_fd: i32, step: u32, r: Result<(), i32>) {
+    if let Err(e) = r {
+        fail(err_fd, step, e)
+    }
+}
+
+fn sys(r: libc::c_int) -> Result<(), i32> {
+    if r < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// PDEATHSIG, then block until the parent says go (EOF: the parent died).
+fn wait_for_go(plan: &ChildPlan) {
+    // SAFETY: prctl with constant arguments.
+    ok_or_fail(
+        plan.err_fd,
+        STEP_PDEATHSIG,
+        sys(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
+    );
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: read into a one-byte stack buffer.
+        let n = unsafe { libc::read(plan.sync_fd, b.as_mut_ptr() as *mut libc::c_void, 1) };
+        if n == 1 {
+            break;
+        }
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        // The launcher is gone or gave up.
+        // SAFETY: _exit ends the child without running anything else.
+        unsafe { libc::_exit(125) };
+    }
+    for fd in &plan.cgroup_tasks {
+        // SAFETY: write of a constant to an fd the parent opened; close it.
+        let r = unsafe { libc::write(*fd, b"0".as_ptr() as *const libc::c_void, 1) };
+        if r < 0 {
+            fail(plan.err_fd, STEP_CGROUP, errno());
+        }
+        // SAFETY: closing our copy.
+        unsafe { libc::close(*fd) };
+    }
+}
+
+/// The launcher keeps the sync pipe's write end for the job's lifetime: a
+/// hang-up means it died before PDEATHSIG was (re)armed.
+fn launcher_alive(plan: &ChildPlan) {
+    let mut p = libc::pollfd {
+        fd: plan.sync_fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll of one valid pollfd without waiting.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    if r > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+        // SAFETY: _exit ends the child.
+        unsafe { libc::_exit(125) };
+    }
+    // SAFETY: closing our copy of the sync pipe.
+    unsafe { libc::close(plan.sync_fd) };
+}
+
+/// Pid 1 of the new namespaces (runtime liftoff). Never returns.
+pub(crate) fn run_init(plan: &ChildPlan) -> ! {
+    let e = plan.err_fd;
+    wait_for_go(plan);
+    if plan.drop_groups {
+        // SAFETY: setgroups with an empty list.
+        ok_or_fail(
+            e,
+            STEP_SETGROUPS,
+            sys(unsafe {
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                    as libc::c_int
+            }),
+        );
+    }
+    // The namespace's root (0) is unmapped, so these keep our capabilities
+    // inside the namespace until the job drops them. Raw system calls: libc's
+    // wrappers broadcast to the launcher's other threads, which this copy of
+    // the process does not have.
+    // SAFETY: setresgid/setresuid with the mapped job id.
+    ok_or_fail(
+        e,
+        STEP_SETGID,
+        sys(unsafe { libc::syscall(libc::SYS_setresgid, JOB_ID, JOB_ID, JOB_ID) as libc::c_int }),
+    );
+    // SAFETY: as above.
+    ok_or_fail(
+        e,
+        STEP_SETUID,
+        sys(unsafe { libc::syscall(libc::SYS_setresuid, JOB_ID, JOB_ID, JOB_ID) as libc::c_int }),
+    );
+    // Credential changes clear PDEATHSIG: set it again.
+    // SAFETY: prctl with constant arguments.
+    ok_or_fail(
+        e,
+        STEP_PDEATHSIG,
+        sys(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
+    );
+    launcher_alive(plan);
+    if plan.cgroupns {
+        // SAFETY: unshare with a constant flag.
+        ok_or_fail(
+            e,
+            STEP_CGROUPNS,
+            sys(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }),
+        );
+    }
+    if let Some(h) = &plan.hostname {
+        ok_or_fail(e, STEP_HOSTNAME, namespaces::set_hostname(h));
+    }
+    if plan.loopback {
+        ok_or_fail(e, STEP_LOOPBACK, namespaces::loopback_up());
+    }
+    for (i, (op, _)) in plan.ops.iter().enumerate() {
+        ok_or_fail(e, STEP_MOUNT + i as u32, op.run());
+    }
+    // Block every signal before the fork: init takes them with sigwaitinfo.
+    let all = init::block_all();
+    // A raw fork: libc's fork() runs atfork handlers and takes malloc locks
+    // that another launcher thread may have held at clone time (deadlock).
+    // SAFETY: fork-like clone without CLONE_VM; the child runs `run_job`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    } as libc::pid_t;
+    if pid < 0 {
+        fail(e, STEP_FORK, errno());
+    }
+    if pid == 0 {
+        run_job(plan);
+    }
+    // SAFETY: closing init's copies: the error pipe (so the parent sees EOF
+    // at the job's exec) and every other fd but the status pipe.
+    unsafe {
+        libc::close(plan.err_fd);
+        let s = plan.status_fd as libc::c_uint;
+        if s > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, s - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, s + 1, u32::MAX, 0u32);
+    }
+    init::serve(pid, plan.status_fd, &all)
+}
+
+/// Runtimes landlock and none: the clone child is the job. Never returns.
+pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
+    wait_for_go(plan);
+    let e = plan.err_fd;
+    if let Some((uid, gid)) = plan.become_host {
+        // SAFETY: leaving host root: no groups, then gid, then uid.
+        ok_or_fail(
+            e,
+            STEP_SETGROUPS,
+            sys(unsafe {
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                    as libc::c_int
+            }),
+        );
+        // SAFETY: as above.
+        ok_or_fail(
+            e,
+            STEP_SETGID,
+            sys(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) as libc::c_int }),
+        );
+        // SAFETY: as above.
+        ok_or_fail(
+            e,
+            STEP_SETUID,
+            sys(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) as libc::c_int }),
+        );
+    }
+    // SAFETY: prctl with constant arguments (cleared by the uid change).
+    ok_or_fail(
+        e,
+        STEP_PDEATHSIG,
+        sys(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
+    );
+    launcher_alive(plan);
+    run_job(plan)
+}
+
+/// The job: session, stdio, signals, limits, privileges, landlock, cwd,
+/// seccomp, exec. Never returns.
+fn run_job(plan: &ChildPlan) -> ! {
+    let e = plan.err_fd;
+    // SAFETY: prctl with constant arguments.
+    ok_or_fail(
+        e,
+        STEP_PDEATHSIG,
+        sys(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
+    );
+    // A new session: no controlling terminal to inject input into.
+    // SAFETY: setsid has no arguments.
+    ok_or_fail(e, STEP_SETSID, sys(unsafe { libc::setsid() }));
+    for (target, fd) in plan.stdio.iter().enumerate() {
+        if *fd >= 0 {
+            // SAFETY: dup2 of a valid fd onto 0/1/2 (clears CLOEXEC there).
+            ok_or_fail(
+                e,
+                STEP_STDIO,
+                sys(unsafe { libc::dup2(*fd, target as i32) }),
+            );
+        }
+    }
+    // SAFETY: every fd above 2 closes at exec (the launcher's included).
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    init::reset_signals();
+    ok_or_fail(e, STEP_RLIMITS, rlimits::apply(&plan.rlimits));
+    ok_or_fail(e, STEP_CAPS, drop_capabilities());
+    // SAFETY: prctl with constant arguments.
+    ok_or_fail(
+        e,
+        STEP_NNP,
+        sys(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
+    );
+    if let Some(rules) = &plan.landlock {
+        ok_or_fail(e, STEP_LANDLOCK, rules.apply());
+    }
+    // SAFETY: chdir to a valid C string.
+    ok_or_fail(e, STEP_CWD, sys(unsafe { libc::chdir(plan.cwd.as_ptr()) }));
+    if let Some(p) = plan.seccomp {
+        ok_or_fail(e, STEP_SECCOMP, seccomp::apply(p));
+    }
+    let mut last = libc::ENOENT;
+    for path in &plan.exec_paths {
+        // SAFETY: execve with NULL-terminated argv/envp arrays of C strings
+        // that live in `plan`.
+        unsafe { libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+        let err = errno();
+        if err != libc::ENOENT && err != libc::ENOTDIR {
+            last = err;
+        }
+        if last != libc::ENOENT {
+            break;
+        }
+    }
+    fail(e, STEP_EXEC, last)
+}
+
+/// Drops every capability: bounding set, ambient, then the three sets.
+fn drop_capabilities() -> Result<(), i32> {
+    for cap in 0..64 {
+        // SAFETY: PR_CAPBSET_DROP with a capability number; EINVAL past the
+        // last capability is expected.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if r < 0 {
+            let err = errno();
+            if err == libc::EINVAL {
+                break;
+            }
+            // EPERM: no CAP_SETPCAP (runtime landlock as a plain user): the
+            // bounding set cannot matter without capabilities.
+            if err != libc::EPERM {
+                return Err(err);
+            }
+        }
+    }
+    // SAFETY: prctl with constant arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset with a v3 header and two data structs.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    if r < 0 { Err(errno()) } else { Ok(()) }
+}

@@ -1,0 +1,838 @@
+//! The job's filesystem: a mount plan built in the launcher, run by the child
+//! inside its new mount namespace.
+//!
+//! Order: [`plan`] (parent: reads host paths, builds /etc, returns the list of
+//! [`Op`]s with a description each), then the child runs each op with
+//! [`Op::run`] in order. The plan itself encodes the setup order:
+//!
+//! 1. propagation private (nothing leaks back to the host);
+//! 2. a staging tmpfs on /tmp, `pivot_root` into it: the host is at /oldroot;
+//! 3. a tmpfs at /newroot; read-only binds of /oldroot/{usr,bin,...} (or the
+//!    root directory's entries), merged-usr symlinks copied as symlinks;
+//! 4. /etc written (passwd, group, hosts, resolv.conf, nsswitch.conf,
+//!    hostname) plus read-only binds of the CA bundle and loader files;
+//! 5. workspace rw at /mnt/workspace, /tmp and the home as tmpfs, extra mounts;
+//! 6. a minimal /dev (device binds, devpts, shm), a fresh /proc with masked
+//!    and read-only paths;
+//! 7. `pivot_root` into /newroot, old root detached, / remounted read-only.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use super::{BindMount, Error, JOB_HOME, Network, SandboxSpec, WORKSPACE};
+
+const STAGE: &str = "/tmp";
+
+/// One mount-namespace operation, ready to run without allocating.
+#[derive(Debug)]
+pub enum Op {
+    Mkdir(CString, u32),
+    Touch(CString),
+    Symlink {
+        target: CString,
+        path: CString,
+    },
+    Mount {
+        src: CString,
+        dst: CString,
+        fstype: CString,
+        flags: libc::c_ulong,
+        data: CString,
+    },
+    /// Recursive bind, then nosuid (+nodev unless `dev`) (+ro unless `rw`).
+    Bind {
+        src: CString,
+        dst: CString,
+        rw: bool,
+        dev: bool,
+    },
+    /// Make an existing mount read-only (not recursive).
+    ReadOnly(CString),
+    Write {
+        path: CString,
+        data: Vec<u8>,
+    },
+    Chdir(CString),
+    PivotRoot {
+        new: CString,
+        old: CString,
+    },
+    Detach(CString),
+}
+
+fn cs(p: impl AsRef<Path>) -> Result<CString, Error> {
+    CString::new(p.as_ref().as_os_str().as_bytes())
+        .map_err(|_| Error::new(format!("path {:?} contains a NUL byte", p.as_ref())))
+}
+
+/// The plan under construction: ops plus their descriptions.
+struct Plan {
+    ops: Vec<(Op, String)>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Plan {
+    fn push(&mut self, op: Op, what: String) {
+        self.ops.push((op, what));
+    }
+    /// mkdir -p of `dir` (a /newroot path), skipping what the plan made.
+    fn mkdirs(&mut self, dir: &Path) -> Result<(), Error> {
+        let mut cur = PathBuf::from("/");
+        for c in dir.components() {
+            if let Component::Normal(n) = c {
+                cur.push(n);
+                if self.dirs.insert(cur.clone()) {
+                    let what = format!("create directory {}", cur.display());
+                    self.push(Op::Mkdir(cs(&cur)?, 0o755), what);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn bind(&mut self, src: &Path, dst: &Path, rw: bool) -> Result<(), Error> {
+        let host = Path::new("/oldroot").join(src.strip_prefix("/").unwrap_or(src));
+        let meta = std::fs::metadata(src)
+            .map_err(|e| Error::new(format!("mount source {}: {e}", src.display())))?;
+        if meta.is_dir() {
+            self.mkdirs(dst)?;
+        } else {
+            if let Some(p) = dst.parent() {
+                self.mkdirs(p)?;
+            }
+            self.push(Op::Touch(cs(dst)?), format!("create {}", dst.display()));
+        }
+        let what = format!(
+            "bind {} {} at {}",
+            src.display(),
+            if rw { "read-write" } else { "read-only" },
+            inside(dst).display()
+        );
+        self.push(
+            Op::Bind {
+                src: cs(host)?,
+                dst: cs(dst)?,
+                rw,
+                dev: false,
+            },
+            what,
+        );
+        Ok(())
+    }
+    fn symlink(&mut self, target: &Path, path: &Path) -> Result<(), Error> {
+        if let Some(p) = path.parent() {
+            self.mkdirs(p)?;
+        }
+        let what = format!("symlink {} -> {}", inside(path).display(), target.display());
+        self.push(
+            Op::Symlink {
+                target: cs(target)?,
+                path: cs(path)?,
+            },
+            what,
+        );
+        Ok(())
+    }
+    fn mount(
+        &mut self,
+        fstype: &str,
+        dst: &Path,
+        flags: libc::c_ulong,
+        data: &str,
+    ) -> Result<(), Error> {
+        self.mkdirs(dst)?;
+        let what = format!("mount {fstype} at {}", inside(dst).display());
+        self.push(
+            Op::Mount {
+                src: cs(fstype)?,
+                dst: cs(dst)?,
+                fstype: cs(fstype)?,
+                flags,
+                data: cs(data)?,
+            },
+            what,
+        );
+        Ok(())
+    }
+    fn write(&mut self, path: &Path, data: Vec<u8>) -> Result<(), Error> {
+        let what = format!("write {}", inside(path).display());
+        self.push(
+            Op::Write {
+                path: cs(path)?,
+                data,
+            },
+            what,
+        );
+        Ok(())
+    }
+}
+
+/// The path a /newroot path has inside the sandbox.
+fn inside(p: &Path) -> PathBuf {
+    match p.strip_prefix("/newroot") {
+        Ok(rest) => Path::new("/").join(rest),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+fn nr(p: &str) -> PathBuf {
+    Path::new("/newroot").join(p.trim_start_matches('/'))
+}
+
+/// Host directories that make up the job's root when no root is given.
+const HOST_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"];
+
+/// Host /etc entries bound read-only when the root is the host's: the loader
+/// cache and the alternatives links /usr/bin points into.
+const HOST_ETC: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "localtime",
+    "protocols",
+    "services",
+    "os-release",
+    "debian_version",
+    "gai.conf",
+];
+
+/// Entries liftoff itself provides in the root and in /etc.
+const OWN_TOP: &[&str] = &["proc", "dev", "tmp", "etc", "mnt", "home", "sys", "run"];
+const OWN_ETC: &[&str] = &[
+    "passwd",
+    "group",
+    "shadow",
+    "gshadow",
+    "hosts",
+    "hostname",
+    "resolv.conf",
+    "nsswitch.conf",
+    "mtab",
+];
+
+/// /proc entries hidden behind /dev/null (files) or an empty read-only
+/// tmpfs (directories), and those made read-only: Docker's lists.
+const PROC_MASK_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "interrupts",
+];
+const PROC_MASK_DIRS: &[&str] = &["acpi", "scsi", "asound"];
+const PROC_RO: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
+/// Checks a sandbox target path: absolute, no `..`, not / and not inside
+/// /proc or /dev.
+pub fn check_target(p: &Path) -> Result<(), Error> {
+    if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::new(format!(
+            "mount target {} must be an absolute path without ..",
+            p.display()
+        )));
+    }
+    if p == Path::new("/")
+        || p.starts_with("/proc")
+        || p.starts_with("/dev")
+        || p == Path::new("/etc")
+    {
+        return Err(Error::new(format!(
+            "mount target {} is reserved by the sandbox",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the mount plan for `spec` (runtime liftoff).
+pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
+    let mut p = Plan {
+        ops: Vec::with_capacity(96),
+        dirs: BTreeSet::new(),
+    };
+    // 1-2: private propagation, staging tmpfs, first pivot.
+    p.push(
+        Op::Mount {
+            src: cs("none")?,
+            dst: cs("/")?,
+            fstype: cs("")?,
+            flags: libc::MS_REC | libc::MS_PRIVATE,
+            data: cs("")?,
+        },
+        "make mounts private".into(),
+    );
+    p.push(
+        Op::Mount {
+            src: cs("tmpfs")?,
+            dst: cs(STAGE)?,
+            fstype: cs("tmpfs")?,
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: cs("mode=0755,size=64k")?,
+        },
+        "mount the staging tmpfs".into(),
+    );
+    p.push(Op::Mkdir(cs("/tmp/oldroot")?, 0o755), "staging dir".into());
+    p.push(Op::Mkdir(cs("/tmp/newroot")?, 0o755), "staging dir".into());
+    p.push(
+        Op::PivotRoot {
+            new: cs(STAGE)?,
+            old: cs("/tmp/oldroot")?,
+        },
+        "pivot_root into the staging tmpfs".into(),
+    );
+    p.push(Op::Chdir(cs("/")?), "chdir /".into());
+    p.dirs.insert("/newroot".into());
+    // 3: the new root.
+    p.push(
+        Op::Mount {
+            src: cs("tmpfs")?,
+            dst: cs("/newroot")?,
+            fstype: cs("tmpfs")?,
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: cs("mode=0755,size=4m")?,
+        },
+        "mount the root tmpfs".into(),
+    );
+    match &spec.root {
+        None => {
+            for d in HOST_DIRS {
+                let host = Path::new("/").join(d);
+                mirror_entry(&mut p, &host, &nr(d))?;
+            }
+        }
+        Some(root) => {
+            let entries = std::fs::read_dir(root)
+                .map_err(|e| Error::new(format!("root directory {}: {e}", root.display())))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(n) = name.to_str() else { continue };
+                if OWN_TOP.contains(&n) {
+                    continue;
+                }
+                mirror_entry(&mut p, &entry.path(), &nr(n))?;
+            }
+        }
+    }
+    // 4: /etc.
+    etc(&mut p, spec)?;
+    // 5: workspace, tmp, home, extra mounts.
+    p.bind(&spec.workspace, &nr(WORKSPACE), true)?;
+    p.mount(
+        "tmpfs",
+        &nr("/tmp"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    )?;
+    p.mount(
+        "tmpfs",
+        &nr(JOB_HOME),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    )?;
+    for m in &spec.mounts {
+        extra_mount(&mut p, m)?;
+    }
+    // 6: /dev and /proc.
+    dev(&mut p)?;
+    proc(&mut p)?;
+    // 7: final pivot, detach, read-only root.
+    p.push(Op::Chdir(cs("/newroot")?), "chdir /newroot".into());
+    p.push(
+        Op::PivotRoot {
+            new: cs(".")?,
+            old: cs(".")?,
+        },
+        "pivot_root into the new root".into(),
+    );
+    p.push(Op::Detach(cs(".")?), "detach the old root".into());
+    p.push(Op::Chdir(cs("/")?), "chdir /".into());
+    p.push(Op::ReadOnly(cs("/")?), "make / read-only".into());
+    Ok(p.ops)
+}
+
+/// A top-level entry of the root: a symlink stays a symlink, a directory or
+/// file is bound read-only.
+fn mirror_entry(p: &mut Plan, host: &Path, dst: &Path) -> Result<(), Error> {
+    match std::fs::symlink_metadata(host) {
+        Err(_) => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(host)
+                .map_err(|e| Error::new(format!("read link {}: {e}", host.display())))?;
+            p.symlink(&target, dst)
+        }
+        Ok(m) if m.is_dir() || m.is_file() => p.bind(host, dst, false),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn extra_mount(p: &mut Plan, m: &BindMount) -> Result<(), Error> {
+    check_target(&m.target)?;
+    if !m.source.is_absolute() {
+        return Err(Error::new(format!(
+            "mount source {} must be an absolute path",
+            m.source.display()
+        )));
+    }
+    let src = std::fs::canonicalize(&m.source)
+        .map_err(|e| Error::new(format!("mount source {}: {e}", m.source.display())))?;
+    p.bind(&src, &nr(&m.target.to_string_lossy()), m.writable)
+}
+
+/// The job's /etc: its own passwd, group, hosts, resolv.conf, nsswitch.conf,
+/// hostname; the CA bundle; loader files (host root) or the image's /etc.
+fn etc(p: &mut Plan, spec: &SandboxSpec) -> Result<(), Error> {
+    let etc = nr("/etc");
+    p.mkdirs(&etc)?;
+    let h = &spec.hostname;
+    p.write(
+        &etc.join("passwd"),
+        format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n{u}:x:{id}:{id}:{u}:{JOB_HOME}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            u = super::JOB_USER,
+            id = super::JOB_ID
+        )
+        .into_bytes(),
+    )?;
+    p.write(
+        &etc.join("group"),
+        format!(
+            "root:x:0:\n{u}:x:{id}:\nnogroup:x:65534:\n",
+            u = super::JOB_USER,
+            id = super::JOB_ID
+        )
+        .into_bytes(),
+    )?;
+    let mut hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{h}\n"
+    );
+    if spec.network != Network::None {
+        if let Ok(host_hosts) = std::fs::read_to_string("/etc/hosts") {
+            hosts.push_str("# from the host\n");
+            hosts.push_str(&host_hosts);
+        }
+    }
+    p.write(&etc.join("hosts"), hosts.into_bytes())?;
+    p.write(&etc.join("hostname"), format!("{h}\n").into_bytes())?;
+    let resolv = match spec.network {
+        Network::None => Vec::new(),
+        _ => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+    };
+    p.write(&etc.join("resolv.conf"), resolv)?;
+    p.write(
+        &etc.join("nsswitch.conf"),
+        b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\nethers: files\nrpc: files\n".to_vec(),
+    )?;
+    p.symlink(Path::new("/proc/self/mounts"), &etc.join("mtab"))?;
+    match &spec.root {
+        None => {
+            for e in HOST_ETC {
+                let host = Path::new("/etc").join(e);
+                // Small files are copied (one write) rather than bound (a
+                // mount and a remount): cheaper at every start.
+                match std::fs::symlink_metadata(&host) {
+                    Ok(m) if m.is_file() && m.len() <= 1 << 20 => {
+                        if let Ok(data) = std::fs::read(&host) {
+                            p.write(&etc.join(e), data)?;
+                        }
+                    }
+                    _ => mirror_entry(p, &host, &etc.join(e))?,
+                }
+            }
+        }
+        Some(root) => {
+            if let Ok(entries) = std::fs::read_dir(root.join("etc")) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(n) = name.to_str() else { continue };
+                    if OWN_ETC.contains(&n) || n == "ssl" || n == "pki" {
+                        continue;
+                    }
+                    mirror_entry(p, &entry.path(), &etc.join(n))?;
+                }
+            }
+        }
+    }
+    let bundle = spec.ca_bundle.clone().or_else(host_ca_bundle);
+    if let Some(b) = bundle {
+        let b = std::fs::canonicalize(&b)
+            .map_err(|e| Error::new(format!("CA bundle {}: {e}", b.display())))?;
+        p.bind(&b, &etc.join("ssl/certs/ca-certificates.crt"), false)?;
+        p.symlink(
+            Path::new("certs/ca-certificates.crt"),
+            &etc.join("ssl/cert.pem"),
+        )?;
+        p.symlink(
+            Path::new("/etc/ssl/certs/ca-certificates.crt"),
+            &etc.join("pki/tls/certs/ca-bundle.crt"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The host's CA bundle (Debian/Ubuntu/Alpine, then RHEL/Fedora paths).
+pub fn host_ca_bundle() -> Option<PathBuf> {
+    [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+fn dev(p: &mut Plan) -> Result<(), Error> {
+    let dev = nr("/dev");
+    p.mount(
+        "tmpfs",
+        &dev,
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=0755,size=64k",
+    )?;
+    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let path = dev.join(d);
+        p.push(Op::Touch(cs(&path)?), format!("create /dev/{d}"));
+        p.push(
+            Op::Bind {
+                src: cs(Path::new("/oldroot/dev").join(d))?,
+                dst: cs(&path)?,
+                rw: true,
+                dev: true,
+            },
+            format!("bind /dev/{d}"),
+        );
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        p.symlink(Path::new(target), &dev.join(name))?;
+    }
+    p.mount(
+        "devpts",
+        &dev.join("pts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=620",
+    )?;
+    p.mount(
+        "tmpfs",
+        &dev.join("shm"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    )?;
+    p.push(Op::ReadOnly(cs(&dev)?), "make /dev read-only".into());
+    Ok(())
+}
+
+fn proc(p: &mut Plan) -> Result<(), Error> {
+    let proc = nr("/proc");
+    p.mount(
+        "proc",
+        &proc,
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    )?;
+    for f in PROC_MASK_FILES {
+        if Path::new("/proc").join(f).exists() {
+            p.push(
+                Op::Bind {
+                    src: cs("/newroot/dev/null")?,
+                    dst: cs(proc.join(f))?,
+                    rw: true,
+                    dev: true,
+                },
+                format!("mask /proc/{f}"),
+            );
+        }
+    }
+    for d in PROC_MASK_DIRS {
+        if Path::new("/proc").join(d).is_dir() {
+            p.push(
+                Op::Mount {
+                    src: cs("tmpfs")?,
+                    dst: cs(proc.join(d))?,
+                    fstype: cs("tmpfs")?,
+                    flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    data: cs("size=0")?,
+                },
+                format!("mask /proc/{d}"),
+            );
+        }
+    }
+    for r in PROC_RO {
+        if Path::new("/proc").join(r).exists() {
+            let path = cs(proc.join(r))?;
+            p.push(
+                Op::Bind {
+                    src: path.clone(),
+                    dst: path,
+                    rw: false,
+                    dev: false,
+                },
+                format!("make /proc/{r} read-only"),
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---- child side: system calls only, no allocation ----
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+/// statvfs f_flag bit (glibc has it in libc, musl does not).
+const ST_RELATIME: libc::c_ulong = 0x1000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn check(r: libc::c_int) -> Result<(), i32> {
+    if r < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// Sets mount attributes, recursively when asked; falls back to a remount
+/// keeping the locked flags on kernels without mount_setattr (< 5.12).
+fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr with a valid path and a correctly sized struct.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            if recursive { AT_RECURSIVE } else { 0 },
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = errno();
+    if e != libc::ENOSYS {
+        return Err(e);
+    }
+    // SAFETY: statvfs into a zeroed struct for a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    check(unsafe { libc::statvfs(path.as_ptr(), &mut st) })?;
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND;
+    for (st_flag, ms) in [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms;
+        }
+    }
+    if set & MOUNT_ATTR_RDONLY != 0 {
+        flags |= libc::MS_RDONLY;
+    }
+    if set & MOUNT_ATTR_NOSUID != 0 {
+        flags |= libc::MS_NOSUID;
+    }
+    if set & MOUNT_ATTR_NODEV != 0 {
+        flags |= libc::MS_NODEV;
+    }
+    // SAFETY: remount of a valid path with null source/type/data.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+impl Op {
+    /// Runs the op (child side). Returns the errno on failure.
+    pub(crate) fn run(&self) -> Result<(), i32> {
+        match self {
+            Op::Mkdir(path, mode) => {
+                // SAFETY: valid C string path.
+                let r = unsafe { libc::mkdir(path.as_ptr(), *mode) };
+                if r < 0 && errno() != libc::EEXIST {
+                    return Err(errno());
+                }
+                Ok(())
+            }
+            Op::Touch(path) => {
+                // SAFETY: valid C string path; the fd is closed right away.
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o644,
+                    )
+                };
+                if fd < 0 {
+                    return Err(errno());
+                }
+                // SAFETY: closing the fd we just opened.
+                unsafe { libc::close(fd) };
+                Ok(())
+            }
+            Op::Symlink { target, path } => {
+                // SAFETY: valid C strings.
+                check(unsafe { libc::symlink(target.as_ptr(), path.as_ptr()) })
+            }
+            Op::Mount {
+                src,
+                dst,
+                fstype,
+                flags,
+                data,
+            } => {
+                let fstype_ptr = if fstype.is_empty() {
+                    std::ptr::null()
+                } else {
+                    fstype.as_ptr()
+                };
+                let data_ptr = if data.is_empty() {
+                    std::ptr::null()
+                } else {
+                    data.as_ptr() as *const libc::c_void
+                };
+                // SAFETY: valid C strings or null where the kernel allows it.
+                check(unsafe {
+                    libc::mount(src.as_ptr(), dst.as_ptr(), fstype_ptr, *flags, data_ptr)
+                })
+            }
+            Op::Bind { src, dst, rw, dev } => {
+                // SAFETY: valid C strings, null type and data for a bind.
+                check(unsafe {
+                    libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    )
+                })?;
+                if *dev && *rw {
+                    // A device node (or a /dev/null mask): nothing to
+                    // restrict on it, and one system call less per start.
+                    return Ok(());
+                }
+                let mut set = MOUNT_ATTR_NOSUID;
+                if !dev {
+                    set |= MOUNT_ATTR_NODEV;
+                }
+                if !rw {
+                    set |= MOUNT_ATTR_RDONLY;
+                }
+                set_attr(dst, set, true)
+            }
+            Op::ReadOnly(path) => set_attr(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, false),
+            Op::Write { path, data } => {
+                // SAFETY: valid path; the fd is closed below.
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC,
+                        0o644,
+                    )
+                };
+                if fd < 0 {
+                    return Err(errno());
+                }
+                let mut off = 0;
+                while off < data.len() {
+                    // SAFETY: writing from a valid slice of `data`.
+                    let n = unsafe {
+                        libc::write(
+                            fd,
+                            data[off..].as_ptr() as *const libc::c_void,
+                            data.len() - off,
+                        )
+                    };
+                    if n <= 0 {
+                        let e = errno();
+                        // SAFETY: closing our fd.
+                        unsafe { libc::close(fd) };
+                        return Err(e);
+                    }
+                    off += n as usize;
+                }
+                // SAFETY: closing our fd.
+                unsafe { libc::close(fd) };
+                Ok(())
+            }
+            Op::Chdir(path) => {
+                // SAFETY: valid C string.
+                check(unsafe { libc::chdir(path.as_ptr()) })
+            }
+            Op::PivotRoot { new, old } => {
+                // SAFETY: pivot_root with two valid C strings.
+                let r = unsafe { libc::syscall(libc::SYS_pivot_root, new.as_ptr(), old.as_ptr()) };
+                if r < 0 { Err(errno()) } else { Ok(()) }
+            }
+            Op::Detach(path) => {
+                // SAFETY: valid C string.
+                check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_checked() {
+        assert!(check_target(Path::new("/mnt/cache")).is_ok());
+        assert!(check_target(Path::new("relative")).is_err());
+        assert!(check_target(Path::new("/a/../etc")).is_err());
+        assert!(check_target(Path::new("/")).is_err());
+        assert!(check_target(Path::new("/proc/sys")).is_err());
+        assert!(check_target(Path::new("/dev/sda")).is_err());
+    }
+
+    #[test]
+    fn plan_binds_host_dirs_read_only_and_workspace_rw() {
+        let ws = tempfile::tempdir().unwrap();
+        let spec = SandboxSpec::new(ws.path(), vec!["/bin/true".into()]);
+        let ops = plan(&spec).unwrap();
+        let text: Vec<&str> = ops.iter().map(|(_, w)| w.as_str()).collect();
+        assert!(
+            text.iter()
+                .any(|w| w.contains("read-write at /mnt/workspace"))
+        );
+        assert!(text.iter().any(|w| w.starts_with("mount proc at /proc")));
+        assert!(text.contains(&"make / read-only"));
+        // /usr is bound read-only (a real dir on every supported host).
+        assert!(text.iter().any(|w| w.contains("/usr read-only at /usr")));
+    }
+}

@@ -1,0 +1,536 @@
+//! The parent side of starting a sandbox: [`spawn`]. See the setup order in
+//! the module doc of `sandbox` (mod.rs).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use super::cgroup::JobCgroup;
+use super::child::{self, ChildPlan};
+use super::landlock::{self, Rules};
+use super::namespaces::{self, NetnsGuard};
+use super::{
+    Error, JOB_HOME, Network, Runtime, Sandbox, SandboxSpec, Stdio, WORKSPACE, mounts, rlimits,
+    seccomp,
+};
+
+/// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// How long the child may take from clone to exec.
+const SETUP_TIMEOUT_MS: i32 = 30_000;
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into a two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::os("pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds are fresh and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn cstr(s: &[u8], what: &str) -> Result<CString, Error> {
+    CString::new(s).map_err(|_| Error::new(format!("{what} contains a NUL byte")))
+}
+
+/// execve candidates for `program` with the job's PATH (as execvp would).
+fn exec_paths(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, Error> {
+    if program.is_empty() {
+        return Err(Error::new("no program to run"));
+    }
+    if program.contains('/') {
+        return Ok(vec![cstr(program.as_bytes(), "program")?]);
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| cstr(format!("{d}/{program}").as_bytes(), "program path"))
+        .collect()
+}
+
+/// Where each standard stream goes: (child end, parent end).
+fn stdio(which: Stdio, input: bool) -> Result<(Option<OwnedFd>, Option<File>), Error> {
+    match which {
+        Stdio::Inherit => Ok((None, None)),
+        Stdio::Null => {
+            let f = std::fs::OpenOptions::new()
+                .read(input)
+                .write(!input)
+                .open("/dev/null")
+                .map_err(|e| Error::os("open /dev/null", e))?;
+            Ok((Some(f.into()), None))
+        }
+        Stdio::Piped => {
+            let (r, w) = pipe()?;
+            if input {
+                Ok((Some(r), Some(File::from(w))))
+            } else {
+                Ok((Some(w), Some(File::from(r))))
+            }
+        }
+    }
+}
+
+/// Starts the job of `spec`. Returns once the job has been exec'd (or with
+/// the reason setup failed).
+///
+/// Call it from a thread that outlives the job: PDEATHSIG fires when the
+/// spawning *thread* exits (the job's cgroup still catches a launcher crash).
+pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
+    let program = spec
+        .argv
+        .first()
+        .ok_or_else(|| Error::new("no program to run"))?
+        .clone();
+    let workspace = std::fs::canonicalize(&spec.workspace)
+        .map_err(|e| Error::new(format!("workspace {}: {e}", spec.workspace.display())))?;
+    if !workspace.is_dir() {
+        return Err(Error::new(format!(
+            "workspace {} is not a directory",
+            workspace.display()
+        )));
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let host = namespaces::host_ids(spec.host_id);
+    let mut warnings = Vec::new();
+
+    if root {
+        // The job (an unprivileged host id, in every runtime) owns its
+        // workspace.
+        let meta = std::fs::metadata(&workspace)
+            .map_err(|e| Error::new(format!("workspace {}: {e}", workspace.display())))?;
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() != host.0 {
+            // Never hand a system directory (/, /tmp, /home...) to the job.
+            let depth = workspace.components().count();
+            if depth < 3 || meta.mode() & 0o1000 != 0 {
+                return Err(Error::new(format!(
+                    "workspace {} is a shared or top-level directory: give the job a dedicated directory (it becomes owned by the job's host id {})",
+                    workspace.display(),
+                    host.0
+                )));
+            }
+            std::os::unix::fs::chown(&workspace, Some(host.0), Some(host.1)).map_err(|e| {
+                Error::new(format!(
+                    "give the workspace {} to the job's host id {}: {e}",
+                    workspace.display(),
+                    host.0
+                ))
+            })?;
+        }
+    }
+
+    let t0 = std::time::Instant::now();
+    let mut timings = Vec::with_capacity(8);
+    // 1. The plan.
+    let liftoff = spec.runtime == Runtime::Liftoff;
+    let ops = if liftoff {
+        let mut s = spec.clone();
+        s.workspace = workspace.clone();
+        mounts::plan(&s)?
+    } else {
+        Vec::new()
+    };
+    let landlock_rules = match spec.runtime {
+        Runtime::None => None,
+        Runtime::Liftoff => {
+            let mut rw: Vec<PathBuf> = vec![
+                WORKSPACE.into(),
+                "/tmp".into(),
+                JOB_HOME.into(),
+                "/dev/shm".into(),
+                "/dev/pts".into(),
+            ];
+            rw.extend(
+                spec.mounts
+                    .iter()
+                    .filter(|m| m.writable)
+                    .map(|m| m.target.clone()),
+            );
+            let (rules, warning) = Rules::for_sandbox(spec.landlock, &rw)?;
+            warnings.extend(warning);
+            Some(rules)
+        }
+        Runtime::Landlock => {
+            let mut ro = landlock::host_read_only(spec.root.as_deref());
+            ro.extend(
+                spec.mounts
+                    .iter()
+                    .filter(|m| !m.writable)
+                    .map(|m| m.source.clone()),
+            );
+            let mut rw = vec![workspace.clone()];
+            rw.extend(
+                spec.mounts
+                    .iter()
+                    .filter(|m| m.writable)
+                    .map(|m| m.source.clone()),
+            );
+            let dev = [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/full",
+                "/dev/random",
+                "/dev/urandom",
+                "/dev/tty",
+                "/dev/pts",
+                "/dev/shm",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .collect::<Vec<_>>();
+            let (rules, warning) = Rules::new(spec.landlock, &ro, &rw, &dev)?;
+            warnings.extend(warning);
+            Some(rules)
+        }
+    };
+    timings.push(("plan: mounts, landlock", t0.elapsed()));
+    let seccomp_prog = match spec.runtime {
+        Runtime::None => None,
+        _ => Some(seccomp::programs()?),
+    };
+    timings.push(("plan: seccomp", t0.elapsed()));
+    let exec_paths = exec_paths(&program, &spec.env)?;
+    let argv_c: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_bytes(), "an argument"))
+        .collect::<Result<_, _>>()?;
+    let mut env_c = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(Error::new(format!("bad environment variable name {k:?}")));
+        }
+        env_c.push(cstr(
+            format!("{k}={v}").as_bytes(),
+            "an environment variable",
+        )?);
+    }
+    let cwd = match (&spec.cwd, spec.runtime) {
+        (Some(c), _) => c.clone(),
+        (None, Runtime::Liftoff) => PathBuf::from(WORKSPACE),
+        (None, _) => workspace.clone(),
+    };
+    let hostname = if liftoff {
+        if spec.hostname.is_empty() || spec.hostname.len() > 64 {
+            return Err(Error::new(format!(
+                "bad hostname {:?}: 1 to 64 characters",
+                spec.hostname
+            )));
+        }
+        Some(cstr(spec.hostname.as_bytes(), "the hostname")?)
+    } else {
+        None
+    };
+    if !liftoff && spec.network != Network::Host {
+        return Err(Error::new(format!(
+            "network {} needs runtime liftoff (runtime {} has no namespaces)",
+            spec.network,
+            spec.runtime.name()
+        )));
+    }
+
+    timings.push(("plan: argv, env", t0.elapsed()));
+    // 2. cgroups.
+    let cgroup = match JobCgroup::create(&spec.name, &spec.limits) {
+        Ok(cg) => Some(cg),
+        Err(e) if !root => {
+            warnings.push(format!(
+                "cgroup limits are NOT enforced (memory, pids, cpu) and the tree is tracked by its pid namespace only: {e}"
+            ));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+
+    let mut cgroup_tasks = Vec::new();
+    if let Some(cg) = &cgroup {
+        for f in cg.v1_task_files() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .map_err(|e| Error::new(format!("open {}: {e}", f.display())))?;
+            cgroup_tasks.push(OwnedFd::from(file));
+        }
+    }
+    timings.push(("cgroups created", t0.elapsed()));
+    let (sync_r, sync_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    let (in_child, in_parent) = stdio(spec.stdin, true)?;
+    let (out_child, out_parent) = stdio(spec.stdout, false)?;
+    let (errs_child, errs_parent) = stdio(spec.stderr, false)?;
+    let raw = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+
+    let argv: Vec<*const libc::c_char> = argv_c
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = env_c
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let plan = ChildPlan {
+        ops,
+        hostname,
+        loopback: spec.network == Network::None,
+        cgroupns: cgroup.is_some(),
+        drop_groups: root,
+        become_host: (root && !liftoff).then_some(host),
+        landlock: landlock_rules,
+        seccomp: seccomp_prog,
+        rlimits: rlimits::plan(spec.limits.nofile),
+        exec_paths,
+        argv,
+        envp,
+        cwd: cstr(cwd.as_os_str().as_bytes(), "the working directory")?,
+        stdio: [raw(&in_child), raw(&out_child), raw(&errs_child)],
+        sync_fd: sync_r.as_raw_fd(),
+        cgroup_tasks: cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
+        err_fd: err_w.as_raw_fd(),
+        status_fd: status_w.as_raw_fd(),
+    };
+
+    // 3-4. Named network, clone.
+    let flags = if liftoff {
+        namespaces::clone_flags(&spec.network)
+    } else {
+        0
+    };
+    let guard = match &spec.network {
+        Network::Named(name) if liftoff => Some(NetnsGuard::enter(name)?),
+        _ => None,
+    };
+    let v2_dir = match cgroup.as_ref().and_then(|c| c.v2_dir()) {
+        Some(d) => Some(
+            std::fs::File::open(d)
+                .map_err(|e| Error::new(format!("open cgroup {}: {e}", d.display())))?,
+        ),
+        None => None,
+    };
+    let mut pidfd: i32 = -1;
+    let mut args = CloneArgs {
+        flags: flags as u64 | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut i32 as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: 0,
+    };
+    if let Some(f) = &v2_dir {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = f.as_raw_fd() as u64;
+    }
+    // SAFETY: a fork-like clone3 (no CLONE_VM, no stack): the child gets a
+    // copy of this address space and only runs `child::run_*`, which make
+    // system calls on `plan` and never return.
+    let mut pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let mut into_cgroup = v2_dir.is_some();
+    if pid < 0 {
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if matches!(
+            e,
+            libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EOPNOTSUPP
+        ) {
+            // Kernels before 5.7: clone, then move the child (slower).
+            into_cgroup = false;
+            pidfd = -1;
+            // SAFETY: as above, with the classic clone.
+            pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    flags | libc::SIGCHLD as libc::c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                )
+            };
+        }
+    }
+    if pid == 0 {
+        if liftoff {
+            child::run_init(&plan)
+        } else {
+            child::run_direct(&plan)
+        }
+    }
+    drop(guard);
+    drop(v2_dir);
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        if let Some(cg) = &cgroup {
+            cg.remove();
+        }
+        return Err(Error::new(format!(
+            "clone with namespaces: {e}{}",
+            if liftoff {
+                " (are user namespaces allowed? run `liftoff check`)"
+            } else {
+                ""
+            }
+        )));
+    }
+    let pid = pid as libc::pid_t;
+    drop((
+        sync_r,
+        err_w,
+        status_w,
+        in_child,
+        out_child,
+        errs_child,
+        cgroup_tasks,
+    ));
+
+    let abort = |e: Error, cgroup: &Option<JobCgroup>| -> Error {
+        // SAFETY: kill and reap our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, libc::__WALL);
+        }
+        if let Some(cg) = cgroup {
+            cg.kill_all();
+            cg.remove();
+        }
+        e
+    };
+    if pidfd < 0 {
+        // SAFETY: pidfd_open of our own, not yet reaped child.
+        pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    }
+    if pidfd < 0 {
+        let e = Error::os("pidfd_open (kernel 5.3+)", std::io::Error::last_os_error());
+        return Err(abort(e, &cgroup));
+    }
+    // SAFETY: a fresh fd we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+
+    timings.push(("cloned", t0.elapsed()));
+    // 5. Maps, cgroup, go.
+    if liftoff {
+        if let Err(e) = namespaces::write_id_maps(pid, host) {
+            return Err(abort(e, &cgroup));
+        }
+    }
+    if let Some(cg) = &cgroup {
+        if !into_cgroup {
+            if let Err(e) = cg.add_v2(pid) {
+                return Err(abort(e, &cgroup));
+            }
+        }
+    }
+    let mut sync_w = File::from(sync_w);
+    {
+        use std::io::Write;
+        if let Err(e) = sync_w.write_all(&[1]) {
+            return Err(abort(Error::os("start the sandbox", e), &cgroup));
+        }
+    }
+
+    timings.push(("maps written, child released", t0.elapsed()));
+    // 6. Exec or error.
+    let mut err_r = File::from(err_r);
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    {
+        use std::io::Read;
+        while got < buf.len() {
+            // A child stuck in setup must not hang the launcher.
+            let mut pfd = libc::pollfd {
+                fd: err_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll of one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, SETUP_TIMEOUT_MS) };
+            if r == 0 {
+                return Err(abort(
+                    Error::new(format!(
+                        "sandbox setup did not finish within {} s",
+                        SETUP_TIMEOUT_MS / 1000
+                    )),
+                    &cgroup,
+                ));
+            }
+            match err_r.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(abort(
+                        Error::os("read the sandbox's setup status", e),
+                        &cgroup,
+                    ));
+                }
+            }
+        }
+    }
+    if got == buf.len() {
+        let step = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let what = child::describe(step, &plan.ops, &program);
+        let err = std::io::Error::from_raw_os_error(errno);
+        let hint = if step == child::STEP_EXEC && errno == libc::ENOENT {
+            " (not found in the sandbox's PATH or root)".to_string()
+        } else {
+            String::new()
+        };
+        return Err(abort(
+            Error::new(format!("sandbox setup failed: {what}: {err}{hint}")),
+            &cgroup,
+        ));
+    }
+
+    timings.push(("job exec'd", t0.elapsed()));
+    Ok(Sandbox {
+        pid,
+        pidfd,
+        status: liftoff.then(|| File::from(status_r)),
+        cgroup,
+        outcome: None,
+        lifeline: Some(sync_w),
+        stdin: in_parent,
+        stdout: out_parent,
+        stderr: errs_parent,
+        warnings,
+        timings,
+    })
+}

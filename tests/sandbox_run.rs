@@ -1,0 +1,379 @@
+//! The positive side of the sandbox, through `liftoff exec` as root and
+//! through the library API: host tools run, the workspace is writable, exit
+//! codes and signals propagate, the environment is exactly what was passed,
+//! cwd, hostname, uid 1983 inside and an unprivileged uid outside.
+
+mod support;
+
+use std::time::Duration;
+
+use support::sandbox::*;
+
+#[test]
+fn host_tools_run() {
+    require_root();
+    let r = sh(
+        &[],
+        "echo a,b | awk -F, '{print $2}' | sed s/b/c/ | grep c && ls /usr/bin >/dev/null && echo ok",
+    );
+    assert_eq!(r.stdout, "c\nok\n", "{r:#?}");
+    assert_eq!(r.code, 0);
+}
+
+#[test]
+fn workspace_is_writable_and_owned_by_the_job() {
+    require_root();
+    let ws = tempfile::tempdir().unwrap();
+    let w = ws.path().to_str().unwrap();
+    let r = sh(
+        &["--workspace", w],
+        "echo hello > /mnt/workspace/out && mkdir -p /mnt/workspace/d/e && pwd",
+    );
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_eq!(r.stdout, "/mnt/workspace\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out")).unwrap(),
+        "hello\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(ws.path().join("out")).unwrap().uid();
+    assert_eq!(uid, liftoff::sandbox::DEFAULT_HOST_ID);
+}
+
+#[test]
+fn tmp_home_and_dev_are_usable() {
+    require_root();
+    let r = sh(
+        &[],
+        "echo x > /tmp/t && cat /tmp/t && echo y > $HOME/h && cat $HOME/h && echo z > /dev/shm/s && cat /dev/shm/s && echo > /dev/null && head -c 4 /dev/urandom | wc -c && test -c /dev/zero && echo devok",
+    );
+    assert_eq!(r.stdout, "x\ny\nz\n4\ndevok\n", "{r:#?}");
+}
+
+#[test]
+fn exit_codes_propagate() {
+    require_root();
+    assert_eq!(sh(&[], "exit 0").code, 0);
+    assert_eq!(sh(&[], "exit 7").code, 7);
+    assert_eq!(sh(&[], "exit 200").code, 200);
+}
+
+#[test]
+fn signals_propagate_as_128_plus_n() {
+    require_root();
+    assert_eq!(sh(&[], "kill -TERM $$").code, 128 + 15);
+    assert_eq!(sh(&[], "kill -KILL $$").code, 128 + 9);
+    assert_eq!(sh(&[], "kill -SEGV $$").code, 128 + 11);
+}
+
+#[test]
+fn timeout_exits_124() {
+    require_root();
+    let r = exec(&["--timeout", "300ms"], &["sleep", "30"]);
+    assert_eq!(r.code, 124, "{r:#?}");
+    assert!(r.stderr.contains("liftoff: the job timed out"), "{r:#?}");
+}
+
+#[test]
+fn liftoff_errors_exit_125_with_prefix() {
+    require_root();
+    let r = exec(&[], &["/no/such/program"]);
+    assert_eq!(r.code, 125, "{r:#?}");
+    assert!(r.stderr.starts_with("liftoff: "), "{r:#?}");
+    let r = exec(&["--mount", "/no/such/dir:/x"], &["true"]);
+    assert_eq!(r.code, 125, "{r:#?}");
+    assert!(r.stderr.starts_with("liftoff: "), "{r:#?}");
+    let r = exec(&["--timeout", "soon"], &["true"]);
+    assert_eq!(r.code, 125, "{r:#?}");
+}
+
+#[test]
+fn environment_is_exactly_what_was_passed() {
+    require_root();
+    let mut c = liftoff_exec(
+        &[
+            "--env",
+            "FOO=bar baz",
+            "--pass-env",
+            "PASSED",
+            "--env",
+            "LANG=C",
+        ],
+        &["/usr/bin/env"],
+    );
+    c.env("PASSED", "yes").env("NOT_PASSED", "secret");
+    let o = c.output().unwrap();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            "FOO=bar baz",
+            "HOME=/home/spacelift",
+            "LANG=C",
+            "PASSED=yes",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "USER=spacelift",
+        ]
+    );
+}
+
+#[test]
+fn cwd_is_honoured() {
+    require_root();
+    assert_eq!(exec(&["--cwd", "/tmp"], &["pwd"]).stdout, "/tmp\n");
+    assert_eq!(exec(&[], &["pwd"]).stdout, "/mnt/workspace\n");
+}
+
+#[test]
+fn hostname_is_the_sandboxes_own() {
+    require_root();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let r = exec(&[], &["cat", "/proc/sys/kernel/hostname"]);
+    assert_ne!(r.stdout, host);
+    let r = exec(
+        &["--hostname", "run-01abc"],
+        &["cat", "/proc/sys/kernel/hostname", "/etc/hostname"],
+    );
+    assert_eq!(r.stdout, "run-01abc\nrun-01abc\n");
+}
+
+#[test]
+fn uid_is_1983_inside_and_unprivileged_outside() {
+    require_root();
+    let r = sh(
+        &[],
+        "id -u; id -g; id -un; echo $HOME; getent passwd spacelift",
+    );
+    assert_eq!(
+        r.stdout,
+        "1983\n1983\nspacelift\n/home/spacelift\nspacelift:x:1983:1983:spacelift:/home/spacelift:/bin/sh\n",
+        "{r:#?}"
+    );
+    let m = format!("{}", 800000 + unique() % 100000);
+    let mut child = liftoff_exec(&[], &["sleep", &m]).spawn().unwrap();
+    let marker = format!("sleep {m}");
+    assert!(eventually(Duration::from_secs(5), || !host_pids_with(
+        &marker
+    )
+    .is_empty()));
+    let pid = host_pids_with(&marker)[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    child.kill().unwrap();
+    let _ = child.wait();
+    let uids: Vec<u32> = uid_line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        uids.iter().all(|u| *u == liftoff::sandbox::DEFAULT_HOST_ID),
+        "{uid_line}"
+    );
+}
+
+#[test]
+fn etc_is_built_for_the_job() {
+    require_root();
+    let r = sh(
+        &[],
+        "cat /etc/nsswitch.conf | head -1; test -s /etc/ssl/certs/ca-certificates.crt && echo ca; head -1 /etc/hosts; touch /etc/x 2>/dev/null || echo ro",
+    );
+    assert_eq!(
+        r.stdout, "passwd: files\nca\n127.0.0.1\tlocalhost\nro\n",
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn extra_mounts_read_only_and_read_write() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("in"), "data").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ro = format!("{}:/mnt/ro:ro", d.path().display());
+    let rw = format!("{}:/mnt/rw:rw", d.path().display());
+    let r = sh(
+        &["--mount", &ro, "--mount", &rw],
+        "cat /mnt/ro/in; touch /mnt/ro/x 2>/dev/null || echo ro-refused; echo out > /mnt/rw/out && echo rw-ok",
+    );
+    assert_eq!(r.stdout, "dataro-refused\nrw-ok\n", "{r:#?}");
+    assert!(d.path().join("out").exists());
+}
+
+#[test]
+fn network_none_has_loopback_only() {
+    require_root();
+    let r = sh(
+        &["--network", "none"],
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    );
+    assert_eq!(r.stdout, "lo\n", "{r:#?}");
+}
+
+#[test]
+fn a_root_directory_replaces_the_host_root() {
+    require_root();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("bin")).unwrap();
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    std::fs::write(root.path().join("etc/image-release"), "image 1\n").unwrap();
+    let src = root.path().join("hello.c");
+    std::fs::write(&src, "#include <stdio.h>\nint main(){FILE*f=fopen(\"/etc/image-release\",\"r\");char b[64]={0};if(f)fread(b,1,63,f);printf(\"hi %s\",b);return 3;}\n").unwrap();
+    let st = std::process::Command::new("musl-gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(root.path().join("bin/hello"))
+        .arg(&src)
+        .status()
+        .expect("musl-gcc builds the static test binary for --root");
+    assert!(st.success());
+    let r = exec(&["--root", root.path().to_str().unwrap()], &["/bin/hello"]);
+    assert_eq!(r.stdout, "hi image 1\n", "{r:#?}");
+    assert_eq!(r.code, 3);
+    // The host's tools are not there.
+    let r = exec(
+        &["--root", root.path().to_str().unwrap()],
+        &["/usr/bin/env"],
+    );
+    assert_eq!(r.code, 125, "{r:#?}");
+}
+
+#[test]
+fn runtime_landlock_runs_without_namespaces() {
+    require_root();
+    require(liftoff::sandbox::landlock::abi() >= 1, "landlock");
+    let ws = tempfile::tempdir().unwrap();
+    let mut c = liftoff_exec(
+        &["--workspace", ws.path().to_str().unwrap()],
+        &[
+            "/bin/sh",
+            "-c",
+            "id -u; echo x > $PWD/f && echo wrote; ls /root 2>/dev/null || echo noroot; touch /var/tmp/x 2>/dev/null || echo novar",
+        ],
+    );
+    c.env("SPACELIFT_WORKER_RUNTIME", "landlock");
+    let o = c.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out,
+        format!(
+            "{}\nwrote\nnoroot\nnovar\n",
+            liftoff::sandbox::DEFAULT_HOST_ID
+        ),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn library_api_pipes_and_wait() {
+    require_root();
+    use liftoff::sandbox::{Exit, SandboxSpec, spawn};
+    use std::io::Read;
+    let ws = tempfile::tempdir().unwrap();
+    let mut spec = SandboxSpec::new(
+        ws.path(),
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "echo out; echo err >&2; exit 3".into(),
+        ],
+    );
+    spec.limits.memory = Some(256 << 20);
+    let mut sb = spawn(&spec).unwrap();
+    let mut out = String::new();
+    sb.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    sb.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let o = sb.wait().unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+    assert_eq!(o.exit, Exit::Code(3));
+    assert!(!o.oom_killed);
+}
+
+#[test]
+fn library_api_terminate_kills_the_tree() {
+    require_root();
+    use liftoff::sandbox::{SandboxSpec, spawn};
+    let ws = tempfile::tempdir().unwrap();
+    let m = format!("{}", 900000 + unique() % 90000);
+    let script = format!("trap '' TERM; sleep {m} & sleep {m}");
+    let spec = SandboxSpec::new(ws.path(), vec!["sh".into(), "-c".into(), script]);
+    let mut sb = spawn(&spec).unwrap();
+    let marker = format!("sleep {m}");
+    assert!(eventually(Duration::from_secs(5), || host_pids_with(
+        &marker
+    )
+    .len()
+        == 2));
+    let o = sb.terminate(Duration::from_millis(300)).unwrap();
+    assert!(matches!(o.exit, liftoff::sandbox::Exit::Signal(_)), "{o:?}");
+    assert!(eventually(Duration::from_secs(2), || host_pids_with(
+        &marker
+    )
+    .is_empty()));
+}
+
+#[test]
+fn check_reports_host_capabilities() {
+    require_root();
+    let o = std::process::Command::new(bin())
+        .args(["check", "--json"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "kernel",
+        "user namespaces",
+        "landlock",
+        "seccomp",
+        "cgroups",
+        "runtime",
+    ] {
+        assert!(names.contains(&n), "missing check {n}: {names:?}");
+    }
+    let runtime = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "runtime")
+        .unwrap();
+    assert_eq!(runtime["status"], "ok", "{runtime}");
+}
+
+#[test]
+fn named_network_namespace_is_joined() {
+    require_root();
+    let name = format!("lt{}", unique() % 1_000_000);
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status();
+    require(
+        st.map(|s| s.success()).unwrap_or(false),
+        "`ip netns add` (iproute2) creates the test namespace",
+    );
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/run/netns/{name}"))
+        .unwrap()
+        .ino();
+    let r = exec(&["--network", &name], &["readlink", "/proc/self/ns/net"]);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &name])
+        .status();
+    assert_eq!(r.stdout, format!("net:[{ino}]\n"), "{r:#?}");
+}
