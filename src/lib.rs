@@ -9,6 +9,7 @@ pub mod check;
 pub mod config;
 pub mod identity;
 pub mod launcher_log;
+pub mod logs;
 
 /// Exit status for configuration errors (EX_CONFIG): systemd's unit does not
 /// restart on it.
