@@ -224,11 +224,17 @@ pub fn reference_mask(text: &[u8], patterns: &[Vec<u8>]) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Matcher {
     patterns: Vec<Box<[u8]>>,
-    /// Bit set over hashed first-4-byte grams.
+    /// Bit set over hashed 4-byte grams: each pattern's grams at offsets
+    /// `0..stride`.
     bloom: Vec<u64>,
     shift: u32,
-    /// First 4 bytes (little-endian u32) -> patterns starting with them.
-    buckets: HashMap<u32, Box<[u32]>, GramHash>,
+    /// The scan tests one gram every `stride` bytes: every pattern is at
+    /// least `stride + 3` bytes long, so each occurrence holds one tested gram.
+    stride: usize,
+    /// Gram -> (pattern, offset of the gram in the pattern).
+    grams: HashMap<u32, Box<[(u32, u32)]>, GramHash>,
+    /// First 4 bytes -> patterns starting with them (partial matches).
+    starts: HashMap<u32, Box<[u32]>, GramHash>,
     /// Prefixes of 1, 2 and 3 bytes, for partial matches at the very end.
     prefix1: [u64; 4],
     prefix2: Vec<u64>,
@@ -237,6 +243,11 @@ pub struct Matcher {
 }
 
 const GRAM_MUL: u32 = 0x9E37_79B1;
+const MAX_STRIDE: usize = 8;
+
+fn gram_at(p: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]])
+}
 
 impl Matcher {
     fn new(raw: &[Vec<u8>]) -> Matcher {
@@ -246,36 +257,51 @@ impl Matcher {
             .filter(|p| p.len() >= MIN_SECRET_LEN && seen.insert(p.as_slice()))
             .map(|p| p.clone().into_boxed_slice())
             .collect();
-        // About 64 bits per pattern: few false hits, small enough for cache.
-        let want = (patterns.len().max(1) * 64).next_power_of_two();
+        let min_len = patterns
+            .iter()
+            .map(|p| p.len())
+            .min()
+            .unwrap_or(MIN_SECRET_LEN);
+        let stride = (min_len - 3).clamp(1, MAX_STRIDE);
+        // About 64 bits per gram: few false hits, small enough for cache.
+        let want = (patterns.len().max(1) * stride * 64).next_power_of_two();
         let bits = want.trailing_zeros().clamp(9, 20);
         let mut bloom = vec![0u64; 1usize << (bits - 6)];
         let shift = 32 - bits;
-        let mut lists: HashMap<u32, Vec<u32>, GramHash> = HashMap::default();
+        let mut grams: HashMap<u32, Vec<(u32, u32)>, GramHash> = HashMap::default();
+        let mut starts: HashMap<u32, Vec<u32>, GramHash> = HashMap::default();
         let mut prefix1 = [0u64; 4];
         let mut prefix2 = vec![0u64; 1024];
         let mut prefix3 = HashSet::default();
         let mut max_len = 0;
         for (id, p) in patterns.iter().enumerate() {
-            let g = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-            let h = (g.wrapping_mul(GRAM_MUL) >> shift) as usize;
-            bloom[h >> 6] |= 1 << (h & 63);
-            lists.entry(g).or_default().push(id as u32);
+            let id = id as u32;
+            for o in 0..stride {
+                let g = gram_at(p, o);
+                let h = (g.wrapping_mul(GRAM_MUL) >> shift) as usize;
+                bloom[h >> 6] |= 1 << (h & 63);
+                grams.entry(g).or_default().push((id, o as u32));
+            }
+            starts.entry(gram_at(p, 0)).or_default().push(id);
             prefix1[usize::from(p[0] >> 6)] |= 1 << (p[0] & 63);
             let two = usize::from(u16::from_le_bytes([p[0], p[1]]));
             prefix2[two >> 6] |= 1 << (two & 63);
             prefix3.insert(u32::from_le_bytes([p[0], p[1], p[2], 0]));
             max_len = max_len.max(p.len());
         }
-        let buckets = lists
-            .into_iter()
-            .map(|(k, v)| (k, v.into_boxed_slice()))
-            .collect();
         Matcher {
             patterns,
             bloom,
             shift,
-            buckets,
+            stride,
+            grams: grams
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect(),
+            starts: starts
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect(),
             prefix1,
             prefix2,
             prefix3,
@@ -300,106 +326,119 @@ impl Matcher {
     #[inline(always)]
     fn gram_hit(&self, g: u32) -> bool {
         let h = (g.wrapping_mul(GRAM_MUL) >> self.shift) as usize;
-        (self.bloom[h >> 6] >> (h & 63)) & 1 != 0
+        match self.bloom.get(h >> 6) {
+            Some(word) => (word >> (h & 63)) & 1 != 0,
+            None => false,
+        }
     }
 
-    /// Verifies the patterns starting with gram `g` at `buf[i..]`: full
-    /// matches go to `spans`, and a pattern that runs past the end while
-    /// agreeing with all of `buf[i..]` lowers `hold`.
+    /// Verifies the patterns holding gram `g` at `buf[j..]`; full matches go
+    /// to `spans`.
     #[inline(never)]
-    fn verify(&self, buf: &[u8], i: usize, g: u32, spans: &mut Spans, hold: &mut usize) {
-        let Some(ids) = self.buckets.get(&g) else {
+    fn verify(&self, buf: &[u8], j: usize, g: u32, spans: &mut Vec<(usize, usize)>) {
+        let Some(cands) = self.grams.get(&g) else {
             return;
         };
-        let rest = &buf[i..];
-        for &id in ids.iter() {
+        for &(id, o) in cands.iter() {
+            let Some(t) = j.checked_sub(o as usize) else {
+                continue;
+            };
             let p = &self.patterns[id as usize];
-            if rest.len() >= p.len() {
-                if rest[..p.len()] == p[..] {
-                    spans.add(i, i + p.len());
-                }
-            } else if i < *hold && p[..rest.len()] == *rest {
-                *hold = i;
+            if buf.get(t..t + p.len()) == Some(&p[..]) {
+                spans.push((t, t + p.len()));
             }
         }
     }
 
-    /// Finds every occurrence in `buf` (merged into `spans`, in order) and
+    /// Is `buf[t..]` (running to the end) a proper prefix of some pattern?
+    fn live_partial(&self, buf: &[u8], t: usize) -> bool {
+        let rest = &buf[t..];
+        match rest.len() {
+            0 => false,
+            1 => (self.prefix1[usize::from(rest[0] >> 6)] >> (rest[0] & 63)) & 1 != 0,
+            2 => {
+                let two = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+                (self.prefix2[two >> 6] >> (two & 63)) & 1 != 0
+            }
+            3 => self
+                .prefix3
+                .contains(&u32::from_le_bytes([rest[0], rest[1], rest[2], 0])),
+            _ => {
+                let g = gram_at(rest, 0);
+                if !self.gram_hit(g) {
+                    return false;
+                }
+                self.starts.get(&g).is_some_and(|ids| {
+                    ids.iter().any(|&id| {
+                        let p = &self.patterns[id as usize];
+                        p.len() > rest.len() && p[..rest.len()] == *rest
+                    })
+                })
+            }
+        }
+    }
+
+    /// Finds every occurrence in `buf` (pushed to `spans`, unordered) and
     /// returns where the longest live partial match starts (`buf.len()` when
     /// none, or when `at_end`).
-    fn scan(&self, buf: &[u8], at_end: bool, spans: &mut Spans) -> usize {
+    fn scan(&self, buf: &[u8], at_end: bool, spans: &mut Vec<(usize, usize)>) -> usize {
         let n = buf.len();
-        let mut hold = n;
-        let mut i = 0;
-        while i + 8 <= n {
-            let Ok(word) = <[u8; 8]>::try_from(&buf[i..i + 8]) else {
-                break;
-            };
-            let w = u64::from_le_bytes(word);
-            let g0 = w as u32;
-            let g1 = (w >> 8) as u32;
-            let g2 = (w >> 16) as u32;
-            let g3 = (w >> 24) as u32;
-            if self.gram_hit(g0) | self.gram_hit(g1) | self.gram_hit(g2) | self.gram_hit(g3) {
-                for (k, g) in [g0, g1, g2, g3].into_iter().enumerate() {
-                    if self.gram_hit(g) {
-                        self.verify(buf, i + k, g, spans, &mut hold);
+        let stride = self.stride;
+        let mut j = 0;
+        if stride >= 4 {
+            // Two tested grams per 8-byte load when stride is 4.
+            while j + 2 * stride + 4 <= n {
+                let Ok(a) = <[u8; 4]>::try_from(&buf[j..j + 4]) else {
+                    break;
+                };
+                let Ok(b) = <[u8; 4]>::try_from(&buf[j + stride..j + stride + 4]) else {
+                    break;
+                };
+                let (ga, gb) = (u32::from_le_bytes(a), u32::from_le_bytes(b));
+                let (ha, hb) = (self.gram_hit(ga), self.gram_hit(gb));
+                if ha | hb {
+                    if ha {
+                        self.verify(buf, j, ga, spans);
+                    }
+                    if hb {
+                        self.verify(buf, j + stride, gb, spans);
                     }
                 }
+                j += 2 * stride;
             }
-            i += 4;
         }
-        while i + 4 <= n {
-            let g = u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+        while j + 4 <= n {
+            let g = gram_at(buf, j);
             if self.gram_hit(g) {
-                self.verify(buf, i, g, spans, &mut hold);
+                self.verify(buf, j, g, spans);
             }
-            i += 1;
+            j += stride;
         }
         if at_end {
             return n;
         }
-        // Partial matches of 1 to 3 bytes at the very end.
-        if hold == n {
-            for k in (1..=3usize.min(n)).rev() {
-                let tail = &buf[n - k..];
-                let live = match k {
-                    3 => self
-                        .prefix3
-                        .contains(&u32::from_le_bytes([tail[0], tail[1], tail[2], 0])),
-                    2 => {
-                        let two = usize::from(u16::from_le_bytes([tail[0], tail[1]]));
-                        (self.prefix2[two >> 6] >> (two & 63)) & 1 != 0
-                    }
-                    _ => (self.prefix1[usize::from(tail[0] >> 6)] >> (tail[0] & 63)) & 1 != 0,
-                };
-                if live {
-                    hold = n - k;
-                    break;
-                }
-            }
-        }
-        hold
+        let from = n.saturating_sub(self.max_len.saturating_sub(1));
+        (from..n).find(|&t| self.live_partial(buf, t)).unwrap_or(n)
     }
 }
 
-/// Masked runs found in one scan, merged as they come (starts ascend).
-#[derive(Debug, Default)]
-struct Spans {
-    runs: Vec<(usize, usize)>,
-}
-
-impl Spans {
-    #[inline]
-    fn add(&mut self, start: usize, end: usize) {
-        if let Some(last) = self.runs.last_mut() {
-            if start <= last.1 {
-                last.1 = last.1.max(end);
-                return;
-            }
-        }
-        self.runs.push((start, end));
+/// Sorts masked spans by start and merges overlapping or touching ones.
+fn merge_spans(spans: &mut Vec<(usize, usize)>) {
+    if spans.len() < 2 {
+        return;
     }
+    spans.sort_unstable();
+    let mut w = 0;
+    for r in 1..spans.len() {
+        let (s, e) = spans[r];
+        if s <= spans[w].1 {
+            spans[w].1 = spans[w].1.max(e);
+        } else {
+            w += 1;
+            spans[w] = (s, e);
+        }
+    }
+    spans.truncate(w + 1);
 }
 
 /// A multiply-shift hasher for the 4-byte gram keys.
@@ -442,7 +481,7 @@ pub struct Redactor {
     /// The output ends with a `***` whose run reaches the start of `pending`
     /// (a run starting there continues it).
     ends_masked: bool,
-    spans: Spans,
+    spans: Vec<(usize, usize)>,
 }
 
 impl Redactor {
@@ -452,7 +491,7 @@ impl Redactor {
             matcher,
             carry: 0,
             ends_masked: false,
-            spans: Spans::default(),
+            spans: Vec::new(),
         }
     }
 
@@ -484,21 +523,22 @@ impl Redactor {
 
     fn step(&mut self, at_end: bool, out: &mut Vec<u8>) {
         let buf = &self.pending;
-        self.spans.runs.clear();
+        self.spans.clear();
         if self.ends_masked {
             // The run already announced continues over `carry` bytes; a match
             // starting at or before its end joins it.
-            self.spans.runs.push((0, self.carry));
+            self.spans.push((0, self.carry));
         }
         let release = self.matcher.scan(buf, at_end, &mut self.spans);
+        merge_spans(&mut self.spans);
         let mut cursor = 0;
         // When nothing is released these stay: the announced run goes on.
         let mut ends_masked = self.ends_masked;
-        let mut carry = match self.spans.runs.first() {
+        let mut carry = match self.spans.first() {
             Some(&(_, e)) if self.ends_masked => e,
             _ => 0,
         };
-        for (n, &(s, e)) in self.spans.runs.iter().enumerate() {
+        for (n, &(s, e)) in self.spans.iter().enumerate() {
             if s >= release {
                 break;
             }
