@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod config;
+pub mod http;
 pub mod identity;
 pub mod launcher_log;
 pub mod logs;
