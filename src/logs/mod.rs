@@ -286,7 +286,9 @@ impl Pipeline {
     /// chunking and spooling it. On `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (no
     /// output) or `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (counted from
     /// [`Pipeline::start`]) it calls `kill.terminate()`, then `kill.kill()`
-    /// after the grace period, writes the reason as the last log line and
+    /// after the grace period (or as soon as the pipe closes, whichever is
+    /// first, for what is left of the tree), writes the reason as the last
+    /// log line and
     /// returns which timeout it was. An error means the spool could not be
     /// written (the job is killed then too: its output would be lost).
     pub fn pump<R: Read + Send + 'static>(
@@ -407,6 +409,11 @@ impl Pipeline {
         }
         if pipe_closed {
             let _ = reader_thread.join();
+        }
+        if terminated_at.is_some() && killed_at.is_none() {
+            // The pipe closed within the grace period; whatever of the tree
+            // still lives without holding it (ignoring SIGTERM) dies now.
+            kill.kill();
         }
         // The masked tail of this step's output is final now.
         let mut tail = Vec::new();
