@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench redact` runs the full size. Without `--bench` in the
 //! arguments (as `cargo test --all-targets` runs it) it does a small smoke run.
-//! `LIFTOFF_BENCH_MIB` overrides the corpus size.
+//! `LIFTOFF_BENCH_MIB` overrides the corpus size; `LIFTOFF_BENCH_SECRETS=N`
+//! runs only the N-secret case (for profiling).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -84,7 +85,13 @@ fn main() {
     println!("memcpy          {memcpy:7.2} GB/s");
 
     let mut results = Vec::new();
+    let only: Option<usize> = std::env::var("LIFTOFF_BENCH_SECRETS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for count in [1usize, 10, 100, 1000] {
+        if only.is_some_and(|o| o != count) {
+            continue;
+        }
         let mut b = RedactorBuilder::new();
         for i in 0..count {
             b.secret(&format!("S{i}"), &secret(&mut rng));

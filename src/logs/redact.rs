@@ -227,6 +227,8 @@ pub struct Matcher {
     /// Bit set over hashed 4-byte grams: each pattern's grams at offsets
     /// `0..stride`.
     bloom: Vec<u64>,
+    /// A second bit set with another hash, tested only after `bloom` hits.
+    bloom2: Vec<u64>,
     shift: u32,
     /// The scan tests one gram every `stride` bytes: every pattern is at
     /// least `stride + 3` bytes long, so each occurrence holds one tested gram.
@@ -243,7 +245,9 @@ pub struct Matcher {
 }
 
 const GRAM_MUL: u32 = 0x9E37_79B1;
-const MAX_STRIDE: usize = 8;
+/// A second hash for the same bit set: tested only after the first hits.
+const GRAM_MUL2: u32 = 0x85EB_CA77;
+const MAX_STRIDE: usize = 16;
 
 fn gram_at(p: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]])
@@ -263,10 +267,12 @@ impl Matcher {
             .min()
             .unwrap_or(MIN_SECRET_LEN);
         let stride = (min_len - 3).clamp(1, MAX_STRIDE);
-        // About 64 bits per gram: few false hits, small enough for cache.
+        // About 64 bits per gram in each of two bit sets: few false hits,
+        // small enough for cache.
         let want = (patterns.len().max(1) * stride * 64).next_power_of_two();
-        let bits = want.trailing_zeros().clamp(9, 20);
+        let bits = want.trailing_zeros().clamp(9, 21);
         let mut bloom = vec![0u64; 1usize << (bits - 6)];
+        let mut bloom2 = bloom.clone();
         let shift = 32 - bits;
         let mut grams: HashMap<u32, Vec<(u32, u32)>, GramHash> = HashMap::default();
         let mut starts: HashMap<u32, Vec<u32>, GramHash> = HashMap::default();
@@ -280,6 +286,8 @@ impl Matcher {
                 let g = gram_at(p, o);
                 let h = (g.wrapping_mul(GRAM_MUL) >> shift) as usize;
                 bloom[h >> 6] |= 1 << (h & 63);
+                let h = (g.wrapping_mul(GRAM_MUL2) >> shift) as usize;
+                bloom2[h >> 6] |= 1 << (h & 63);
                 grams.entry(g).or_default().push((id, o as u32));
             }
             starts.entry(gram_at(p, 0)).or_default().push(id);
@@ -292,6 +300,7 @@ impl Matcher {
         Matcher {
             patterns,
             bloom,
+            bloom2,
             shift,
             stride,
             grams: grams
@@ -326,10 +335,10 @@ impl Matcher {
     #[inline(always)]
     fn gram_hit(&self, g: u32) -> bool {
         let h = (g.wrapping_mul(GRAM_MUL) >> self.shift) as usize;
-        match self.bloom.get(h >> 6) {
-            Some(word) => (word >> (h & 63)) & 1 != 0,
-            None => false,
-        }
+        let h2 = (g.wrapping_mul(GRAM_MUL2) >> self.shift) as usize;
+        let a = self.bloom.get(h >> 6).map_or(0, |w| w >> (h & 63));
+        let b = self.bloom2.get(h2 >> 6).map_or(0, |w| w >> (h2 & 63));
+        a & b & 1 != 0
     }
 
     /// Verifies the patterns holding gram `g` at `buf[j..]`; full matches go
@@ -385,27 +394,30 @@ impl Matcher {
         let n = buf.len();
         let stride = self.stride;
         let mut j = 0;
-        if stride >= 4 {
-            // Two tested grams per 8-byte load when stride is 4.
-            while j + 2 * stride + 4 <= n {
-                let Ok(a) = <[u8; 4]>::try_from(&buf[j..j + 4]) else {
-                    break;
-                };
-                let Ok(b) = <[u8; 4]>::try_from(&buf[j + stride..j + stride + 4]) else {
-                    break;
-                };
-                let (ga, gb) = (u32::from_le_bytes(a), u32::from_le_bytes(b));
-                let (ha, hb) = (self.gram_hit(ga), self.gram_hit(gb));
-                if ha | hb {
-                    if ha {
-                        self.verify(buf, j, ga, spans);
-                    }
-                    if hb {
-                        self.verify(buf, j + stride, gb, spans);
+        // Four tested grams per round, independent, for instruction-level
+        // parallelism.
+        while j + 3 * stride + 4 <= n {
+            let g0 = gram_at(buf, j);
+            let g1 = gram_at(buf, j + stride);
+            let g2 = gram_at(buf, j + 2 * stride);
+            let g3 = gram_at(buf, j + 3 * stride);
+            let (h0, h1, h2, h3) = (
+                self.gram_hit(g0),
+                self.gram_hit(g1),
+                self.gram_hit(g2),
+                self.gram_hit(g3),
+            );
+            if h0 | h1 | h2 | h3 {
+                for (k, (hit, g)) in [(h0, g0), (h1, g1), (h2, g2), (h3, g3)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if hit {
+                        self.verify(buf, j + k * stride, g, spans);
                     }
                 }
-                j += 2 * stride;
             }
+            j += 4 * stride;
         }
         while j + 4 <= n {
             let g = gram_at(buf, j);
@@ -507,8 +519,14 @@ impl Redactor {
             out.extend_from_slice(data);
             return;
         }
-        self.pending.extend_from_slice(data);
-        self.step(false, out);
+        if data.len() >= 2 * self.matcher.max_len {
+            // Large write: scan it in place rather than copying it behind
+            // what is held back.
+            self.step(data, false, out);
+        } else {
+            self.pending.extend_from_slice(data);
+            self.step(&[], false, out);
+        }
     }
 
     /// End of stream: appends everything still held back, masked.
@@ -516,21 +534,50 @@ impl Redactor {
         if self.matcher.is_empty() {
             return;
         }
-        self.step(true, out);
+        self.step(&[], true, out);
         self.carry = 0;
         self.ends_masked = false;
     }
 
-    fn step(&mut self, at_end: bool, out: &mut Vec<u8>) {
-        let buf = &self.pending;
+    /// Masks the input `pending ++ data` (`data` is empty, or at least twice
+    /// the longest pattern, so a live partial match lies within it).
+    fn step(&mut self, data: &[u8], at_end: bool, out: &mut Vec<u8>) {
         self.spans.clear();
         if self.ends_masked {
             // The run already announced continues over `carry` bytes; a match
             // starting at or before its end joins it.
             self.spans.push((0, self.carry));
         }
-        let release = self.matcher.scan(buf, at_end, &mut self.spans);
+        let p = self.pending.len();
+        let release = if data.is_empty() {
+            self.matcher.scan(&self.pending, at_end, &mut self.spans)
+        } else {
+            // Occurrences starting in `pending` end within the first
+            // `max_len` bytes of `data`: scan that seam on its own.
+            if p > 0 {
+                let seam_end = data.len().min(self.matcher.max_len);
+                self.pending.extend_from_slice(&data[..seam_end]);
+                self.matcher.scan(&self.pending, true, &mut self.spans);
+                self.pending.truncate(p);
+            }
+            let first = self.spans.len();
+            let r = self.matcher.scan(data, at_end, &mut self.spans);
+            for span in &mut self.spans[first..] {
+                span.0 += p;
+                span.1 += p;
+            }
+            p + r
+        };
         merge_spans(&mut self.spans);
+        let (head, tail) = (&self.pending[..], data);
+        let emit = |from: usize, to: usize, out: &mut Vec<u8>| {
+            if from < p {
+                out.extend_from_slice(&head[from..to.min(p)]);
+            }
+            if to > p {
+                out.extend_from_slice(&tail[from.max(p) - p..to - p]);
+            }
+        };
         let mut cursor = 0;
         // When nothing is released these stay: the announced run goes on.
         let mut ends_masked = self.ends_masked;
@@ -542,7 +589,7 @@ impl Redactor {
             if s >= release {
                 break;
             }
-            out.extend_from_slice(&buf[cursor..s]);
+            emit(cursor, s, out);
             let continues = n == 0 && self.ends_masked;
             if !continues {
                 out.extend_from_slice(MASK);
@@ -557,13 +604,19 @@ impl Redactor {
             ends_masked = false;
         }
         if cursor < release {
-            out.extend_from_slice(&buf[cursor..release]);
+            emit(cursor, release, out);
             ends_masked = false;
             carry = 0;
         }
         self.ends_masked = ends_masked;
         self.carry = carry;
-        self.pending.drain(..release);
+        if release <= p {
+            self.pending.drain(..release);
+            self.pending.extend_from_slice(data);
+        } else {
+            self.pending.clear();
+            self.pending.extend_from_slice(&data[release - p..]);
+        }
     }
 }
 
