@@ -58,6 +58,9 @@ pub trait Sink: Send {
 /// Gives the pre-signed URL for a run's chunk.
 pub trait UrlSource: Send + Sync {
     fn url(&self, run_id: &str, seq: u64) -> Result<String, DeliverError>;
+    /// The URL given for this chunk was refused as expired (HTTP 403): the
+    /// next [`UrlSource::url`] should give a fresh one.
+    fn expired(&self, _run_id: &str, _seq: u64) {}
 }
 
 impl<F> UrlSource for F
@@ -104,6 +107,10 @@ impl UrlQueue {
 }
 
 impl UrlSource for UrlQueue {
+    fn expired(&self, run_id: &str, seq: u64) {
+        self.forget(run_id, seq);
+    }
+
     fn url(&self, run_id: &str, seq: u64) -> Result<String, DeliverError> {
         let key = (run_id.to_string(), seq);
         let deadline = Instant::now() + self.wait;
@@ -163,6 +170,9 @@ impl Sink for PresignedSink {
                 ))
             })?;
         let status = response.status().as_u16();
+        if status == 403 {
+            self.urls.expired(&chunk.run_id, chunk.seq);
+        }
         match status {
             200..=299 => Ok(()),
             // 403: the URL expired; a new one is asked for on the retry.
@@ -351,4 +361,58 @@ pub fn rfc3339_now() -> String {
         rem % 60,
         now.subsec_millis()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::spool::Spool;
+
+    #[test]
+    fn url_queue_waits_for_and_replaces_urls() {
+        let q = UrlQueue::new(Duration::from_millis(50));
+        assert!(q.url("R", 0).unwrap_err().retryable);
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            q2.offer("R", 0, "http://a".into());
+        });
+        let q3 = UrlQueue::new(Duration::from_secs(5));
+        q3.offer("R", 0, "http://b".into());
+        assert_eq!(q3.url("R", 0).unwrap(), "http://b");
+        q3.expired("R", 0);
+        assert!(q3.urls.lock().unwrap().is_empty());
+        t.join().unwrap();
+        assert_eq!(q.url("R", 0).unwrap(), "http://a");
+    }
+
+    #[test]
+    fn file_sink_overwrites_a_failed_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), "R").unwrap();
+        let a = spool.write(0, b"first\n").unwrap();
+        let b = spool.write(1, b"second\n").unwrap();
+        let log = dir.path().join("log");
+        let mut sink = FileSink::create(&log).unwrap();
+        sink.deliver(&a, &mut spool.open_chunk(&a).unwrap())
+            .unwrap();
+        // A half-written attempt of chunk 1, then its retry.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"sec")
+            .unwrap();
+        sink.deliver(&b, &mut spool.open_chunk(&b).unwrap())
+            .unwrap();
+        sink.finish().unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"first\nsecond\n");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let ts = rfc3339_now();
+        assert_eq!(ts.len(), 24, "{ts}");
+        assert!(ts.starts_with("20") && ts.ends_with('Z') && ts.as_bytes()[10] == b'T');
+    }
 }
