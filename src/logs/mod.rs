@@ -191,7 +191,7 @@ impl Pipeline {
         let next_seq = leftover.last().map_or(0, |c| c.seq + 1);
         let uploader = Uploader::start(spool.clone(), sink, opts.retry, on_delivered);
         for chunk in leftover {
-            uploader.send(chunk);
+            uploader.send_leftover(chunk);
         }
         Ok(Pipeline {
             redactor: Redactor::new(matcher),
@@ -487,6 +487,35 @@ mod tests {
             "run exceeded 1h10m0s: killed"
         );
         assert_eq!(Ended::Closed.reason(), None);
+    }
+
+    #[test]
+    fn options_and_masks_from_config() {
+        let env: crate::config::Env = [
+            ("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", "2m"),
+            ("SPACELIFT_LAUNCHER_RUN_TIMEOUT", "1h"),
+            ("SPACELIFT_MASK_ENVS", "DB_PASSWORD,SHORT,MISSING"),
+            ("LIFTOFF_STATE_DIR", "/var/lib/liftoff-test"),
+        ]
+        .into_iter()
+        .collect();
+        let config = Config::load(&env).config;
+        let o = Options::from_config(&config, "01RUN");
+        assert_eq!(o.logs_timeout, Duration::from_secs(120));
+        assert_eq!(o.run_timeout, Duration::from_secs(3600));
+        assert_eq!(o.spool_root, PathBuf::from("/var/lib/liftoff-test/spool"));
+        let mut b = redact::RedactorBuilder::new();
+        let lookup = |name: &str| match name {
+            "DB_PASSWORD" => Some("correct horse".to_string()),
+            "SHORT" => Some("ab".to_string()),
+            _ => None,
+        };
+        let warnings =
+            mask_env_secrets(&mut b, config.mask_envs.iter().map(String::as_str), &lookup);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("MISSING")));
+        assert!(warnings.iter().any(|w| w.contains("SHORT")));
+        assert!(b.patterns().iter().any(|p| p == b"correct horse"));
     }
 
     #[test]

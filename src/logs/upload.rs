@@ -75,11 +75,13 @@ fn seed() -> u64 {
 }
 
 /// Delivers one spooled chunk with retries; removes it from the spool once
-/// delivered.
+/// delivered. `verify`: check its length and SHA-256 first (chunks an earlier
+/// process left); this process's own chunks are trusted.
 pub fn deliver(
     spool: &Spool,
     sink: &mut dyn Sink,
     chunk: &Chunk,
+    verify: bool,
     retry: &Retry,
     rng: &mut u64,
 ) -> Result<(), String> {
@@ -88,7 +90,11 @@ pub fn deliver(
         if attempt > 1 {
             std::thread::sleep(retry.backoff(attempt - 1, rng));
         }
-        let mut file = spool.open_chunk(chunk)?;
+        let mut file = if verify {
+            spool.open_chunk(chunk)?
+        } else {
+            spool.open_unchecked(chunk)?
+        };
         match sink.deliver(chunk, &mut file) {
             Ok(()) => {
                 spool.remove(chunk);
@@ -126,7 +132,8 @@ pub struct Delivered {
 }
 
 enum Msg {
-    Chunk(Chunk),
+    /// A chunk and whether to verify it (left by an earlier process).
+    Chunk(Chunk, bool),
 }
 
 /// A thread delivering one run's chunks in order.
@@ -151,12 +158,12 @@ impl Uploader {
             .spawn(move || {
                 let mut rng = seed();
                 let mut done = Delivered::default();
-                for Msg::Chunk(chunk) in rx {
+                for Msg::Chunk(chunk, verify) in rx {
                     if done.error.is_some() {
                         done.left += 1;
                         continue;
                     }
-                    match deliver(&spool, sink.as_mut(), &chunk, &retry, &mut rng) {
+                    match deliver(&spool, sink.as_mut(), &chunk, verify, &retry, &mut rng) {
                         Ok(()) => {
                             if let Some(f) = on_delivered.as_mut() {
                                 f(&chunk);
@@ -190,10 +197,18 @@ impl Uploader {
         }
     }
 
-    /// Queues a spooled chunk (never blocks: chunks wait on disk).
+    /// Queues a chunk this process spooled (never blocks: chunks wait on
+    /// disk).
     pub fn send(&self, chunk: Chunk) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Chunk(chunk));
+            let _ = tx.send(Msg::Chunk(chunk, false));
+        }
+    }
+
+    /// Queues a chunk an earlier process left (verified before delivery).
+    pub fn send_leftover(&self, chunk: Chunk) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Chunk(chunk, true));
         }
     }
 
@@ -242,7 +257,7 @@ pub fn recover(
         let mut done = Delivered::default();
         let total = chunks.len();
         for chunk in chunks {
-            match deliver(&spool, sink.as_mut(), &chunk, retry, &mut rng) {
+            match deliver(&spool, sink.as_mut(), &chunk, true, retry, &mut rng) {
                 Ok(()) => done.chunks.push(chunk),
                 Err(e) => {
                     done.error = Some(e);
