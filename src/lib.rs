@@ -9,8 +9,10 @@ pub mod check;
 pub mod config;
 pub mod exec;
 pub mod hostwatch;
+pub mod http;
 pub mod identity;
 pub mod launcher_log;
+pub mod logs;
 pub mod run;
 pub mod sandbox;
 

@@ -1,0 +1,127 @@
+//! Redactor throughput: a 256 MiB corpus of base64 log lines in 16 KiB
+//! writes, masked with 1, 10, 100 and 1,000 secrets, printed beside a plain
+//! copy of the same bytes (memcpy) measured in the same run.
+//!
+//! `cargo bench --bench redact` runs the full size. Without `--bench` in the
+//! arguments (as `cargo test --all-targets` runs it) it does a small smoke run.
+//! `LIFTOFF_BENCH_MIB` overrides the corpus size; `LIFTOFF_BENCH_SECRETS=N`
+//! runs only the N-secret case (for profiling).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use base64::Engine as _;
+use liftoff::logs::redact::{Redactor, RedactorBuilder};
+
+const WRITE: usize = 16 * 1024;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn corpus(bytes: usize, rng: &mut Rng) -> Vec<u8> {
+    // Like `head -c N /dev/urandom | base64`: 76-column lines.
+    let mut raw = vec![0u8; bytes / 4 * 3];
+    for c in raw.chunks_mut(8) {
+        let v = rng.next().to_le_bytes();
+        c.copy_from_slice(&v[..c.len()]);
+    }
+    base64::engine::general_purpose::STANDARD
+        .encode(&raw)
+        .into_bytes()
+        .chunks(76)
+        .fold(
+            Vec::with_capacity(bytes + bytes / 76 + 1),
+            |mut acc, line| {
+                acc.extend_from_slice(line);
+                acc.push(b'\n');
+                acc
+            },
+        )
+}
+
+fn secret(rng: &mut Rng) -> Vec<u8> {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..32)
+        .map(|_| ALNUM[(rng.next() % ALNUM.len() as u64) as usize])
+        .collect()
+}
+
+fn gbps(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let mib: usize = std::env::var("LIFTOFF_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 256 } else { 4 });
+    let mut rng = Rng(7);
+    let text = corpus(mib << 20, &mut rng);
+    let len = text.len();
+    println!(
+        "redact bench: {} MiB corpus, {} KiB writes",
+        len >> 20,
+        WRITE >> 10
+    );
+
+    // memcpy peer: copy each write into an output buffer.
+    let mut out = Vec::with_capacity(WRITE * 2);
+    let t = Instant::now();
+    for piece in text.chunks(WRITE) {
+        out.clear();
+        out.extend_from_slice(piece);
+        black_box(&out);
+    }
+    let memcpy = gbps(len, t.elapsed().as_secs_f64());
+    println!("memcpy          {memcpy:7.2} GB/s");
+
+    let mut results = Vec::new();
+    let only: Option<usize> = std::env::var("LIFTOFF_BENCH_SECRETS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for count in [1usize, 10, 100, 1000] {
+        if only.is_some_and(|o| o != count) {
+            continue;
+        }
+        let mut b = RedactorBuilder::new();
+        for i in 0..count {
+            b.secret(&format!("S{i}"), &secret(&mut rng));
+        }
+        let matcher = b.build();
+        let patterns = matcher.len();
+        let mut r = Redactor::new(matcher);
+        let mut masked = 0usize;
+        let t = Instant::now();
+        for piece in text.chunks(WRITE) {
+            out.clear();
+            r.write(piece, &mut out);
+            masked += out.len();
+            black_box(&out);
+        }
+        out.clear();
+        r.flush(&mut out);
+        masked += out.len();
+        let speed = gbps(len, t.elapsed().as_secs_f64());
+        assert_eq!(masked, len, "random corpus should contain no secret");
+        println!(
+            "{count:5} secrets ({patterns:5} patterns) {speed:7.2} GB/s  ({:.1}x slower than memcpy)",
+            memcpy / speed
+        );
+        results.push((count, speed));
+    }
+    let at = |n| results.iter().find(|r| r.0 == n).map_or(f64::NAN, |r| r.1);
+    println!(
+        "ratio 1 secret / 1000 secrets: {:.2}x (target <= 2x); 100 secrets: {:.2} GB/s (target >= 1 GB/s)",
+        at(1) / at(1000),
+        at(100)
+    );
+}

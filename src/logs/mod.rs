@@ -1,0 +1,528 @@
+//! The run-log pipeline: mask, chunk, spool, upload; and the watchdog that
+//! kills a job on `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (no output) or
+//! `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (total time).
+//!
+//! Call order:
+//! 1. build a [`redact::Matcher`] from the run's secrets
+//!    ([`redact::RedactorBuilder`], [`mask_env_secrets`]);
+//! 2. choose a [`sink::Sink`] (pre-signed URLs, a file, stdout JSON lines);
+//! 3. [`Pipeline::start`] (opens the run's spool; chunks an earlier process
+//!    left for the same run go first);
+//! 4. any launcher lines: [`Pipeline::line`], [`Pipeline::debug_command`]
+//!    (with `SPACELIFT_DEBUG=true`, before each step runs);
+//! 5. [`Pipeline::pump`] the job's merged stdout+stderr pipe with a [`Kill`]
+//!    for its tree: it returns when the pipe closes, or after a timeout killed
+//!    the tree, saying which ([`Ended`]); the reason line ends the log;
+//! 6. [`Pipeline::finish`] once: flushes the masked tail, seals the last
+//!    chunk, waits for delivery and reports.
+//!
+//! At launcher start-up, [`upload::recover`] delivers what an earlier process
+//! left in the spool.
+//!
+//! Memory is bounded whatever the job's output rate: one 64 KiB read in the
+//! reader thread, one in the channel (capacity 1, so the pipe pushes back),
+//! the chunk being built (at most [`CHUNK_MAX`] plus one read), and nothing
+//! for delivery (chunks wait in the spool on disk and are streamed from it).
+
+pub mod redact;
+pub mod sink;
+pub mod spool;
+pub mod upload;
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::config::parse::format_duration;
+use redact::{Matcher, Redactor};
+use sink::Sink;
+use spool::{Chunk, Spool};
+use upload::{Delivered, OnDelivered, Retry, Uploader};
+
+/// Largest chunk.
+pub const CHUNK_MAX: usize = 1 << 20;
+/// A chunk is sealed at most this long after its first byte arrived.
+pub const CHUNK_INTERVAL: Duration = Duration::from_secs(1);
+/// Size of one read from the job's pipe.
+const READ_SIZE: usize = 64 * 1024;
+/// After SIGKILL, how long to wait for the pipe to close before giving up
+/// on it (a process outside the killed tree still holds it).
+const AFTER_KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Settings of one run's pipeline.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The run's ULID: names the spool directory and the stdout JSON lines.
+    pub run_id: String,
+    /// `<state dir>/spool`.
+    pub spool_root: PathBuf,
+    /// No output for this long kills the job (`SPACELIFT_LAUNCHER_LOGS_TIMEOUT`).
+    pub logs_timeout: Duration,
+    /// The run may take this long in all (`SPACELIFT_LAUNCHER_RUN_TIMEOUT`).
+    pub run_timeout: Duration,
+    /// Between SIGTERM and SIGKILL (`LIFTOFF_KILL_GRACE`).
+    pub kill_grace: Duration,
+    pub chunk_max: usize,
+    pub chunk_interval: Duration,
+    pub retry: Retry,
+}
+
+impl Options {
+    pub fn from_config(config: &Config, run_id: &str) -> Options {
+        Options {
+            run_id: run_id.to_string(),
+            spool_root: spool_root(config),
+            logs_timeout: config.logs_timeout,
+            run_timeout: config.run_timeout,
+            kill_grace: config.kill_grace,
+            chunk_max: CHUNK_MAX,
+            chunk_interval: CHUNK_INTERVAL,
+            retry: Retry::default(),
+        }
+    }
+}
+
+/// Where chunks are spooled: `<state dir>/spool`.
+pub fn spool_root(config: &Config) -> PathBuf {
+    config.state_dir.join("spool")
+}
+
+/// Adds the values of the variables named in `SPACELIFT_MASK_ENVS` (and any
+/// `extra` names, e.g. `liftoff exec --mask NAME`) found in `env` to
+/// `builder`. Returns warnings: names not set, values too short (from the
+/// builder).
+pub fn mask_env_secrets<'a>(
+    builder: &mut redact::RedactorBuilder,
+    names: impl IntoIterator<Item = &'a str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for name in names {
+        match env(name) {
+            Some(v) => {
+                builder.secret(name, v.as_bytes());
+            }
+            None => warnings.push(format!(
+                "{name} is listed for masking but is not set; nothing to mask for it"
+            )),
+        }
+    }
+    warnings.extend(builder.warnings().iter().cloned());
+    warnings
+}
+
+/// Stops the job's process tree. `terminate` is SIGTERM to the whole tree;
+/// `kill` (after the grace period) is SIGKILL of everything in it. The
+/// sandbox supplies one that kills its cgroup; tests kill a process group.
+pub trait Kill {
+    fn terminate(&mut self);
+    fn kill(&mut self);
+}
+
+/// How a [`Pipeline::pump`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The pipe closed: the job (and everything holding its output) exited.
+    Closed,
+    /// No output for this long: the tree was killed.
+    NoOutput(Duration),
+    /// The run took longer than this: the tree was killed.
+    RunTimeout(Duration),
+}
+
+impl Ended {
+    /// The last log line for a timeout ("no output for 7m0s: killed").
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Ended::Closed => None,
+            Ended::NoOutput(d) => Some(format!("no output for {}: killed", format_duration(*d))),
+            Ended::RunTimeout(d) => Some(format!("run exceeded {}: killed", format_duration(*d))),
+        }
+    }
+}
+
+/// What the pipeline did, from [`Pipeline::finish`].
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Masked bytes written to chunks.
+    pub bytes: u64,
+    /// Chunks delivered in order; an error when delivery stopped.
+    pub delivered: Delivered,
+    /// Non-fatal problems (spool recovery notes, a pipe left open).
+    pub warnings: Vec<String>,
+}
+
+/// One run's log pipeline.
+pub struct Pipeline {
+    opts: Options,
+    redactor: Redactor,
+    spool: Arc<Spool>,
+    uploader: Uploader,
+    /// Masked bytes of the chunk being built.
+    chunk: Vec<u8>,
+    /// When the chunk's first byte arrived.
+    chunk_started: Option<Instant>,
+    next_seq: u64,
+    started: Instant,
+    bytes: u64,
+    warnings: Vec<String>,
+    /// The output so far ends with a newline (for the reason line).
+    at_line_start: bool,
+}
+
+impl Pipeline {
+    /// Opens the run's spool and starts delivery to `sink`. `on_delivered` is
+    /// called (on the upload thread) after each chunk is delivered.
+    pub fn start(
+        opts: Options,
+        matcher: Arc<Matcher>,
+        sink: Box<dyn Sink>,
+        on_delivered: Option<OnDelivered>,
+    ) -> Result<Pipeline, String> {
+        if opts.chunk_max == 0 {
+            return Err("the log chunk size must be at least 1 byte".into());
+        }
+        let spool = Arc::new(Spool::open(&opts.spool_root, &opts.run_id)?);
+        let (leftover, warnings) = spool.existing()?;
+        let next_seq = leftover.last().map_or(0, |c| c.seq + 1);
+        let uploader = Uploader::start(spool.clone(), sink, opts.retry, on_delivered);
+        for chunk in leftover {
+            uploader.send_leftover(chunk);
+        }
+        Ok(Pipeline {
+            redactor: Redactor::new(matcher),
+            spool,
+            uploader,
+            chunk: Vec::with_capacity(opts.chunk_max.min(CHUNK_MAX) + READ_SIZE),
+            chunk_started: None,
+            next_seq,
+            started: Instant::now(),
+            bytes: 0,
+            warnings,
+            at_line_start: true,
+            opts,
+        })
+    }
+
+    /// When the run's clock started (the run timeout counts from here).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Writes a launcher line into the log (masked like job output).
+    pub fn line(&mut self, text: &str) -> Result<(), String> {
+        let mut bytes = Vec::with_capacity(text.len() + 1);
+        if !self.at_line_start {
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.push(b'\n');
+        self.input(&bytes, Instant::now())
+    }
+
+    /// With `SPACELIFT_DEBUG=true`: writes the exact command of a step, masked,
+    /// before it runs: `+ 'arg 0' 'arg 1'` (each argument single-quoted as a
+    /// shell would need).
+    pub fn debug_command<S: AsRef<OsStr>>(&mut self, argv: &[S]) -> Result<(), String> {
+        let words: Vec<String> = argv
+            .iter()
+            .map(|a| shell_quote(&a.as_ref().to_string_lossy()))
+            .collect();
+        self.line(&format!("+ {}", words.join(" ")))
+    }
+
+    /// Masks and chunks `data`.
+    fn input(&mut self, data: &[u8], now: Instant) -> Result<(), String> {
+        if let Some(&last) = data.last() {
+            self.at_line_start = last == b'\n';
+        }
+        // Feed in pieces so the chunk never grows past chunk_max + READ_SIZE.
+        for piece in data.chunks(READ_SIZE) {
+            let before = self.chunk.len();
+            self.redactor.write(piece, &mut self.chunk);
+            if self.chunk.len() > before && self.chunk_started.is_none() {
+                self.chunk_started = Some(now);
+            }
+            while self.chunk.len() >= self.opts.chunk_max {
+                let rest = self.chunk.split_off(self.opts.chunk_max);
+                let full = std::mem::replace(&mut self.chunk, rest);
+                self.seal_bytes(&full)?;
+                self.chunk_started = if self.chunk.is_empty() {
+                    None
+                } else {
+                    Some(now)
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Spools the chunk being built (if any) and queues it for delivery.
+    fn seal(&mut self) -> Result<(), String> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let body = std::mem::take(&mut self.chunk);
+        self.seal_bytes(&body)?;
+        self.chunk = body;
+        self.chunk.clear();
+        self.chunk_started = None;
+        Ok(())
+    }
+
+    fn seal_bytes(&mut self, body: &[u8]) -> Result<(), String> {
+        let chunk: Chunk = self.spool.write(self.next_seq, body)?;
+        self.next_seq += 1;
+        self.bytes += chunk.len;
+        self.uploader.send(chunk);
+        Ok(())
+    }
+
+    /// Reads the job's merged output until the pipe closes, masking,
+    /// chunking and spooling it. On `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (no
+    /// output) or `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (counted from
+    /// [`Pipeline::start`]) it calls `kill.terminate()`, then `kill.kill()`
+    /// after the grace period (or as soon as the pipe closes, whichever is
+    /// first, for what is left of the tree), writes the reason as the last
+    /// log line and
+    /// returns which timeout it was. An error means the spool could not be
+    /// written (the job is killed then too: its output would be lost).
+    pub fn pump<R: Read + Send + 'static>(
+        &mut self,
+        reader: R,
+        kill: &mut dyn Kill,
+    ) -> Result<Ended, String> {
+        let (tx, rx) = sync_channel::<std::io::Result<Vec<u8>>>(1);
+        let reader_thread = std::thread::Builder::new()
+            .name("log-pipe".into())
+            .spawn(move || {
+                let mut reader = reader;
+                loop {
+                    let mut buf = vec![0u8; READ_SIZE];
+                    match reader.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            if tx.send(Ok(buf)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the log reader thread: {e}"))?;
+
+        let mut last_output = Instant::now();
+        let mut timed_out: Option<Ended> = None;
+        let mut terminated_at: Option<Instant> = None;
+        let mut killed_at: Option<Instant> = None;
+        let mut failure: Option<String> = None;
+        let mut pipe_closed = false;
+        loop {
+            let now = Instant::now();
+            // Timeouts (only the first one counts).
+            if timed_out.is_none() {
+                if now >= self.started + self.opts.run_timeout {
+                    timed_out = Some(Ended::RunTimeout(self.opts.run_timeout));
+                } else if now >= last_output + self.opts.logs_timeout {
+                    timed_out = Some(Ended::NoOutput(self.opts.logs_timeout));
+                }
+                if timed_out.is_some() {
+                    kill.terminate();
+                    terminated_at = Some(now);
+                }
+            }
+            if let (Some(t), None) = (terminated_at, killed_at) {
+                if now >= t + self.opts.kill_grace {
+                    kill.kill();
+                    killed_at = Some(now);
+                }
+            }
+            if let Some(k) = killed_at {
+                if now >= k + AFTER_KILL_WAIT {
+                    self.warnings.push(format!(
+                        "the job's output pipe stayed open {} after its tree was killed; stopped reading it",
+                        format_duration(AFTER_KILL_WAIT)
+                    ));
+                    break;
+                }
+            }
+            if let Some(t) = self.chunk_started {
+                if now >= t + self.opts.chunk_interval {
+                    if let Err(e) = self.seal() {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            // Sleep until the next deadline or input.
+            let mut next = if timed_out.is_none() {
+                (self.started + self.opts.run_timeout).min(last_output + self.opts.logs_timeout)
+            } else if let Some(k) = killed_at {
+                k + AFTER_KILL_WAIT
+            } else {
+                terminated_at.unwrap_or(now) + self.opts.kill_grace
+            };
+            if let Some(t) = self.chunk_started {
+                next = next.min(t + self.opts.chunk_interval);
+            }
+            let wait = next.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Ok(data)) => {
+                    let now = Instant::now();
+                    last_output = now;
+                    if let Err(e) = self.input(&data, now) {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.warnings
+                        .push(format!("reading the job's output failed: {e}"));
+                    pipe_closed = true;
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    pipe_closed = true;
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            // Output can no longer be kept: stop the job rather than lose it.
+            if timed_out.is_none() {
+                kill.terminate();
+                std::thread::sleep(self.opts.kill_grace.min(Duration::from_secs(1)));
+            }
+            kill.kill();
+            return Err(e);
+        }
+        if pipe_closed {
+            let _ = reader_thread.join();
+        }
+        if terminated_at.is_some() && killed_at.is_none() {
+            // The pipe closed within the grace period; whatever of the tree
+            // still lives without holding it (ignoring SIGTERM) dies now.
+            kill.kill();
+        }
+        // The masked tail of this step's output is final now.
+        let mut tail = Vec::new();
+        self.redactor.flush(&mut tail);
+        let now = Instant::now();
+        if !tail.is_empty() {
+            self.chunk_started.get_or_insert(now);
+            self.chunk.extend_from_slice(&tail);
+        }
+        if let Some(ended) = &timed_out {
+            if let Some(reason) = ended.reason() {
+                self.line(&reason)?;
+                let mut rest = Vec::new();
+                self.redactor.flush(&mut rest);
+                self.chunk.extend_from_slice(&rest);
+            }
+        }
+        self.seal()?;
+        Ok(timed_out.unwrap_or(Ended::Closed))
+    }
+
+    /// Seals the last chunk, waits for delivery, and reports.
+    pub fn finish(mut self) -> Report {
+        let mut tail = Vec::new();
+        self.redactor.flush(&mut tail);
+        self.chunk.extend_from_slice(&tail);
+        let mut warnings = std::mem::take(&mut self.warnings);
+        if let Err(e) = self.seal() {
+            warnings.push(e);
+        }
+        let delivered = self.uploader.finish();
+        if delivered.error.is_none() && delivered.left == 0 {
+            if let Ok(s) = Arc::try_unwrap(self.spool) {
+                s.close();
+            }
+        }
+        Report {
+            bytes: self.bytes,
+            delivered,
+            warnings,
+        }
+    }
+}
+
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons() {
+        assert_eq!(
+            Ended::NoOutput(Duration::from_secs(420)).reason().unwrap(),
+            "no output for 7m0s: killed"
+        );
+        assert_eq!(
+            Ended::RunTimeout(Duration::from_secs(4200))
+                .reason()
+                .unwrap(),
+            "run exceeded 1h10m0s: killed"
+        );
+        assert_eq!(Ended::Closed.reason(), None);
+    }
+
+    #[test]
+    fn options_and_masks_from_config() {
+        let env: crate::config::Env = [
+            ("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", "2m"),
+            ("SPACELIFT_LAUNCHER_RUN_TIMEOUT", "1h"),
+            ("SPACELIFT_MASK_ENVS", "DB_PASSWORD,SHORT,MISSING"),
+            ("LIFTOFF_STATE_DIR", "/var/lib/liftoff-test"),
+        ]
+        .into_iter()
+        .collect();
+        let config = Config::load(&env).config;
+        let o = Options::from_config(&config, "01RUN");
+        assert_eq!(o.logs_timeout, Duration::from_secs(120));
+        assert_eq!(o.run_timeout, Duration::from_secs(3600));
+        assert_eq!(o.spool_root, PathBuf::from("/var/lib/liftoff-test/spool"));
+        let mut b = redact::RedactorBuilder::new();
+        let lookup = |name: &str| match name {
+            "DB_PASSWORD" => Some("correct horse".to_string()),
+            "SHORT" => Some("ab".to_string()),
+            _ => None,
+        };
+        let warnings =
+            mask_env_secrets(&mut b, config.mask_envs.iter().map(String::as_str), &lookup);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("MISSING")));
+        assert!(warnings.iter().any(|w| w.contains("SHORT")));
+        assert!(b.patterns().iter().any(|p| p == b"correct horse"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("terraform"), "terraform");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

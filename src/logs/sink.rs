@@ -1,0 +1,418 @@
+//! Where chunks of masked run output go: a small trait and its three sinks.
+//!
+//! - [`PresignedSink`]: HTTP PUT to pre-signed object-storage URLs, one URL
+//!   per chunk sequence number, asked of a [`UrlSource`] (the control-plane
+//!   link feeds a [`UrlQueue`] from its `uploads` messages).
+//! - [`FileSink`]: one local file (`liftoff exec --log-file FILE`).
+//! - [`StdoutSink`]: JSON lines `{"run_ulid","ts","msg"}` on standard output
+//!   (`SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED=true`).
+//!
+//! The uploader calls [`Sink::deliver`] once per chunk in sequence order,
+//! again for the same chunk after a retryable error, and [`Sink::finish`]
+//! once at the end. A repeated `deliver` of the same chunk must overwrite, not
+//! append, so the receiver sees each chunk exactly once.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::spool::Chunk;
+
+/// A failed delivery: `retryable` ones are tried again with backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverError {
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl DeliverError {
+    pub fn retry(message: impl Into<String>) -> Self {
+        DeliverError {
+            retryable: true,
+            message: message.into(),
+        }
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        DeliverError {
+            retryable: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// A destination for chunks.
+pub trait Sink: Send {
+    /// A short description for messages ("pre-signed URLs", "file /x").
+    fn describe(&self) -> String;
+    /// Delivers one chunk; `body` reads exactly `chunk.len` bytes.
+    fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError>;
+    /// End of the run's output.
+    fn finish(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Gives the pre-signed URL for a run's chunk.
+pub trait UrlSource: Send + Sync {
+    fn url(&self, run_id: &str, seq: u64) -> Result<String, DeliverError>;
+    /// The URL given for this chunk was refused as expired (HTTP 403): the
+    /// next [`UrlSource::url`] should give a fresh one.
+    fn expired(&self, _run_id: &str, _seq: u64) {}
+}
+
+impl<F> UrlSource for F
+where
+    F: Fn(&str, u64) -> Result<String, DeliverError> + Send + Sync,
+{
+    fn url(&self, run_id: &str, seq: u64) -> Result<String, DeliverError> {
+        self(run_id, seq)
+    }
+}
+
+/// URLs handed over by the control plane, waited for when not there yet.
+/// The link calls [`UrlQueue::offer`]; the sink asks with [`UrlSource::url`].
+#[derive(Default)]
+pub struct UrlQueue {
+    urls: Mutex<HashMap<(String, u64), String>>,
+    arrived: Condvar,
+    wait: Duration,
+}
+
+impl UrlQueue {
+    /// `wait`: how long `url` waits for a missing URL before a retryable error.
+    pub fn new(wait: Duration) -> Arc<UrlQueue> {
+        Arc::new(UrlQueue {
+            wait,
+            ..UrlQueue::default()
+        })
+    }
+
+    /// Stores (or replaces, for an expired one) the URL of `run_id`'s chunk `seq`.
+    pub fn offer(&self, run_id: &str, seq: u64, url: String) {
+        if let Ok(mut m) = self.urls.lock() {
+            m.insert((run_id.to_string(), seq), url);
+        }
+        self.arrived.notify_all();
+    }
+
+    /// Forgets a URL that failed (expired), so the next ask waits for a new one.
+    pub fn forget(&self, run_id: &str, seq: u64) {
+        if let Ok(mut m) = self.urls.lock() {
+            m.remove(&(run_id.to_string(), seq));
+        }
+    }
+}
+
+impl UrlSource for UrlQueue {
+    fn expired(&self, run_id: &str, seq: u64) {
+        self.forget(run_id, seq);
+    }
+
+    fn url(&self, run_id: &str, seq: u64) -> Result<String, DeliverError> {
+        let key = (run_id.to_string(), seq);
+        let deadline = Instant::now() + self.wait;
+        let mut m = self
+            .urls
+            .lock()
+            .map_err(|_| DeliverError::fatal("the URL queue is poisoned"))?;
+        loop {
+            if let Some(u) = m.get(&key) {
+                return Ok(u.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DeliverError::retry(format!(
+                    "no pre-signed upload URL for run {run_id} chunk {seq} yet (the control plane sends them)"
+                )));
+            }
+            m = match self.arrived.wait_timeout(m, deadline - now) {
+                Ok((g, _)) => g,
+                Err(_) => return Err(DeliverError::fatal("the URL queue is poisoned")),
+            };
+        }
+    }
+}
+
+/// HTTP PUT of each chunk to its pre-signed URL, always with Content-Length.
+pub struct PresignedSink {
+    agent: ureq::Agent,
+    urls: Arc<dyn UrlSource>,
+}
+
+impl PresignedSink {
+    pub fn new(agent: ureq::Agent, urls: Arc<dyn UrlSource>) -> Self {
+        PresignedSink { agent, urls }
+    }
+}
+
+impl Sink for PresignedSink {
+    fn describe(&self) -> String {
+        "pre-signed upload URLs".into()
+    }
+
+    fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
+        let url = self.urls.url(&chunk.run_id, chunk.seq)?;
+        let shown = url.split('?').next().unwrap_or("").to_string();
+        // `&File` makes ureq send Content-Length (the file's size), never a
+        // chunked body, which object storage rejects.
+        let response = self
+            .agent
+            .put(&url)
+            .header("Content-Type", "application/octet-stream")
+            .send(&*body)
+            .map_err(|e| {
+                DeliverError::retry(format!(
+                    "upload of log chunk {} to {shown} failed: {e}",
+                    chunk.seq
+                ))
+            })?;
+        let status = response.status().as_u16();
+        if status == 403 {
+            self.urls.expired(&chunk.run_id, chunk.seq);
+        }
+        match status {
+            200..=299 => Ok(()),
+            // 403: the URL expired; a new one is asked for on the retry.
+            403 | 408 | 429 | 500..=599 => Err(DeliverError::retry(format!(
+                "upload of log chunk {} to {shown}: HTTP {status}",
+                chunk.seq
+            ))),
+            _ => Err(DeliverError::fatal(format!(
+                "upload of log chunk {} to {shown} was refused: HTTP {status}; the URL or the object store is misconfigured",
+                chunk.seq
+            ))),
+        }
+    }
+}
+
+/// All chunks, in order, into one local file (created or truncated).
+pub struct FileSink {
+    path: PathBuf,
+    file: File,
+    /// Bytes of chunks already delivered: a retried chunk is written here
+    /// again, over whatever a failed attempt left.
+    committed: u64,
+}
+
+impl FileSink {
+    pub fn create(path: &Path) -> Result<FileSink, String> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| format!("cannot create the log file {}: {e}", path.display()))?;
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            file,
+            committed: 0,
+        })
+    }
+}
+
+impl Sink for FileSink {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
+        let fail = |e: std::io::Error| {
+            DeliverError::retry(format!(
+                "cannot write log chunk {} to {}: {e}",
+                chunk.seq,
+                self.path.display()
+            ))
+        };
+        self.file.set_len(self.committed).map_err(fail)?;
+        self.file
+            .seek(SeekFrom::Start(self.committed))
+            .map_err(fail)?;
+        let copied = std::io::copy(&mut body.take(chunk.len), &mut self.file).map_err(fail)?;
+        if copied != chunk.len {
+            return Err(DeliverError::retry(format!(
+                "log chunk {} was shorter than its {} bytes",
+                chunk.seq, chunk.len
+            )));
+        }
+        self.committed += chunk.len;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        self.file
+            .sync_data()
+            .map_err(|e| format!("cannot sync the log file {}: {e}", self.path.display()))
+    }
+}
+
+/// JSON lines `{"run_ulid","ts","msg"}` on a writer (standard output).
+pub struct StdoutSink<W: Write + Send> {
+    run_id: String,
+    out: W,
+    /// The unfinished last line, carried to the next chunk (bounded).
+    partial: Vec<u8>,
+}
+
+/// Longest line kept whole; longer ones are split into several messages.
+const MAX_LINE: usize = 64 * 1024;
+
+impl StdoutSink<std::io::Stdout> {
+    pub fn stdout(run_id: &str) -> Self {
+        StdoutSink::new(run_id, std::io::stdout())
+    }
+}
+
+impl<W: Write + Send> StdoutSink<W> {
+    pub fn new(run_id: &str, out: W) -> Self {
+        StdoutSink {
+            run_id: run_id.to_string(),
+            out,
+            partial: Vec::new(),
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn emit(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let msg = String::from_utf8_lossy(line);
+        let record = serde_json::json!({
+            "run_ulid": self.run_id,
+            "ts": rfc3339_now(),
+            "msg": msg,
+        });
+        let mut text = record.to_string();
+        text.push('\n');
+        self.out.write_all(text.as_bytes())
+    }
+}
+
+impl<W: Write + Send> Sink for StdoutSink<W> {
+    fn describe(&self) -> String {
+        "standard output (JSON lines)".into()
+    }
+
+    fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
+        let mut bytes = Vec::with_capacity(chunk.len as usize);
+        body.take(chunk.len).read_to_end(&mut bytes).map_err(|e| {
+            DeliverError::retry(format!("cannot read log chunk {}: {e}", chunk.seq))
+        })?;
+        // Lines go out only once whole, so a retry never repeats one.
+        let mut all = std::mem::take(&mut self.partial);
+        all.extend_from_slice(&bytes);
+        let mut start = 0;
+        let fail = |e: std::io::Error| {
+            DeliverError::fatal(format!("cannot write to standard output: {e}"))
+        };
+        while let Some(nl) = all[start..].iter().position(|&b| b == b'\n') {
+            self.emit(&all[start..start + nl]).map_err(fail)?;
+            start += nl + 1;
+        }
+        let mut rest = all.split_off(start);
+        while rest.len() > MAX_LINE {
+            let tail = rest.split_off(MAX_LINE);
+            self.emit(&rest).map_err(fail)?;
+            rest = tail;
+        }
+        self.partial = rest;
+        self.out.flush().map_err(fail)?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.emit(&last)
+                .map_err(|e| format!("cannot write to standard output: {e}"))?;
+        }
+        self.out
+            .flush()
+            .map_err(|e| format!("cannot write to standard output: {e}"))
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::spool::Spool;
+
+    #[test]
+    fn url_queue_waits_for_and_replaces_urls() {
+        let q = UrlQueue::new(Duration::from_millis(50));
+        assert!(q.url("R", 0).unwrap_err().retryable);
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            q2.offer("R", 0, "http://a".into());
+        });
+        let q3 = UrlQueue::new(Duration::from_secs(5));
+        q3.offer("R", 0, "http://b".into());
+        assert_eq!(q3.url("R", 0).unwrap(), "http://b");
+        q3.expired("R", 0);
+        assert!(q3.urls.lock().unwrap().is_empty());
+        t.join().unwrap();
+        assert_eq!(q.url("R", 0).unwrap(), "http://a");
+    }
+
+    #[test]
+    fn file_sink_overwrites_a_failed_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), "R").unwrap();
+        let a = spool.write(0, b"first\n").unwrap();
+        let b = spool.write(1, b"second\n").unwrap();
+        let log = dir.path().join("log");
+        let mut sink = FileSink::create(&log).unwrap();
+        sink.deliver(&a, &mut spool.open_chunk(&a).unwrap())
+            .unwrap();
+        // A half-written attempt of chunk 1, then its retry.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"sec")
+            .unwrap();
+        sink.deliver(&b, &mut spool.open_chunk(&b).unwrap())
+            .unwrap();
+        sink.finish().unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"first\nsecond\n");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let ts = rfc3339_now();
+        assert_eq!(ts.len(), 24, "{ts}");
+        assert!(ts.starts_with("20") && ts.ends_with('Z') && ts.as_bytes()[10] == b'T');
+    }
+}

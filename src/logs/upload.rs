@@ -1,0 +1,301 @@
+//! Delivery of spooled chunks to a sink: in sequence order, each retried with
+//! exponential backoff and jitter up to a bound, removed from the spool only
+//! once delivered.
+//!
+//! Call order: [`Uploader::start`] (a thread owning the sink), then
+//! [`Uploader::send`] for each chunk as it is spooled, then
+//! [`Uploader::finish`] once (waits for the queue to drain). At start-up,
+//! [`recover`] delivers what earlier processes left in the spool.
+//!
+//! When a chunk cannot be delivered within the bound, delivery of the run
+//! stops there (later chunks would arrive out of order): the chunk and all
+//! later ones stay in the spool for the next start, and the report says so.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::sink::{DeliverError, Sink};
+use super::spool::{Chunk, Spool, runs};
+
+/// Retry bound: `attempts` tries per chunk, waiting a random time up to
+/// `base * 2^n` (capped at `max`) between them.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    /// 10 tries over about two minutes.
+    fn default() -> Self {
+        Retry {
+            attempts: 10,
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before try `n + 1` (n ≥ 1): "equal jitter", half fixed and
+    /// half random, so waits grow even with bad luck.
+    pub fn backoff(&self, n: u32, rng: &mut u64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
+            .min(self.max);
+        let half = exp / 2;
+        let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let jitter = if nanos == 0 {
+            0
+        } else {
+            next_random(rng) % nanos
+        };
+        half + Duration::from_nanos(jitter)
+    }
+}
+
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// Delivers one spooled chunk with retries; removes it from the spool once
+/// delivered. `verify`: check its length and SHA-256 first (chunks an earlier
+/// process left); this process's own chunks are trusted.
+pub fn deliver(
+    spool: &Spool,
+    sink: &mut dyn Sink,
+    chunk: &Chunk,
+    verify: bool,
+    retry: &Retry,
+    rng: &mut u64,
+) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 1..=retry.attempts.max(1) {
+        if attempt > 1 {
+            std::thread::sleep(retry.backoff(attempt - 1, rng));
+        }
+        let mut file = if verify {
+            spool.open_chunk(chunk)?
+        } else {
+            spool.open_unchecked(chunk)?
+        };
+        match sink.deliver(chunk, &mut file) {
+            Ok(()) => {
+                spool.remove(chunk);
+                return Ok(());
+            }
+            Err(DeliverError {
+                retryable: true,
+                message,
+            }) => {
+                tracing::warn!(run = %chunk.run_id, seq = chunk.seq, attempt, "{message}; retrying");
+                last = message;
+            }
+            Err(DeliverError {
+                retryable: false,
+                message,
+            }) => return Err(message),
+        }
+    }
+    Err(format!(
+        "{last} (gave up after {} tries; the chunk stays in the spool {} and is uploaded at the next start)",
+        retry.attempts,
+        spool.dir().display()
+    ))
+}
+
+/// What delivery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Chunks delivered, in order.
+    pub chunks: Vec<Chunk>,
+    /// The first failure; later chunks were left in the spool.
+    pub error: Option<String>,
+    /// Chunks left in the spool.
+    pub left: usize,
+}
+
+enum Msg {
+    /// A chunk and whether to verify it (left by an earlier process).
+    Chunk(Chunk, bool),
+}
+
+/// A thread delivering one run's chunks in order.
+pub struct Uploader {
+    tx: Option<Sender<Msg>>,
+    handle: Option<JoinHandle<Delivered>>,
+}
+
+/// Called after each chunk is delivered (the run sends a `log` event).
+pub type OnDelivered = Box<dyn FnMut(&Chunk) + Send>;
+
+impl Uploader {
+    pub fn start(
+        spool: Arc<Spool>,
+        mut sink: Box<dyn Sink>,
+        retry: Retry,
+        mut on_delivered: Option<OnDelivered>,
+    ) -> Uploader {
+        let (tx, rx): (Sender<Msg>, Receiver<Msg>) = channel();
+        let handle = std::thread::Builder::new()
+            .name("log-upload".into())
+            .spawn(move || {
+                let mut rng = seed();
+                let mut done = Delivered::default();
+                for Msg::Chunk(chunk, verify) in rx {
+                    if done.error.is_some() {
+                        done.left += 1;
+                        continue;
+                    }
+                    match deliver(&spool, sink.as_mut(), &chunk, verify, &retry, &mut rng) {
+                        Ok(()) => {
+                            if let Some(f) = on_delivered.as_mut() {
+                                f(&chunk);
+                            }
+                            done.chunks.push(chunk);
+                        }
+                        Err(e) => {
+                            tracing::error!(run = %chunk.run_id, seq = chunk.seq, "{e}");
+                            done.error = Some(e);
+                            done.left += 1;
+                        }
+                    }
+                }
+                if let Err(e) = sink.finish() {
+                    done.error.get_or_insert(e);
+                }
+                done
+            });
+        match handle {
+            Ok(h) => Uploader {
+                tx: Some(tx),
+                handle: Some(h),
+            },
+            Err(e) => {
+                tracing::error!("cannot start the log upload thread: {e}");
+                Uploader {
+                    tx: None,
+                    handle: None,
+                }
+            }
+        }
+    }
+
+    /// Queues a chunk this process spooled (never blocks: chunks wait on
+    /// disk).
+    pub fn send(&self, chunk: Chunk) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Chunk(chunk, false));
+        }
+    }
+
+    /// Queues a chunk an earlier process left (verified before delivery).
+    pub fn send_leftover(&self, chunk: Chunk) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Chunk(chunk, true));
+        }
+    }
+
+    /// Waits until every queued chunk is delivered or given up on.
+    pub fn finish(mut self) -> Delivered {
+        self.tx = None;
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(d)) => d,
+            Some(Err(_)) => Delivered {
+                error: Some("the log upload thread panicked; chunks stay in the spool".into()),
+                ..Delivered::default()
+            },
+            None => Delivered {
+                error: Some(
+                    "the log upload thread could not start; chunks stay in the spool".into(),
+                ),
+                ..Delivered::default()
+            },
+        }
+    }
+}
+
+/// At start-up: delivers, in order, the chunks of every run an earlier
+/// process left under `root`. `sink_for` gives the sink of a run (None skips
+/// the run, leaving its chunks). Returns each run's outcome.
+pub fn recover(
+    root: &Path,
+    mut sink_for: impl FnMut(&str) -> Option<Box<dyn Sink>>,
+    retry: &Retry,
+) -> Result<Vec<(String, Delivered)>, String> {
+    let mut rng = seed();
+    let mut out = Vec::new();
+    for run_id in runs(root)? {
+        let spool = Spool::open(root, &run_id)?;
+        let (chunks, warnings) = spool.existing()?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        if chunks.is_empty() {
+            spool.close();
+            continue;
+        }
+        let Some(mut sink) = sink_for(&run_id) else {
+            continue;
+        };
+        let mut done = Delivered::default();
+        let total = chunks.len();
+        for chunk in chunks {
+            match deliver(&spool, sink.as_mut(), &chunk, true, retry, &mut rng) {
+                Ok(()) => done.chunks.push(chunk),
+                Err(e) => {
+                    done.error = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = sink.finish() {
+            done.error.get_or_insert(e);
+        }
+        done.left = total - done.chunks.len();
+        if done.left == 0 {
+            spool.close();
+        }
+        out.push((run_id, done));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let r = Retry {
+            attempts: 5,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let mut rng = 1;
+        for n in 1..40 {
+            let d = r.backoff(n, &mut rng);
+            assert!(d <= Duration::from_secs(1));
+            let exp = Duration::from_millis(100)
+                .saturating_mul(1 << (n - 1).min(20))
+                .min(Duration::from_secs(1));
+            assert!(d >= exp / 2);
+        }
+    }
+}

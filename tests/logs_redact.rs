@@ -1,0 +1,196 @@
+//! Property test of the streaming redactor: for random texts, random secret
+//! sets and random write splits, the output equals the whole-text reference
+//! replacement, and what is held back is exactly the longest live partial
+//! match. Seeded, so a failure names a case that can be replayed.
+
+use liftoff::logs::redact::{MASK, Redactor, RedactorBuilder, reference_mask, variants};
+
+/// SplitMix64: small, seeded, good enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, alphabet: &[u8], len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| alphabet[self.below(alphabet.len())])
+            .collect()
+    }
+}
+
+fn longest_live_partial(text: &[u8], patterns: &[Vec<u8>]) -> usize {
+    let mut best = 0;
+    for p in patterns {
+        for k in (best + 1)..p.len().min(text.len() + 1) {
+            if text[text.len() - k..] == p[..k] {
+                best = best.max(k);
+            }
+        }
+    }
+    best
+}
+
+fn check_case(seed: u64) {
+    let mut rng = Rng(seed);
+    let alphabets: [&[u8]; 4] = [b"ab", b"ab\r\n", b"abc", b"abcdefgh XYZ=\n\r\"%+/"];
+    let alphabet = alphabets[rng.below(alphabets.len())];
+    let text_len = rng.below(160);
+    let mut text = rng.bytes(alphabet, text_len);
+    let mut builder = RedactorBuilder::new();
+    let expand = rng.below(5) == 0;
+    for _ in 0..1 + rng.below(4) {
+        let len = 4 + rng.below(6);
+        // Often take the secret from the text itself so matches happen.
+        let secret = if text.len() >= len && rng.below(2) == 0 {
+            let at = rng.below(text.len() - len + 1);
+            text[at..at + len].to_vec()
+        } else {
+            rng.bytes(alphabet, len)
+        };
+        if expand {
+            // Put an encoded form of the secret somewhere in the text.
+            let forms = variants(&secret);
+            let form = &forms[rng.below(forms.len())];
+            let at = rng.below(text.len() + 1);
+            text.splice(at..at, form.iter().copied());
+            builder.secret("S", &secret);
+        } else {
+            builder.literal(&secret);
+        }
+    }
+    let patterns = builder.patterns().to_vec();
+    let expected = reference_mask(&text, &patterns);
+    let mut redactor = Redactor::new(builder.build());
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let n = match rng.below(4) {
+            0 => 1,
+            1 => 1 + rng.below(3),
+            2 => 1 + rng.below(12),
+            _ => 1 + rng.below(text.len()),
+        }
+        .min(text.len() - at);
+        redactor.write(&text[at..at + n], &mut out);
+        at += n;
+        let live = longest_live_partial(&text[..at], &patterns);
+        assert_eq!(
+            redactor.held(),
+            live,
+            "seed {seed}: held back {} bytes after {at}, longest live partial is {live}",
+            redactor.held()
+        );
+    }
+    redactor.flush(&mut out);
+    assert_eq!(
+        out,
+        expected,
+        "seed {seed}: text {:?} patterns {:?}\n got {:?}\nwant {:?}",
+        String::from_utf8_lossy(&text),
+        patterns
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+#[test]
+fn streaming_equals_whole_text_replacement_100k_cases() {
+    let base: u64 = std::env::var("LIFTOFF_PROPTEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_1234);
+    for case in 0..100_000u64 {
+        check_case(base.wrapping_add(case));
+    }
+}
+
+#[test]
+fn long_texts_with_many_secrets() {
+    // Fewer, larger cases: thousands of bytes, dozens of secrets.
+    let mut rng = Rng(42);
+    for case in 0..400 {
+        let alphabet: &[u8] = if case % 2 == 0 {
+            b"abcd\n"
+        } else {
+            b"0123456789abcdef"
+        };
+        let text = rng.bytes(alphabet, 4000);
+        let mut builder = RedactorBuilder::new();
+        // Long secrets only in some cases, so the scan uses wide strides.
+        let min = if case % 4 < 2 { 4 } else { 12 + rng.below(12) };
+        for _ in 0..40 {
+            let len = min + rng.below(20);
+            let at = rng.below(text.len() - len);
+            builder.literal(&text[at..at + len]);
+        }
+        let patterns = builder.patterns().to_vec();
+        let expected = reference_mask(&text, &patterns);
+        let mut r = Redactor::new(builder.build());
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let n = (1 + rng.below(300)).min(text.len() - at);
+            r.write(&text[at..at + n], &mut out);
+            at += n;
+        }
+        r.flush(&mut out);
+        assert_eq!(out, expected, "case {case}");
+    }
+}
+
+#[test]
+fn targeted_cases() {
+    let mask = |pats: &[&[u8]], pieces: &[&[u8]]| {
+        let mut b = RedactorBuilder::new();
+        for p in pats {
+            b.literal(p);
+        }
+        let mut r = Redactor::new(b.build());
+        let mut out = Vec::new();
+        for p in pieces {
+            r.write(p, &mut out);
+        }
+        r.flush(&mut out);
+        String::from_utf8(out).unwrap()
+    };
+    // 1-byte writes.
+    let text = b"token=supersecret; again supersecret.";
+    let ones: Vec<&[u8]> = text.chunks(1).collect();
+    assert_eq!(mask(&[b"supersecret"], &ones), "token=***; again ***.");
+    // A secret at the very end of the stream.
+    assert_eq!(
+        mask(&[b"supersecret"], &[b"end supersecre", b"t"]),
+        "end ***"
+    );
+    // Secrets that are prefixes of each other.
+    assert_eq!(
+        mask(&[b"pass", b"password"], &[b"a passwor", b"d b pass c"]),
+        "a *** b *** c"
+    );
+    // \r\n inside a multi-line secret given with \n.
+    let mut b = RedactorBuilder::new();
+    b.secret("CERT", b"-----BEGIN-----\nabcdef\n-----END-----");
+    let mut r = Redactor::new(b.build());
+    let mut out = Vec::new();
+    for piece in [
+        &b"x -----BEGIN-----\r"[..],
+        b"\nabcdef\r\n-----END",
+        b"----- y",
+    ] {
+        r.write(piece, &mut out);
+    }
+    r.flush(&mut out);
+    assert_eq!(out, b"x *** y");
+    assert!(MASK == b"***");
+}

@@ -1,0 +1,187 @@
+//! The watchdog: no-output and run timeouts kill the job's whole tree
+//! through the caller's kill callback, and the reason is the last log line.
+//! The job is a plain child in its own process group, killed with
+//! `kill -s SIG -- -PGID` (the sandbox's cgroup kill plugs in the same way).
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use liftoff::logs::redact::RedactorBuilder;
+use liftoff::logs::sink::FileSink;
+use liftoff::logs::upload::Retry;
+use liftoff::logs::{Ended, Kill, Options, Pipeline};
+
+struct GroupKill {
+    pgid: u32,
+    stages: Vec<&'static str>,
+}
+
+impl GroupKill {
+    fn signal(&mut self, sig: &'static str) {
+        self.stages.push(sig);
+        let _ = Command::new("kill")
+            .args(["-s", sig, "--", &format!("-{}", self.pgid)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Kill for GroupKill {
+    fn terminate(&mut self) {
+        self.signal("TERM");
+    }
+    fn kill(&mut self) {
+        self.signal("KILL");
+    }
+}
+
+fn spawn(script: &str) -> Child {
+    // `exec 2>&1`: stdout and stderr share the one pipe.
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 2>&1; {script}"))
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+fn run(
+    script: &str,
+    logs_timeout: u64,
+    run_timeout: u64,
+    grace_ms: u64,
+) -> (Ended, String, Vec<&'static str>, Child, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let opts = Options {
+        run_id: "01RUNTIMEOUT".into(),
+        spool_root: dir.path().join("spool"),
+        logs_timeout: Duration::from_secs(logs_timeout),
+        run_timeout: Duration::from_secs(run_timeout),
+        kill_grace: Duration::from_millis(grace_ms),
+        chunk_max: 1 << 20,
+        chunk_interval: Duration::from_millis(200),
+        retry: Retry::default(),
+    };
+    let mut p = Pipeline::start(
+        opts,
+        RedactorBuilder::new().build(),
+        Box::new(FileSink::create(&log).unwrap()),
+        None,
+    )
+    .unwrap();
+    let mut child = spawn(script);
+    let mut kill = GroupKill {
+        pgid: child.id(),
+        stages: Vec::new(),
+    };
+    let ended = p.pump(child.stdout.take().unwrap(), &mut kill).unwrap();
+    let report = p.finish();
+    assert_eq!(report.delivered.error, None);
+    let text = read(&log);
+    (ended, text, kill.stages, child, report.warnings)
+}
+
+fn read(p: &Path) -> String {
+    String::from_utf8(std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn no_output_kills_a_sleeping_job() {
+    let (ended, log, stages, mut child, warnings) = run("echo starting; sleep 600", 1, 600, 2000);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
+    assert_eq!(log, "starting\nno output for 1s: killed\n");
+    assert_eq!(stages, vec!["TERM", "KILL"]);
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(15));
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn no_output_kills_a_backgrounded_grandchild_holding_the_pipe() {
+    // The shell exits at once; its backgrounded grandchild keeps the pipe
+    // open and silent. Only a kill of the whole tree closes the pipe.
+    let (ended, log, stages, mut child, warnings) =
+        run("(sleep 600 &); echo parent done", 1, 600, 2000);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
+    assert_eq!(log, "parent done\nno output for 1s: killed\n");
+    assert_eq!(stages, vec!["TERM", "KILL"]);
+    assert!(child.wait().unwrap().success());
+    // The pump returned because the pipe closed, not because it gave up.
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn run_timeout_kills_a_busy_job() {
+    let (ended, log, stages, mut child, _) =
+        run("while :; do echo busy; sleep 0.05; done", 600, 2, 2000);
+    assert_eq!(ended, Ended::RunTimeout(Duration::from_secs(2)));
+    assert!(log.starts_with("busy\n"), "{log}");
+    assert!(log.ends_with("\nrun exceeded 2s: killed\n"), "{log}");
+    assert!(log.lines().filter(|l| *l == "busy").count() > 3);
+    assert_eq!(stages, vec!["TERM", "KILL"]);
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let (ended, log, stages, mut child, _) =
+        run("trap '' TERM; printf 'no newline'; sleep 600", 1, 600, 300);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
+    // The reason starts its own line.
+    assert_eq!(log, "no newline\nno output for 1s: killed\n");
+    assert_eq!(stages, vec!["TERM", "KILL"]);
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+}
+
+#[test]
+fn debug_command_is_logged_masked_before_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let opts = Options {
+        run_id: "01RUNDEBUG".into(),
+        spool_root: dir.path().join("spool"),
+        logs_timeout: Duration::from_secs(60),
+        run_timeout: Duration::from_secs(60),
+        kill_grace: Duration::from_secs(1),
+        chunk_max: 1 << 20,
+        chunk_interval: Duration::from_secs(1),
+        retry: Retry::default(),
+    };
+    let mut b = RedactorBuilder::new();
+    b.secret("TF_VAR_password", b"hunter2hunter2");
+    let mut p = Pipeline::start(
+        opts,
+        b.build(),
+        Box::new(FileSink::create(&log).unwrap()),
+        None,
+    )
+    .unwrap();
+    p.debug_command(&[
+        "terraform",
+        "apply",
+        "-var",
+        "password=hunter2hunter2",
+        "it's",
+    ])
+    .unwrap();
+    let mut child = spawn("echo applied");
+    let mut kill = GroupKill {
+        pgid: child.id(),
+        stages: Vec::new(),
+    };
+    assert_eq!(
+        p.pump(child.stdout.take().unwrap(), &mut kill).unwrap(),
+        Ended::Closed
+    );
+    child.wait().unwrap();
+    p.finish();
+    assert_eq!(
+        read(&log),
+        "+ terraform apply -var password=*** 'it'\\''s'\napplied\n"
+    );
+}
