@@ -9,6 +9,8 @@ pub mod check;
 pub mod config;
 pub mod identity;
 pub mod launcher_log;
+pub mod link;
+pub mod worker;
 
 /// Exit status for configuration errors (EX_CONFIG): systemd's unit does not
 /// restart on it.

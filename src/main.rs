@@ -27,6 +27,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the launcher: connect to the control plane and take runs until drained, cycled or stopped.
+    Run,
     /// Print the version, git commit and build target.
     Version,
 }
@@ -51,6 +53,7 @@ fn main() {
             report.exit_code()
         }
         Command::Config { json } => show_config(&env, json),
+        Command::Run => liftoff::worker::run_from_env(&env),
         Command::Version => {
             println!("liftoff {}", liftoff::VERSION);
             0
