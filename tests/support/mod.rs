@@ -2,7 +2,9 @@
 //! and certificates made with the openssl CLI, ...) and one `pub mod` line.
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod pki;
+pub mod plane;
 
 use std::path::PathBuf;
 

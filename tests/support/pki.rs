@@ -14,7 +14,11 @@ pub fn openssl(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .expect("openssl CLI is installed (the test command installs it)");
-    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A test certificate authority: `ca.key` and `ca.crt` in `dir`.
@@ -28,8 +32,28 @@ impl TestCa {
         std::fs::create_dir_all(dir).unwrap();
         let key = format!("{name}.key");
         let crt = format!("{name}.crt");
-        openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt, "-days", "3650", "-subj", &format!("/CN=liftoff test {name}")]);
-        TestCa { dir: dir.to_path_buf(), name: name.to_string() }
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+                "-days",
+                "3650",
+                "-subj",
+                &format!("/CN=liftoff test {name}"),
+            ],
+        );
+        TestCa {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        }
     }
 
     pub fn cert_path(&self) -> PathBuf {
@@ -48,12 +72,26 @@ impl TestCa {
     pub fn sign(&self, csr: &Path, out: &Path, days: u32) {
         let ext = self.dir.join("client.ext");
         std::fs::write(&ext, "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth,serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-        openssl(&self.dir, &[
-            "x509", "-req", "-in", csr.to_str().unwrap(),
-            "-CA", self.cert_path().to_str().unwrap(), "-CAkey", self.key_path().to_str().unwrap(),
-            "-CAcreateserial", "-out", out.to_str().unwrap(), "-days", &days.to_string(),
-            "-extfile", ext.to_str().unwrap(),
-        ]);
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                csr.to_str().unwrap(),
+                "-CA",
+                self.cert_path().to_str().unwrap(),
+                "-CAkey",
+                self.key_path().to_str().unwrap(),
+                "-CAcreateserial",
+                "-out",
+                out.to_str().unwrap(),
+                "-days",
+                &days.to_string(),
+                "-extfile",
+                ext.to_str().unwrap(),
+            ],
+        );
     }
 
     /// Signs `csr` with an explicit validity window, given as
@@ -68,12 +106,28 @@ impl TestCa {
             "[ca]\ndefault_ca=test\n[test]\ndir={d}\ndatabase=$dir/index.txt\nserial=$dir/serial\nnew_certs_dir=$dir/new\ndefault_md=sha256\npolicy=any\nunique_subject=no\n[any]\ncommonName=supplied\n",
             d = db.display()
         )).unwrap();
-        openssl(&self.dir, &[
-            "ca", "-batch", "-config", conf.to_str().unwrap(),
-            "-cert", self.cert_path().to_str().unwrap(), "-keyfile", self.key_path().to_str().unwrap(),
-            "-in", csr.to_str().unwrap(), "-out", out.to_str().unwrap(),
-            "-startdate", start, "-enddate", end, "-notext",
-        ]);
+        openssl(
+            &self.dir,
+            &[
+                "ca",
+                "-batch",
+                "-config",
+                conf.to_str().unwrap(),
+                "-cert",
+                self.cert_path().to_str().unwrap(),
+                "-keyfile",
+                self.key_path().to_str().unwrap(),
+                "-in",
+                csr.to_str().unwrap(),
+                "-out",
+                out.to_str().unwrap(),
+                "-startdate",
+                start,
+                "-enddate",
+                end,
+                "-notext",
+            ],
+        );
     }
 }
 
@@ -82,24 +136,44 @@ pub fn pool_key_and_csr(dir: &Path, name: &str, bits: u32) -> (PathBuf, PathBuf)
     std::fs::create_dir_all(dir).unwrap();
     let key = dir.join(format!("{name}.key"));
     let csr = dir.join(format!("{name}.csr"));
-    openssl(dir, &[
-        "req", "-new", "-newkey", &format!("rsa:{bits}"), "-nodes",
-        "-keyout", key.to_str().unwrap(), "-out", csr.to_str().unwrap(),
-        "-subj", &format!("/CN={name}"),
-    ]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            &format!("rsa:{bits}"),
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
     (key, csr)
 }
 
 /// `base64 -w 0 FILE`, as users set SPACELIFT_POOL_PRIVATE_KEY.
 pub fn base64_file(path: &Path) -> String {
-    let out = Command::new("base64").args(["-w", "0"]).arg(path).output().unwrap();
+    let out = Command::new("base64")
+        .args(["-w", "0"])
+        .arg(path)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// A token (base64 of the documented JSON) for `cert_pem`, naming `brokers`
 /// as (region, url) pairs, with an optional CA.
-pub fn token(pool_id: &str, cert_pem: &str, ca_pem: Option<&str>, brokers: &[(&str, &str)]) -> String {
+pub fn token(
+    pool_id: &str,
+    cert_pem: &str,
+    ca_pem: Option<&str>,
+    brokers: &[(&str, &str)],
+) -> String {
     let brokers: Vec<serde_json::Value> = brokers
         .iter()
         .map(|(region, url)| serde_json::json!({"region": region, "url": url}))
@@ -135,8 +209,19 @@ impl Pool {
         let cert = dir.join("spacelift.crt");
         ca.sign(&csr, &cert, 365);
         let cert_pem = std::fs::read_to_string(&cert).unwrap();
-        let token = token("01JD6Z8X5N4T3K2M1P0Q9R8S7T", &cert_pem, Some(&ca.cert_pem()), brokers);
-        Pool { dir: dir.to_path_buf(), ca, key, cert, token }
+        let token = token(
+            "01JD6Z8X5N4T3K2M1P0Q9R8S7T",
+            &cert_pem,
+            Some(&ca.cert_pem()),
+            brokers,
+        );
+        Pool {
+            dir: dir.to_path_buf(),
+            ca,
+            key,
+            cert,
+            token,
+        }
     }
 
     /// SPACELIFT_POOL_PRIVATE_KEY's value.
