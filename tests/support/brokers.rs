@@ -20,12 +20,28 @@ pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// IoT Core's 128 KiB payload limit plus room for the topic and headers.
 pub const MAX_PACKET: usize = 128 * 1024 + 4096;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// `n` distinct free loopback ports below the kernel's ephemeral range (so
+/// no outgoing connection on this busy machine takes one between choosing it
+/// and the broker binding it, or while a broker is down for a restart).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut held: Vec<TcpListener> = Vec::new();
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .subsec_nanos() as u64
+        ^ u64::from(std::process::id()) << 20;
+    while held.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20000 + (x % 12000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 pub struct Broker {
@@ -46,10 +62,10 @@ impl Broker {
         let d = self.dir.display();
         let conf = format!(
             "per_listener_settings false\nallow_anonymous false\nuser root\npersistence false\n\
-             max_qos 1\nmax_packet_size {MAX_PACKET}\nmax_inflight_messages 100\nmax_queued_messages 10000\n\
+             max_packet_size {MAX_PACKET}\nmax_inflight_messages 100\nmax_queued_messages 10000\n\
              log_dest file {d}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n\
              listener {port} 127.0.0.1\ncafile {ca}\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n\
-             require_certificate true\nuse_identity_as_username true\n",
+             require_certificate true\nuse_identity_as_username true\nmax_qos 1\n",
             port = self.port,
             ca = self.cafile.display(),
         );
@@ -72,18 +88,31 @@ impl Broker {
                 .expect("mosquitto is installed at /usr/sbin/mosquitto");
             loop {
                 if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    self.child = Some(child);
-                    return;
+                    // make sure it is our broker listening, not a stale one
+                    std::thread::sleep(Duration::from_millis(50));
+                    if let Ok(None) = child.try_wait() {
+                        self.child = Some(child);
+                        return;
+                    }
+                    break;
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // port still busy: try again
                 }
                 if Instant::now() > end {
                     let _ = child.kill();
+                    let ss = Command::new("ss")
+                        .arg("-tanp")
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default();
+                    let port = format!(":{}", self.port);
+                    let users: Vec<&str> = ss.lines().filter(|l| l.contains(&port)).collect();
                     panic!(
-                        "mosquitto for {} did not start: {}",
+                        "mosquitto for {} did not start on port {}: {} (port users: {users:?})",
                         self.region,
-                        self.log()
+                        self.port,
+                        self.log().lines().last().unwrap_or_default()
                     );
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -147,7 +176,7 @@ impl Brokers {
     /// A pool (CA, key from the seed's openssl command, certificate, token
     /// naming both brokers) and the two brokers, started.
     pub fn start(dir: &Path) -> Brokers {
-        let ports = [free_port(), free_port()];
+        let ports = free_ports(2);
         let urls: Vec<String> = ports
             .iter()
             .map(|p| format!("mqtts://127.0.0.1:{p}"))
