@@ -790,15 +790,28 @@ impl LinkThread {
 /// A short reason and whether the broker refused our certificate.
 fn describe(e: &ConnectionError) -> (String, bool) {
     let kind = match e {
-        ConnectionError::Tls(rumqttc::TlsError::TLS(t)) => Some(probe::classify_tls(t)),
-        ConnectionError::Tls(rumqttc::TlsError::Io(io)) | ConnectionError::Io(io) => {
-            Some(probe::classify_io(io))
-        }
         ConnectionError::ConnectionRefused(
             rumqttc::ConnectReturnCode::NotAuthorized
             | rumqttc::ConnectReturnCode::BadUserNamePassword,
         ) => Some(ProbeErrorKind::CertificateRejected),
-        _ => None,
+        _ => {
+            // rustls errors arrive wrapped in I/O, state or TLS errors: walk
+            // the chain.
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            let mut found = None;
+            while let Some(err) = cur {
+                if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                    found = Some(probe::classify_io(io));
+                    break;
+                }
+                if let Some(t) = err.downcast_ref::<rustls::Error>() {
+                    found = Some(probe::classify_tls(t));
+                    break;
+                }
+                cur = err.source();
+            }
+            found
+        }
     };
     let text = e.to_string();
     match kind {
