@@ -85,6 +85,12 @@ fn primary_lost_mid_run_then_fail_back() {
     // every durable event exactly once after de-duplication, in seq order
     let events = plane.events();
     let d = durable(&events);
+    let delivered = plane.delivered(&wid);
+    assert_eq!(
+        delivered.len(),
+        d.len(),
+        "the consumer got every durable event, in seq order"
+    );
     let seqs: Vec<u64> = d.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "no loss, no duplicate, in order");

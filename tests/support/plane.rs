@@ -28,6 +28,32 @@ pub struct Seen {
     ids: HashSet<String>,
     /// How many times each id arrived.
     pub copies: HashMap<String, usize>,
+    /// Per worker: the consumer's stream of durable events, delivered in
+    /// `seq` order (events ahead of a gap wait until the re-send fills it).
+    pub consumer: HashMap<String, Consumer>,
+}
+
+#[derive(Default)]
+pub struct Consumer {
+    next_seq: u64,
+    held: std::collections::BTreeMap<u64, Value>,
+    pub delivered: Vec<Value>,
+}
+
+impl Consumer {
+    fn offer(&mut self, v: Value) {
+        let Some(seq) = v["seq"].as_u64() else { return };
+        if self.next_seq == 0 {
+            self.next_seq = 1;
+        }
+        if seq >= self.next_seq {
+            self.held.entry(seq).or_insert(v);
+        }
+        while let Some(v) = self.held.remove(&self.next_seq) {
+            self.delivered.push(v);
+            self.next_seq += 1;
+        }
+    }
 }
 
 pub struct Plane {
@@ -109,6 +135,12 @@ impl Plane {
                             let mut s = seen.lock().unwrap();
                             *s.copies.entry(id.clone()).or_default() += 1;
                             if s.ids.insert(id) {
+                                if v.get("seq").is_some() {
+                                    s.consumer
+                                        .entry(worker.clone())
+                                        .or_default()
+                                        .offer(v.clone());
+                                }
                                 s.unique.push((region.clone(), v));
                             }
                         }
@@ -158,6 +190,17 @@ impl Plane {
     /// Unique messages with the region each first came from.
     pub fn events_with_region(&self) -> Vec<(String, Value)> {
         self.seen.lock().unwrap().unique.clone()
+    }
+
+    /// The durable events the plane's consumer got from `worker`, in order.
+    pub fn delivered(&self, worker: &str) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .consumer
+            .get(worker)
+            .map(|c| c.delivered.clone())
+            .unwrap_or_default()
     }
 
     pub fn copies(&self, id: &str) -> usize {
