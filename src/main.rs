@@ -20,6 +20,9 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Skip the connectivity check (TLS + MQTT CONNECT to each region).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print the effective configuration, secrets redacted.
     Config {
@@ -37,10 +40,13 @@ fn main() {
     let cli = Cli::parse();
     let env = Env::from_process();
     let code = match cli.command {
-        Command::Check { json } => {
-            let (report, config, _) = check::configuration(&env, identity::now());
+        Command::Check { json, offline } => {
+            let (mut report, config, identity) = check::configuration(&env, identity::now());
             if let Some(c) = &config {
                 launcher_log::init(c.log_format, &c.log_filter);
+                if let (false, Some(id)) = (offline, &identity) {
+                    check::connectivity(c, id, &mut report);
+                }
             }
             print!(
                 "{}",
