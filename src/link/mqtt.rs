@@ -510,7 +510,7 @@ impl LinkThread {
             self.rejected_by[index] = true;
             self.rejections += 1;
             let n = self.opts.brokers.len() as u32;
-            if self.rejected_by.iter().all(|r| *r) || self.rejections >= 2 * n.max(1) + 1 {
+            if self.rejected_by.iter().all(|r| *r) || self.rejections > 2 * n.max(1) {
                 self.send(LinkEvent::CertificateRejected { detail: reason });
                 // Stay quiet from now on: the worker exits.
                 self.next_attempt = Instant::now() + Duration::from_secs(3600);
@@ -590,10 +590,8 @@ impl LinkThread {
                             conn.in_flight = conn.in_flight.saturating_sub(1);
                             conn.progress_at = now;
                         }
-                        Packet::Publish(p) => {
-                            if p.topic == self.opts.topics.inbound {
-                                self.inbound(&p.payload);
-                            }
+                        Packet::Publish(p) if p.topic == self.opts.topics.inbound => {
+                            self.inbound(&p.payload);
                         }
                         _ => {}
                     }

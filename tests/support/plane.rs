@@ -151,13 +151,12 @@ impl Plane {
                 }
             });
         }
-        let plane = Plane {
+        Plane {
             seen,
             clients,
             auto_ack,
             stop,
-        };
-        plane
+        }
     }
 
     /// Sends a command to a worker in both regions.
