@@ -502,11 +502,7 @@ impl<E: RunExecutor> Worker<E> {
                 self.report_status();
             }
             LinkEvent::Disconnected { region, reason } => {
-                tracing::warn!(
-                    region,
-                    reason,
-                    "control plane connection lost; events wait in the outbox"
-                );
+                tracing::debug!(region, reason, "not connected; events wait in the outbox");
             }
             LinkEvent::Command(c) => self.on_command(c),
             LinkEvent::Rejected(r) => {

@@ -115,3 +115,48 @@ fn primary_lost_mid_run_then_fail_back() {
     assert_eq!(phases, want);
     assert!(!l.stderr().contains("panicked"));
 }
+
+/// A primary that stops answering (no RST, no FIN: a dead path) is noticed
+/// by the keepalive watchdog and the worker moves to the secondary, keeping
+/// its events.
+#[test]
+fn silent_primary_is_detected_by_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    let l = plane::launch(
+        &b,
+        &dir.path().join("state"),
+        &[("LIFTOFF_FAILBACK_AFTER", "1h")],
+    );
+    let wid = l.worker_id();
+    plane
+        .wait_for(T, |v| is_type(v, "hello") && v["region"] == "eu-west-1")
+        .expect("hello");
+    b.brokers[0].pause();
+    plane.send(
+        &wid,
+        &command(
+            "assign",
+            json!({"run_id": "SIL1", "run_type": "read", "state": {"command": "true"}}),
+        ),
+    );
+    plane
+        .wait_for(T, |v| is_type(v, "hello") && v["region"] == "eu-central-1")
+        .unwrap_or_else(|| panic!("no failover from a silent primary: {}", l.stderr()));
+    // the assign went to the paused broker too; the plane re-sends it
+    let cmd = command(
+        "assign",
+        json!({"run_id": "SIL2", "run_type": "read", "state": {"command": "true"}}),
+    );
+    plane.send(&wid, &cmd);
+    plane
+        .wait_for(T, |v| is_run(v, "SIL2", "finished"))
+        .expect("runs on the secondary");
+    let log = l.stderr();
+    assert!(
+        log.contains("keepalive") || log.contains("acknowledged none") || log.contains("pingreq"),
+        "{log}"
+    );
+    b.brokers[0].resume();
+}

@@ -129,9 +129,30 @@ impl Broker {
 
     /// SIGKILL: the region is gone at once.
     pub fn kill(&mut self) {
+        self.resume();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the broker keeps its sockets but answers nothing (a dead
+    /// network path); [`Broker::resume`] undoes it.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
         }
     }
 
