@@ -21,10 +21,16 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Brokers::start(dir.path());
     let plane = Plane::start(&b);
-    let l = plane::launch(&b, &dir.path().join("state"), &[("LIFTOFF_FAILBACK_AFTER", "1s"), ("LIFTOFF_LOG", "warn")]);
+    let l = plane::launch(
+        &b,
+        &dir.path().join("state"),
+        &[("LIFTOFF_FAILBACK_AFTER", "1s"), ("LIFTOFF_LOG", "warn")],
+    );
     let wid = l.worker_id();
     let t = Duration::from_secs(30);
-    plane.wait_for(t, |v| is_type(v, "hello") && v["region"] == "eu-west-1").expect("hello");
+    plane
+        .wait_for(t, |v| is_type(v, "hello") && v["region"] == "eu-west-1")
+        .expect("hello");
     let mut times = Vec::new();
     for round in 0..rounds {
         let skip = plane.events().len();
@@ -34,12 +40,20 @@ fn main() {
         let took = loop {
             let run = format!("F{round}x{n}");
             n += 1;
-            plane.send(&wid, &command("assign", json!({"run_id": run, "run_type": "read", "state": {"command": "true"}})));
+            plane.send(
+                &wid,
+                &command(
+                    "assign",
+                    json!({"run_id": run, "run_type": "read", "state": {"command": "true"}}),
+                ),
+            );
             let got = plane
                 .events_with_region()
                 .into_iter()
                 .skip(skip)
-                .any(|(r, v)| r == "eu-central-1" && v["type"] == "run" && v["phase"] == "accepted");
+                .any(|(r, v)| {
+                    r == "eu-central-1" && v["type"] == "run" && v["phase"] == "accepted"
+                });
             if got {
                 break t0.elapsed();
             }
@@ -52,7 +66,9 @@ fn main() {
         b.primary().start();
         let skip = plane.events().len();
         plane
-            .wait_after(skip, t, |v| is_type(v, "hello") && v["region"] == "eu-west-1")
+            .wait_after(skip, t, |v| {
+                is_type(v, "hello") && v["region"] == "eu-west-1"
+            })
             .expect("fail-back");
         std::thread::sleep(Duration::from_millis(1100));
     }

@@ -44,19 +44,39 @@ fn main() {
     let l = plane::launch(
         &b,
         &state,
-        &[("LIFTOFF_HEARTBEAT_INTERVAL", "30s"), ("LIFTOFF_MQTT_KEEPALIVE", "30s"), ("LIFTOFF_LOG", "warn")],
+        &[
+            ("LIFTOFF_HEARTBEAT_INTERVAL", "30s"),
+            ("LIFTOFF_MQTT_KEEPALIVE", "30s"),
+            ("LIFTOFF_LOG", "warn"),
+        ],
     );
     let wid = l.worker_id();
-    plane.wait_for(Duration::from_secs(30), |v| is_type(v, "hello")).expect("hello");
+    plane
+        .wait_for(Duration::from_secs(30), |v| is_type(v, "hello"))
+        .expect("hello");
     let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &b.brokers[0].port.to_string(), "-q", "1", "-k", "30"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.brokers[0].port.to_string(),
+            "-q",
+            "1",
+            "-k",
+            "30",
+        ])
         .arg("--cafile")
         .arg(b.pool.ca.cert_path())
         .arg("--cert")
         .arg(&b.pool.cert)
         .arg("--key")
         .arg(&b.pool.key)
-        .args(["-i", "bench-sub", "-t", &format!("spacelift/readonly/{}/{wid}-sub", plane::POOL)])
+        .args([
+            "-i",
+            "bench-sub",
+            "-t",
+            &format!("spacelift/readonly/{}/{wid}-sub", plane::POOL),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -324,6 +324,12 @@ impl<E: RunExecutor> Worker<E> {
     ) -> Worker<E> {
         let (run_tx, run_rx) = smol::channel::unbounded();
         let region = opts.region_hint.clone();
+        // Runs answered before a restart whose events the plane has not
+        // acked yet: a re-sent assign for them must not start them again.
+        let mut assigned = Seen::new();
+        for run in link.pending_run_ids() {
+            assigned.insert(&run);
+        }
         Worker {
             opts,
             link,
@@ -336,7 +342,7 @@ impl<E: RunExecutor> Worker<E> {
             drain: false,
             leaving: None,
             commands: Seen::new(),
-            assigned: Seen::new(),
+            assigned,
             region,
         }
     }

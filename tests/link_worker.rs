@@ -176,6 +176,9 @@ fn sigkill_then_restart_resends_unacked_events() {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let l2 = plane::launch(&b, &state, &[]);
     assert_eq!(l2.worker_id(), wid, "the worker keeps its id");
+    // the plane, not having seen an ack-able answer, re-sends the assign:
+    // the restarted worker must not run it again
+    plane.send(&wid, &assign("K1", "exit 7"));
     let end = std::time::Instant::now() + T;
     while plane.copies(fin["id"].as_str().unwrap()) <= before {
         assert!(

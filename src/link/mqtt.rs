@@ -182,6 +182,18 @@ impl Link {
         let _ = self.tx.send(Request::Status(status));
     }
 
+    /// Run ids named by events still waiting for the plane's ack (after a
+    /// restart: runs this worker already answered for).
+    pub fn pending_run_ids(&self) -> Vec<String> {
+        lock(&self.outbox)
+            .pending()
+            .filter_map(|p| {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).ok()?;
+                v.get("run_id")?.as_str().map(str::to_string)
+            })
+            .collect()
+    }
+
     /// Events not yet acked by the plane.
     pub fn unacked(&self) -> usize {
         lock(&self.outbox).len()
@@ -589,6 +601,18 @@ impl LinkThread {
                         Packet::PubAck(_) => {
                             conn.in_flight = conn.in_flight.saturating_sub(1);
                             conn.progress_at = now;
+                        }
+                        Packet::SubAck(ack)
+                            if ack
+                                .return_codes
+                                .iter()
+                                .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+                        {
+                            let topic = self.opts.topics.inbound.clone();
+                            self.lost(format!(
+                                "the broker refused the subscription to {topic}: check the broker's policy for this pool's certificate"
+                            ));
+                            return Ok(());
                         }
                         Packet::Publish(p) if p.topic == self.opts.topics.inbound => {
                             self.inbound(&p.payload);
