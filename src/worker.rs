@@ -879,3 +879,48 @@ pub fn run_from_env(env: &Env) -> i32 {
     }
     outcome.exit_code()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_is_bounded_and_remembers_recent_ids() {
+        let mut s = Seen::new();
+        assert!(s.insert("a"));
+        assert!(!s.insert("a"));
+        for i in 0..Seen::CAP {
+            s.insert(&i.to_string());
+        }
+        assert!(s.set.len() <= Seen::CAP);
+        assert!(s.insert("a"), "the oldest id was forgotten");
+        assert!(!s.insert(&(Seen::CAP - 1).to_string()));
+    }
+
+    #[test]
+    fn worker_id_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("liftoff-wid-{}", protocol::ulid()));
+        let a = worker_id(&dir).unwrap();
+        assert_eq!(worker_id(&dir).unwrap(), a);
+        std::fs::write(dir.join("worker-id"), "garbage").unwrap();
+        let b = worker_id(&dir).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(b.len(), 26);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn host_facts_are_filled_in() {
+        let h = host_facts();
+        assert!(h.cpus >= 1);
+        assert!(h.memory_bytes > 0);
+        assert_eq!(h.os, "linux");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(Outcome::Bye("cycle".into()).exit_code(), 0);
+        assert_eq!(Outcome::Reset.exit_code(), 78);
+        assert_eq!(Outcome::Failed("x".into()).exit_code(), 1);
+    }
+}
