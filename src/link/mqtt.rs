@@ -17,6 +17,8 @@
 //! - no progress (publishes not acknowledged by the broker, or nothing at all
 //!   received, for one keepalive) is treated as a dead connection and the
 //!   client is rebuilt: this also breaks the collision livelock (#1014);
+//!   besides, at most [`LinkOptions::window`] (32) publishes are in flight,
+//!   below rumqttc's 100 packet ids, so ids do not wrap onto unacked ones;
 //! - rumqttc pings every keepalive/2, so a healthy connection always hears
 //!   from the broker within one keepalive;
 //! - rumqttc has no backoff: attempts here are spaced by jittered
