@@ -603,7 +603,8 @@ impl<E: RunExecutor> Worker<E> {
             CommandBody::Cycle => {
                 if !matches!(self.leaving, Some((Leaving::Cycle, _))) {
                     tracing::info!("cycle: cancelling runs and leaving");
-                    let deadline = Instant::now() + CYCLE_LIMIT - Duration::from_secs(8);
+                    // runs get 10 s to end; flushing, bye and DISCONNECT take at most 7 more
+                    let deadline = Instant::now() + CYCLE_LIMIT - Duration::from_secs(10);
                     self.leaving = Some((Leaving::Cycle, deadline));
                     self.cancel_all();
                     self.report_status();
