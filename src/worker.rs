@@ -406,7 +406,7 @@ impl<E: RunExecutor> Worker<E> {
                     reason: reason.clone(),
                 };
                 self.link
-                    .close(Some(bye), Instant::now() + Duration::from_secs(5));
+                    .close(Some(bye), Instant::now() + Duration::from_secs(4));
             }
             Outcome::Reset | Outcome::Failed(_) => {
                 self.executor.kill_all();
