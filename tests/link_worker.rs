@@ -21,6 +21,25 @@ fn assign(run: &str, cmd: &str) -> serde_json::Value {
     )
 }
 
+/// No job process outlives the launcher: the pid written by the job is gone
+/// (or a zombie awaiting its reaper).
+fn assert_gone(pidfile: &std::path::Path) {
+    let pid = std::fs::read_to_string(pidfile).unwrap();
+    let proc_dir = format!("/proc/{}", pid.trim());
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&proc_dir).exists() {
+        let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "job {pid} outlived the launcher"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn drain_then_first_and_second_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,7 +104,14 @@ fn drain_then_first_and_second_sigterm() {
     plane
         .wait_for(T, |v| is_type(v, "hello") && v["worker_id"] == wid.as_str())
         .expect("hello");
-    plane.send(&wid, &assign("S2", "sleep 60"));
+    let pidfile = dir.path().join("s2.pid");
+    plane.send(
+        &wid,
+        &assign(
+            "S2",
+            &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
+        ),
+    );
     plane
         .wait_for(T, |v| is_run(v, "S2", "started"))
         .expect("started");
@@ -93,6 +119,7 @@ fn drain_then_first_and_second_sigterm() {
     std::thread::sleep(Duration::from_millis(300));
     l.signal(Signal::SIGINT);
     assert_eq!(l.wait(T), Some(0), "{}", l.stderr());
+    assert_gone(&pidfile);
     let failed = plane
         .wait_for(T, |v| is_run(v, "S2", "failed"))
         .expect("cancelled run reported");
@@ -138,12 +165,20 @@ fn cycle_cancels_and_leaves_within_20s() {
     let wid = l.worker_id();
     plane.wait_for(T, |v| is_type(v, "hello")).expect("hello");
     // a job that ignores SIGTERM: cycle must still end within 20 s
-    plane.send(&wid, &assign("C1", "trap '' TERM; sleep 60"));
+    let pidfile = dir.path().join("c1.pid");
+    plane.send(
+        &wid,
+        &assign(
+            "C1",
+            &format!("trap '' TERM; echo $$ > {}; sleep 60", pidfile.display()),
+        ),
+    );
     plane
         .wait_for(T, |v| is_run(v, "C1", "started"))
         .expect("started");
     plane.send(&wid, &command("cycle", json!({})));
     assert_eq!(l.wait(Duration::from_secs(20)), Some(0), "{}", l.stderr());
+    assert_gone(&pidfile);
     plane
         .wait_for(T, |v| is_run(v, "C1", "failed"))
         .expect("run reported");
