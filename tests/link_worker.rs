@@ -249,6 +249,28 @@ fn sigkill_then_restart_resends_unacked_events() {
 }
 
 #[test]
+fn revoked_certificate_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    let mut l = plane::launch(&b, &dir.path().join("state"), &[]);
+    plane.wait_for(T, |v| is_type(v, "hello")).expect("hello");
+    // the pool's certificate is revoked; the plane's is not
+    let crl = support::brokers::revoke(&b.pool.ca, &b.pool.cert);
+    for br in &mut b.brokers {
+        br.check_crl(&crl);
+    }
+    assert_eq!(l.wait(Duration::from_secs(30)), Some(78), "{}", l.stderr());
+    assert!(
+        l.stderr()
+            .contains("was the worker pool reset? Generate a new token"),
+        "{}",
+        l.stderr()
+    );
+    assert!(l.stderr().contains("CertificateRevoked"), "{}", l.stderr());
+}
+
+#[test]
 fn reset_pool_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Brokers::start(dir.path());

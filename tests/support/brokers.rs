@@ -50,6 +50,8 @@ pub struct Broker {
     dir: PathBuf,
     /// The CA file the broker trusts for client certificates.
     cafile: PathBuf,
+    /// A certificate revocation list, when the broker checks one.
+    crlfile: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -69,6 +71,10 @@ impl Broker {
             port = self.port,
             ca = self.cafile.display(),
         );
+        let conf = match &self.crlfile {
+            Some(crl) => format!("{conf}crlfile {}\n", crl.display()),
+            None => conf,
+        };
         std::fs::write(self.conf(), conf).unwrap();
     }
 
@@ -168,12 +174,71 @@ impl Broker {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
+    /// Restarts the broker checking the revocation list `crl`.
+    pub fn check_crl(&mut self, crl: &Path) {
+        self.kill();
+        self.crlfile = Some(crl.to_path_buf());
+        self.start();
+    }
+
     /// Restarts the broker trusting only `ca` for client certificates.
     pub fn distrust(&mut self, ca: &TestCa) {
         self.kill();
         self.cafile = ca.cert_path();
         self.start();
     }
+}
+
+/// Revokes `cert` with `ca` (the openssl CLI's `ca -revoke` and
+/// `ca -gencrl`) and returns the path of the CRL.
+pub fn revoke(ca: &TestCa, cert: &Path) -> PathBuf {
+    let db = ca.dir.join("crl-db");
+    std::fs::create_dir_all(db.join("new")).unwrap();
+    std::fs::write(db.join("index.txt"), "").unwrap();
+    std::fs::write(db.join("crlnumber"), "01\n").unwrap();
+    let conf = db.join("ca.cnf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[ca]\ndefault_ca=test\n[test]\ndir={d}\ndatabase=$dir/index.txt\nnew_certs_dir=$dir/new\ncrlnumber=$dir/crlnumber\ndefault_md=sha256\ndefault_crl_days=30\n",
+            d = db.display()
+        ),
+    )
+    .unwrap();
+    let c = conf.to_str().unwrap();
+    let (cert_s, key_s) = (ca.cert_path(), ca.key_path());
+    let (cert_s, key_s) = (cert_s.to_str().unwrap(), key_s.to_str().unwrap());
+    pki::openssl(
+        &ca.dir,
+        &[
+            "ca",
+            "-config",
+            c,
+            "-cert",
+            cert_s,
+            "-keyfile",
+            key_s,
+            "-revoke",
+            cert.to_str().unwrap(),
+        ],
+    );
+    let crl = ca.dir.join("crl.pem");
+    pki::openssl(
+        &ca.dir,
+        &[
+            "ca",
+            "-config",
+            c,
+            "-cert",
+            cert_s,
+            "-keyfile",
+            key_s,
+            "-gencrl",
+            "-out",
+            crl.to_str().unwrap(),
+        ],
+    );
+    crl
 }
 
 impl Drop for Broker {
@@ -225,6 +290,7 @@ impl Brokers {
                 port: ports[i],
                 dir: bdir,
                 cafile: pool.ca.cert_path(),
+                crlfile: None,
                 child: None,
             };
             b.start();
