@@ -642,8 +642,7 @@ impl LinkThread {
                 if let Some(c) = self.conn.as_mut() {
                     // acked entries no longer need re-sending
                     let ob = lock(&self.outbox);
-                    c.sent_at
-                        .retain(|seq, _| ob.pending().any(|p| p.seq == *seq));
+                    c.sent_at.retain(|seq, _| ob.has_seq(*seq));
                 }
             }
             Ok(cmd) => self.send(LinkEvent::Command(cmd)),
@@ -706,10 +705,7 @@ impl LinkThread {
             // The plane has not acked: send everything pending again, in order.
             c.cursor = 0;
         }
-        for p in ob.pending() {
-            if p.seq <= c.cursor {
-                continue;
-            }
+        for p in ob.pending_after(c.cursor) {
             if c.in_flight >= self.opts.window {
                 break;
             }

@@ -186,6 +186,16 @@ impl Outbox {
         self.pending.values()
     }
 
+    /// The events after `seq`, oldest first.
+    pub fn pending_after(&self, seq: u64) -> impl Iterator<Item = &Pending> {
+        self.pending.range(seq.saturating_add(1)..).map(|(_, p)| p)
+    }
+
+    /// Whether the event numbered `seq` is still waiting for an ack.
+    pub fn has_seq(&self, seq: u64) -> bool {
+        self.pending.contains_key(&seq)
+    }
+
     /// Whether `id` is still waiting for an ack.
     pub fn contains(&self, id: &str) -> bool {
         self.by_id.contains_key(id)
@@ -368,6 +378,19 @@ mod tests {
         let (mut o, _) = Outbox::open(&dir, Limits::default()).unwrap();
         assert!(o.is_empty());
         assert_eq!(o.push(&mut ev("R9")).unwrap().seq, 6);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pending_after_a_sequence_number() {
+        let dir = tmp();
+        let (mut o, _) = Outbox::open(&dir, Limits::default()).unwrap();
+        let ids: Vec<String> = (0..4).map(|_| o.push(&mut ev("R")).unwrap().id).collect();
+        o.ack(&[&ids[2]]).unwrap();
+        let after: Vec<u64> = o.pending_after(1).map(|p| p.seq).collect();
+        assert_eq!(after, vec![2, 4]);
+        assert!(o.has_seq(4) && !o.has_seq(3));
+        assert_eq!(o.pending_after(u64::MAX).count(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
