@@ -289,3 +289,35 @@ fn reset_pool_exits_78() {
         l.stderr()
     );
 }
+
+#[test]
+fn slots_bound_concurrent_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    let l = plane::launch(&b, &dir.path().join("state"), &[("LIFTOFF_WORKERS", "2")]);
+    let wid = l.worker_id();
+    let hello = plane.wait_for(T, |v| is_type(v, "hello")).expect("hello");
+    assert_eq!(hello["slots"], 2);
+    plane.send(&wid, &assign("P1", "sleep 3"));
+    plane.send(&wid, &assign("P2", "sleep 3"));
+    plane
+        .wait_for(T, |v| is_run(v, "P1", "started"))
+        .expect("P1");
+    plane
+        .wait_for(T, |v| is_run(v, "P2", "started"))
+        .expect("P2 runs beside P1");
+    plane
+        .wait_for(T, |v| {
+            is_type(v, "status") && v["state"] == "BUSY" && v["runs"].as_array().unwrap().len() == 2
+        })
+        .expect("BUSY with two runs");
+    plane.send(&wid, &assign("P3", "true"));
+    let r = plane
+        .wait_for(T, |v| is_run(v, "P3", "rejected"))
+        .expect("third rejected");
+    assert!(r["reason"].as_str().unwrap().contains("slot"), "{r}");
+    plane
+        .wait_for(T, |v| is_run(v, "P2", "finished"))
+        .expect("P2 done");
+}
