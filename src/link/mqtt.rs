@@ -354,11 +354,11 @@ impl LinkThread {
                 self.connect();
             }
             if self.conn.is_some() {
+                self.flush();
                 if self.poll(tick).is_err() {
                     return;
                 }
                 self.check_health();
-                self.flush();
                 self.failback();
             }
         }
