@@ -233,3 +233,74 @@ fn config_has_error(report: &Report, var: &str) -> bool {
         .iter()
         .any(|c| c.name == var && c.status == Status::Error)
 }
+
+/// Connectivity: TLS handshake and MQTT CONNECT to each region of the
+/// token, in parallel, with the time taken or a precise error (DNS, TCP, TLS
+/// verification, certificate rejected, MQTT, timeout). A refused certificate
+/// is a configuration error (the pool was reset: exit 78); anything else is
+/// a host/network error (exit 1).
+pub fn connectivity(config: &Config, identity: &Identity, report: &mut Report) {
+    use crate::link::probe::{self, ProbeErrorKind};
+    let Some(token) = &config.token else { return };
+    let client_id = format!("{}-check-{}", token.pool_id, crate::link::protocol::ulid());
+    let client_id: String = client_id
+        .chars()
+        .take(crate::link::protocol::MAX_CLIENT_ID)
+        .collect();
+    let mut probes = Vec::new();
+    for broker in &token.brokers {
+        let alpn = broker.needs_alpn().then_some(&b"x-amzn-mqtt-ca"[..]);
+        let tls = match identity.client_config(token, &config.additional_root_cas, alpn) {
+            Ok(t) => t,
+            Err(e) => {
+                report.push(
+                    format!("broker {}", broker.region),
+                    Status::Error,
+                    Area::Config,
+                    e,
+                );
+                continue;
+            }
+        };
+        let (b, id) = (broker.clone(), client_id.clone());
+        probes.push((
+            broker.clone(),
+            std::thread::spawn(move || {
+                probe::probe(&b, tls, &id, std::time::Duration::from_secs(10))
+            }),
+        ));
+    }
+    for (broker, handle) in probes {
+        let name = format!("broker {}", broker.region);
+        let target = format!("{}:{}", broker.host, broker.port);
+        match handle.join() {
+            Ok(Ok(took)) => report.push(
+                name,
+                Status::Ok,
+                Area::Host,
+                format!(
+                    "{target}: TLS handshake and MQTT CONNECT in {} ms",
+                    took.as_millis()
+                ),
+            ),
+            Ok(Err(e)) if e.kind == ProbeErrorKind::CertificateRejected => report.push(
+                name,
+                Status::Error,
+                Area::Config,
+                format!(
+                    "{target}: {}: {} ({})",
+                    e.kind.name(),
+                    crate::worker::RESET_MESSAGE,
+                    e.detail
+                ),
+            ),
+            Ok(Err(e)) => report.push(
+                name,
+                Status::Error,
+                Area::Host,
+                format!("{target}: {} error: {}", e.kind.name(), e.detail),
+            ),
+            Err(_) => report.push(name, Status::Error, Area::Host, "the probe crashed"),
+        }
+    }
+}

@@ -12,9 +12,11 @@ pub mod hostwatch;
 pub mod http;
 pub mod identity;
 pub mod launcher_log;
+pub mod link;
 pub mod logs;
 pub mod run;
 pub mod sandbox;
+pub mod worker;
 
 /// Exit status for configuration errors (EX_CONFIG): systemd's unit does not
 /// restart on it.

@@ -20,6 +20,9 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Skip the connectivity check (TLS + MQTT CONNECT to each region).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print the effective configuration, secrets redacted.
     Config {
@@ -30,6 +33,8 @@ enum Command {
         #[arg(long, conflicts_with = "json")]
         variables: bool,
     },
+    /// Run the launcher: connect to the control plane and take runs until drained, cycled or stopped.
+    Run,
     /// Print the version, git commit and build target.
     Version,
     /// Run a program in the sandbox: exit status is the job's, 128+N for signal N, 124 on timeout, 125 when liftoff failed.
@@ -40,12 +45,21 @@ fn main() {
     let cli = Cli::parse();
     let env = Env::from_process();
     let code = match cli.command {
-        Command::Check { json } => {
-            let (mut report, config, _) = check::configuration(&env, identity::now());
-            let loaded = liftoff::config::Config::load(&env).config;
-            liftoff::sandbox::hostcheck::push_checks(&mut report, loaded.runtime, loaded.landlock);
+        Command::Check { json, offline } => {
+            let (mut report, config, identity) = check::configuration(&env, identity::now());
+            let (runtime, landlock) = match &config {
+                Some(c) => (c.runtime, c.landlock),
+                None => {
+                    let c = Config::load(&env).config;
+                    (c.runtime, c.landlock)
+                }
+            };
+            liftoff::sandbox::hostcheck::push_checks(&mut report, runtime, landlock);
             if let Some(c) = &config {
                 launcher_log::init(c.log_format, &c.log_filter);
+                if let (false, Some(id)) = (offline, &identity) {
+                    check::connectivity(c, id, &mut report);
+                }
             }
             print!(
                 "{}",
@@ -65,6 +79,7 @@ fn main() {
         }
         Command::Config { json, .. } => show_config(&env, json),
         Command::Exec(args) => liftoff::exec::run(*args, &env),
+        Command::Run => liftoff::worker::run_from_env(&env),
         Command::Version => {
             println!("liftoff {}", liftoff::VERSION);
             0

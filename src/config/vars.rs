@@ -206,6 +206,31 @@ pub const VARIABLES: &[Var] = &[
         "",
         "CPU limit of each run in CPUs (e.g. 1.5); empty means no limit.",
     ),
+    v(
+        "LIFTOFF_MQTT_KEEPALIVE",
+        "30s",
+        "MQTT keepalive; a silent broker is given up on within one keepalive.",
+    ),
+    v(
+        "LIFTOFF_HEARTBEAT_INTERVAL",
+        "30s",
+        "How often the worker sends its status (also on every change).",
+    ),
+    v(
+        "LIFTOFF_PROBE_INTERVAL",
+        "15s",
+        "While on the secondary region, how often the primary is probed.",
+    ),
+    v(
+        "LIFTOFF_FAILBACK_AFTER",
+        "2m",
+        "How long the primary must stay healthy before the worker fails back to it.",
+    ),
+    v(
+        "LIFTOFF_RESEND_AFTER",
+        "30s",
+        "Re-send an unacknowledged event after this long on the same connection.",
+    ),
 ];
 
 /// The variable with this name, if liftoff knows it.

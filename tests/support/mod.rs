@@ -2,8 +2,10 @@
 //! and certificates made with the openssl CLI, ...) and one `pub mod` line.
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod http_server;
 pub mod pki;
+pub mod plane;
 pub mod sandbox;
 
 use std::path::PathBuf;

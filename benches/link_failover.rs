@@ -1,0 +1,85 @@
+//! Failover time: from killing the primary broker (SIGKILL) to the first
+//! event acked through the secondary, median of 10 (target ≤ 3 s). The plane
+//! double keeps offering a fresh `assign` every 100 ms; the clock stops when
+//! the worker's `accepted` for one arrives through eu-central-1.
+//!
+//! `cargo bench --bench link_failover` measures; without `--bench` in the
+//! arguments (as under `cargo test --all-targets`) it does one smoke round.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::brokers::Brokers;
+use support::plane::{self, Plane, command, is_type};
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let rounds = if full { 10 } else { 1 };
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    let l = plane::launch(
+        &b,
+        &dir.path().join("state"),
+        &[("LIFTOFF_FAILBACK_AFTER", "1s"), ("LIFTOFF_LOG", "warn")],
+    );
+    let wid = l.worker_id();
+    let t = Duration::from_secs(30);
+    plane
+        .wait_for(t, |v| is_type(v, "hello") && v["region"] == "eu-west-1")
+        .expect("hello");
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let skip = plane.events().len();
+        let t0 = Instant::now();
+        b.primary().kill();
+        let mut n = 0;
+        let took = loop {
+            let run = format!("F{round}x{n}");
+            n += 1;
+            plane.send(
+                &wid,
+                &command(
+                    "assign",
+                    json!({"run_id": run, "run_type": "read", "state": {"command": "true"}}),
+                ),
+            );
+            let got = plane
+                .events_with_region()
+                .into_iter()
+                .skip(skip)
+                .any(|(r, v)| {
+                    r == "eu-central-1" && v["type"] == "run" && v["phase"] == "accepted"
+                });
+            if got {
+                break t0.elapsed();
+            }
+            assert!(t0.elapsed() < t, "no failover: {}", l.stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        times.push(took);
+        eprintln!("round {round}: {:.3} s", took.as_secs_f64());
+        // bring the primary back and wait for the fail-back
+        b.primary().start();
+        let skip = plane.events().len();
+        plane
+            .wait_after(skip, t, |v| {
+                is_type(v, "hello") && v["region"] == "eu-west-1"
+            })
+            .expect("fail-back");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    println!(
+        "failover time: median {:.3} s over {} rounds (min {:.3} s, max {:.3} s); target ≤ 3 s: {:.2}× of target",
+        median.as_secs_f64(),
+        times.len(),
+        times[0].as_secs_f64(),
+        times[times.len() - 1].as_secs_f64(),
+        median.as_secs_f64() / 3.0
+    );
+}

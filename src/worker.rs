@@ -1,0 +1,927 @@
+//! The worker: the state machine behind `liftoff run`. It registers through
+//! the link, reports IDLE/BUSY/DRAINED (heartbeat every 30 s and on every
+//! change), takes `assign`s into run slots through a [`RunExecutor`], and
+//! handles `drain`, `cancel`, `cycle`, the pool reset (exit 78) and signals.
+//!
+//! Call order: [`run_from_env`] does everything for the CLI: configuration,
+//! identity, worker id, outbox, link, signals, then [`Worker::run`] until the
+//! worker leaves, returning the exit code. Tests may build a [`Worker`] with
+//! their own executor.
+//!
+//! Shutdown rules:
+//! - first SIGTERM/SIGINT: stop taking runs (DRAINED), let the current runs
+//!   finish within `LIFTOFF_SHUTDOWN_GRACE` (then cancel them), flush the
+//!   outbox, `bye`, exit 0;
+//! - second SIGTERM/SIGINT: cancel the runs gracefully now, then as above;
+//! - `cycle`: stop taking runs, cancel them, `bye`, exit 0 within 20 s;
+//! - every broker refuses the certificate: cancel runs, exit 78.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{self, Config, Env};
+use crate::identity::{self, Identity, PoolKey};
+use crate::link::mqtt::{Link, LinkEvent, LinkOptions};
+use crate::link::outbox::{Limits, Outbox};
+use crate::link::protocol::{
+    self, Assignment, Command, CommandBody, HostFacts, RunPhase, Topics, Upload, WorkerMsg,
+    WorkerState,
+};
+
+/// The message printed (and the exit status 78 used) when the pool was reset.
+pub const RESET_MESSAGE: &str =
+    "the broker rejected this pool's certificate: was the worker pool reset? Generate a new token";
+
+/// How long `cycle` may take, as the seed promises.
+pub const CYCLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// What a run reports while it runs. Every run ends with exactly one
+/// [`RunEvent::Finished`] or [`RunEvent::Failed`], also after a cancel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEvent {
+    /// The job process tree started.
+    Started,
+    /// A log chunk was stored (the logs pipeline reports these).
+    Log { chunk: u64, key: String, bytes: u64 },
+    /// The job ended with an exit code (non-zero is still "finished").
+    Finished { exit_code: i32 },
+    /// The run could not run or was killed (cancel, timeout, signal).
+    Failed { reason: String },
+}
+
+/// Where an executor sends its events. Cheap to clone, usable from any
+/// thread (`send` never blocks for long).
+#[derive(Clone)]
+pub struct RunEvents {
+    run_id: String,
+    tx: smol::channel::Sender<(String, RunEvent)>,
+}
+
+impl RunEvents {
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn send(&self, event: RunEvent) {
+        let _ = self.tx.send_blocking((self.run_id.clone(), event));
+    }
+}
+
+/// How the worker runs an assignment. The real implementation (run/ +
+/// sandbox/) plugs in here; [`ProcessExecutor`] is the development/test one.
+pub trait RunExecutor: Send {
+    /// Starts the run and returns at once; the run reports through `events`
+    /// (at least the terminal event). An `Err` means it never started: the
+    /// worker reports the run failed with that reason.
+    fn start(&mut self, assignment: Assignment, events: RunEvents) -> Result<(), String>;
+
+    /// Graceful cancel: SIGTERM the job's process tree, SIGKILL it after
+    /// `kill_grace`; then the run reports [`RunEvent::Failed`] (or
+    /// `Finished` if it ended on its own first). Must not block. Unknown
+    /// run ids are ignored. Calling it twice must be harmless.
+    fn cancel(&mut self, run_id: &str);
+
+    /// Pre-signed upload URLs for a run's log chunks.
+    fn uploads(&mut self, _run_id: &str, _urls: Vec<Upload>) {}
+
+    /// Kills every job process now (the launcher is leaving).
+    fn kill_all(&mut self) {}
+
+    /// Capabilities reported in `hello` (`sandbox`).
+    fn capabilities(&self) -> BTreeMap<String, serde_json::Value> {
+        BTreeMap::new()
+    }
+}
+
+/// Runs `state.command` (a string) with `/bin/sh -c` as a plain child in its
+/// own process group. NO sandbox: for development and the link tests only,
+/// until the real run executor is wired in.
+pub struct ProcessExecutor {
+    kill_grace: Duration,
+    groups: Arc<Mutex<HashMap<String, nix::unistd::Pid>>>,
+}
+
+impl ProcessExecutor {
+    pub fn new(kill_grace: Duration) -> ProcessExecutor {
+        ProcessExecutor {
+            kill_grace,
+            groups: Arc::default(),
+        }
+    }
+}
+
+fn signal_group(pgid: nix::unistd::Pid, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(pgid, sig);
+}
+
+impl RunExecutor for ProcessExecutor {
+    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let command = a
+            .state
+            .get("command")
+            .and_then(|c| c.as_str())
+            .ok_or("the process executor needs \"state\": {\"command\": \"...\"}")?;
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .env("LIFTOFF_RUN_ID", &a.run_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(a.run_id.clone(), pgid);
+        events.send(RunEvent::Started);
+        let groups = self.groups.clone();
+        std::thread::Builder::new()
+            .name("liftoff-run".into())
+            .spawn(move || {
+                use std::os::unix::process::ExitStatusExt;
+                let status = child.wait();
+                groups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(events.run_id());
+                // anything the job left behind in its group goes too
+                signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                events.send(match status {
+                    Ok(s) => match (s.code(), s.signal()) {
+                        (Some(code), _) => RunEvent::Finished { exit_code: code },
+                        (None, Some(sig)) => RunEvent::Failed {
+                            reason: format!("killed by signal {sig}"),
+                        },
+                        _ => RunEvent::Failed {
+                            reason: "ended without a status".into(),
+                        },
+                    },
+                    Err(e) => RunEvent::Failed {
+                        reason: format!("cannot wait for the job: {e}"),
+                    },
+                });
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        Ok(())
+    }
+
+    fn cancel(&mut self, run_id: &str) {
+        let pgid = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .copied();
+        if let Some(pgid) = pgid {
+            signal_group(pgid, nix::sys::signal::Signal::SIGTERM);
+            let grace = self.kill_grace;
+            let groups = self.groups.clone();
+            let run_id = run_id.to_string();
+            let _ = std::thread::Builder::new()
+                .name("liftoff-kill".into())
+                .spawn(move || {
+                    std::thread::sleep(grace);
+                    let still = groups
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&run_id)
+                        .copied();
+                    if still == Some(pgid) {
+                        signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                });
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for pgid in self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    fn capabilities(&self) -> BTreeMap<String, serde_json::Value> {
+        BTreeMap::from([("executor".to_string(), "process".into())])
+    }
+}
+
+impl Drop for ProcessExecutor {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub worker_id: String,
+    pub slots: u16,
+    pub heartbeat: Duration,
+    pub shutdown_grace: Duration,
+    pub kill_grace: Duration,
+    pub region_hint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    /// First signal: runs may finish until the deadline.
+    Signal,
+    /// Second signal or deadline: runs were cancelled.
+    Cancelled,
+    Cycle,
+}
+
+/// Why the worker stopped; [`Outcome::exit_code`] maps it for the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Bye(String),
+    Reset,
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Bye(_) => 0,
+            Outcome::Reset => crate::EXIT_CONFIG,
+            Outcome::Failed(_) => 1,
+        }
+    }
+}
+
+/// Remembers the last few thousand ids.
+struct Seen {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    const CAP: usize = 4096;
+    fn new() -> Seen {
+        Seen {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+    /// True when `id` was new.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() >= Self::CAP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        true
+    }
+}
+
+/// The worker state machine.
+pub struct Worker<E: RunExecutor> {
+    opts: WorkerOptions,
+    link: Link,
+    link_rx: smol::channel::Receiver<LinkEvent>,
+    executor: E,
+    run_tx: smol::channel::Sender<(String, RunEvent)>,
+    run_rx: smol::channel::Receiver<(String, RunEvent)>,
+    signals: smol::channel::Receiver<i32>,
+    runs: BTreeMap<String, ()>,
+    drain: bool,
+    leaving: Option<(Leaving, Instant)>,
+    commands: Seen,
+    assigned: Seen,
+    region: String,
+}
+
+enum Wake {
+    Link(Option<LinkEvent>),
+    Run(Option<(String, RunEvent)>),
+    Signal(Option<i32>),
+    Tick,
+}
+
+impl<E: RunExecutor> Worker<E> {
+    pub fn new(
+        opts: WorkerOptions,
+        link: Link,
+        link_rx: smol::channel::Receiver<LinkEvent>,
+        executor: E,
+        signals: smol::channel::Receiver<i32>,
+    ) -> Worker<E> {
+        let (run_tx, run_rx) = smol::channel::unbounded();
+        let region = opts.region_hint.clone();
+        // Runs answered before a restart whose events the plane has not
+        // acked yet: a re-sent assign for them must not start them again.
+        let mut assigned = Seen::new();
+        for run in link.pending_run_ids() {
+            assigned.insert(&run);
+        }
+        Worker {
+            opts,
+            link,
+            link_rx,
+            executor,
+            run_tx,
+            run_rx,
+            signals,
+            runs: BTreeMap::new(),
+            drain: false,
+            leaving: None,
+            commands: Seen::new(),
+            assigned,
+            region,
+        }
+    }
+
+    fn state(&self) -> WorkerState {
+        if self.drain || self.leaving.is_some() {
+            WorkerState::Drained
+        } else if self.runs.is_empty() {
+            WorkerState::Idle
+        } else {
+            WorkerState::Busy
+        }
+    }
+
+    fn status_msg(&self) -> WorkerMsg {
+        WorkerMsg::Status {
+            worker_id: self.opts.worker_id.clone(),
+            state: self.state(),
+            drain: self.drain || self.leaving.is_some(),
+            runs: self.runs.keys().cloned().collect(),
+            region: self.region.clone(),
+            health: Vec::new(),
+        }
+    }
+
+    fn report_status(&self) {
+        self.link.status(self.status_msg());
+    }
+
+    fn emit(&self, msg: WorkerMsg) {
+        if let Err(e) = self.link.emit(msg) {
+            tracing::error!("cannot record an event for the control plane: {e}");
+        }
+    }
+
+    fn run_event(
+        &self,
+        run_id: &str,
+        phase: RunPhase,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+        command_id: Option<String>,
+    ) {
+        self.emit(WorkerMsg::Run {
+            run_id: run_id.to_string(),
+            phase,
+            exit_code,
+            reason,
+            command_id,
+        });
+    }
+
+    /// Runs until the worker leaves; returns why.
+    pub fn run(mut self) -> Outcome {
+        self.report_status();
+        let outcome = smol::block_on(self.main_loop());
+        match &outcome {
+            Outcome::Bye(reason) => {
+                let bye = WorkerMsg::Bye {
+                    worker_id: self.opts.worker_id.clone(),
+                    reason: reason.clone(),
+                };
+                self.link
+                    .close(Some(bye), Instant::now() + Duration::from_secs(4));
+            }
+            Outcome::Reset | Outcome::Failed(_) => {
+                self.executor.kill_all();
+            }
+        }
+        self.executor.kill_all();
+        outcome
+    }
+
+    async fn main_loop(&mut self) -> Outcome {
+        let mut next_heartbeat = Instant::now() + self.opts.heartbeat;
+        loop {
+            if let Some((why, deadline)) = self.leaving {
+                if self.runs.is_empty() {
+                    return Outcome::Bye(
+                        match why {
+                            Leaving::Cycle => "cycle",
+                            Leaving::Signal | Leaving::Cancelled => "shutdown",
+                        }
+                        .into(),
+                    );
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    match why {
+                        Leaving::Signal => {
+                            tracing::warn!(
+                                "LIFTOFF_SHUTDOWN_GRACE is over: cancelling the current run"
+                            );
+                            self.cancel_all();
+                            self.leaving = Some((
+                                Leaving::Cancelled,
+                                now + self.opts.kill_grace + Duration::from_secs(2),
+                            ));
+                        }
+                        Leaving::Cancelled | Leaving::Cycle => {
+                            tracing::warn!("runs did not end in time: killing them");
+                            self.executor.kill_all();
+                            for run in std::mem::take(&mut self.runs).into_keys() {
+                                self.run_event(
+                                    &run,
+                                    RunPhase::Failed,
+                                    None,
+                                    Some("killed: the launcher is leaving".into()),
+                                    None,
+                                );
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+            let wake_at = match self.leaving {
+                Some((_, d)) => d.min(next_heartbeat),
+                None => next_heartbeat,
+            };
+            let link_rx = self.link_rx.clone();
+            let run_rx = self.run_rx.clone();
+            let signals = self.signals.clone();
+            let wake = smol::future::or(
+                async { Wake::Link(link_rx.recv().await.ok()) },
+                smol::future::or(
+                    async { Wake::Run(run_rx.recv().await.ok()) },
+                    smol::future::or(async { Wake::Signal(signals.recv().await.ok()) }, async {
+                        smol::Timer::at(wake_at).await;
+                        Wake::Tick
+                    }),
+                ),
+            )
+            .await;
+            match wake {
+                Wake::Link(Some(ev)) => {
+                    if let Some(out) = self.on_link(ev) {
+                        return out;
+                    }
+                }
+                Wake::Link(None) => return Outcome::Failed("the link thread stopped".into()),
+                Wake::Run(Some((run, ev))) => self.on_run(run, ev),
+                Wake::Run(None) => {}
+                Wake::Signal(Some(sig)) => self.on_signal(sig),
+                Wake::Signal(None) => {
+                    // no signal source (tests): never wake on it again
+                    self.signals = smol::channel::unbounded().1;
+                }
+                Wake::Tick => {}
+            }
+            if Instant::now() >= next_heartbeat {
+                self.report_status();
+                next_heartbeat = Instant::now() + self.opts.heartbeat;
+            }
+        }
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) -> Option<Outcome> {
+        match ev {
+            LinkEvent::Connected { region, primary } => {
+                tracing::info!(region, primary, "connected to the control plane");
+                self.region = region;
+                self.report_status();
+            }
+            LinkEvent::Disconnected { region, reason } => {
+                tracing::debug!(region, reason, "not connected; events wait in the outbox");
+            }
+            LinkEvent::Command(c) => self.on_command(c),
+            LinkEvent::Rejected(r) => {
+                if r.is_unknown_type() {
+                    tracing::warn!(id = r.ref_id, "ignoring a command: {}", r.message);
+                } else {
+                    tracing::warn!(
+                        id = r.ref_id,
+                        code = r.code,
+                        "refusing a command: {}",
+                        r.message
+                    );
+                    self.emit(WorkerMsg::Error {
+                        ref_id: r.ref_id,
+                        code: r.code.to_string(),
+                        message: r.message,
+                    });
+                }
+            }
+            LinkEvent::CertificateRejected { detail } => {
+                tracing::error!(detail, "{RESET_MESSAGE}");
+                eprintln!("liftoff: {RESET_MESSAGE} ({detail})");
+                self.cancel_all();
+                return Some(Outcome::Reset);
+            }
+            LinkEvent::Closed => return Some(Outcome::Failed("the link closed".into())),
+        }
+        None
+    }
+
+    fn on_command(&mut self, c: Command) {
+        if !self.commands.insert(&c.id) {
+            tracing::debug!(id = c.id, "duplicate command ignored");
+            return;
+        }
+        match c.body {
+            CommandBody::Assign(a) => {
+                if !self.assigned.insert(&a.run_id) {
+                    tracing::info!(
+                        run = a.run_id,
+                        "run already assigned here: duplicate assign ignored"
+                    );
+                    return;
+                }
+                let refuse = if self.leaving.is_some() {
+                    Some("the worker is shutting down")
+                } else if self.drain {
+                    Some("the worker is drained")
+                } else if self.runs.len() >= usize::from(self.opts.slots) {
+                    Some("the worker has no free slot")
+                } else {
+                    None
+                };
+                if let Some(reason) = refuse {
+                    tracing::info!(run = a.run_id, "rejecting a run: {reason}");
+                    self.run_event(
+                        &a.run_id,
+                        RunPhase::Rejected,
+                        None,
+                        Some(reason.into()),
+                        Some(c.id),
+                    );
+                    return;
+                }
+                let run_id = a.run_id.clone();
+                tracing::info!(run = run_id, "run accepted");
+                self.run_event(&run_id, RunPhase::Accepted, None, None, Some(c.id));
+                self.runs.insert(run_id.clone(), ());
+                self.report_status();
+                let events = RunEvents {
+                    run_id: run_id.clone(),
+                    tx: self.run_tx.clone(),
+                };
+                if let Err(e) = self.executor.start(a, events) {
+                    tracing::error!(run = run_id, "run failed to start: {e}");
+                    self.runs.remove(&run_id);
+                    self.run_event(&run_id, RunPhase::Failed, None, Some(e), None);
+                    self.report_status();
+                }
+            }
+            CommandBody::Cancel { run_id, reason } => {
+                if self.runs.contains_key(&run_id) {
+                    tracing::info!(run = run_id, reason, "cancelling a run");
+                    self.executor.cancel(&run_id);
+                }
+            }
+            CommandBody::Drain { on } => {
+                tracing::info!(on, "drain");
+                self.drain = on;
+                self.report_status();
+            }
+            CommandBody::Cycle => {
+                if !matches!(self.leaving, Some((Leaving::Cycle, _))) {
+                    tracing::info!("cycle: cancelling runs and leaving");
+                    // runs get 10 s to end; flushing, bye and DISCONNECT take at most 7 more
+                    let deadline = Instant::now() + CYCLE_LIMIT - Duration::from_secs(10);
+                    self.leaving = Some((Leaving::Cycle, deadline));
+                    self.cancel_all();
+                    self.report_status();
+                }
+            }
+            CommandBody::Uploads { run_id, urls } => self.executor.uploads(&run_id, urls),
+            CommandBody::Ack { .. } => {}
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        let runs: Vec<String> = self.runs.keys().cloned().collect();
+        for r in runs {
+            self.executor.cancel(&r);
+        }
+    }
+
+    fn on_run(&mut self, run: String, ev: RunEvent) {
+        if !self.runs.contains_key(&run) {
+            return;
+        }
+        match ev {
+            RunEvent::Started => self.run_event(&run, RunPhase::Started, None, None, None),
+            RunEvent::Log { chunk, key, bytes } => self.emit(WorkerMsg::Log {
+                run_id: run,
+                chunk,
+                key,
+                bytes,
+            }),
+            RunEvent::Finished { exit_code } => {
+                tracing::info!(run, exit_code, "run finished");
+                self.runs.remove(&run);
+                self.run_event(&run, RunPhase::Finished, Some(exit_code), None, None);
+                self.report_status();
+            }
+            RunEvent::Failed { reason } => {
+                tracing::info!(run, reason, "run failed");
+                self.runs.remove(&run);
+                self.run_event(&run, RunPhase::Failed, None, Some(reason), None);
+                self.report_status();
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        let now = Instant::now();
+        match self.leaving {
+            None => {
+                tracing::info!(
+                    sig,
+                    "signal: draining; the current run may finish (LIFTOFF_SHUTDOWN_GRACE), then leaving"
+                );
+                self.leaving = Some((Leaving::Signal, now + self.opts.shutdown_grace));
+                self.report_status();
+            }
+            Some((Leaving::Signal, _)) | Some((Leaving::Cycle, _)) => {
+                tracing::info!(sig, "second signal: cancelling the current run");
+                self.cancel_all();
+                self.leaving = Some((
+                    Leaving::Cancelled,
+                    now + self.opts.kill_grace + Duration::from_secs(2),
+                ));
+            }
+            Some((Leaving::Cancelled, _)) => {}
+        }
+    }
+}
+
+/// Host facts for `hello`.
+pub fn host_facts() -> HostFacts {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let memory_bytes = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024);
+    HostFacts {
+        hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes,
+    }
+}
+
+/// The worker id kept in the state directory, made on first start.
+pub fn worker_id(state_dir: &Path) -> Result<String, String> {
+    let path = state_dir.join("worker-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(id.to_string());
+        }
+        tracing::warn!(path = %path.display(), "the stored worker id is invalid: making a new one");
+    }
+    let id = protocol::ulid();
+    std::fs::create_dir_all(state_dir)
+        .and_then(|_| std::fs::write(&path, format!("{id}\n")))
+        .map_err(|e| {
+            format!(
+                "cannot write {}: {e}; LIFTOFF_STATE_DIR must be a writable directory",
+                path.display()
+            )
+        })?;
+    Ok(id)
+}
+
+/// Link tuning read from `LIFTOFF_MQTT_KEEPALIVE`, `LIFTOFF_HEARTBEAT_INTERVAL`,
+/// `LIFTOFF_FAILBACK_AFTER`, `LIFTOFF_PROBE_INTERVAL`, `LIFTOFF_RESEND_AFTER`
+/// (Go durations; defaults 30s, 30s, 2m, 15s, 30s).
+fn tuning(env: &Env, name: &str, default: Duration) -> Result<Duration, String> {
+    match env.get(name).map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => config::parse::duration(v)
+            .map_err(|e| format!("{name}: {v:?}: {e}"))
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err(format!("{name}: must be longer than 0s"))
+                } else {
+                    Ok(d)
+                }
+            }),
+    }
+}
+
+/// Everything `liftoff run` needs, built from the configuration.
+pub fn link_options(
+    config: &Config,
+    identity: &Identity,
+    env: &Env,
+    worker_id: &str,
+) -> Result<LinkOptions, String> {
+    let token = config.token.as_ref().ok_or("SPACELIFT_TOKEN is not set")?;
+    let mut brokers = Vec::new();
+    for b in &token.brokers {
+        let alpn = b.needs_alpn().then_some(&b"x-amzn-mqtt-ca"[..]);
+        let tls = identity.client_config(token, &config.additional_root_cas, alpn)?;
+        brokers.push((b.clone(), tls));
+    }
+    let topics = Topics::new(&token.namespace, &token.pool_id, worker_id)?;
+    let client_id = protocol::client_id(&token.pool_id, worker_id)?;
+    let mut o = LinkOptions::new(brokers, client_id, worker_id.to_string(), topics);
+    o.keepalive = tuning(env, "LIFTOFF_MQTT_KEEPALIVE", o.keepalive)?.max(Duration::from_secs(2));
+    o.failback_after = tuning(env, "LIFTOFF_FAILBACK_AFTER", o.failback_after)?;
+    o.probe_every = tuning(env, "LIFTOFF_PROBE_INTERVAL", o.probe_every)?;
+    o.resend_after = tuning(env, "LIFTOFF_RESEND_AFTER", o.resend_after)?;
+    Ok(o)
+}
+
+fn signal_channel() -> Result<smol::channel::Receiver<i32>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
+    let (tx, rx) = smol::channel::unbounded();
+    std::thread::Builder::new()
+        .name("liftoff-signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if tx.send_blocking(s).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(rx)
+}
+
+/// `liftoff run`: returns the process exit code.
+pub fn run_from_env(env: &Env) -> i32 {
+    let loaded = Config::load(env);
+    crate::launcher_log::init(loaded.config.log_format, &loaded.config.log_filter);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = match loaded.into_result() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("liftoff: error: {e}");
+            }
+            return crate::EXIT_CONFIG;
+        }
+    };
+    let fail = |m: String| {
+        eprintln!("liftoff: error: {m}");
+        crate::EXIT_CONFIG
+    };
+    let (Some(token), Some(key)) = (&config.token, &config.private_key) else {
+        return fail("SPACELIFT_TOKEN and SPACELIFT_POOL_PRIVATE_KEY must be set".into());
+    };
+    let pool_key = match PoolKey::from_pem(&key.pem.0) {
+        Ok(k) => k,
+        Err(e) => return fail(format!("{}: {e}", key.var())),
+    };
+    let identity = match Identity::new(token, pool_key, key.var(), identity::now()) {
+        Ok((i, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{}: {}", w.var, w.message);
+            }
+            i
+        }
+        Err(f) => return fail(format!("{}: {}", f.var, f.message)),
+    };
+    let wid = match worker_id(&config.state_dir) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    let opts = match link_options(&config, &identity, env, &wid) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let heartbeat = match tuning(env, "LIFTOFF_HEARTBEAT_INTERVAL", Duration::from_secs(30)) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    let (outbox, warnings) = match Outbox::open(&config.state_dir, Limits::default()) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if !outbox.is_empty() {
+        tracing::info!(
+            events = outbox.len(),
+            "re-sending events the control plane has not acknowledged"
+        );
+    }
+    let executor = ProcessExecutor::new(config.kill_grace);
+    let hello = WorkerMsg::Hello {
+        worker_id: wid.clone(),
+        version: crate::VERSION.to_string(),
+        region: String::new(),
+        slots: config.workers,
+        metadata: config.metadata.clone(),
+        host: host_facts(),
+        sandbox: executor.capabilities(),
+    };
+    let signals = match signal_channel() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let region_hint = opts.brokers[0].0.region.clone();
+    let (tx, rx) = smol::channel::unbounded();
+    let link = match Link::start(opts, outbox, hello, tx) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    tracing::info!(
+        worker = wid,
+        slots = config.workers,
+        "liftoff run: starting"
+    );
+    let worker = Worker::new(
+        WorkerOptions {
+            worker_id: wid,
+            slots: config.workers,
+            heartbeat,
+            shutdown_grace: config.shutdown_grace,
+            kill_grace: config.kill_grace,
+            region_hint,
+        },
+        link,
+        rx,
+        executor,
+        signals,
+    );
+    let outcome = worker.run();
+    match &outcome {
+        Outcome::Bye(r) => tracing::info!(reason = r, "bye"),
+        Outcome::Reset => {}
+        Outcome::Failed(e) => eprintln!("liftoff: error: {e}"),
+    }
+    outcome.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_is_bounded_and_remembers_recent_ids() {
+        let mut s = Seen::new();
+        assert!(s.insert("a"));
+        assert!(!s.insert("a"));
+        for i in 0..Seen::CAP {
+            s.insert(&i.to_string());
+        }
+        assert!(s.set.len() <= Seen::CAP);
+        assert!(s.insert("a"), "the oldest id was forgotten");
+        assert!(!s.insert(&(Seen::CAP - 1).to_string()));
+    }
+
+    #[test]
+    fn worker_id_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("liftoff-wid-{}", protocol::ulid()));
+        let a = worker_id(&dir).unwrap();
+        assert_eq!(worker_id(&dir).unwrap(), a);
+        std::fs::write(dir.join("worker-id"), "garbage").unwrap();
+        let b = worker_id(&dir).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(b.len(), 26);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn host_facts_are_filled_in() {
+        let h = host_facts();
+        assert!(h.cpus >= 1);
+        assert!(h.memory_bytes > 0);
+        assert_eq!(h.os, "linux");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(Outcome::Bye("cycle".into()).exit_code(), 0);
+        assert_eq!(Outcome::Reset.exit_code(), 78);
+        assert_eq!(Outcome::Failed("x".into()).exit_code(), 1);
+    }
+}
