@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{self, Config, Env};
+use crate::config::{Config, Env};
 use crate::identity::{self, Identity, PoolKey};
 use crate::link::mqtt::{Link, LinkEvent, LinkOptions};
 use crate::link::outbox::{Limits, Outbox};
@@ -712,29 +712,10 @@ pub fn worker_id(state_dir: &Path) -> Result<String, String> {
     Ok(id)
 }
 
-/// Link tuning read from `LIFTOFF_MQTT_KEEPALIVE`, `LIFTOFF_HEARTBEAT_INTERVAL`,
-/// `LIFTOFF_FAILBACK_AFTER`, `LIFTOFF_PROBE_INTERVAL`, `LIFTOFF_RESEND_AFTER`
-/// (Go durations; defaults 30s, 30s, 2m, 15s, 30s).
-fn tuning(env: &Env, name: &str, default: Duration) -> Result<Duration, String> {
-    match env.get(name).map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(v) => config::parse::duration(v)
-            .map_err(|e| format!("{name}: {v:?}: {e}"))
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err(format!("{name}: must be longer than 0s"))
-                } else {
-                    Ok(d)
-                }
-            }),
-    }
-}
-
 /// Everything `liftoff run` needs, built from the configuration.
 pub fn link_options(
     config: &Config,
     identity: &Identity,
-    env: &Env,
     worker_id: &str,
 ) -> Result<LinkOptions, String> {
     let token = config.token.as_ref().ok_or("SPACELIFT_TOKEN is not set")?;
@@ -747,10 +728,10 @@ pub fn link_options(
     let topics = Topics::new(&token.namespace, &token.pool_id, worker_id)?;
     let client_id = protocol::client_id(&token.pool_id, worker_id)?;
     let mut o = LinkOptions::new(brokers, client_id, worker_id.to_string(), topics);
-    o.keepalive = tuning(env, "LIFTOFF_MQTT_KEEPALIVE", o.keepalive)?.max(Duration::from_secs(2));
-    o.failback_after = tuning(env, "LIFTOFF_FAILBACK_AFTER", o.failback_after)?;
-    o.probe_every = tuning(env, "LIFTOFF_PROBE_INTERVAL", o.probe_every)?;
-    o.resend_after = tuning(env, "LIFTOFF_RESEND_AFTER", o.resend_after)?;
+    o.keepalive = config.mqtt_keepalive.max(Duration::from_secs(2));
+    o.failback_after = config.failback_after;
+    o.probe_every = config.probe_interval;
+    o.resend_after = config.resend_after;
     Ok(o)
 }
 
@@ -812,14 +793,11 @@ pub fn run_from_env(env: &Env) -> i32 {
         Ok(w) => w,
         Err(e) => return fail(e),
     };
-    let opts = match link_options(&config, &identity, env, &wid) {
+    let opts = match link_options(&config, &identity, &wid) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    let heartbeat = match tuning(env, "LIFTOFF_HEARTBEAT_INTERVAL", Duration::from_secs(30)) {
-        Ok(h) => h,
-        Err(e) => return fail(e),
-    };
+    let heartbeat = config.heartbeat_interval;
     let (outbox, warnings) = match Outbox::open(&config.state_dir, Limits::default()) {
         Ok(o) => o,
         Err(e) => return fail(e),

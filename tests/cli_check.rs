@@ -1,6 +1,8 @@
 //! The command line as an operator meets it: `liftoff check` exit codes and
 //! messages for a good configuration and several bad ones, `liftoff config`
 //! redaction, `liftoff version` and `--help`.
+//! (`--offline`: these tests are about configuration; the connectivity check
+//! has its own tests with real brokers in link_check.rs.)
 
 mod support;
 
@@ -64,7 +66,10 @@ fn with<'a>(
 
 #[test]
 fn bad_run_timeout_exits_78_naming_the_variable_and_syntax() {
-    let o = liftoff(&["check"], &[("SPACELIFT_LAUNCHER_RUN_TIMEOUT", "abc")]);
+    let o = liftoff(
+        &["check", "--offline"],
+        &[("SPACELIFT_LAUNCHER_RUN_TIMEOUT", "abc")],
+    );
     assert_eq!(o.status.code(), Some(78), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("SPACELIFT_LAUNCHER_RUN_TIMEOUT"), "{t}");
@@ -78,14 +83,14 @@ fn bad_run_timeout_exits_78_naming_the_variable_and_syntax() {
 fn matching_pair_passes() {
     let (_, p) = pool();
     let env = good_env(p);
-    let o = liftoff(&["check"], &with(&env, &[]));
+    let o = liftoff(&["check", "--offline"], &with(&env, &[]));
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("matches the private key"), "{t}");
     assert!(t.contains("eu-west-1") && t.contains("eu-central-1"), "{t}");
     // The key file form works as well.
     let o = liftoff(
-        &["check"],
+        &["check", "--offline"],
         &[
             ("SPACELIFT_TOKEN", &p.token),
             ("LIFTOFF_POOL_PRIVATE_KEY_FILE", p.key.to_str().unwrap()),
@@ -101,7 +106,7 @@ fn mismatched_pair_fails_with_the_mismatch_message() {
     let (other, _) = pki::pool_key_and_csr(dir.path(), "other", 2048);
     let other_b64 = pki::base64_file(&other);
     let o = liftoff(
-        &["check"],
+        &["check", "--offline"],
         &[
             ("SPACELIFT_TOKEN", &p.token),
             ("SPACELIFT_POOL_PRIVATE_KEY", &other_b64),
@@ -117,7 +122,7 @@ fn mismatched_pair_fails_with_the_mismatch_message() {
 
 #[test]
 fn missing_and_garbage_identity() {
-    let o = liftoff(&["check"], &[]);
+    let o = liftoff(&["check", "--offline"], &[]);
     assert_eq!(o.status.code(), Some(78));
     let t = text(&o);
     assert!(
@@ -127,7 +132,7 @@ fn missing_and_garbage_identity() {
     assert!(t.contains("SPACELIFT_POOL_PRIVATE_KEY"), "{t}");
 
     let o = liftoff(
-        &["check"],
+        &["check", "--offline"],
         &[
             ("SPACELIFT_TOKEN", "@@garbage@@"),
             ("SPACELIFT_POOL_PRIVATE_KEY", "@@garbage@@"),
@@ -141,7 +146,7 @@ fn missing_and_garbage_identity() {
     let (_, p) = pool();
     let not_a_key = base64_of("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
     let o = liftoff(
-        &["check"],
+        &["check", "--offline"],
         &[
             ("SPACELIFT_TOKEN", &p.token),
             ("SPACELIFT_POOL_PRIVATE_KEY", &not_a_key),
@@ -165,7 +170,7 @@ fn several_errors_are_all_reported() {
     let (_, p) = pool();
     let env = good_env(p);
     let o = liftoff(
-        &["check"],
+        &["check", "--offline"],
         &with(
             &env,
             &[
@@ -191,7 +196,10 @@ fn several_errors_are_all_reported() {
 fn warnings_do_not_fail_the_check() {
     let (_, p) = pool();
     let env = good_env(p);
-    let o = liftoff(&["check"], &with(&env, &[("SPACELIFT_DEBGU", "true")]));
+    let o = liftoff(
+        &["check", "--offline"],
+        &with(&env, &[("SPACELIFT_DEBGU", "true")]),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("did you mean SPACELIFT_DEBUG?"));
 }
@@ -201,7 +209,7 @@ fn json_report() {
     let (_, p) = pool();
     let env = good_env(p);
     let o = liftoff(
-        &["check", "--json"],
+        &["check", "--offline", "--json"],
         &with(&env, &[("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", "7")]),
     );
     assert_eq!(o.status.code(), Some(78));

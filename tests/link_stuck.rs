@@ -124,7 +124,7 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
     )
     .unwrap();
     let wid = liftoff::worker::worker_id(&config.state_dir).unwrap();
-    let mut opts = liftoff::worker::link_options(&config, &identity, &env, &wid).unwrap();
+    let mut opts = liftoff::worker::link_options(&config, &identity, &wid).unwrap();
     opts.brokers[0].0.port = port; // the primary is the stuck one
 
     let (outbox, _) = Outbox::open(&config.state_dir, Limits::default()).unwrap();

@@ -289,6 +289,12 @@ pub struct Config {
     pub job_memory: Option<u64>,
     pub job_pids: u64,
     pub job_cpus: Option<f64>,
+    /// Link timing (`LIFTOFF_MQTT_KEEPALIVE`, ...).
+    pub mqtt_keepalive: Duration,
+    pub heartbeat_interval: Duration,
+    pub probe_interval: Duration,
+    pub failback_after: Duration,
+    pub resend_after: Duration,
 }
 
 /// The result of reading the environment: a configuration with defaults in
@@ -608,6 +614,12 @@ impl Config {
             _ => Err("expected a number of CPUs such as 1 or 1.5".into()),
         });
 
+        let mqtt_keepalive = r.duration("LIFTOFF_MQTT_KEEPALIVE", Duration::from_secs(30));
+        let heartbeat_interval = r.duration("LIFTOFF_HEARTBEAT_INTERVAL", Duration::from_secs(30));
+        let probe_interval = r.duration("LIFTOFF_PROBE_INTERVAL", Duration::from_secs(15));
+        let failback_after = r.duration("LIFTOFF_FAILBACK_AFTER", Duration::from_secs(120));
+        let resend_after = r.duration("LIFTOFF_RESEND_AFTER", Duration::from_secs(30));
+
         warn_unknown(&mut r);
 
         let config = Config {
@@ -644,6 +656,11 @@ impl Config {
             job_memory,
             job_pids,
             job_cpus,
+            mqtt_keepalive,
+            heartbeat_interval,
+            probe_interval,
+            failback_after,
+            resend_after,
         };
         Loaded {
             config,
@@ -826,6 +843,14 @@ impl Config {
                 "LIFTOFF_JOB_CPUS".into(),
                 self.job_cpus.map(|c| c.to_string()).unwrap_or_default(),
             ),
+            ("LIFTOFF_MQTT_KEEPALIVE".into(), d(self.mqtt_keepalive)),
+            (
+                "LIFTOFF_HEARTBEAT_INTERVAL".into(),
+                d(self.heartbeat_interval),
+            ),
+            ("LIFTOFF_PROBE_INTERVAL".into(), d(self.probe_interval)),
+            ("LIFTOFF_FAILBACK_AFTER".into(), d(self.failback_after)),
+            ("LIFTOFF_RESEND_AFTER".into(), d(self.resend_after)),
         ];
         for (tag, value) in &self.metadata {
             out.push((format!("{}{tag}", vars::METADATA_PREFIX), value.clone()));
