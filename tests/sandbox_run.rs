@@ -377,3 +377,25 @@ fn named_network_namespace_is_joined() {
         .status();
     assert_eq!(r.stdout, format!("net:[{ino}]\n"), "{r:#?}");
 }
+
+#[test]
+fn library_api_job_outlives_the_spawning_thread() {
+    require_root();
+    use liftoff::sandbox::{Exit, SandboxSpec, spawn};
+    let ws = tempfile::tempdir().unwrap();
+    let spec = SandboxSpec::new(
+        ws.path(),
+        vec!["sh".into(), "-c".into(), "sleep 0.5; exit 4".into()],
+    );
+    // Spawned from a thread that ends at once (as a blocking pool's would).
+    let mut sb = std::thread::spawn(move || spawn(&spec).unwrap())
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let o = sb.wait().unwrap();
+    assert_eq!(
+        o.exit,
+        Exit::Code(4),
+        "the job died with its spawning thread: {o:?}"
+    );
+}
