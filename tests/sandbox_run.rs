@@ -399,3 +399,34 @@ fn library_api_job_outlives_the_spawning_thread() {
         "the job died with its spawning thread: {o:?}"
     );
 }
+
+#[test]
+fn landlock_require_runs_on_a_full_abi_kernel() {
+    require_root();
+    require(
+        liftoff::sandbox::landlock::abi() >= 6,
+        "landlock ABI 6 (kernel 6.12+)",
+    );
+    let o = liftoff_exec(&[], &["/bin/sh", "-c", "echo ok"])
+        .env("LIFTOFF_LANDLOCK", "require")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n", "{o:?}");
+}
+
+#[test]
+fn runtime_none_is_explicit_and_still_clean() {
+    require_root();
+    let ws = tempfile::tempdir().unwrap();
+    let o = liftoff_exec(
+        &["--workspace", ws.path().to_str().unwrap()],
+        &["/usr/bin/env"],
+    )
+    .env("SPACELIFT_WORKER_RUNTIME", "none")
+    .env("LEAK", "x")
+    .output()
+    .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(!out.contains("LEAK"), "{out}");
+}
