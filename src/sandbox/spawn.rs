@@ -304,9 +304,15 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let cgroup = match JobCgroup::create(&spec.name, &spec.limits) {
         Ok(cg) => Some(cg),
         Err(e) if !root => {
-            warnings.push(format!(
-                "cgroup limits are NOT enforced (memory, pids, cpu) and the tree is tracked by its pid namespace only: {e}"
-            ));
+            warnings.push(if liftoff {
+                format!(
+                    "cgroup limits are NOT enforced (memory, pids, cpu) and the tree is tracked by its pid namespace only: {e}"
+                )
+            } else {
+                format!(
+                    "cgroup limits are NOT enforced (memory, pids, cpu) and, without a pid namespace, daemonized processes of the job can outlive it: {e}"
+                )
+            });
             None
         }
         Err(e) => return Err(e),
