@@ -7,13 +7,13 @@
 //! status: the job's own, 128+N for signal N, 124 on timeout, 125 when
 //! liftoff itself failed (the reason on stderr, prefixed `liftoff:`).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
 
 use crate::config::{Config, Env, Network, parse};
+use crate::sandbox::cancel::{CancelSignals, Event, wait_event};
 use crate::sandbox::{self, BindMount, Exit, Limits, SandboxSpec, Stdio};
 
 /// Exit status when the timeout killed the job (as timeout(1)).
@@ -169,21 +169,6 @@ pub fn build_spec(
     Ok(spec)
 }
 
-/// Blocks SIGINT, SIGTERM, SIGHUP and returns a signalfd for them.
-fn cancel_signals() -> Option<OwnedFd> {
-    // SAFETY: sigset manipulation on a stack value, sigprocmask, signalfd.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
-        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
-    }
-}
-
 /// Runs `liftoff exec`; returns the process exit status.
 pub fn run(args: ExecArgs, env: &Env) -> i32 {
     let loaded = Config::load(env);
@@ -216,7 +201,7 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let signals = cancel_signals();
+    let signals = CancelSignals::block();
     let mut sb = match sandbox::spawn(&spec) {
         Ok(sb) => sb,
         Err(e) => return fail(e),
@@ -236,61 +221,17 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
     let waited = Instant::now();
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut timed_out = false;
-    let outcome = loop {
-        let wait_ms = match deadline {
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32,
-            None => -1,
-        };
-        let mut fds = [
-            libc::pollfd {
-                fd: sb.pidfd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: signals.as_ref().map(|s| s.as_raw_fd()).unwrap_or(-1),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on two valid pollfds (a negative fd is ignored).
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
-        if r < 0 {
-            continue;
-        }
-        if fds[0].revents != 0 {
-            match sb.wait() {
-                Ok(o) => break o,
-                Err(e) => return fail(e),
-            }
-        }
-        if fds[1].revents != 0 {
-            let mut info = [0u8; 128];
-            if let Some(s) = &signals {
-                // SAFETY: read one signalfd_siginfo into a large enough buffer.
-                unsafe {
-                    libc::read(
-                        s.as_raw_fd(),
-                        info.as_mut_ptr() as *mut libc::c_void,
-                        info.len(),
-                    )
-                };
-            }
-            match sb.terminate(config.kill_grace) {
-                Ok(o) => break o,
-                Err(e) => return fail(e),
-            }
-        }
-        if r == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+    let outcome = match wait_event(&sb, signals.as_ref(), deadline) {
+        Event::Exited => sb.wait(),
+        Event::Cancel(_) => sb.terminate(config.kill_grace),
+        Event::Deadline => {
             timed_out = true;
-            match sb.terminate(config.kill_grace) {
-                Ok(o) => break o,
-                Err(e) => return fail(e),
-            }
+            sb.terminate(config.kill_grace)
         }
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return fail(e),
     };
     if show_timings {
         eprintln!(

@@ -377,3 +377,56 @@ fn named_network_namespace_is_joined() {
         .status();
     assert_eq!(r.stdout, format!("net:[{ino}]\n"), "{r:#?}");
 }
+
+#[test]
+fn library_api_job_outlives_the_spawning_thread() {
+    require_root();
+    use liftoff::sandbox::{Exit, SandboxSpec, spawn};
+    let ws = tempfile::tempdir().unwrap();
+    let spec = SandboxSpec::new(
+        ws.path(),
+        vec!["sh".into(), "-c".into(), "sleep 0.5; exit 4".into()],
+    );
+    // Spawned from a thread that ends at once (as a blocking pool's would).
+    let mut sb = std::thread::spawn(move || spawn(&spec).unwrap())
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let o = sb.wait().unwrap();
+    assert_eq!(
+        o.exit,
+        Exit::Code(4),
+        "the job died with its spawning thread: {o:?}"
+    );
+}
+
+#[test]
+fn landlock_require_runs_on_a_full_abi_kernel() {
+    require_root();
+    require(
+        liftoff::sandbox::landlock::abi() >= 6,
+        "landlock ABI 6 (kernel 6.12+)",
+    );
+    let o = liftoff_exec(&[], &["/bin/sh", "-c", "echo ok"])
+        .env("LIFTOFF_LANDLOCK", "require")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n", "{o:?}");
+}
+
+#[test]
+fn runtime_none_is_explicit_and_still_clean() {
+    require_root();
+    let ws = tempfile::tempdir().unwrap();
+    let o = liftoff_exec(
+        &["--workspace", ws.path().to_str().unwrap()],
+        &["/usr/bin/env"],
+    )
+    .env("SPACELIFT_WORKER_RUNTIME", "none")
+    .env("LEAK", "x")
+    .output()
+    .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(!out.contains("LEAK"), "{out}");
+}

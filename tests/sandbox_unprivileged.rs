@@ -178,3 +178,17 @@ fn unprivileged_daemon_dies_on_timeout() {
     )
     .is_empty()));
 }
+
+#[test]
+fn unprivileged_cannot_read_init_memory_or_environment() {
+    unprivileged_user();
+    let r = exec_unprivileged(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /proc/1/environ; head -c 16 /proc/1/mem; cat /proc/1/maps | head -1; echo done",
+        ],
+    );
+    assert_eq!(r.stdout, "done\n", "{r:#?}");
+}

@@ -567,6 +567,68 @@ mod tests {
     }
 
     #[test]
+    fn hybrid_fixture_limits_in_v1_tracking_in_v2() {
+        let t = tempfile::tempdir().unwrap();
+        for c in ["pids", "memory", "cpu", "unified"] {
+            std::fs::create_dir(t.path().join(c)).unwrap();
+        }
+        std::fs::write(t.path().join("unified/cgroup.controllers"), "").unwrap();
+        std::fs::create_dir(t.path().join("memory/outer")).unwrap();
+        let layout = Layout::detect(t.path());
+        assert_eq!(layout.name(), "hybrid");
+        let own = OwnCgroups::parse("4:memory:/outer\n0::/\n");
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(50),
+            cpus: Some(0.5),
+            nofile: 1024,
+        };
+        let cg = JobCgroup::create_in(&layout, &own, "j", &limits).unwrap();
+        let r = t.path();
+        assert_eq!(
+            std::fs::read_to_string(r.join("pids/liftoff/j/pids.max")).unwrap(),
+            "50"
+        );
+        assert_eq!(
+            std::fs::read_to_string(r.join("memory/outer/liftoff/j/memory.limit_in_bytes"))
+                .unwrap(),
+            "67108864"
+        );
+        assert_eq!(
+            std::fs::read_to_string(r.join("cpu/liftoff/j/cpu.cfs_quota_us")).unwrap(),
+            "50000"
+        );
+        assert_eq!(cg.v2_dir(), Some(r.join("unified/liftoff/j").as_path()));
+        assert_eq!(cg.tracking_dir(), r.join("unified/liftoff/j"));
+        let tasks = cg.v1_task_files();
+        assert_eq!(tasks.len(), 3);
+        assert!(tasks.iter().all(|f| f.ends_with("tasks")));
+        assert!(
+            cg.oom_file
+                .as_ref()
+                .unwrap()
+                .ends_with("memory.oom_control")
+        );
+    }
+
+    #[test]
+    fn v1_fixture_tracks_with_pids() {
+        let t = tempfile::tempdir().unwrap();
+        for c in ["pids", "memory"] {
+            std::fs::create_dir(t.path().join(c)).unwrap();
+        }
+        let layout = Layout::detect(t.path());
+        let cg =
+            JobCgroup::create_in(&layout, &OwnCgroups::default(), "k", &Limits::default()).unwrap();
+        assert_eq!(cg.tracking_dir(), t.path().join("pids/liftoff/k"));
+        assert!(cg.v2_dir().is_none());
+        assert!(
+            JobCgroup::create_in(&layout, &OwnCgroups::default(), "../x", &Limits::default())
+                .is_err()
+        );
+    }
+
+    #[test]
     fn v2_fixture_gets_limits() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("cgroup.controllers"), "memory pids cpu").unwrap();

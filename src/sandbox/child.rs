@@ -251,6 +251,11 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     if pid == 0 {
         run_job(plan);
     }
+    // Init is a copy of the launcher's memory: never dumpable, so the job
+    // cannot read its /proc files (environ, mem, maps) even under an
+    // unprivileged launcher, where the uid change above was a no-op.
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: closing init's copies: the error pipe (so the parent sees EOF
     // at the job's exec) and every other fd but the status pipe.
     unsafe {

@@ -146,7 +146,17 @@ impl Rules {
         writable: &[PathBuf],
         dev: &[PathBuf],
     ) -> Result<(Rules, Option<String>), Error> {
-        let abi = abi();
+        Rules::with_abi(abi(), mode, read_only, writable, dev)
+    }
+
+    /// As [`Rules::new`] for a given kernel ABI (tests).
+    pub fn with_abi(
+        abi: i32,
+        mode: LandlockMode,
+        read_only: &[PathBuf],
+        writable: &[PathBuf],
+        dev: &[PathBuf],
+    ) -> Result<(Rules, Option<String>), Error> {
         let missing = missing(abi);
         let warning = if missing.is_empty() {
             None
@@ -318,5 +328,22 @@ mod tests {
         assert_eq!(scopes(6), SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET);
         assert!(missing(6).is_empty());
         assert_eq!(missing(5).len(), 1);
+    }
+
+    #[test]
+    fn require_refuses_an_old_abi_and_best_effort_says_what_is_missing() {
+        let ro = [PathBuf::from("/")];
+        let rw = [PathBuf::from("/tmp")];
+        let e = Rules::with_abi(5, LandlockMode::Require, &ro, &rw, &[]).unwrap_err();
+        assert!(e.message.contains("LIFTOFF_LANDLOCK=require"), "{e}");
+        let (r, w) = Rules::with_abi(3, LandlockMode::BestEffort, &ro, &rw, &[]).unwrap();
+        assert!(w.unwrap().contains("IOCTL_DEV"));
+        assert_eq!(r.scoped, 0);
+        assert_eq!(r.handled & IOCTL_DEV, 0);
+        let (r, w) = Rules::with_abi(7, LandlockMode::Require, &ro, &rw, &[]).unwrap();
+        assert!(w.is_none());
+        assert_eq!(r.scoped, SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET);
+        let (_, w) = Rules::with_abi(0, LandlockMode::BestEffort, &ro, &rw, &[]).unwrap();
+        assert!(w.unwrap().contains("landlock itself"));
     }
 }

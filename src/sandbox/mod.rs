@@ -37,6 +37,7 @@
 //! Runtime `landlock` skips the namespaces and the mount plan (the job is the
 //! direct child, host paths); runtime `none` only cleans the environment.
 
+pub mod cancel;
 pub mod cgroup;
 mod child;
 pub mod hostcheck;

@@ -94,12 +94,57 @@ fn stdio(which: Stdio, input: bool) -> Result<(Option<OwnedFd>, Option<File>), E
     }
 }
 
+type Request = (SandboxSpec, std::sync::mpsc::Sender<Result<Sandbox, Error>>);
+
+/// The spawner thread: it never exits, so the jobs' PDEATHSIG (which fires
+/// when the spawning *thread* exits) only fires when the launcher dies.
+fn spawner() -> Result<std::sync::mpsc::Sender<Request>, Error> {
+    static TX: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Request>>> =
+        std::sync::OnceLock::new();
+    if let Some(tx) = TX.get() {
+        return tx
+            .lock()
+            .map(|t| t.clone())
+            .map_err(|_| Error::new("the sandbox spawner thread is gone"));
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Request>();
+    std::thread::Builder::new()
+        .name("liftoff-spawner".into())
+        .spawn(move || {
+            for (spec, reply) in rx {
+                let _ = reply.send(spawn_here(&spec));
+            }
+        })
+        .map_err(|e| Error::os("start the sandbox spawner thread", e))?;
+    let tx = TX.get_or_init(|| std::sync::Mutex::new(tx));
+    tx.lock()
+        .map(|t| t.clone())
+        .map_err(|_| Error::new("the sandbox spawner thread is gone"))
+}
+
 /// Starts the job of `spec`. Returns once the job has been exec'd (or with
-/// the reason setup failed).
+/// the reason setup failed). Blocks for the setup (a few milliseconds).
 ///
-/// Call it from a thread that outlives the job: PDEATHSIG fires when the
-/// spawning *thread* exits (the job's cgroup still catches a launcher crash).
+/// Safe from any thread: from the main thread it clones directly; from any
+/// other thread (an executor's blocking pool whose threads come and go) the
+/// clone is made by a dedicated thread that lives as long as the process,
+/// because PDEATHSIG follows the spawning thread.
 pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
+    // SAFETY: getpid/gettid cannot fail.
+    let main_thread = unsafe { libc::getpid() == libc::gettid() };
+    if main_thread {
+        return spawn_here(spec);
+    }
+    let (reply, result) = std::sync::mpsc::channel();
+    spawner()?
+        .send((spec.clone(), reply))
+        .map_err(|_| Error::new("the sandbox spawner thread is gone"))?;
+    result
+        .recv()
+        .map_err(|_| Error::new("the sandbox spawner thread is gone"))?
+}
+
+fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let program = spec
         .argv
         .first()
@@ -259,9 +304,15 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let cgroup = match JobCgroup::create(&spec.name, &spec.limits) {
         Ok(cg) => Some(cg),
         Err(e) if !root => {
-            warnings.push(format!(
-                "cgroup limits are NOT enforced (memory, pids, cpu) and the tree is tracked by its pid namespace only: {e}"
-            ));
+            warnings.push(if liftoff {
+                format!(
+                    "cgroup limits are NOT enforced (memory, pids, cpu) and the tree is tracked by its pid namespace only: {e}"
+                )
+            } else {
+                format!(
+                    "cgroup limits are NOT enforced (memory, pids, cpu) and, without a pid namespace, daemonized processes of the job can outlive it: {e}"
+                )
+            });
             None
         }
         Err(e) => return Err(e),
