@@ -3,16 +3,27 @@
 //! Order: [`ExecArgs`] (parsed by main) → [`run`]: read the sandbox settings
 //! of the configuration, build the [`SandboxSpec`], spawn, wait for the job,
 //! the timeout, or SIGINT/SIGTERM/SIGHUP (cancel: SIGTERM to the tree, the
-//! kill grace, SIGKILL), remove the temporary workspace. Returns the exit
+//! kill grace, SIGKILL), remove the temporary workspace. When anything must
+//! be masked (`--mask`, `SPACELIFT_MASK_ENVS`, the pool token and key), or
+//! with `--log-file` or `--logs-timeout`, the job's merged output goes through
+//! the run-log pipeline (`crate::logs`): masked, chunked, spooled, delivered
+//! to the terminal or the file; the timeouts are the pipeline's watchdog. Returns the exit
 //! status: the job's own, 128+N for signal N, 124 on timeout, 125 when
 //! liftoff itself failed (the reason on stderr, prefixed `liftoff:`).
 
+use std::fs::File;
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
 use crate::config::{Config, Env, Network, parse};
+use crate::logs::Pipeline;
+use crate::logs::redact::{Matcher, RedactorBuilder};
+use crate::logs::sink::{DeliverError, FileSink, Sink, StdoutSink};
+use crate::logs::spool::Chunk;
 use crate::sandbox::cancel::{CancelSignals, Event, wait_event};
 use crate::sandbox::{self, BindMount, Exit, Limits, SandboxSpec, Stdio};
 
@@ -56,6 +67,15 @@ pub struct ExecArgs {
     /// Hostname inside the sandbox (default: one of its own).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Mask the value of variable NAME (in the job's environment, else liftoff's) in the output; SPACELIFT_MASK_ENVS is honoured too.
+    #[arg(long = "mask", value_name = "NAME")]
+    pub masks: Vec<String>,
+    /// Write the (masked) output to FILE instead of the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Kill the job when it prints nothing for this long (Go duration); exit status 124.
+    #[arg(long, value_name = "DURATION")]
+    pub logs_timeout: Option<String>,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
     pub command: Vec<String>,
@@ -70,6 +90,7 @@ const SANDBOX_VARS: &[&str] = &[
     "LIFTOFF_JOB_PIDS",
     "LIFTOFF_JOB_CPUS",
     "LIFTOFF_KILL_GRACE",
+    "SPACELIFT_MASK_ENVS",
 ];
 
 fn fail(msg: impl std::fmt::Display) -> i32 {
@@ -190,6 +211,14 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
         },
         None => None,
     };
+    let logs_timeout = match &args.logs_timeout {
+        Some(t) => match parse::duration(t) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => return fail(format!("--logs-timeout {t}: must be longer than 0s")),
+            Err(e) => return fail(format!("--logs-timeout {t}: {e}")),
+        },
+        None => None,
+    };
     let (workspace, _temp) = match &args.workspace {
         Some(w) => (w.clone(), None),
         None => match temp_workspace() {
@@ -197,10 +226,26 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
             Err(e) => return fail(format!("create a temporary workspace: {e}")),
         },
     };
-    let spec = match build_spec(&args, env, &config, workspace) {
+    let mut spec = match build_spec(&args, env, &config, workspace) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    let masking = match masking(&args, env, &config, &spec) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    if !masking.is_empty() || args.log_file.is_some() || logs_timeout.is_some() {
+        spec.stdout = Stdio::Piped;
+        spec.stderr = Stdio::Merged;
+        let run = PipedRun {
+            masking,
+            timeout,
+            logs_timeout,
+            log_file: args.log_file.clone(),
+            stdout_json: config.run_logs_on_stdout,
+        };
+        return run_piped(spec, &config, run);
+    }
     let signals = CancelSignals::block();
     let mut sb = match sandbox::spawn(&spec) {
         Ok(sb) => sb,
@@ -256,6 +301,177 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
         Exit::Code(c) => c,
         Exit::Signal(_) => outcome.exit_code(),
     }
+}
+
+/// The secrets `liftoff exec` masks: `--mask` and `SPACELIFT_MASK_ENVS`
+/// values (from the job's environment, else liftoff's), and the pool token
+/// and key when liftoff has them.
+fn masking(
+    args: &ExecArgs,
+    env: &Env,
+    config: &Config,
+    spec: &SandboxSpec,
+) -> Result<Arc<Matcher>, String> {
+    let mut builder = RedactorBuilder::new();
+    for name in &args.masks {
+        if !parse::is_env_name(name) {
+            return Err(format!("--mask {name:?}: not a variable name"));
+        }
+    }
+    let lookup = |name: &str| -> Option<String> {
+        spec.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| env.get(name).map(str::to_string))
+    };
+    let names = config
+        .mask_envs
+        .iter()
+        .chain(args.masks.iter())
+        .map(String::as_str);
+    for w in crate::logs::mask_env_secrets(&mut builder, names, &lookup) {
+        eprintln!("liftoff: warning: {w}");
+    }
+    for (name, value) in crate::run::env::launcher_secrets(env) {
+        builder.secret(&name, value.as_bytes());
+    }
+    Ok(builder.build())
+}
+
+struct PipedRun {
+    masking: Arc<Matcher>,
+    timeout: Option<Duration>,
+    logs_timeout: Option<Duration>,
+    log_file: Option<PathBuf>,
+    stdout_json: bool,
+}
+
+/// Effectively no limit, and still safe to add to an `Instant`.
+const NO_LIMIT: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// The masked raw output on the terminal.
+struct TerminalSink;
+
+impl Sink for TerminalSink {
+    fn describe(&self) -> String {
+        "the terminal".into()
+    }
+
+    fn deliver(&mut self, _chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
+        let mut out = std::io::stdout().lock();
+        std::io::copy(body, &mut out)
+            .and_then(|_| out.flush())
+            .map_err(|e| DeliverError::fatal(format!("cannot write to standard output: {e}")))
+    }
+}
+
+/// SIGTERM / SIGKILL of the job's tree, for the pipeline's watchdog.
+struct TreeKill<'a>(&'a sandbox::Sandbox);
+
+impl crate::logs::Kill for TreeKill<'_> {
+    fn terminate(&mut self) {
+        let _ = self.0.signal(libc::SIGTERM);
+    }
+    fn kill(&mut self) {
+        self.0.kill();
+    }
+}
+
+/// Runs the job with its output through the log pipeline.
+fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
+    let run_id = spec.name.clone();
+    let spool = match tempfile_dir() {
+        Ok(d) => d,
+        Err(e) => return fail(format!("create a spool directory: {e}")),
+    };
+    let sink: Box<dyn Sink> = match (&run.log_file, run.stdout_json) {
+        (Some(path), _) => match FileSink::create(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => return fail(e),
+        },
+        (None, true) => Box::new(StdoutSink::stdout(&run_id)),
+        (None, false) => Box::new(TerminalSink),
+    };
+    let opts = crate::logs::Options {
+        run_id: run_id.clone(),
+        spool_root: spool.0.clone(),
+        logs_timeout: run.logs_timeout.unwrap_or(NO_LIMIT),
+        run_timeout: run.timeout.unwrap_or(NO_LIMIT),
+        kill_grace: config.kill_grace,
+        chunk_max: crate::logs::CHUNK_MAX,
+        chunk_interval: crate::logs::CHUNK_INTERVAL,
+        retry: Default::default(),
+    };
+    let mut pipeline = match Pipeline::start(opts, run.masking, sink, None) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let signals = CancelSignals::block();
+    let mut sb = match sandbox::spawn(&spec) {
+        Ok(sb) => sb,
+        Err(e) => return fail(e),
+    };
+    for w in &sb.warnings {
+        let _ = pipeline.line(&format!("liftoff: warning: {w}"));
+    }
+    let Some(output) = sb.stdout.take() else {
+        return fail("the job's output pipe is missing");
+    };
+    let ended = std::thread::scope(|s| {
+        let sbr = &sb;
+        let grace = config.kill_grace;
+        s.spawn(move || {
+            // Cancel signals while the output is pumped: SIGTERM the tree,
+            // SIGKILL it after the grace period.
+            if let Event::Cancel(_) = wait_event(sbr, signals.as_ref(), None) {
+                let _ = sbr.signal(libc::SIGTERM);
+                if let Event::Deadline = wait_event(sbr, None, Some(Instant::now() + grace)) {
+                    sbr.kill();
+                }
+            }
+        });
+        let r = pipeline.pump(output, &mut TreeKill(sbr));
+        if r.is_err() {
+            sbr.kill();
+        }
+        r
+    });
+    let outcome = sb.wait();
+    let report = pipeline.finish();
+    for w in &report.warnings {
+        eprintln!("liftoff: warning: {w}");
+    }
+    if let Some(e) = &report.delivered.error {
+        return fail(format!("the job's output was not delivered: {e}"));
+    }
+    let ended = match ended {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    if let Some(reason) = ended.reason() {
+        eprintln!("liftoff: {reason}");
+        return EXIT_TIMEOUT;
+    }
+    if outcome.oom_killed {
+        eprintln!(
+            "liftoff: the job ran out of memory (limit {} bytes) and was killed",
+            spec.limits.memory.unwrap_or(0)
+        );
+    }
+    outcome.exit_code()
+}
+
+/// A private temporary directory, removed on drop.
+fn tempfile_dir() -> std::io::Result<TempWorkspace> {
+    let d = temp_workspace()?;
+    std::fs::set_permissions(&d.0, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ pub enum Stdio {
     Null,
     /// A pipe; the launcher end is in [`Sandbox::stdin`] / `stdout` / `stderr`.
     Piped,
+    /// stderr only: the same pipe as a piped stdout, so the launcher reads
+    /// both streams in the order the job wrote them (`Sandbox::stdout`).
+    Merged,
 }
 
 /// A bind mount from the host into the sandbox.

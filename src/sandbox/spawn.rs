@@ -83,6 +83,7 @@ fn stdio(which: Stdio, input: bool) -> Result<(Option<OwnedFd>, Option<File>), E
                 .map_err(|e| Error::os("open /dev/null", e))?;
             Ok((Some(f.into()), None))
         }
+        Stdio::Merged => Err(Error::new("only stderr can be merged (into stdout)")),
         Stdio::Piped => {
             let (r, w) = pipe()?;
             if input {
@@ -334,7 +335,20 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let (status_r, status_w) = pipe()?;
     let (in_child, in_parent) = stdio(spec.stdin, true)?;
     let (out_child, out_parent) = stdio(spec.stdout, false)?;
-    let (errs_child, errs_parent) = stdio(spec.stderr, false)?;
+    let (errs_child, errs_parent) = match (spec.stderr, &out_child, &out_parent) {
+        // One pipe for both streams, in the order the job wrote them.
+        (Stdio::Merged, Some(out), Some(_)) => (
+            Some(
+                out.try_clone()
+                    .map_err(|e| Error::os("share the output pipe", e))?,
+            ),
+            None,
+        ),
+        (Stdio::Merged, ..) => {
+            return Err(Error::new("stderr can only be merged into a piped stdout"));
+        }
+        (other, ..) => stdio(other, false)?,
+    };
     let raw = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
 
     let argv: Vec<*const libc::c_char> = argv_c

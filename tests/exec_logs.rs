@@ -1,0 +1,228 @@
+//! `liftoff exec` with its output through the run-log pipeline: masking
+//! (`--mask`, SPACELIFT_MASK_ENVS, every encoding, any split), `--log-file`,
+//! and the watchdog (`--logs-timeout`, `--timeout`) killing the whole tree.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use support::sandbox::{bin, eventually, require_root, unique};
+
+const SECRET: &str = "s3cr3t-Value/with+chars&more";
+
+/// A `sleep` argument unique to this test: `3000.<n>` seconds.
+fn marker() -> String {
+    format!("3000.{}", unique() % 1_000_000_000)
+}
+
+/// Host pids with `arg` anywhere in their command line.
+fn pids_with_arg(arg: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn exec(env: &[(&str, &str)], args: &[&str], script: &str) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("LIFTOFF_KILL_GRACE", "1s");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c
+        .arg("exec")
+        .args(args)
+        .arg("--")
+        .args(["/bin/sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Prints the secret plain, split across writes, base64 (three alignments),
+/// JSON-escaped and URL-encoded, to stdout and stderr.
+fn leaky_script() -> String {
+    let b64 = |prefix: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{SECRET}"))
+    };
+    let json = serde_json::to_string(SECRET).unwrap();
+    let url = SECRET
+        .replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('&', "%26");
+    let (a, b) = SECRET.split_at(7);
+    format!(
+        "echo \"plain $TOKEN end\"; printf '%s' '{a}'; sleep 0.2; printf '%s\\n' '{b}'; echo '{}'; echo '{}'; echo '{}'; echo 'json {}'; echo 'url {url}'; echo \"err $TOKEN\" >&2",
+        b64(""),
+        b64("x"),
+        b64("xy"),
+        json.replace('\'', "'\\''")
+    )
+}
+
+fn assert_clean(text: &str) {
+    let b64 = |prefix: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{SECRET}"))
+    };
+    assert!(!text.contains(SECRET), "plain secret leaked: {text}");
+    assert!(!text.contains("s3cr3t-"), "a split secret leaked: {text}");
+    for enc in [b64(""), b64("x"), b64("xy")] {
+        // The encoded secret's stable middle part must be gone.
+        let middle = &enc[4..enc.len() - 4];
+        assert!(
+            !text.contains(middle),
+            "base64 secret leaked ({middle}): {text}"
+        );
+    }
+    assert!(
+        !text.contains("s3cr3t-Value\\/with"),
+        "JSON-escaped secret leaked: {text}"
+    );
+    assert!(
+        !text.contains("with%2Bchars"),
+        "URL-encoded secret leaked: {text}"
+    );
+    assert!(text.contains("***"), "nothing was masked: {text}");
+}
+
+#[test]
+fn mask_flag_masks_every_encoding_on_the_terminal() {
+    require_root();
+    let (code, out, err) = exec(
+        &[("TOKEN", SECRET)],
+        &["--pass-env", "TOKEN", "--mask", "TOKEN"],
+        &leaky_script(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_clean(&out);
+    assert!(
+        out.contains("plain *** end") && out.contains("err ***"),
+        "{out}"
+    );
+}
+
+#[test]
+fn spacelift_mask_envs_is_honoured_into_a_log_file() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let (code, out, err) = exec(
+        &[("TOKEN", SECRET), ("SPACELIFT_MASK_ENVS", "TOKEN")],
+        &["--pass-env", "TOKEN", "--log-file", log.to_str().unwrap()],
+        &leaky_script(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.is_empty(),
+        "output went to the file, not the terminal: {out}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_clean(&text);
+    assert!(text.contains("plain *** end"), "{text}");
+}
+
+#[test]
+fn exit_codes_pass_through_the_pipeline() {
+    require_root();
+    let (code, out, _) = exec(
+        &[("TOKEN", SECRET)],
+        &["--pass-env", "TOKEN", "--mask", "TOKEN"],
+        "echo hi; exit 7",
+    );
+    assert_eq!((code, out.as_str()), (7, "hi\n"));
+}
+
+#[test]
+fn no_output_timeout_kills_a_sleeping_job() {
+    require_root();
+    let marker = marker();
+    let script = format!("echo started; exec sleep {marker}");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let (code, _, _) = exec(
+        &[],
+        &["--logs-timeout", "1s", "--log-file", log.to_str().unwrap()],
+        &script,
+    );
+    assert_eq!(code, 124);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("started\n") && text.contains("no output for 1s: killed"),
+        "{text}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the job survived"
+    );
+}
+
+#[test]
+fn no_output_timeout_kills_a_grandchild_holding_the_pipe() {
+    require_root();
+    let marker = marker();
+    // The job's top exits at once; a daemonized grandchild keeps the pipe.
+    let script = format!("setsid sleep {marker} & echo forked");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let (_, _, _) = exec(
+        &[],
+        &["--logs-timeout", "2s", "--log-file", log.to_str().unwrap()],
+        &script,
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("forked"), "{text}");
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the grandchild survived"
+    );
+}
+
+#[test]
+fn run_timeout_kills_a_busy_job() {
+    require_root();
+    let marker = marker();
+    let script = format!("sleep {marker} & while :; do echo tick; sleep 0.1; done");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let (code, _, _) = exec(
+        &[("TOKEN", SECRET)],
+        &[
+            "--mask",
+            "TOKEN",
+            "--pass-env",
+            "TOKEN",
+            "--timeout",
+            "2s",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &script,
+    );
+    assert_eq!(code, 124);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("tick") && text.trim_end().ends_with("run exceeded 2s: killed"),
+        "{text}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the job survived"
+    );
+}
