@@ -14,6 +14,7 @@ pub mod identity;
 pub mod launcher_log;
 pub mod link;
 pub mod logs;
+pub mod notify;
 pub mod run;
 pub mod sandbox;
 pub mod worker;

@@ -231,6 +231,10 @@ pub struct WorkerOptions {
     pub shutdown_grace: Duration,
     pub kill_grace: Duration,
     pub region_hint: String,
+    /// The state directory: its filesystem's usage gates taking runs.
+    pub state_dir: std::path::PathBuf,
+    /// `SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD`.
+    pub disk_threshold: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +309,15 @@ pub struct Worker<E: RunExecutor> {
     commands: Seen,
     assigned: Seen,
     region: String,
+    /// systemd: READY, STATUS, WATCHDOG.
+    notifier: crate::notify::Notifier,
+    /// Host health: figures for heartbeats, warnings for the launcher log.
+    hostwatch: crate::hostwatch::HostWatch,
+    host_sources: crate::hostwatch::Sources,
+    disk_gate: crate::hostwatch::DiskGate,
+    /// Why runs are not taken (the disk is too full), while it lasts.
+    disk_full: Option<String>,
+    started: Instant,
 }
 
 enum Wake {
@@ -324,6 +337,8 @@ impl<E: RunExecutor> Worker<E> {
     ) -> Worker<E> {
         let (run_tx, run_rx) = smol::channel::unbounded();
         let region = opts.region_hint.clone();
+        let opts_state_dir = opts.state_dir.clone();
+        let opts_disk_threshold = opts.disk_threshold;
         // Runs answered before a restart whose events the plane has not
         // acked yet: a re-sent assign for them must not start them again.
         let mut assigned = Seen::new();
@@ -344,11 +359,17 @@ impl<E: RunExecutor> Worker<E> {
             commands: Seen::new(),
             assigned,
             region,
+            notifier: crate::notify::Notifier::from_env(),
+            hostwatch: crate::hostwatch::HostWatch::new(crate::hostwatch::Thresholds::default()),
+            host_sources: crate::hostwatch::Sources::host(&opts_state_dir),
+            disk_gate: crate::hostwatch::DiskGate::new(opts_disk_threshold),
+            disk_full: None,
+            started: Instant::now(),
         }
     }
 
     fn state(&self) -> WorkerState {
-        if self.drain || self.leaving.is_some() {
+        if self.drain || self.leaving.is_some() || self.disk_full.is_some() {
             WorkerState::Drained
         } else if self.runs.is_empty() {
             WorkerState::Idle
@@ -361,15 +382,74 @@ impl<E: RunExecutor> Worker<E> {
         WorkerMsg::Status {
             worker_id: self.opts.worker_id.clone(),
             state: self.state(),
-            drain: self.drain || self.leaving.is_some(),
+            drain: self.drain || self.leaving.is_some() || self.disk_full.is_some(),
             runs: self.runs.keys().cloned().collect(),
             region: self.region.clone(),
-            health: Vec::new(),
+            health: self.health(),
         }
+    }
+
+    /// Host figures and the reason runs are not taken, for heartbeats.
+    fn health(&self) -> Vec<String> {
+        let f = self.hostwatch.figures();
+        let mut out = Vec::new();
+        let mut put = |name: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                out.push(format!("{name}={v}"));
+            }
+        };
+        put("cpu_steal_pct", f.cpu_steal_pct);
+        put("cpu_pressure_pct", f.cpu_pressure_pct);
+        put("memory_pressure_pct", f.memory_pressure_pct);
+        put("io_pressure_pct", f.io_pressure_pct);
+        put("memory_available_pct", f.memory_available_pct);
+        for (disk, used) in &f.disk_used_pct {
+            out.push(format!("disk_{disk}_used_pct={used}"));
+        }
+        if let Some(why) = &self.disk_full {
+            out.push(format!("drained: {why}"));
+        }
+        out
     }
 
     fn report_status(&self) {
         self.link.status(self.status_msg());
+        let runs: Vec<&str> = self.runs.keys().map(String::as_str).collect();
+        let status = match self.state() {
+            WorkerState::Idle => format!("IDLE (via {})", self.region),
+            WorkerState::Busy => format!("BUSY run {} (via {})", runs.join(", "), self.region),
+            WorkerState::Drained => match &self.disk_full {
+                Some(why) => format!("DRAINED: {why}"),
+                None => format!("DRAINED (via {})", self.region),
+            },
+        };
+        self.notifier.status(&status);
+    }
+
+    /// Samples the host; on a disk-gate change, reports the new state.
+    fn sample_host(&mut self) {
+        let sample = crate::hostwatch::sample(&self.host_sources);
+        let now = self.started.elapsed().as_secs();
+        for w in self.hostwatch.observe(now, &sample) {
+            tracing::warn!("{}", w.line);
+        }
+        if let Some((_, path, used)) = sample.disks.first() {
+            match self.disk_gate.observe(path, *used) {
+                Some(crate::hostwatch::GateChange::Close(why)) => {
+                    tracing::warn!("{why}");
+                    self.disk_full = Some(why);
+                    self.report_status();
+                }
+                Some(crate::hostwatch::GateChange::Open) => {
+                    tracing::info!(
+                        "disk usage fell below SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD: taking runs again"
+                    );
+                    self.disk_full = None;
+                    self.report_status();
+                }
+                None => {}
+            }
+        }
     }
 
     fn emit(&self, msg: WorkerMsg) {
@@ -398,9 +478,19 @@ impl<E: RunExecutor> Worker<E> {
     /// Runs until the worker leaves; returns why.
     pub fn run(mut self) -> Outcome {
         self.report_status();
+        // Configuration, identity and the link are up (a broker need not
+        // answer yet: a regional outage must not fail the unit's start).
+        self.notifier.ready();
         let outcome = smol::block_on(self.main_loop());
+        self.notifier.stopping();
         match &outcome {
             Outcome::Bye(reason) => {
+                if reason == "cycle" {
+                    // For the optional poweroff-after-cycle drop-in.
+                    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+                        let _ = std::fs::write(std::path::Path::new(&dir).join("cycled"), b"");
+                    }
+                }
                 let bye = WorkerMsg::Bye {
                     worker_id: self.opts.worker_id.clone(),
                     reason: reason.clone(),
@@ -418,7 +508,23 @@ impl<E: RunExecutor> Worker<E> {
 
     async fn main_loop(&mut self) -> Outcome {
         let mut next_heartbeat = Instant::now() + self.opts.heartbeat;
+        let sample_every = Duration::from_secs(crate::hostwatch::SAMPLE_EVERY_SECS);
+        let mut next_sample = Instant::now();
+        let watchdog_every = self
+            .notifier
+            .watchdog_every()
+            .unwrap_or(Duration::from_secs(3600));
+        let mut next_watchdog = Instant::now();
         loop {
+            let now = Instant::now();
+            if now >= next_watchdog {
+                self.notifier.watchdog();
+                next_watchdog = now + watchdog_every;
+            }
+            if now >= next_sample {
+                self.sample_host();
+                next_sample = now + sample_every;
+            }
             if let Some((why, deadline)) = self.leaving {
                 if self.runs.is_empty() {
                     return Outcome::Bye(
@@ -459,9 +565,10 @@ impl<E: RunExecutor> Worker<E> {
                     continue;
                 }
             }
+            let soonest = next_heartbeat.min(next_sample).min(next_watchdog);
             let wake_at = match self.leaving {
-                Some((_, d)) => d.min(next_heartbeat),
-                None => next_heartbeat,
+                Some((_, d)) => d.min(soonest),
+                None => soonest,
             };
             let link_rx = self.link_rx.clone();
             let run_rx = self.run_rx.clone();
@@ -557,6 +664,8 @@ impl<E: RunExecutor> Worker<E> {
                     Some("the worker is shutting down")
                 } else if self.drain {
                     Some("the worker is drained")
+                } else if self.disk_full.is_some() {
+                    Some("the worker is drained: its disk is too full")
                 } else if self.runs.len() >= usize::from(self.opts.slots) {
                     Some("the worker has no free slot")
                 } else {
@@ -836,6 +945,13 @@ pub fn run_from_env(env: &Env) -> i32 {
         slots = config.workers,
         "liftoff run: starting"
     );
+    let swept = crate::sandbox::cgroup::sweep_stale();
+    if swept > 0 {
+        tracing::info!(
+            cgroups = swept,
+            "removed job cgroups an earlier launcher left behind"
+        );
+    }
     let worker = Worker::new(
         WorkerOptions {
             worker_id: wid,
@@ -844,6 +960,8 @@ pub fn run_from_env(env: &Env) -> i32 {
             shutdown_grace: config.shutdown_grace,
             kill_grace: config.kill_grace,
             region_hint,
+            state_dir: config.state_dir.clone(),
+            disk_threshold: config.disk_usage_threshold,
         },
         link,
         rx,
