@@ -92,9 +92,9 @@ fn read(p: &Path) -> String {
 
 #[test]
 fn no_output_kills_a_sleeping_job() {
-    let (ended, log, stages, mut child, warnings) = run("echo starting; sleep 600", 1, 600, 2000);
-    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
-    assert_eq!(log, "starting\nno output for 1s: killed\n");
+    let (ended, log, stages, mut child, warnings) = run("echo starting; sleep 600", 2, 600, 2000);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
+    assert_eq!(log, "starting\nno output for 2s: killed\n");
     assert_eq!(stages, vec!["TERM", "KILL"]);
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(15));
@@ -106,9 +106,9 @@ fn no_output_kills_a_backgrounded_grandchild_holding_the_pipe() {
     // The shell exits at once; its backgrounded grandchild keeps the pipe
     // open and silent. Only a kill of the whole tree closes the pipe.
     let (ended, log, stages, mut child, warnings) =
-        run("(sleep 600 &); echo parent done", 1, 600, 2000);
-    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
-    assert_eq!(log, "parent done\nno output for 1s: killed\n");
+        run("(sleep 600 &); echo parent done", 2, 600, 2000);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
+    assert_eq!(log, "parent done\nno output for 2s: killed\n");
     assert_eq!(stages, vec!["TERM", "KILL"]);
     assert!(child.wait().unwrap().success());
     // The pump returned because the pipe closed, not because it gave up.
@@ -130,10 +130,10 @@ fn run_timeout_kills_a_busy_job() {
 #[test]
 fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
     let (ended, log, stages, mut child, _) =
-        run("trap '' TERM; printf 'no newline'; sleep 600", 1, 600, 300);
-    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
+        run("trap '' TERM; printf 'no newline'; sleep 600", 2, 600, 300);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
     // The reason starts its own line.
-    assert_eq!(log, "no newline\nno output for 1s: killed\n");
+    assert_eq!(log, "no newline\nno output for 2s: killed\n");
     assert_eq!(stages, vec!["TERM", "KILL"]);
     assert_eq!(child.wait().unwrap().signal(), Some(9));
 }

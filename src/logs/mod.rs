@@ -115,6 +115,37 @@ pub fn mask_env_secrets<'a>(
     warnings
 }
 
+/// Adds the launcher's own secrets to `builder`: the pool token
+/// (`SPACELIFT_TOKEN`, as set) and the pool private key (its PEM, the base64
+/// of it as set in `SPACELIFT_POOL_PRIVATE_KEY`, and each line of the PEM
+/// body on its own, so a partial print is masked too).
+pub fn mask_pool_secrets(
+    builder: &mut redact::RedactorBuilder,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    if let Some(token) = env("SPACELIFT_TOKEN") {
+        builder.secret("SPACELIFT_TOKEN", token.trim().as_bytes());
+    }
+    if let Some(raw) = env("SPACELIFT_POOL_PRIVATE_KEY") {
+        builder.secret("SPACELIFT_POOL_PRIVATE_KEY", raw.trim().as_bytes());
+    }
+    if let Some(key) = &config.private_key {
+        let pem = &key.pem.0;
+        builder.secret(key.var(), pem);
+        let text = String::from_utf8_lossy(pem);
+        let body: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+            .collect();
+        for line in &body {
+            builder.literal(line.as_bytes());
+        }
+        builder.literal(body.concat().as_bytes());
+    }
+}
+
 /// Stops the job's process tree. `terminate` is SIGTERM to the whole tree;
 /// `kill` (after the grace period) is SIGKILL of everything in it. The
 /// sandbox supplies one that kills its cgroup; tests kill a process group.
