@@ -550,6 +550,35 @@ mod tests {
     }
 
     #[test]
+    fn pool_key_and_token_are_masked() {
+        use base64::Engine as _;
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQDM0123456789ab\n-----END PRIVATE KEY-----\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pem);
+        let env: crate::config::Env = [("SPACELIFT_POOL_PRIVATE_KEY", b64.as_str())]
+            .into_iter()
+            .collect();
+        let config = Config::load(&env).config;
+        let mut b = redact::RedactorBuilder::new();
+        let lookup = |name: &str| match name {
+            "SPACELIFT_POOL_PRIVATE_KEY" => Some(b64.clone()),
+            "SPACELIFT_TOKEN" => Some("eyJ2ZXJzaW9uIjoxfQ==".to_string()),
+            _ => None,
+        };
+        mask_pool_secrets(&mut b, &config, &lookup);
+        let mut r = redact::Redactor::new(b.build());
+        let mut out = Vec::new();
+        let text = format!(
+            "a {b64} b {pem} c BKcwggSjAgEAAoIBAQDM0123456789ab d eyJ2ZXJzaW9uIjoxfQ== e\n"
+        );
+        r.write(text.as_bytes(), &mut out);
+        r.flush(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a *** b *** c *** d *** e\n"
+        );
+    }
+
+    #[test]
     fn quoting() {
         assert_eq!(shell_quote("terraform"), "terraform");
         assert_eq!(shell_quote("a b"), "'a b'");
