@@ -481,3 +481,49 @@ fn a_real_child_pipe_is_masked() {
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("a *** b"), "{text}");
 }
+
+#[test]
+fn chunks_are_at_most_1_mib_and_sealed_after_a_pause() {
+    use liftoff::logs::sink::FileSink;
+    use liftoff::logs::{CHUNK_INTERVAL, CHUNK_MAX};
+    assert_eq!(CHUNK_MAX, 1 << 20);
+    assert_eq!(CHUNK_INTERVAL, Duration::from_secs(1));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let chunks = Arc::new(Mutex::new(Vec::new()));
+    let c2 = chunks.clone();
+    let mut opts = options(dir.path(), "01RUNSIZES", CHUNK_MAX);
+    opts.chunk_interval = Duration::from_millis(100);
+    let mut p = Pipeline::start(
+        opts,
+        RedactorBuilder::new().build(),
+        Box::new(FileSink::create(&log).unwrap()),
+        Some(Box::new(move |c| c2.lock().unwrap().push(c.len))),
+    )
+    .unwrap();
+    // 2.5 MiB at once, then (after a pause far longer than the interval) a
+    // last line: three full-or-partial chunks, then one of its own.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("head -c 2621440 /dev/zero | tr '\\0' x; sleep 1; echo last")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.pump(child.stdout.take().unwrap(), &mut NoKill).unwrap();
+    child.wait().unwrap();
+    let report = p.finish();
+    assert_eq!(report.delivered.error, None);
+    let lens = chunks.lock().unwrap().clone();
+    assert!(lens.iter().all(|&l| l <= CHUNK_MAX as u64), "{lens:?}");
+    assert_eq!(lens.iter().sum::<u64>(), 2621440 + 5);
+    assert_eq!(
+        *lens.last().unwrap(),
+        5,
+        "the line after the pause is its own chunk: {lens:?}"
+    );
+    assert!(
+        lens.iter().filter(|&&l| l == CHUNK_MAX as u64).count() >= 2,
+        "{lens:?}"
+    );
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 2621440 + 5);
+}
