@@ -298,28 +298,38 @@ impl<W: Write + Send> Sink for StdoutSink<W> {
     }
 
     fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
-        let mut bytes = Vec::with_capacity(chunk.len as usize);
-        body.take(chunk.len).read_to_end(&mut bytes).map_err(|e| {
-            DeliverError::retry(format!("cannot read log chunk {}: {e}", chunk.seq))
-        })?;
-        // Lines go out only once whole, so a retry never repeats one.
-        let mut all = std::mem::take(&mut self.partial);
-        all.extend_from_slice(&bytes);
-        let mut start = 0;
+        // Read in blocks (memory stays small); a line goes out once whole.
+        // Errors are not retried: a retry would repeat lines already written.
         let fail = |e: std::io::Error| {
-            DeliverError::fatal(format!("cannot write to standard output: {e}"))
+            DeliverError::fatal(format!(
+                "cannot write log chunk {} to standard output: {e}",
+                chunk.seq
+            ))
         };
-        while let Some(nl) = all[start..].iter().position(|&b| b == b'\n') {
-            self.emit(&all[start..start + nl]).map_err(fail)?;
-            start += nl + 1;
+        let mut block = vec![0u8; 64 * 1024];
+        let mut body = body.take(chunk.len);
+        loop {
+            let n = match body.read(&mut block) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(fail(e)),
+            };
+            let mut all = std::mem::take(&mut self.partial);
+            all.extend_from_slice(&block[..n]);
+            let mut start = 0;
+            while let Some(nl) = all[start..].iter().position(|&b| b == b'\n') {
+                self.emit(&all[start..start + nl]).map_err(fail)?;
+                start += nl + 1;
+            }
+            let mut rest = all.split_off(start);
+            while rest.len() > MAX_LINE {
+                let tail = rest.split_off(MAX_LINE);
+                self.emit(&rest).map_err(fail)?;
+                rest = tail;
+            }
+            self.partial = rest;
         }
-        let mut rest = all.split_off(start);
-        while rest.len() > MAX_LINE {
-            let tail = rest.split_off(MAX_LINE);
-            self.emit(&rest).map_err(fail)?;
-            rest = tail;
-        }
-        self.partial = rest;
         self.out.flush().map_err(fail)?;
         Ok(())
     }
