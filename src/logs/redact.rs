@@ -37,6 +37,11 @@ pub const MASK: &[u8] = b"***";
 /// Values shorter than this are not masked: they would shred the log.
 pub const MIN_SECRET_LEN: usize = 4;
 
+/// Secret forms longer than this are masked as overlapping pieces of
+/// [`PIECE`] bytes (see [`RedactorBuilder::secret`]).
+pub const LONG_SECRET: usize = 256;
+const PIECE: usize = 128;
+
 /// Collects secrets and their encoded forms.
 #[derive(Debug, Default, Clone)]
 pub struct RedactorBuilder {
@@ -54,7 +59,9 @@ impl RedactorBuilder {
     /// its common encoded forms: JSON-string-escaped, URL-encoded, base64 at
     /// all three alignments (standard and URL-safe alphabets), and for
     /// multi-line values each line break as `\n` or as `\r\n`. A value shorter
-    /// than 4 bytes is not masked; one warning per `name` says so.
+    /// than 4 bytes is not masked; one warning per `name` says so. Forms
+    /// longer than [`LONG_SECRET`] are masked as overlapping 128-byte pieces
+    /// (so a partial print of 128 bytes or more is masked too).
     pub fn secret(&mut self, name: &str, value: &[u8]) -> &mut Self {
         if value.is_empty() {
             return self;
@@ -67,7 +74,22 @@ impl RedactorBuilder {
             }
             return self;
         }
-        self.patterns.extend(variants(value));
+        for v in variants(value) {
+            if v.len() <= LONG_SECRET {
+                self.patterns.push(v);
+                continue;
+            }
+            // A long secret (a PEM key, a certificate) is masked as
+            // overlapping pieces: any print of it contains them all, so the
+            // whole of it is masked, and the redactor holds back at most a
+            // piece, not kilobytes.
+            let mut start = 0;
+            while start + PIECE < v.len() {
+                self.patterns.push(v[start..start + PIECE].to_vec());
+                start += PIECE / 2;
+            }
+            self.patterns.push(v[v.len() - PIECE..].to_vec());
+        }
         self
     }
 
@@ -729,6 +751,35 @@ mod tests {
                 String::from_utf8_lossy(&out)
             );
         }
+    }
+
+    #[test]
+    fn long_secrets_are_masked_whole_with_a_short_hold_back() {
+        let secret: Vec<u8> = (0..3000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+        let mut b = RedactorBuilder::new();
+        b.secret("CERT", &secret);
+        let m = b.build();
+        assert!(m.max_len() <= PIECE);
+        let mut text = b"before ".to_vec();
+        text.extend_from_slice(&secret);
+        text.extend_from_slice(b" after ");
+        text.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(&secret)
+                .as_bytes(),
+        );
+        text.extend_from_slice(b" end");
+        let mut r = Redactor::new(m);
+        let mut out = Vec::new();
+        for piece in text.chunks(100) {
+            r.write(piece, &mut out);
+            assert!(r.held() < PIECE);
+        }
+        r.flush(&mut out);
+        // base64 at offset 0 leaves at most the last, partial group visible.
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("before *** after ***"), "{s}");
+        assert!(s.ends_with(" end") && s.len() < 40, "{s}");
     }
 
     #[test]
