@@ -185,3 +185,38 @@ fn debug_command_is_logged_masked_before_the_step() {
         "+ terraform apply -var password=*** 'it'\\''s'\napplied\n"
     );
 }
+
+#[test]
+fn reason_line_starts_a_line_after_a_masked_secret_ending_in_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let opts = Options {
+        run_id: "01RUNNL".into(),
+        spool_root: dir.path().join("spool"),
+        logs_timeout: Duration::from_secs(2),
+        run_timeout: Duration::from_secs(600),
+        kill_grace: Duration::from_secs(1),
+        chunk_max: 1 << 20,
+        chunk_interval: Duration::from_millis(200),
+        retry: Retry::default(),
+    };
+    let mut b = RedactorBuilder::new();
+    b.secret("S", b"secret-line\n");
+    let mut p = Pipeline::start(
+        opts,
+        b.build(),
+        Box::new(FileSink::create(&log).unwrap()),
+        None,
+    )
+    .unwrap();
+    let mut child = spawn("echo secret-line; sleep 600");
+    let mut kill = GroupKill {
+        pgid: child.id(),
+        stages: Vec::new(),
+    };
+    let ended = p.pump(child.stdout.take().unwrap(), &mut kill).unwrap();
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
+    child.wait().unwrap();
+    p.finish();
+    assert_eq!(read(&log), "***\nno output for 2s: killed\n");
+}

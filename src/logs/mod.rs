@@ -201,8 +201,9 @@ pub struct Pipeline {
     started: Instant,
     bytes: u64,
     warnings: Vec<String>,
-    /// The output so far ends with a newline (for the reason line).
-    at_line_start: bool,
+    /// The last byte of the last sealed chunk (a launcher line starts on a
+    /// line of its own).
+    last_sealed: Option<u8>,
 }
 
 impl Pipeline {
@@ -234,7 +235,7 @@ impl Pipeline {
             started: Instant::now(),
             bytes: 0,
             warnings,
-            at_line_start: true,
+            last_sealed: None,
             opts,
         })
     }
@@ -246,13 +247,31 @@ impl Pipeline {
 
     /// Writes a launcher line into the log (masked like job output).
     pub fn line(&mut self, text: &str) -> Result<(), String> {
-        let mut bytes = Vec::with_capacity(text.len() + 1);
-        if !self.at_line_start {
+        // The job's output so far is final: the line interrupts it.
+        self.flush_redactor(Instant::now());
+        let at_line_start = self
+            .chunk
+            .last()
+            .or(self.last_sealed.as_ref())
+            .is_none_or(|&b| b == b'\n');
+        let mut bytes = Vec::with_capacity(text.len() + 2);
+        if !at_line_start {
             bytes.push(b'\n');
         }
         bytes.extend_from_slice(text.as_bytes());
         bytes.push(b'\n');
-        self.input(&bytes, Instant::now())
+        self.input(&bytes, Instant::now())?;
+        self.flush_redactor(Instant::now());
+        Ok(())
+    }
+
+    /// Appends what the redactor holds back (end of a stream) to the chunk.
+    fn flush_redactor(&mut self, now: Instant) {
+        let before = self.chunk.len();
+        self.redactor.flush(&mut self.chunk);
+        if self.chunk.len() > before {
+            self.chunk_started.get_or_insert(now);
+        }
     }
 
     /// With `SPACELIFT_DEBUG=true`: writes the exact command of a step, masked,
@@ -268,9 +287,6 @@ impl Pipeline {
 
     /// Masks and chunks `data`.
     fn input(&mut self, data: &[u8], now: Instant) -> Result<(), String> {
-        if let Some(&last) = data.last() {
-            self.at_line_start = last == b'\n';
-        }
         // Feed in pieces so the chunk never grows past chunk_max + READ_SIZE.
         for piece in data.chunks(READ_SIZE) {
             let before = self.chunk.len();
@@ -307,6 +323,7 @@ impl Pipeline {
 
     fn seal_bytes(&mut self, body: &[u8]) -> Result<(), String> {
         let chunk: Chunk = self.spool.write(self.next_seq, body)?;
+        self.last_sealed = body.last().copied().or(self.last_sealed);
         self.next_seq += 1;
         self.bytes += chunk.len;
         self.uploader.send(chunk);
@@ -447,20 +464,9 @@ impl Pipeline {
             kill.kill();
         }
         // The masked tail of this step's output is final now.
-        let mut tail = Vec::new();
-        self.redactor.flush(&mut tail);
-        let now = Instant::now();
-        if !tail.is_empty() {
-            self.chunk_started.get_or_insert(now);
-            self.chunk.extend_from_slice(&tail);
-        }
-        if let Some(ended) = &timed_out {
-            if let Some(reason) = ended.reason() {
-                self.line(&reason)?;
-                let mut rest = Vec::new();
-                self.redactor.flush(&mut rest);
-                self.chunk.extend_from_slice(&rest);
-            }
+        self.flush_redactor(Instant::now());
+        if let Some(reason) = timed_out.as_ref().and_then(Ended::reason) {
+            self.line(&reason)?;
         }
         self.seal()?;
         Ok(timed_out.unwrap_or(Ended::Closed))
@@ -468,9 +474,7 @@ impl Pipeline {
 
     /// Seals the last chunk, waits for delivery, and reports.
     pub fn finish(mut self) -> Report {
-        let mut tail = Vec::new();
-        self.redactor.flush(&mut tail);
-        self.chunk.extend_from_slice(&tail);
+        self.flush_redactor(Instant::now());
         let mut warnings = std::mem::take(&mut self.warnings);
         if let Err(e) = self.seal() {
             warnings.push(e);
