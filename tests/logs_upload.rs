@@ -527,3 +527,60 @@ fn chunks_are_at_most_1_mib_and_sealed_after_a_pause() {
     );
     assert_eq!(std::fs::metadata(&log).unwrap().len(), 2621440 + 5);
 }
+
+#[test]
+fn uploads_over_https_trust_additional_root_cas() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::pki::TestCa::new(&dir.path().join("ca"), "uploads-ca");
+    let (key, csr) = support::pki::pool_key_and_csr(dir.path(), "server", 2048);
+    let crt = dir.path().join("server.crt");
+    ca.sign(&csr, &crt, 30);
+    liftoff::identity::install_crypto_provider();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&crt)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let server = HttpServer::start_tls(2, Arc::new(tls));
+    let ca_der: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca.cert_path())
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let timeouts = liftoff::http::Timeouts {
+        connect: Duration::from_secs(5),
+        call: Duration::from_secs(10),
+    };
+    let base = server.https_url("/tls");
+    let urls = move |run: &str, seq: u64| -> Result<String, DeliverError> {
+        Ok(format!("{base}/{run}/{seq:06}"))
+    };
+    let run = |agent: ureq::Agent, id: &str| {
+        let root = tempfile::tempdir().unwrap();
+        let sink = Box::new(PresignedSink::new(agent, Arc::new(urls.clone())));
+        let mut opts = options(root.path(), id, 1000);
+        opts.retry.attempts = 5;
+        let mut p = Pipeline::start(opts, RedactorBuilder::new().build(), sink, None).unwrap();
+        p.pump(std::io::Cursor::new(text(50)), &mut NoKill).unwrap();
+        p.finish()
+    };
+    // Trusted through ADDITIONAL_ROOT_CAS: every chunk arrives.
+    let trusted = liftoff::http::agent(&Default::default(), &ca_der, timeouts).unwrap();
+    let report = run(trusted, "01RUNTLS");
+    assert_eq!(report.delivered.error, None);
+    assert_eq!(
+        objects_in_order(&server, "/tls/01RUNTLS/").concat(),
+        text(50)
+    );
+    // Without the CA, the certificate is refused and nothing is delivered.
+    let untrusted = liftoff::http::agent(&Default::default(), &[], timeouts).unwrap();
+    let report = run(untrusted, "01RUNNOTLS");
+    assert!(report.delivered.chunks.is_empty());
+    let err = report.delivered.error.unwrap();
+    assert!(err.contains("gave up"), "{err}");
+}
