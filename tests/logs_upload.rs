@@ -584,3 +584,27 @@ fn uploads_over_https_trust_additional_root_cas() {
     let err = report.delivered.error.unwrap();
     assert!(err.contains("gave up"), "{err}");
 }
+
+#[test]
+fn the_agent_uses_the_configured_proxy_except_for_no_proxy_hosts() {
+    use liftoff::config::Proxies;
+    let server = HttpServer::start(0);
+    let timeouts = liftoff::http::Timeouts {
+        connect: Duration::from_secs(2),
+        call: Duration::from_secs(5),
+    };
+    // Nothing listens on port 1: going through the proxy fails.
+    let proxies = |no_proxy: Vec<String>| Proxies {
+        http: Some("http://127.0.0.1:1".into()),
+        https: None,
+        no_proxy,
+    };
+    let url = format!("http://localhost:{}/direct", server.addr.port());
+    let via_proxy = liftoff::http::agent(&proxies(vec![]), &[], timeouts).unwrap();
+    assert!(via_proxy.put(&url).send(&b"x"[..]).is_err());
+    let bypass = liftoff::http::agent(&proxies(vec!["localhost".into()]), &[], timeouts).unwrap();
+    let answer = bypass.put(&url).send(&b"hello"[..]).unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(server.stored().len(), 1);
+    assert_eq!(server.stored()[0].content_length, Some(5));
+}
