@@ -379,9 +379,9 @@ impl Pipeline {
             let now = Instant::now();
             // Timeouts (only the first one counts).
             if timed_out.is_none() {
-                if now >= self.started + self.opts.run_timeout {
+                if now >= after(self.started, self.opts.run_timeout) {
                     timed_out = Some(Ended::RunTimeout(self.opts.run_timeout));
-                } else if now >= last_output + self.opts.logs_timeout {
+                } else if now >= after(last_output, self.opts.logs_timeout) {
                     timed_out = Some(Ended::NoOutput(self.opts.logs_timeout));
                 }
                 if timed_out.is_some() {
@@ -390,7 +390,7 @@ impl Pipeline {
                 }
             }
             if let (Some(t), None) = (terminated_at, killed_at) {
-                if now >= t + self.opts.kill_grace {
+                if now >= after(t, self.opts.kill_grace) {
                     kill.kill();
                     killed_at = Some(now);
                 }
@@ -405,7 +405,7 @@ impl Pipeline {
                 }
             }
             if let Some(t) = self.chunk_started {
-                if now >= t + self.opts.chunk_interval {
+                if now >= after(t, self.opts.chunk_interval) {
                     if let Err(e) = self.seal() {
                         failure = Some(e);
                         break;
@@ -414,14 +414,15 @@ impl Pipeline {
             }
             // Sleep until the next deadline or input.
             let mut next = if timed_out.is_none() {
-                (self.started + self.opts.run_timeout).min(last_output + self.opts.logs_timeout)
+                after(self.started, self.opts.run_timeout)
+                    .min(after(last_output, self.opts.logs_timeout))
             } else if let Some(k) = killed_at {
                 k + AFTER_KILL_WAIT
             } else {
-                terminated_at.unwrap_or(now) + self.opts.kill_grace
+                after(terminated_at.unwrap_or(now), self.opts.kill_grace)
             };
             if let Some(t) = self.chunk_started {
-                next = next.min(t + self.opts.chunk_interval);
+                next = next.min(after(t, self.opts.chunk_interval));
             }
             let wait = next.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
@@ -491,6 +492,13 @@ impl Pipeline {
             warnings,
         }
     }
+}
+
+/// `t + d`, with `d` capped at 100 years (configured durations come from
+/// outside and must not overflow).
+fn after(t: Instant, d: Duration) -> Instant {
+    const CAP: Duration = Duration::from_secs(100 * 365 * 86_400);
+    t.checked_add(d.min(CAP)).unwrap_or(t)
 }
 
 fn shell_quote(word: &str) -> String {

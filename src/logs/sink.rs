@@ -113,7 +113,10 @@ impl UrlSource for UrlQueue {
 
     fn url(&self, run_id: &str, seq: u64) -> Result<String, DeliverError> {
         let key = (run_id.to_string(), seq);
-        let deadline = Instant::now() + self.wait;
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(self.wait)
+            .unwrap_or(now + Duration::from_secs(86_400));
         let mut m = self
             .urls
             .lock()
