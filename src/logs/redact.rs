@@ -14,19 +14,28 @@
 //! the write split.
 //!
 //! The algorithm (one pass, no automaton): every pattern is at least
-//! [`MIN_SECRET_LEN`] = 4 bytes long, so each occurrence starts with a 4-byte
-//! "gram" that is the first 4 bytes of some pattern. The scan reads 8 bytes at a
-//! time, tests four grams against a small bit set (one multiply and one bit
-//! test each, a table sized to the pattern count so it stays in cache), and
-//! only on a hit verifies the patterns that start with that gram. Throughput is
-//! therefore nearly independent of the number of secrets. Across writes the
-//! redactor keeps back exactly the longest suffix of the input that is a proper
-//! prefix of some pattern (a partial match still alive), at most the longest
-//! pattern minus one byte; everything before it is final and is emitted.
-//! Buildkite's redactor keeps back the same way; an Aho-Corasick automaton was
-//! the alternative, but its per-byte state walk slows with the pattern count,
-//! which the bench target (1,000 secrets no more than 2x slower than 1) rules
-//! out.
+//! `stride + 3` bytes long (`stride` = shortest pattern - 3, at most 16), so
+//! every occurrence covers a 4-byte "gram" starting at a multiple of `stride`
+//! in the scanned buffer. The scan tests only those grams, four per round,
+//! against two bit sets (a multiply, a shift and a bit test each; the sets
+//! hold each pattern's grams at offsets `0..stride`, sized to the pattern
+//! count so they stay in cache), and only on a hit looks the gram up and
+//! compares the candidate patterns. Throughput is therefore nearly
+//! independent of the number of secrets. Across writes the redactor keeps
+//! back exactly the longest suffix of the input that is a proper prefix of
+//! some pattern (a partial match still alive; found by testing only the last
+//! `longest pattern - 1` positions), everything before it is final and is
+//! emitted. Large writes are scanned in place; only the seam with the held
+//! bytes is copied. Buildkite's redactor holds back the same way; an
+//! Aho-Corasick automaton was the alternative, but its per-byte state walk
+//! slows with the pattern count, which the bench target (1,000 secrets no more
+//! than 2x slower than 1) rules out. The cost of this choice: on adversarial
+//! output (a highly repetitive secret, such as `aaaa…`, inside a long run of
+//! the same byte) every tested gram has candidates to compare, which is slower
+//! (still linear in the output for a fixed secret set).
+//!
+//! Long secret forms (over [`LONG_SECRET`] bytes: PEM keys, certificates) are
+//! masked as overlapping 128-byte pieces, which bounds the hold-back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,7 +47,7 @@ pub const MASK: &[u8] = b"***";
 pub const MIN_SECRET_LEN: usize = 4;
 
 /// Secret forms longer than this are masked as overlapping pieces of
-/// [`PIECE`] bytes (see [`RedactorBuilder::secret`]).
+/// 128 bytes (see [`RedactorBuilder::secret`]).
 pub const LONG_SECRET: usize = 256;
 const PIECE: usize = 128;
 
