@@ -13,14 +13,15 @@
 //! result is the same as a whole-text replacement (`reference_mask`), whatever
 //! the write split.
 //!
-//! The algorithm (one pass, no automaton): every pattern is at least
-//! `stride + 3` bytes long (`stride` = shortest pattern - 3, at most 16), so
-//! every occurrence covers a 4-byte "gram" starting at a multiple of `stride`
+//! The algorithm (one pass, no automaton): with grams of `k` bytes (8 when
+//! every pattern is at least 11 bytes long, else 4) every pattern is at least
+//! `stride + k - 1` bytes long (`stride` = shortest pattern - k + 1, at most
+//! 16), so every occurrence covers a gram starting at a multiple of `stride`
 //! in the scanned buffer. The scan tests only those grams, four per round,
-//! against two bit sets (a multiply, a shift and a bit test each; the sets
-//! hold each pattern's grams at offsets `0..stride`, sized to the pattern
-//! count so they stay in cache), and only on a hit looks the gram up and
-//! compares the candidate patterns. Throughput is therefore nearly
+//! against a blocked Bloom filter (two multiplies, one word load and a mask
+//! test each; it holds each pattern's grams at offsets `0..stride`, sized to
+//! the pattern count so it stays in cache), and only on a hit looks the gram
+//! up and compares the candidate patterns. Throughput is therefore nearly
 //! independent of the number of secrets. Across writes the redactor keeps
 //! back exactly the longest suffix of the input that is a proper prefix of
 //! some pattern (a partial match still alive; found by testing only the last
@@ -255,17 +256,23 @@ pub fn reference_mask(text: &[u8], patterns: &[Vec<u8>]) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Matcher {
     patterns: Vec<Box<[u8]>>,
-    /// Bit set over hashed 4-byte grams: each pattern's grams at offsets
-    /// `0..stride`.
+    /// A blocked Bloom filter over each pattern's grams at offsets
+    /// `0..stride`: one hash picks a 64-bit word, another two bits in it, so a
+    /// test is one memory access.
     bloom: Vec<u64>,
-    /// A second bit set with another hash, tested only after `bloom` hits.
-    bloom2: Vec<u64>,
+    /// Shift that turns the first hash into a word index.
     shift: u32,
+    /// The same over each pattern's first 4 bytes (partial matches).
+    start_bloom: Vec<u64>,
+    start_shift: u32,
+    /// Gram length: 8 bytes when every pattern is at least 11 long, else 4.
+    gram_len: usize,
     /// The scan tests one gram every `stride` bytes: every pattern is at
-    /// least `stride + 3` bytes long, so each occurrence holds one tested gram.
+    /// least `stride + gram_len - 1` bytes long, so each occurrence holds one
+    /// tested gram.
     stride: usize,
     /// Gram -> (pattern, offset of the gram in the pattern).
-    grams: HashMap<u32, Box<[(u32, u32)]>, GramHash>,
+    grams: HashMap<u64, Box<[(u32, u32)]>, GramHash>,
     /// First 4 bytes -> patterns starting with them (partial matches).
     starts: HashMap<u32, Box<[u32]>, GramHash>,
     /// Prefixes of 1, 2 and 3 bytes, for partial matches at the very end.
@@ -275,13 +282,42 @@ pub struct Matcher {
     max_len: usize,
 }
 
-const GRAM_MUL: u32 = 0x9E37_79B1;
-/// A second hash for the same bit set: tested only after the first hits.
-const GRAM_MUL2: u32 = 0x85EB_CA77;
+const GRAM_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+/// The second hash: which two bits of the word.
+const GRAM_MUL2: u64 = 0xC2B2_AE3D_27D4_EB4F;
 const MAX_STRIDE: usize = 16;
 
-fn gram_at(p: &[u8], o: usize) -> u32 {
+/// The Bloom filter word and bits of gram `g`.
+#[inline(always)]
+fn gram_bits(g: u64, shift: u32) -> (usize, u64) {
+    let word = (g.wrapping_mul(GRAM_MUL) >> shift) as usize;
+    let h = g.wrapping_mul(GRAM_MUL2);
+    (word, (1u64 << (h >> 58)) | (1u64 << ((h >> 52) & 63)))
+}
+
+/// The `K`-byte gram (4 or 8) at `p[o..]`, as a number.
+#[inline(always)]
+fn gram<const K: usize>(p: &[u8], o: usize) -> u64 {
+    if K == 8 {
+        match <[u8; 8]>::try_from(&p[o..o + 8]) {
+            Ok(a) => u64::from_le_bytes(a),
+            Err(_) => 0,
+        }
+    } else {
+        u64::from(u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]))
+    }
+}
+
+fn gram4(p: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]])
+}
+
+/// A blocked Bloom filter (one word per test) of `entries` items.
+fn bloom_for(entries: usize) -> (Vec<u64>, u32) {
+    // About 64 bits per item: few false hits, small enough for cache.
+    let want = (entries.max(1) * 64).next_power_of_two();
+    let bits = want.trailing_zeros().clamp(9, 21);
+    (vec![0u64; 1usize << (bits - 6)], 64 - (bits - 6))
 }
 
 impl Matcher {
@@ -297,15 +333,13 @@ impl Matcher {
             .map(|p| p.len())
             .min()
             .unwrap_or(MIN_SECRET_LEN);
-        let stride = (min_len - 3).clamp(1, MAX_STRIDE);
-        // About 64 bits per gram in each of two bit sets: few false hits,
-        // small enough for cache.
-        let want = (patterns.len().max(1) * stride * 64).next_power_of_two();
-        let bits = want.trailing_zeros().clamp(9, 21);
-        let mut bloom = vec![0u64; 1usize << (bits - 6)];
-        let mut bloom2 = bloom.clone();
-        let shift = 32 - bits;
-        let mut grams: HashMap<u32, Vec<(u32, u32)>, GramHash> = HashMap::default();
+        // 8-byte grams when every pattern allows a stride of 4 with them:
+        // chance equality of a text gram with a pattern gram all but vanishes.
+        let gram_len = if min_len >= 11 { 8 } else { 4 };
+        let stride = (min_len + 1 - gram_len).clamp(1, MAX_STRIDE);
+        let (mut bloom, shift) = bloom_for(patterns.len() * stride);
+        let (mut start_bloom, start_shift) = bloom_for(patterns.len());
+        let mut grams: HashMap<u64, Vec<(u32, u32)>, GramHash> = HashMap::default();
         let mut starts: HashMap<u32, Vec<u32>, GramHash> = HashMap::default();
         let mut prefix1 = [0u64; 4];
         let mut prefix2 = vec![0u64; 1024];
@@ -314,14 +348,19 @@ impl Matcher {
         for (id, p) in patterns.iter().enumerate() {
             let id = id as u32;
             for o in 0..stride {
-                let g = gram_at(p, o);
-                let h = (g.wrapping_mul(GRAM_MUL) >> shift) as usize;
-                bloom[h >> 6] |= 1 << (h & 63);
-                let h = (g.wrapping_mul(GRAM_MUL2) >> shift) as usize;
-                bloom2[h >> 6] |= 1 << (h & 63);
+                let g = if gram_len == 8 {
+                    gram::<8>(p, o)
+                } else {
+                    gram::<4>(p, o)
+                };
+                let (word, mask) = gram_bits(g, shift);
+                bloom[word] |= mask;
                 grams.entry(g).or_default().push((id, o as u32));
             }
-            starts.entry(gram_at(p, 0)).or_default().push(id);
+            let first = gram4(p, 0);
+            let (word, mask) = gram_bits(u64::from(first), start_shift);
+            start_bloom[word] |= mask;
+            starts.entry(first).or_default().push(id);
             prefix1[usize::from(p[0] >> 6)] |= 1 << (p[0] & 63);
             let two = usize::from(u16::from_le_bytes([p[0], p[1]]));
             prefix2[two >> 6] |= 1 << (two & 63);
@@ -331,8 +370,10 @@ impl Matcher {
         Matcher {
             patterns,
             bloom,
-            bloom2,
             shift,
+            start_bloom,
+            start_shift,
+            gram_len,
             stride,
             grams: grams
                 .into_iter()
@@ -364,18 +405,15 @@ impl Matcher {
     }
 
     #[inline(always)]
-    fn gram_hit(&self, g: u32) -> bool {
-        let h = (g.wrapping_mul(GRAM_MUL) >> self.shift) as usize;
-        let h2 = (g.wrapping_mul(GRAM_MUL2) >> self.shift) as usize;
-        let a = self.bloom.get(h >> 6).map_or(0, |w| w >> (h & 63));
-        let b = self.bloom2.get(h2 >> 6).map_or(0, |w| w >> (h2 & 63));
-        a & b & 1 != 0
+    fn gram_hit(&self, g: u64) -> bool {
+        let (word, mask) = gram_bits(g, self.shift);
+        self.bloom.get(word).is_some_and(|w| w & mask == mask)
     }
 
     /// Verifies the patterns holding gram `g` at `buf[j..]`; full matches go
     /// to `spans`.
     #[inline(never)]
-    fn verify(&self, buf: &[u8], j: usize, g: u32, spans: &mut Vec<(usize, usize)>) {
+    fn verify(&self, buf: &[u8], j: usize, g: u64, spans: &mut Vec<(usize, usize)>) {
         let Some(cands) = self.grams.get(&g) else {
             return;
         };
@@ -404,8 +442,9 @@ impl Matcher {
                 .prefix3
                 .contains(&u32::from_le_bytes([rest[0], rest[1], rest[2], 0])),
             _ => {
-                let g = gram_at(rest, 0);
-                if !self.gram_hit(g) {
+                let g = gram4(rest, 0);
+                let (word, mask) = gram_bits(u64::from(g), self.start_shift);
+                if self.start_bloom.get(word).is_none_or(|w| w & mask != mask) {
                     return false;
                 }
                 self.starts.get(&g).is_some_and(|ids| {
@@ -422,16 +461,31 @@ impl Matcher {
     /// returns where the longest live partial match starts (`buf.len()` when
     /// none, or when `at_end`).
     fn scan(&self, buf: &[u8], at_end: bool, spans: &mut Vec<(usize, usize)>) -> usize {
+        if self.gram_len == 8 {
+            self.scan_grams::<8>(buf, spans);
+        } else {
+            self.scan_grams::<4>(buf, spans);
+        }
+        let n = buf.len();
+        if at_end {
+            return n;
+        }
+        let from = n.saturating_sub(self.max_len.saturating_sub(1));
+        (from..n).find(|&t| self.live_partial(buf, t)).unwrap_or(n)
+    }
+
+    #[inline(always)]
+    fn scan_grams<const K: usize>(&self, buf: &[u8], spans: &mut Vec<(usize, usize)>) {
         let n = buf.len();
         let stride = self.stride;
         let mut j = 0;
         // Four tested grams per round, independent, for instruction-level
         // parallelism.
-        while j + 3 * stride + 4 <= n {
-            let g0 = gram_at(buf, j);
-            let g1 = gram_at(buf, j + stride);
-            let g2 = gram_at(buf, j + 2 * stride);
-            let g3 = gram_at(buf, j + 3 * stride);
+        while j + 3 * stride + K <= n {
+            let g0 = gram::<K>(buf, j);
+            let g1 = gram::<K>(buf, j + stride);
+            let g2 = gram::<K>(buf, j + 2 * stride);
+            let g3 = gram::<K>(buf, j + 3 * stride);
             let (h0, h1, h2, h3) = (
                 self.gram_hit(g0),
                 self.gram_hit(g1),
@@ -450,18 +504,13 @@ impl Matcher {
             }
             j += 4 * stride;
         }
-        while j + 4 <= n {
-            let g = gram_at(buf, j);
+        while j + K <= n {
+            let g = gram::<K>(buf, j);
             if self.gram_hit(g) {
                 self.verify(buf, j, g, spans);
             }
             j += stride;
         }
-        if at_end {
-            return n;
-        }
-        let from = n.saturating_sub(self.max_len.saturating_sub(1));
-        (from..n).find(|&t| self.live_partial(buf, t)).unwrap_or(n)
     }
 }
 
@@ -506,6 +555,10 @@ impl std::hash::Hasher for GramHasher {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 ^= self.0 >> 29;
     }
     fn write_u32(&mut self, v: u32) {
         self.0 = (u64::from(v) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
