@@ -608,3 +608,35 @@ fn the_agent_uses_the_configured_proxy_except_for_no_proxy_hosts() {
     assert_eq!(server.stored().len(), 1);
     assert_eq!(server.stored()[0].content_length, Some(5));
 }
+
+#[test]
+fn a_run_restarted_on_a_direct_sink_delivers_its_leftover_chunks_first() {
+    use liftoff::logs::sink::FileSink;
+    use liftoff::logs::spool::Spool;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), "01RUNAGAIN").unwrap();
+    spool.write(0, b"from the earlier process\n").unwrap();
+    let log = dir.path().join("log");
+    let seqs = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seqs.clone();
+    let mut p = Pipeline::start(
+        options(dir.path(), "01RUNAGAIN", 1 << 20),
+        RedactorBuilder::new().build(),
+        Box::new(FileSink::create(&log).unwrap()),
+        Some(Box::new(move |c| {
+            s2.lock().unwrap().push((c.seq, c.sha256))
+        })),
+    )
+    .unwrap();
+    p.line("from this one").unwrap();
+    let report = p.finish();
+    assert_eq!(report.delivered.error, None);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "from the earlier process\nfrom this one\n"
+    );
+    let seqs = seqs.lock().unwrap().clone();
+    assert_eq!(seqs.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(seqs[1].1, sha256(b"from this one\n"));
+    assert!(!dir.path().join("01RUNAGAIN").exists());
+}

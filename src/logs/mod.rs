@@ -19,10 +19,17 @@
 //! At launcher start-up, [`upload::recover`] delivers what an earlier process
 //! left in the spool.
 //!
+//! Network sinks (pre-signed URLs) get every chunk through the spool: written
+//! there first, delivered by an upload thread, removed once delivered. Sinks
+//! on this host (a file, stdout: [`sink::Sink::direct`]) take chunks straight
+//! from memory on the pump thread; the spool would only double their disk
+//! traffic.
+//!
 //! Memory is bounded whatever the job's output rate: one 64 KiB read in the
 //! reader thread, one in the channel (capacity 1, so the pipe pushes back),
 //! the chunk being built (at most [`CHUNK_MAX`] plus one read), and nothing
-//! for delivery (chunks wait in the spool on disk and are streamed from it).
+//! for delivery (spooled chunks are streamed from disk; direct sinks write
+//! the chunk being sealed).
 
 pub mod redact;
 pub mod sink;
@@ -40,8 +47,8 @@ use crate::config::Config;
 use crate::config::parse::format_duration;
 use redact::{Matcher, Redactor};
 use sink::Sink;
-use spool::{Chunk, Spool};
-use upload::{Delivered, OnDelivered, Retry, Uploader};
+use spool::{Chunk, Spool, sha256};
+use upload::{Delivered, OnDelivered, Retry, Uploader, deliver_direct};
 
 /// Largest chunk.
 pub const CHUNK_MAX: usize = 1 << 20;
@@ -187,12 +194,25 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+/// How chunks reach the sink.
+enum Delivery {
+    /// Spooled, then delivered by the upload thread (network sinks).
+    Spooled(Uploader),
+    /// Straight from memory on the pump thread (sinks on this host).
+    Direct {
+        sink: Box<dyn Sink>,
+        on_delivered: Option<OnDelivered>,
+        done: Delivered,
+        rng: u64,
+    },
+}
+
 /// One run's log pipeline.
 pub struct Pipeline {
     opts: Options,
     redactor: Redactor,
     spool: Arc<Spool>,
-    uploader: Uploader,
+    delivery: Delivery,
     /// Masked bytes of the chunk being built.
     chunk: Vec<u8>,
     /// When the chunk's first byte arrived.
@@ -221,14 +241,36 @@ impl Pipeline {
         let spool = Arc::new(Spool::open(&opts.spool_root, &opts.run_id)?);
         let (leftover, warnings) = spool.existing()?;
         let next_seq = leftover.last().map_or(0, |c| c.seq + 1);
-        let uploader = Uploader::start(spool.clone(), sink, opts.retry, on_delivered);
-        for chunk in leftover {
-            uploader.send_leftover(chunk);
-        }
+        let delivery = if sink.direct() {
+            let mut sink = sink;
+            let mut on_delivered = on_delivered;
+            let mut done = Delivered::default();
+            let mut rng = upload::seed();
+            // What an earlier process left for this run goes first.
+            for chunk in leftover {
+                upload::deliver(&spool, sink.as_mut(), &chunk, true, &opts.retry, &mut rng)?;
+                if let Some(f) = on_delivered.as_mut() {
+                    f(&chunk);
+                }
+                done.chunks.push(chunk);
+            }
+            Delivery::Direct {
+                sink,
+                on_delivered,
+                done,
+                rng,
+            }
+        } else {
+            let uploader = Uploader::start(spool.clone(), sink, opts.retry, on_delivered);
+            for chunk in leftover {
+                uploader.send_leftover(chunk);
+            }
+            Delivery::Spooled(uploader)
+        };
         Ok(Pipeline {
             redactor: Redactor::new(matcher),
             spool,
-            uploader,
+            delivery,
             chunk: Vec::with_capacity(opts.chunk_max.min(CHUNK_MAX) + READ_SIZE),
             chunk_started: None,
             next_seq,
@@ -322,11 +364,39 @@ impl Pipeline {
     }
 
     fn seal_bytes(&mut self, body: &[u8]) -> Result<(), String> {
-        let chunk: Chunk = self.spool.write(self.next_seq, body)?;
+        let seq = self.next_seq;
+        match &mut self.delivery {
+            Delivery::Spooled(uploader) => {
+                let chunk: Chunk = self.spool.write(seq, body)?;
+                uploader.send(chunk);
+            }
+            Delivery::Direct {
+                sink,
+                on_delivered,
+                done,
+                rng,
+            } => {
+                let chunk = Chunk {
+                    run_id: self.opts.run_id.clone(),
+                    seq,
+                    len: body.len() as u64,
+                    // Only worth its cost when someone reads it.
+                    sha256: if on_delivered.is_some() {
+                        sha256(body)
+                    } else {
+                        [0; 32]
+                    },
+                };
+                deliver_direct(sink.as_mut(), &chunk, body, &self.opts.retry, rng)?;
+                if let Some(f) = on_delivered.as_mut() {
+                    f(&chunk);
+                }
+                done.chunks.push(chunk);
+            }
+        }
         self.last_sealed = body.last().copied().or(self.last_sealed);
         self.next_seq += 1;
-        self.bytes += chunk.len;
-        self.uploader.send(chunk);
+        self.bytes += body.len() as u64;
         Ok(())
     }
 
@@ -480,7 +550,17 @@ impl Pipeline {
         if let Err(e) = self.seal() {
             warnings.push(e);
         }
-        let delivered = self.uploader.finish();
+        let delivered = match self.delivery {
+            Delivery::Spooled(uploader) => uploader.finish(),
+            Delivery::Direct {
+                mut sink, mut done, ..
+            } => {
+                if let Err(e) = sink.finish() {
+                    done.error.get_or_insert(e);
+                }
+                done
+            }
+        };
         if delivered.error.is_none() && delivered.left == 0 {
             if let Ok(s) = Arc::try_unwrap(self.spool) {
                 s.close();

@@ -53,6 +53,22 @@ pub trait Sink: Send {
     fn finish(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// Sinks that keep the bytes on this host (a file, standard output) take
+    /// chunks straight from memory through [`Sink::deliver_bytes`], without
+    /// the spool, which exists to survive failed or interrupted network
+    /// uploads (it doubled the disk traffic of `--log-file`).
+    fn direct(&self) -> bool {
+        false
+    }
+    /// Delivers one chunk from memory (direct sinks only).
+    fn deliver_bytes(&mut self, chunk: &Chunk, bytes: &[u8]) -> Result<(), DeliverError> {
+        let _ = bytes;
+        Err(DeliverError::fatal(format!(
+            "{} takes chunk {} only from the spool",
+            self.describe(),
+            chunk.seq
+        )))
+    }
 }
 
 /// Gives the pre-signed URL for a run's chunk.
@@ -244,6 +260,27 @@ impl Sink for FileSink {
         Ok(())
     }
 
+    fn direct(&self) -> bool {
+        true
+    }
+
+    fn deliver_bytes(&mut self, chunk: &Chunk, bytes: &[u8]) -> Result<(), DeliverError> {
+        let fail = |e: std::io::Error| {
+            DeliverError::retry(format!(
+                "cannot write log chunk {} to {}: {e}",
+                chunk.seq,
+                self.path.display()
+            ))
+        };
+        self.file.set_len(self.committed).map_err(fail)?;
+        self.file
+            .seek(SeekFrom::Start(self.committed))
+            .map_err(fail)?;
+        self.file.write_all(bytes).map_err(fail)?;
+        self.committed += bytes.len() as u64;
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<(), String> {
         self.file
             .sync_data()
@@ -279,6 +316,26 @@ impl<W: Write + Send> StdoutSink<W> {
 
     pub fn into_inner(self) -> W {
         self.out
+    }
+
+    /// Writes the whole lines of `block` (after what was carried) and
+    /// carries the unfinished rest.
+    fn feed(&mut self, block: &[u8]) -> std::io::Result<()> {
+        let mut all = std::mem::take(&mut self.partial);
+        all.extend_from_slice(block);
+        let mut start = 0;
+        while let Some(nl) = all[start..].iter().position(|&b| b == b'\n') {
+            self.emit(&all[start..start + nl])?;
+            start += nl + 1;
+        }
+        let mut rest = all.split_off(start);
+        while rest.len() > MAX_LINE {
+            let tail = rest.split_off(MAX_LINE);
+            self.emit(&rest)?;
+            rest = tail;
+        }
+        self.partial = rest;
+        Ok(())
     }
 
     fn emit(&mut self, line: &[u8]) -> std::io::Result<()> {
@@ -318,23 +375,25 @@ impl<W: Write + Send> Sink for StdoutSink<W> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(fail(e)),
             };
-            let mut all = std::mem::take(&mut self.partial);
-            all.extend_from_slice(&block[..n]);
-            let mut start = 0;
-            while let Some(nl) = all[start..].iter().position(|&b| b == b'\n') {
-                self.emit(&all[start..start + nl]).map_err(fail)?;
-                start += nl + 1;
-            }
-            let mut rest = all.split_off(start);
-            while rest.len() > MAX_LINE {
-                let tail = rest.split_off(MAX_LINE);
-                self.emit(&rest).map_err(fail)?;
-                rest = tail;
-            }
-            self.partial = rest;
+            self.feed(&block[..n]).map_err(fail)?;
         }
         self.out.flush().map_err(fail)?;
         Ok(())
+    }
+
+    fn direct(&self) -> bool {
+        true
+    }
+
+    fn deliver_bytes(&mut self, chunk: &Chunk, bytes: &[u8]) -> Result<(), DeliverError> {
+        let fail = |e: std::io::Error| {
+            DeliverError::fatal(format!(
+                "cannot write log chunk {} to standard output: {e}",
+                chunk.seq
+            ))
+        };
+        self.feed(bytes).map_err(fail)?;
+        self.out.flush().map_err(fail)
     }
 
     fn finish(&mut self) -> Result<(), String> {
