@@ -414,18 +414,25 @@ impl Pipeline {
         reader: R,
         kill: &mut dyn Kill,
     ) -> Result<Ended, String> {
-        let (tx, rx) = sync_channel::<std::io::Result<Vec<u8>>>(1);
+        let (tx, rx) = sync_channel::<std::io::Result<(Vec<u8>, usize)>>(1);
+        // Read buffers go back to the reader once used: three in all (one
+        // being read into, one in the channel, one being masked).
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(3);
+        for _ in 0..3 {
+            let _ = free_tx.send(vec![0u8; READ_SIZE]);
+        }
         let reader_thread = std::thread::Builder::new()
             .name("log-pipe".into())
             .spawn(move || {
                 let mut reader = reader;
                 loop {
-                    let mut buf = vec![0u8; READ_SIZE];
+                    let Ok(mut buf) = free_rx.recv() else {
+                        return;
+                    };
                     match reader.read(&mut buf) {
                         Ok(0) => return,
                         Ok(n) => {
-                            buf.truncate(n);
-                            if tx.send(Ok(buf)).is_err() {
+                            if tx.send(Ok((buf, n))).is_err() {
                                 return;
                             }
                         }
@@ -496,10 +503,12 @@ impl Pipeline {
             }
             let wait = next.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Ok(data)) => {
+                Ok(Ok((data, n))) => {
                     let now = Instant::now();
                     last_output = now;
-                    if let Err(e) = self.input(&data, now) {
+                    let done = self.input(&data[..n], now);
+                    let _ = free_tx.try_send(data);
+                    if let Err(e) = done {
                         failure = Some(e);
                         break;
                     }
