@@ -1,6 +1,7 @@
 //! Redactor throughput: a 256 MiB corpus of base64 log lines in 16 KiB
 //! writes, masked with 1, 10, 100 and 1,000 secrets, printed beside a plain
-//! copy of the same bytes (memcpy) measured in the same run.
+//! copy of the same bytes (memcpy) measured in the same run; each figure is
+//! the best of 3 passes.
 //!
 //! `cargo bench --bench redact` runs the full size. Without `--bench` in the
 //! arguments (as `cargo test --all-targets` runs it) it does a small smoke run.
@@ -68,20 +69,35 @@ fn main() {
     let text = corpus(mib << 20, &mut rng);
     let len = text.len();
     println!(
-        "redact bench: {} MiB corpus, {} KiB writes",
+        "redact bench: {} MiB corpus, {} KiB writes{}",
         len >> 20,
-        WRITE >> 10
+        WRITE >> 10,
+        if full {
+            ""
+        } else {
+            " (smoke run: use `cargo bench --bench redact` for figures)"
+        }
     );
 
-    // memcpy peer: copy each write into an output buffer.
+    // Each figure is the best of ROUNDS passes: the machine is shared, and
+    // the best pass is the least disturbed one.
+    let rounds = if full { 3 } else { 1 };
     let mut out = Vec::with_capacity(WRITE * 2);
-    let t = Instant::now();
-    for piece in text.chunks(WRITE) {
-        out.clear();
-        out.extend_from_slice(piece);
-        black_box(&out);
-    }
-    let memcpy = gbps(len, t.elapsed().as_secs_f64());
+    let best = |f: &mut dyn FnMut() -> f64| (0..rounds).map(|_| f()).fold(f64::MAX, f64::min);
+
+    // memcpy peer: copy each write into an output buffer.
+    let memcpy = gbps(
+        len,
+        best(&mut || {
+            let t = Instant::now();
+            for piece in text.chunks(WRITE) {
+                out.clear();
+                out.extend_from_slice(piece);
+                black_box(&out);
+            }
+            t.elapsed().as_secs_f64()
+        }),
+    );
     println!("memcpy          {memcpy:7.2} GB/s");
 
     let mut results = Vec::new();
@@ -98,20 +114,24 @@ fn main() {
         }
         let matcher = b.build();
         let patterns = matcher.len();
-        let mut r = Redactor::new(matcher);
-        let mut masked = 0usize;
-        let t = Instant::now();
-        for piece in text.chunks(WRITE) {
+        let secs = best(&mut || {
+            let mut r = Redactor::new(matcher.clone());
+            let mut masked = 0usize;
+            let t = Instant::now();
+            for piece in text.chunks(WRITE) {
+                out.clear();
+                r.write(piece, &mut out);
+                masked += out.len();
+                black_box(&out);
+            }
             out.clear();
-            r.write(piece, &mut out);
+            r.flush(&mut out);
             masked += out.len();
-            black_box(&out);
-        }
-        out.clear();
-        r.flush(&mut out);
-        masked += out.len();
-        let speed = gbps(len, t.elapsed().as_secs_f64());
-        assert_eq!(masked, len, "random corpus should contain no secret");
+            let secs = t.elapsed().as_secs_f64();
+            assert_eq!(masked, len, "random corpus should contain no secret");
+            secs
+        });
+        let speed = gbps(len, secs);
         println!(
             "{count:5} secrets ({patterns:5} patterns) {speed:7.2} GB/s  ({:.1}x slower than memcpy)",
             memcpy / speed

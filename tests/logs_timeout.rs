@@ -92,9 +92,9 @@ fn read(p: &Path) -> String {
 
 #[test]
 fn no_output_kills_a_sleeping_job() {
-    let (ended, log, stages, mut child, warnings) = run("echo starting; sleep 600", 1, 600, 2000);
-    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
-    assert_eq!(log, "starting\nno output for 1s: killed\n");
+    let (ended, log, stages, mut child, warnings) = run("echo starting; sleep 600", 2, 600, 2000);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
+    assert_eq!(log, "starting\nno output for 2s: killed\n");
     assert_eq!(stages, vec!["TERM", "KILL"]);
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(15));
@@ -106,9 +106,9 @@ fn no_output_kills_a_backgrounded_grandchild_holding_the_pipe() {
     // The shell exits at once; its backgrounded grandchild keeps the pipe
     // open and silent. Only a kill of the whole tree closes the pipe.
     let (ended, log, stages, mut child, warnings) =
-        run("(sleep 600 &); echo parent done", 1, 600, 2000);
-    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
-    assert_eq!(log, "parent done\nno output for 1s: killed\n");
+        run("(sleep 600 &); echo parent done", 2, 600, 2000);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
+    assert_eq!(log, "parent done\nno output for 2s: killed\n");
     assert_eq!(stages, vec!["TERM", "KILL"]);
     assert!(child.wait().unwrap().success());
     // The pump returned because the pipe closed, not because it gave up.
@@ -130,10 +130,10 @@ fn run_timeout_kills_a_busy_job() {
 #[test]
 fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
     let (ended, log, stages, mut child, _) =
-        run("trap '' TERM; printf 'no newline'; sleep 600", 1, 600, 300);
-    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(1)));
+        run("trap '' TERM; printf 'no newline'; sleep 600", 2, 600, 300);
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
     // The reason starts its own line.
-    assert_eq!(log, "no newline\nno output for 1s: killed\n");
+    assert_eq!(log, "no newline\nno output for 2s: killed\n");
     assert_eq!(stages, vec!["TERM", "KILL"]);
     assert_eq!(child.wait().unwrap().signal(), Some(9));
 }
@@ -184,4 +184,39 @@ fn debug_command_is_logged_masked_before_the_step() {
         read(&log),
         "+ terraform apply -var password=*** 'it'\\''s'\napplied\n"
     );
+}
+
+#[test]
+fn reason_line_starts_a_line_after_a_masked_secret_ending_in_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let opts = Options {
+        run_id: "01RUNNL".into(),
+        spool_root: dir.path().join("spool"),
+        logs_timeout: Duration::from_secs(2),
+        run_timeout: Duration::from_secs(600),
+        kill_grace: Duration::from_secs(1),
+        chunk_max: 1 << 20,
+        chunk_interval: Duration::from_millis(200),
+        retry: Retry::default(),
+    };
+    let mut b = RedactorBuilder::new();
+    b.secret("S", b"secret-line\n");
+    let mut p = Pipeline::start(
+        opts,
+        b.build(),
+        Box::new(FileSink::create(&log).unwrap()),
+        None,
+    )
+    .unwrap();
+    let mut child = spawn("echo secret-line; sleep 600");
+    let mut kill = GroupKill {
+        pgid: child.id(),
+        stages: Vec::new(),
+    };
+    let ended = p.pump(child.stdout.take().unwrap(), &mut kill).unwrap();
+    assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
+    child.wait().unwrap();
+    p.finish();
+    assert_eq!(read(&log), "***\nno output for 2s: killed\n");
 }

@@ -481,3 +481,162 @@ fn a_real_child_pipe_is_masked() {
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("a *** b"), "{text}");
 }
+
+#[test]
+fn chunks_are_at_most_1_mib_and_sealed_after_a_pause() {
+    use liftoff::logs::sink::FileSink;
+    use liftoff::logs::{CHUNK_INTERVAL, CHUNK_MAX};
+    assert_eq!(CHUNK_MAX, 1 << 20);
+    assert_eq!(CHUNK_INTERVAL, Duration::from_secs(1));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let chunks = Arc::new(Mutex::new(Vec::new()));
+    let c2 = chunks.clone();
+    let mut opts = options(dir.path(), "01RUNSIZES", CHUNK_MAX);
+    opts.chunk_interval = Duration::from_millis(100);
+    let mut p = Pipeline::start(
+        opts,
+        RedactorBuilder::new().build(),
+        Box::new(FileSink::create(&log).unwrap()),
+        Some(Box::new(move |c| c2.lock().unwrap().push(c.len))),
+    )
+    .unwrap();
+    // 2.5 MiB at once, then (after a pause far longer than the interval) a
+    // last line: three full-or-partial chunks, then one of its own.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("head -c 2621440 /dev/zero | tr '\\0' x; sleep 1; echo last")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.pump(child.stdout.take().unwrap(), &mut NoKill).unwrap();
+    child.wait().unwrap();
+    let report = p.finish();
+    assert_eq!(report.delivered.error, None);
+    let lens = chunks.lock().unwrap().clone();
+    assert!(lens.iter().all(|&l| l <= CHUNK_MAX as u64), "{lens:?}");
+    assert_eq!(lens.iter().sum::<u64>(), 2621440 + 5);
+    assert_eq!(
+        *lens.last().unwrap(),
+        5,
+        "the line after the pause is its own chunk: {lens:?}"
+    );
+    assert!(
+        lens.iter().filter(|&&l| l == CHUNK_MAX as u64).count() >= 2,
+        "{lens:?}"
+    );
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 2621440 + 5);
+}
+
+#[test]
+fn uploads_over_https_trust_additional_root_cas() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::pki::TestCa::new(&dir.path().join("ca"), "uploads-ca");
+    let (key, csr) = support::pki::pool_key_and_csr(dir.path(), "server", 2048);
+    let crt = dir.path().join("server.crt");
+    ca.sign(&csr, &crt, 30);
+    liftoff::identity::install_crypto_provider();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&crt)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let server = HttpServer::start_tls(2, Arc::new(tls));
+    let ca_der: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca.cert_path())
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let timeouts = liftoff::http::Timeouts {
+        connect: Duration::from_secs(5),
+        call: Duration::from_secs(10),
+    };
+    let base = server.https_url("/tls");
+    let urls = move |run: &str, seq: u64| -> Result<String, DeliverError> {
+        Ok(format!("{base}/{run}/{seq:06}"))
+    };
+    let run = |agent: ureq::Agent, id: &str| {
+        let root = tempfile::tempdir().unwrap();
+        let sink = Box::new(PresignedSink::new(agent, Arc::new(urls.clone())));
+        let mut opts = options(root.path(), id, 1000);
+        opts.retry.attempts = 5;
+        let mut p = Pipeline::start(opts, RedactorBuilder::new().build(), sink, None).unwrap();
+        p.pump(std::io::Cursor::new(text(50)), &mut NoKill).unwrap();
+        p.finish()
+    };
+    // Trusted through ADDITIONAL_ROOT_CAS: every chunk arrives.
+    let trusted = liftoff::http::agent(&Default::default(), &ca_der, timeouts).unwrap();
+    let report = run(trusted, "01RUNTLS");
+    assert_eq!(report.delivered.error, None);
+    assert_eq!(
+        objects_in_order(&server, "/tls/01RUNTLS/").concat(),
+        text(50)
+    );
+    // Without the CA, the certificate is refused and nothing is delivered.
+    let untrusted = liftoff::http::agent(&Default::default(), &[], timeouts).unwrap();
+    let report = run(untrusted, "01RUNNOTLS");
+    assert!(report.delivered.chunks.is_empty());
+    let err = report.delivered.error.unwrap();
+    assert!(err.contains("gave up"), "{err}");
+}
+
+#[test]
+fn the_agent_uses_the_configured_proxy_except_for_no_proxy_hosts() {
+    use liftoff::config::Proxies;
+    let server = HttpServer::start(0);
+    let timeouts = liftoff::http::Timeouts {
+        connect: Duration::from_secs(2),
+        call: Duration::from_secs(5),
+    };
+    // Nothing listens on port 1: going through the proxy fails.
+    let proxies = |no_proxy: Vec<String>| Proxies {
+        http: Some("http://127.0.0.1:1".into()),
+        https: None,
+        no_proxy,
+    };
+    let url = format!("http://localhost:{}/direct", server.addr.port());
+    let via_proxy = liftoff::http::agent(&proxies(vec![]), &[], timeouts).unwrap();
+    assert!(via_proxy.put(&url).send(&b"x"[..]).is_err());
+    let bypass = liftoff::http::agent(&proxies(vec!["localhost".into()]), &[], timeouts).unwrap();
+    let answer = bypass.put(&url).send(&b"hello"[..]).unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(server.stored().len(), 1);
+    assert_eq!(server.stored()[0].content_length, Some(5));
+}
+
+#[test]
+fn a_run_restarted_on_a_direct_sink_delivers_its_leftover_chunks_first() {
+    use liftoff::logs::sink::FileSink;
+    use liftoff::logs::spool::Spool;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), "01RUNAGAIN").unwrap();
+    spool.write(0, b"from the earlier process\n").unwrap();
+    let log = dir.path().join("log");
+    let seqs = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seqs.clone();
+    let mut p = Pipeline::start(
+        options(dir.path(), "01RUNAGAIN", 1 << 20),
+        RedactorBuilder::new().build(),
+        Box::new(FileSink::create(&log).unwrap()),
+        Some(Box::new(move |c| {
+            s2.lock().unwrap().push((c.seq, c.sha256))
+        })),
+    )
+    .unwrap();
+    p.line("from this one").unwrap();
+    let report = p.finish();
+    assert_eq!(report.delivered.error, None);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "from the earlier process\nfrom this one\n"
+    );
+    let seqs = seqs.lock().unwrap().clone();
+    assert_eq!(seqs.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(seqs[1].1, sha256(b"from this one\n"));
+    assert!(!dir.path().join("01RUNAGAIN").exists());
+}

@@ -19,10 +19,17 @@
 //! At launcher start-up, [`upload::recover`] delivers what an earlier process
 //! left in the spool.
 //!
+//! Network sinks (pre-signed URLs) get every chunk through the spool: written
+//! there first, delivered by an upload thread, removed once delivered. Sinks
+//! on this host (a file, stdout: [`sink::Sink::direct`]) take chunks straight
+//! from memory on the pump thread; the spool would only double their disk
+//! traffic.
+//!
 //! Memory is bounded whatever the job's output rate: one 64 KiB read in the
 //! reader thread, one in the channel (capacity 1, so the pipe pushes back),
 //! the chunk being built (at most [`CHUNK_MAX`] plus one read), and nothing
-//! for delivery (chunks wait in the spool on disk and are streamed from it).
+//! for delivery (spooled chunks are streamed from disk; direct sinks write
+//! the chunk being sealed).
 
 pub mod redact;
 pub mod sink;
@@ -40,8 +47,8 @@ use crate::config::Config;
 use crate::config::parse::format_duration;
 use redact::{Matcher, Redactor};
 use sink::Sink;
-use spool::{Chunk, Spool};
-use upload::{Delivered, OnDelivered, Retry, Uploader};
+use spool::{Chunk, Spool, sha256};
+use upload::{Delivered, OnDelivered, Retry, Uploader, deliver_direct};
 
 /// Largest chunk.
 pub const CHUNK_MAX: usize = 1 << 20;
@@ -115,6 +122,37 @@ pub fn mask_env_secrets<'a>(
     warnings
 }
 
+/// Adds the launcher's own secrets to `builder`: the pool token
+/// (`SPACELIFT_TOKEN`, as set) and the pool private key (its PEM, the base64
+/// of it as set in `SPACELIFT_POOL_PRIVATE_KEY`, and each line of the PEM
+/// body on its own, so a partial print is masked too).
+pub fn mask_pool_secrets(
+    builder: &mut redact::RedactorBuilder,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    if let Some(token) = env("SPACELIFT_TOKEN") {
+        builder.secret("SPACELIFT_TOKEN", token.trim().as_bytes());
+    }
+    if let Some(raw) = env("SPACELIFT_POOL_PRIVATE_KEY") {
+        builder.secret("SPACELIFT_POOL_PRIVATE_KEY", raw.trim().as_bytes());
+    }
+    if let Some(key) = &config.private_key {
+        let pem = &key.pem.0;
+        builder.secret(key.var(), pem);
+        let text = String::from_utf8_lossy(pem);
+        let body: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+            .collect();
+        for line in &body {
+            builder.literal(line.as_bytes());
+        }
+        builder.literal(body.concat().as_bytes());
+    }
+}
+
 /// Stops the job's process tree. `terminate` is SIGTERM to the whole tree;
 /// `kill` (after the grace period) is SIGKILL of everything in it. The
 /// sandbox supplies one that kills its cgroup; tests kill a process group.
@@ -156,12 +194,25 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+/// How chunks reach the sink.
+enum Delivery {
+    /// Spooled, then delivered by the upload thread (network sinks).
+    Spooled(Uploader),
+    /// Straight from memory on the pump thread (sinks on this host).
+    Direct {
+        sink: Box<dyn Sink>,
+        on_delivered: Option<OnDelivered>,
+        done: Delivered,
+        rng: u64,
+    },
+}
+
 /// One run's log pipeline.
 pub struct Pipeline {
     opts: Options,
     redactor: Redactor,
     spool: Arc<Spool>,
-    uploader: Uploader,
+    delivery: Delivery,
     /// Masked bytes of the chunk being built.
     chunk: Vec<u8>,
     /// When the chunk's first byte arrived.
@@ -170,8 +221,9 @@ pub struct Pipeline {
     started: Instant,
     bytes: u64,
     warnings: Vec<String>,
-    /// The output so far ends with a newline (for the reason line).
-    at_line_start: bool,
+    /// The last byte of the last sealed chunk (a launcher line starts on a
+    /// line of its own).
+    last_sealed: Option<u8>,
 }
 
 impl Pipeline {
@@ -189,21 +241,43 @@ impl Pipeline {
         let spool = Arc::new(Spool::open(&opts.spool_root, &opts.run_id)?);
         let (leftover, warnings) = spool.existing()?;
         let next_seq = leftover.last().map_or(0, |c| c.seq + 1);
-        let uploader = Uploader::start(spool.clone(), sink, opts.retry, on_delivered);
-        for chunk in leftover {
-            uploader.send_leftover(chunk);
-        }
+        let delivery = if sink.direct() {
+            let mut sink = sink;
+            let mut on_delivered = on_delivered;
+            let mut done = Delivered::default();
+            let mut rng = upload::seed();
+            // What an earlier process left for this run goes first.
+            for chunk in leftover {
+                upload::deliver(&spool, sink.as_mut(), &chunk, true, &opts.retry, &mut rng)?;
+                if let Some(f) = on_delivered.as_mut() {
+                    f(&chunk);
+                }
+                done.chunks.push(chunk);
+            }
+            Delivery::Direct {
+                sink,
+                on_delivered,
+                done,
+                rng,
+            }
+        } else {
+            let uploader = Uploader::start(spool.clone(), sink, opts.retry, on_delivered);
+            for chunk in leftover {
+                uploader.send_leftover(chunk);
+            }
+            Delivery::Spooled(uploader)
+        };
         Ok(Pipeline {
             redactor: Redactor::new(matcher),
             spool,
-            uploader,
+            delivery,
             chunk: Vec::with_capacity(opts.chunk_max.min(CHUNK_MAX) + READ_SIZE),
             chunk_started: None,
             next_seq,
             started: Instant::now(),
             bytes: 0,
             warnings,
-            at_line_start: true,
+            last_sealed: None,
             opts,
         })
     }
@@ -215,13 +289,31 @@ impl Pipeline {
 
     /// Writes a launcher line into the log (masked like job output).
     pub fn line(&mut self, text: &str) -> Result<(), String> {
-        let mut bytes = Vec::with_capacity(text.len() + 1);
-        if !self.at_line_start {
+        // The job's output so far is final: the line interrupts it.
+        self.flush_redactor(Instant::now());
+        let at_line_start = self
+            .chunk
+            .last()
+            .or(self.last_sealed.as_ref())
+            .is_none_or(|&b| b == b'\n');
+        let mut bytes = Vec::with_capacity(text.len() + 2);
+        if !at_line_start {
             bytes.push(b'\n');
         }
         bytes.extend_from_slice(text.as_bytes());
         bytes.push(b'\n');
-        self.input(&bytes, Instant::now())
+        self.input(&bytes, Instant::now())?;
+        self.flush_redactor(Instant::now());
+        Ok(())
+    }
+
+    /// Appends what the redactor holds back (end of a stream) to the chunk.
+    fn flush_redactor(&mut self, now: Instant) {
+        let before = self.chunk.len();
+        self.redactor.flush(&mut self.chunk);
+        if self.chunk.len() > before {
+            self.chunk_started.get_or_insert(now);
+        }
     }
 
     /// With `SPACELIFT_DEBUG=true`: writes the exact command of a step, masked,
@@ -237,9 +329,6 @@ impl Pipeline {
 
     /// Masks and chunks `data`.
     fn input(&mut self, data: &[u8], now: Instant) -> Result<(), String> {
-        if let Some(&last) = data.last() {
-            self.at_line_start = last == b'\n';
-        }
         // Feed in pieces so the chunk never grows past chunk_max + READ_SIZE.
         for piece in data.chunks(READ_SIZE) {
             let before = self.chunk.len();
@@ -275,10 +364,39 @@ impl Pipeline {
     }
 
     fn seal_bytes(&mut self, body: &[u8]) -> Result<(), String> {
-        let chunk: Chunk = self.spool.write(self.next_seq, body)?;
+        let seq = self.next_seq;
+        match &mut self.delivery {
+            Delivery::Spooled(uploader) => {
+                let chunk: Chunk = self.spool.write(seq, body)?;
+                uploader.send(chunk);
+            }
+            Delivery::Direct {
+                sink,
+                on_delivered,
+                done,
+                rng,
+            } => {
+                let chunk = Chunk {
+                    run_id: self.opts.run_id.clone(),
+                    seq,
+                    len: body.len() as u64,
+                    // Only worth its cost when someone reads it.
+                    sha256: if on_delivered.is_some() {
+                        sha256(body)
+                    } else {
+                        [0; 32]
+                    },
+                };
+                deliver_direct(sink.as_mut(), &chunk, body, &self.opts.retry, rng)?;
+                if let Some(f) = on_delivered.as_mut() {
+                    f(&chunk);
+                }
+                done.chunks.push(chunk);
+            }
+        }
+        self.last_sealed = body.last().copied().or(self.last_sealed);
         self.next_seq += 1;
-        self.bytes += chunk.len;
-        self.uploader.send(chunk);
+        self.bytes += body.len() as u64;
         Ok(())
     }
 
@@ -296,18 +414,25 @@ impl Pipeline {
         reader: R,
         kill: &mut dyn Kill,
     ) -> Result<Ended, String> {
-        let (tx, rx) = sync_channel::<std::io::Result<Vec<u8>>>(1);
+        let (tx, rx) = sync_channel::<std::io::Result<(Vec<u8>, usize)>>(1);
+        // Read buffers go back to the reader once used: three in all (one
+        // being read into, one in the channel, one being masked).
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(3);
+        for _ in 0..3 {
+            let _ = free_tx.send(vec![0u8; READ_SIZE]);
+        }
         let reader_thread = std::thread::Builder::new()
             .name("log-pipe".into())
             .spawn(move || {
                 let mut reader = reader;
                 loop {
-                    let mut buf = vec![0u8; READ_SIZE];
+                    let Ok(mut buf) = free_rx.recv() else {
+                        return;
+                    };
                     match reader.read(&mut buf) {
                         Ok(0) => return,
                         Ok(n) => {
-                            buf.truncate(n);
-                            if tx.send(Ok(buf)).is_err() {
+                            if tx.send(Ok((buf, n))).is_err() {
                                 return;
                             }
                         }
@@ -331,9 +456,9 @@ impl Pipeline {
             let now = Instant::now();
             // Timeouts (only the first one counts).
             if timed_out.is_none() {
-                if now >= self.started + self.opts.run_timeout {
+                if now >= after(self.started, self.opts.run_timeout) {
                     timed_out = Some(Ended::RunTimeout(self.opts.run_timeout));
-                } else if now >= last_output + self.opts.logs_timeout {
+                } else if now >= after(last_output, self.opts.logs_timeout) {
                     timed_out = Some(Ended::NoOutput(self.opts.logs_timeout));
                 }
                 if timed_out.is_some() {
@@ -342,7 +467,7 @@ impl Pipeline {
                 }
             }
             if let (Some(t), None) = (terminated_at, killed_at) {
-                if now >= t + self.opts.kill_grace {
+                if now >= after(t, self.opts.kill_grace) {
                     kill.kill();
                     killed_at = Some(now);
                 }
@@ -357,7 +482,7 @@ impl Pipeline {
                 }
             }
             if let Some(t) = self.chunk_started {
-                if now >= t + self.opts.chunk_interval {
+                if now >= after(t, self.opts.chunk_interval) {
                     if let Err(e) = self.seal() {
                         failure = Some(e);
                         break;
@@ -366,21 +491,24 @@ impl Pipeline {
             }
             // Sleep until the next deadline or input.
             let mut next = if timed_out.is_none() {
-                (self.started + self.opts.run_timeout).min(last_output + self.opts.logs_timeout)
+                after(self.started, self.opts.run_timeout)
+                    .min(after(last_output, self.opts.logs_timeout))
             } else if let Some(k) = killed_at {
                 k + AFTER_KILL_WAIT
             } else {
-                terminated_at.unwrap_or(now) + self.opts.kill_grace
+                after(terminated_at.unwrap_or(now), self.opts.kill_grace)
             };
             if let Some(t) = self.chunk_started {
-                next = next.min(t + self.opts.chunk_interval);
+                next = next.min(after(t, self.opts.chunk_interval));
             }
             let wait = next.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Ok(data)) => {
+                Ok(Ok((data, n))) => {
                     let now = Instant::now();
                     last_output = now;
-                    if let Err(e) = self.input(&data, now) {
+                    let done = self.input(&data[..n], now);
+                    let _ = free_tx.try_send(data);
+                    if let Err(e) = done {
                         failure = Some(e);
                         break;
                     }
@@ -416,20 +544,9 @@ impl Pipeline {
             kill.kill();
         }
         // The masked tail of this step's output is final now.
-        let mut tail = Vec::new();
-        self.redactor.flush(&mut tail);
-        let now = Instant::now();
-        if !tail.is_empty() {
-            self.chunk_started.get_or_insert(now);
-            self.chunk.extend_from_slice(&tail);
-        }
-        if let Some(ended) = &timed_out {
-            if let Some(reason) = ended.reason() {
-                self.line(&reason)?;
-                let mut rest = Vec::new();
-                self.redactor.flush(&mut rest);
-                self.chunk.extend_from_slice(&rest);
-            }
+        self.flush_redactor(Instant::now());
+        if let Some(reason) = timed_out.as_ref().and_then(Ended::reason) {
+            self.line(&reason)?;
         }
         self.seal()?;
         Ok(timed_out.unwrap_or(Ended::Closed))
@@ -437,14 +554,22 @@ impl Pipeline {
 
     /// Seals the last chunk, waits for delivery, and reports.
     pub fn finish(mut self) -> Report {
-        let mut tail = Vec::new();
-        self.redactor.flush(&mut tail);
-        self.chunk.extend_from_slice(&tail);
+        self.flush_redactor(Instant::now());
         let mut warnings = std::mem::take(&mut self.warnings);
         if let Err(e) = self.seal() {
             warnings.push(e);
         }
-        let delivered = self.uploader.finish();
+        let delivered = match self.delivery {
+            Delivery::Spooled(uploader) => uploader.finish(),
+            Delivery::Direct {
+                mut sink, mut done, ..
+            } => {
+                if let Err(e) = sink.finish() {
+                    done.error.get_or_insert(e);
+                }
+                done
+            }
+        };
         if delivered.error.is_none() && delivered.left == 0 {
             if let Ok(s) = Arc::try_unwrap(self.spool) {
                 s.close();
@@ -456,6 +581,13 @@ impl Pipeline {
             warnings,
         }
     }
+}
+
+/// `t + d`, with `d` capped at 100 years (configured durations come from
+/// outside and must not overflow).
+fn after(t: Instant, d: Duration) -> Instant {
+    const CAP: Duration = Duration::from_secs(100 * 365 * 86_400);
+    t.checked_add(d.min(CAP)).unwrap_or(t)
 }
 
 fn shell_quote(word: &str) -> String {
@@ -516,6 +648,35 @@ mod tests {
         assert!(warnings.iter().any(|w| w.contains("MISSING")));
         assert!(warnings.iter().any(|w| w.contains("SHORT")));
         assert!(b.patterns().iter().any(|p| p == b"correct horse"));
+    }
+
+    #[test]
+    fn pool_key_and_token_are_masked() {
+        use base64::Engine as _;
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQDM0123456789ab\n-----END PRIVATE KEY-----\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pem);
+        let env: crate::config::Env = [("SPACELIFT_POOL_PRIVATE_KEY", b64.as_str())]
+            .into_iter()
+            .collect();
+        let config = Config::load(&env).config;
+        let mut b = redact::RedactorBuilder::new();
+        let lookup = |name: &str| match name {
+            "SPACELIFT_POOL_PRIVATE_KEY" => Some(b64.clone()),
+            "SPACELIFT_TOKEN" => Some("eyJ2ZXJzaW9uIjoxfQ==".to_string()),
+            _ => None,
+        };
+        mask_pool_secrets(&mut b, &config, &lookup);
+        let mut r = redact::Redactor::new(b.build());
+        let mut out = Vec::new();
+        let text = format!(
+            "a {b64} b {pem} c BKcwggSjAgEAAoIBAQDM0123456789ab d eyJ2ZXJzaW9uIjoxfQ== e\n"
+        );
+        r.write(text.as_bytes(), &mut out);
+        r.flush(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a *** b *** c *** d *** e\n"
+        );
     }
 
     #[test]

@@ -13,20 +13,30 @@
 //! result is the same as a whole-text replacement (`reference_mask`), whatever
 //! the write split.
 //!
-//! The algorithm (one pass, no automaton): every pattern is at least
-//! [`MIN_SECRET_LEN`] = 4 bytes long, so each occurrence starts with a 4-byte
-//! "gram" that is the first 4 bytes of some pattern. The scan reads 8 bytes at a
-//! time, tests four grams against a small bit set (one multiply and one bit
-//! test each, a table sized to the pattern count so it stays in cache), and
-//! only on a hit verifies the patterns that start with that gram. Throughput is
-//! therefore nearly independent of the number of secrets. Across writes the
-//! redactor keeps back exactly the longest suffix of the input that is a proper
-//! prefix of some pattern (a partial match still alive), at most the longest
-//! pattern minus one byte; everything before it is final and is emitted.
-//! Buildkite's redactor keeps back the same way; an Aho-Corasick automaton was
-//! the alternative, but its per-byte state walk slows with the pattern count,
-//! which the bench target (1,000 secrets no more than 2x slower than 1) rules
-//! out.
+//! The algorithm (one pass, no automaton): with grams of `k` bytes (8 when
+//! every pattern is at least 11 bytes long, else 4) every pattern is at least
+//! `stride + k - 1` bytes long (`stride` = shortest pattern - k + 1, at most
+//! 16), so every occurrence covers a gram starting at a multiple of `stride`
+//! in the scanned buffer. The scan tests only those grams, four per round,
+//! against a blocked Bloom filter (two multiplies, one word load and a mask
+//! test each; it holds each pattern's grams at offsets `0..stride`, sized to
+//! the pattern count so it stays in cache), and only on a hit looks the gram
+//! up and compares the candidate patterns. Throughput is therefore nearly
+//! independent of the number of secrets. Across writes the redactor keeps
+//! back exactly the longest suffix of the input that is a proper prefix of
+//! some pattern (a partial match still alive; found by testing only the last
+//! `longest pattern - 1` positions), everything before it is final and is
+//! emitted. Large writes are scanned in place; only the seam with the held
+//! bytes is copied. Buildkite's redactor holds back the same way; an
+//! Aho-Corasick automaton was the alternative, but its per-byte state walk
+//! slows with the pattern count, which the bench target (1,000 secrets no more
+//! than 2x slower than 1) rules out. The cost of this choice: on adversarial
+//! output (a highly repetitive secret, such as `aaaa…`, inside a long run of
+//! the same byte) every tested gram has candidates to compare, which is slower
+//! (still linear in the output for a fixed secret set).
+//!
+//! Long secret forms (over [`LONG_SECRET`] bytes: PEM keys, certificates) are
+//! masked as overlapping 128-byte pieces, which bounds the hold-back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +46,11 @@ pub const MASK: &[u8] = b"***";
 
 /// Values shorter than this are not masked: they would shred the log.
 pub const MIN_SECRET_LEN: usize = 4;
+
+/// Secret forms longer than this are masked as overlapping pieces of
+/// 128 bytes (see [`RedactorBuilder::secret`]).
+pub const LONG_SECRET: usize = 256;
+const PIECE: usize = 128;
 
 /// Collects secrets and their encoded forms.
 #[derive(Debug, Default, Clone)]
@@ -54,7 +69,9 @@ impl RedactorBuilder {
     /// its common encoded forms: JSON-string-escaped, URL-encoded, base64 at
     /// all three alignments (standard and URL-safe alphabets), and for
     /// multi-line values each line break as `\n` or as `\r\n`. A value shorter
-    /// than 4 bytes is not masked; one warning per `name` says so.
+    /// than 4 bytes is not masked; one warning per `name` says so. Forms
+    /// longer than [`LONG_SECRET`] are masked as overlapping 128-byte pieces
+    /// (so a partial print of 128 bytes or more is masked too).
     pub fn secret(&mut self, name: &str, value: &[u8]) -> &mut Self {
         if value.is_empty() {
             return self;
@@ -67,7 +84,22 @@ impl RedactorBuilder {
             }
             return self;
         }
-        self.patterns.extend(variants(value));
+        for v in variants(value) {
+            if v.len() <= LONG_SECRET {
+                self.patterns.push(v);
+                continue;
+            }
+            // A long secret (a PEM key, a certificate) is masked as
+            // overlapping pieces: any print of it contains them all, so the
+            // whole of it is masked, and the redactor holds back at most a
+            // piece, not kilobytes.
+            let mut start = 0;
+            while start + PIECE < v.len() {
+                self.patterns.push(v[start..start + PIECE].to_vec());
+                start += PIECE / 2;
+            }
+            self.patterns.push(v[v.len() - PIECE..].to_vec());
+        }
         self
     }
 
@@ -224,17 +256,23 @@ pub fn reference_mask(text: &[u8], patterns: &[Vec<u8>]) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Matcher {
     patterns: Vec<Box<[u8]>>,
-    /// Bit set over hashed 4-byte grams: each pattern's grams at offsets
-    /// `0..stride`.
+    /// A blocked Bloom filter over each pattern's grams at offsets
+    /// `0..stride`: one hash picks a 64-bit word, another two bits in it, so a
+    /// test is one memory access.
     bloom: Vec<u64>,
-    /// A second bit set with another hash, tested only after `bloom` hits.
-    bloom2: Vec<u64>,
+    /// Shift that turns the first hash into a word index.
     shift: u32,
+    /// The same over each pattern's first 4 bytes (partial matches).
+    start_bloom: Vec<u64>,
+    start_shift: u32,
+    /// Gram length: 8 bytes when every pattern is at least 11 long, else 4.
+    gram_len: usize,
     /// The scan tests one gram every `stride` bytes: every pattern is at
-    /// least `stride + 3` bytes long, so each occurrence holds one tested gram.
+    /// least `stride + gram_len - 1` bytes long, so each occurrence holds one
+    /// tested gram.
     stride: usize,
     /// Gram -> (pattern, offset of the gram in the pattern).
-    grams: HashMap<u32, Box<[(u32, u32)]>, GramHash>,
+    grams: HashMap<u64, Box<[(u32, u32)]>, GramHash>,
     /// First 4 bytes -> patterns starting with them (partial matches).
     starts: HashMap<u32, Box<[u32]>, GramHash>,
     /// Prefixes of 1, 2 and 3 bytes, for partial matches at the very end.
@@ -244,13 +282,42 @@ pub struct Matcher {
     max_len: usize,
 }
 
-const GRAM_MUL: u32 = 0x9E37_79B1;
-/// A second hash for the same bit set: tested only after the first hits.
-const GRAM_MUL2: u32 = 0x85EB_CA77;
+const GRAM_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+/// The second hash: which two bits of the word.
+const GRAM_MUL2: u64 = 0xC2B2_AE3D_27D4_EB4F;
 const MAX_STRIDE: usize = 16;
 
-fn gram_at(p: &[u8], o: usize) -> u32 {
+/// The Bloom filter word and bits of gram `g`.
+#[inline(always)]
+fn gram_bits(g: u64, shift: u32) -> (usize, u64) {
+    let word = (g.wrapping_mul(GRAM_MUL) >> shift) as usize;
+    let h = g.wrapping_mul(GRAM_MUL2);
+    (word, (1u64 << (h >> 58)) | (1u64 << ((h >> 52) & 63)))
+}
+
+/// The `K`-byte gram (4 or 8) at `p[o..]`, as a number.
+#[inline(always)]
+fn gram<const K: usize>(p: &[u8], o: usize) -> u64 {
+    if K == 8 {
+        match <[u8; 8]>::try_from(&p[o..o + 8]) {
+            Ok(a) => u64::from_le_bytes(a),
+            Err(_) => 0,
+        }
+    } else {
+        u64::from(u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]))
+    }
+}
+
+fn gram4(p: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]])
+}
+
+/// A blocked Bloom filter (one word per test) of `entries` items.
+fn bloom_for(entries: usize) -> (Vec<u64>, u32) {
+    // About 64 bits per item: few false hits, small enough for cache.
+    let want = (entries.max(1) * 64).next_power_of_two();
+    let bits = want.trailing_zeros().clamp(9, 21);
+    (vec![0u64; 1usize << (bits - 6)], 64 - (bits - 6))
 }
 
 impl Matcher {
@@ -266,15 +333,13 @@ impl Matcher {
             .map(|p| p.len())
             .min()
             .unwrap_or(MIN_SECRET_LEN);
-        let stride = (min_len - 3).clamp(1, MAX_STRIDE);
-        // About 64 bits per gram in each of two bit sets: few false hits,
-        // small enough for cache.
-        let want = (patterns.len().max(1) * stride * 64).next_power_of_two();
-        let bits = want.trailing_zeros().clamp(9, 21);
-        let mut bloom = vec![0u64; 1usize << (bits - 6)];
-        let mut bloom2 = bloom.clone();
-        let shift = 32 - bits;
-        let mut grams: HashMap<u32, Vec<(u32, u32)>, GramHash> = HashMap::default();
+        // 8-byte grams when every pattern allows a stride of 4 with them:
+        // chance equality of a text gram with a pattern gram all but vanishes.
+        let gram_len = if min_len >= 11 { 8 } else { 4 };
+        let stride = (min_len + 1 - gram_len).clamp(1, MAX_STRIDE);
+        let (mut bloom, shift) = bloom_for(patterns.len() * stride);
+        let (mut start_bloom, start_shift) = bloom_for(patterns.len());
+        let mut grams: HashMap<u64, Vec<(u32, u32)>, GramHash> = HashMap::default();
         let mut starts: HashMap<u32, Vec<u32>, GramHash> = HashMap::default();
         let mut prefix1 = [0u64; 4];
         let mut prefix2 = vec![0u64; 1024];
@@ -283,14 +348,19 @@ impl Matcher {
         for (id, p) in patterns.iter().enumerate() {
             let id = id as u32;
             for o in 0..stride {
-                let g = gram_at(p, o);
-                let h = (g.wrapping_mul(GRAM_MUL) >> shift) as usize;
-                bloom[h >> 6] |= 1 << (h & 63);
-                let h = (g.wrapping_mul(GRAM_MUL2) >> shift) as usize;
-                bloom2[h >> 6] |= 1 << (h & 63);
+                let g = if gram_len == 8 {
+                    gram::<8>(p, o)
+                } else {
+                    gram::<4>(p, o)
+                };
+                let (word, mask) = gram_bits(g, shift);
+                bloom[word] |= mask;
                 grams.entry(g).or_default().push((id, o as u32));
             }
-            starts.entry(gram_at(p, 0)).or_default().push(id);
+            let first = gram4(p, 0);
+            let (word, mask) = gram_bits(u64::from(first), start_shift);
+            start_bloom[word] |= mask;
+            starts.entry(first).or_default().push(id);
             prefix1[usize::from(p[0] >> 6)] |= 1 << (p[0] & 63);
             let two = usize::from(u16::from_le_bytes([p[0], p[1]]));
             prefix2[two >> 6] |= 1 << (two & 63);
@@ -300,8 +370,10 @@ impl Matcher {
         Matcher {
             patterns,
             bloom,
-            bloom2,
             shift,
+            start_bloom,
+            start_shift,
+            gram_len,
             stride,
             grams: grams
                 .into_iter()
@@ -333,18 +405,15 @@ impl Matcher {
     }
 
     #[inline(always)]
-    fn gram_hit(&self, g: u32) -> bool {
-        let h = (g.wrapping_mul(GRAM_MUL) >> self.shift) as usize;
-        let h2 = (g.wrapping_mul(GRAM_MUL2) >> self.shift) as usize;
-        let a = self.bloom.get(h >> 6).map_or(0, |w| w >> (h & 63));
-        let b = self.bloom2.get(h2 >> 6).map_or(0, |w| w >> (h2 & 63));
-        a & b & 1 != 0
+    fn gram_hit(&self, g: u64) -> bool {
+        let (word, mask) = gram_bits(g, self.shift);
+        self.bloom.get(word).is_some_and(|w| w & mask == mask)
     }
 
     /// Verifies the patterns holding gram `g` at `buf[j..]`; full matches go
     /// to `spans`.
     #[inline(never)]
-    fn verify(&self, buf: &[u8], j: usize, g: u32, spans: &mut Vec<(usize, usize)>) {
+    fn verify(&self, buf: &[u8], j: usize, g: u64, spans: &mut Vec<(usize, usize)>) {
         let Some(cands) = self.grams.get(&g) else {
             return;
         };
@@ -373,8 +442,9 @@ impl Matcher {
                 .prefix3
                 .contains(&u32::from_le_bytes([rest[0], rest[1], rest[2], 0])),
             _ => {
-                let g = gram_at(rest, 0);
-                if !self.gram_hit(g) {
+                let g = gram4(rest, 0);
+                let (word, mask) = gram_bits(u64::from(g), self.start_shift);
+                if self.start_bloom.get(word).is_none_or(|w| w & mask != mask) {
                     return false;
                 }
                 self.starts.get(&g).is_some_and(|ids| {
@@ -391,16 +461,31 @@ impl Matcher {
     /// returns where the longest live partial match starts (`buf.len()` when
     /// none, or when `at_end`).
     fn scan(&self, buf: &[u8], at_end: bool, spans: &mut Vec<(usize, usize)>) -> usize {
+        if self.gram_len == 8 {
+            self.scan_grams::<8>(buf, spans);
+        } else {
+            self.scan_grams::<4>(buf, spans);
+        }
+        let n = buf.len();
+        if at_end {
+            return n;
+        }
+        let from = n.saturating_sub(self.max_len.saturating_sub(1));
+        (from..n).find(|&t| self.live_partial(buf, t)).unwrap_or(n)
+    }
+
+    #[inline(always)]
+    fn scan_grams<const K: usize>(&self, buf: &[u8], spans: &mut Vec<(usize, usize)>) {
         let n = buf.len();
         let stride = self.stride;
         let mut j = 0;
         // Four tested grams per round, independent, for instruction-level
         // parallelism.
-        while j + 3 * stride + 4 <= n {
-            let g0 = gram_at(buf, j);
-            let g1 = gram_at(buf, j + stride);
-            let g2 = gram_at(buf, j + 2 * stride);
-            let g3 = gram_at(buf, j + 3 * stride);
+        while j + 3 * stride + K <= n {
+            let g0 = gram::<K>(buf, j);
+            let g1 = gram::<K>(buf, j + stride);
+            let g2 = gram::<K>(buf, j + 2 * stride);
+            let g3 = gram::<K>(buf, j + 3 * stride);
             let (h0, h1, h2, h3) = (
                 self.gram_hit(g0),
                 self.gram_hit(g1),
@@ -419,18 +504,13 @@ impl Matcher {
             }
             j += 4 * stride;
         }
-        while j + 4 <= n {
-            let g = gram_at(buf, j);
+        while j + K <= n {
+            let g = gram::<K>(buf, j);
             if self.gram_hit(g) {
                 self.verify(buf, j, g, spans);
             }
             j += stride;
         }
-        if at_end {
-            return n;
-        }
-        let from = n.saturating_sub(self.max_len.saturating_sub(1));
-        (from..n).find(|&t| self.live_partial(buf, t)).unwrap_or(n)
     }
 }
 
@@ -475,6 +555,10 @@ impl std::hash::Hasher for GramHasher {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 ^= self.0 >> 29;
     }
     fn write_u32(&mut self, v: u32) {
         self.0 = (u64::from(v) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -729,6 +813,35 @@ mod tests {
                 String::from_utf8_lossy(&out)
             );
         }
+    }
+
+    #[test]
+    fn long_secrets_are_masked_whole_with_a_short_hold_back() {
+        let secret: Vec<u8> = (0..3000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+        let mut b = RedactorBuilder::new();
+        b.secret("CERT", &secret);
+        let m = b.build();
+        assert!(m.max_len() <= PIECE);
+        let mut text = b"before ".to_vec();
+        text.extend_from_slice(&secret);
+        text.extend_from_slice(b" after ");
+        text.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(&secret)
+                .as_bytes(),
+        );
+        text.extend_from_slice(b" end");
+        let mut r = Redactor::new(m);
+        let mut out = Vec::new();
+        for piece in text.chunks(100) {
+            r.write(piece, &mut out);
+            assert!(r.held() < PIECE);
+        }
+        r.flush(&mut out);
+        // base64 at offset 0 leaves at most the last, partial group visible.
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("before *** after ***"), "{s}");
+        assert!(s.ends_with(" end") && s.len() < 40, "{s}");
     }
 
     #[test]

@@ -23,12 +23,15 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
 
-/// One chunk of masked output, as stored in the spool.
+/// One chunk of masked output: its run, sequence number (from 0, no gaps),
+/// length and SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     pub run_id: String,
     pub seq: u64,
     pub len: u64,
+    /// Always set for spooled chunks; for a direct sink (file, stdout) only
+    /// when an `on_delivered` callback reads it, else zeros.
     pub sha256: [u8; 32],
 }
 

@@ -67,7 +67,7 @@ fn next_random(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -118,6 +118,37 @@ pub fn deliver(
         retry.attempts,
         spool.dir().display()
     ))
+}
+
+/// Delivers one chunk from memory to a direct sink, with retries.
+pub fn deliver_direct(
+    sink: &mut dyn Sink,
+    chunk: &Chunk,
+    bytes: &[u8],
+    retry: &Retry,
+    rng: &mut u64,
+) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 1..=retry.attempts.max(1) {
+        if attempt > 1 {
+            std::thread::sleep(retry.backoff(attempt - 1, rng));
+        }
+        match sink.deliver_bytes(chunk, bytes) {
+            Ok(()) => return Ok(()),
+            Err(DeliverError {
+                retryable: true,
+                message,
+            }) => {
+                tracing::warn!(run = %chunk.run_id, seq = chunk.seq, attempt, "{message}; retrying");
+                last = message;
+            }
+            Err(DeliverError {
+                retryable: false,
+                message,
+            }) => return Err(message),
+        }
+    }
+    Err(format!("{last} (gave up after {} tries)", retry.attempts))
 }
 
 /// What delivery did.

@@ -38,6 +38,15 @@ pub struct HttpServer {
 impl HttpServer {
     /// Starts the server; the first `fail_first` requests fail.
     pub fn start(fail_first: usize) -> HttpServer {
+        Self::start_with(fail_first, None)
+    }
+
+    /// The same server speaking HTTPS with `tls` (a rustls server config).
+    pub fn start_tls(fail_first: usize, tls: Arc<rustls::ServerConfig>) -> HttpServer {
+        Self::start_with(fail_first, Some(tls))
+    }
+
+    fn start_with(fail_first: usize, tls: Option<Arc<rustls::ServerConfig>>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
@@ -50,8 +59,19 @@ impl HttpServer {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (st, rq) = (st.clone(), rq.clone());
-                std::thread::spawn(move || serve(conn, st, rq, fail_first));
+                let (st, rq, tls) = (st.clone(), rq.clone(), tls.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    match tls {
+                        None => serve(conn, st, rq, fail_first),
+                        Some(cfg) => {
+                            let Ok(server) = rustls::ServerConnection::new(cfg) else {
+                                return;
+                            };
+                            serve(rustls::StreamOwned::new(server, conn), st, rq, fail_first)
+                        }
+                    }
+                });
             }
         });
         HttpServer {
@@ -64,6 +84,11 @@ impl HttpServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The HTTPS URL, with the name the test certificate is for.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.addr.port(), path)
     }
 
     /// Successful PUTs, in the order they completed.
@@ -88,12 +113,17 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve(conn: TcpStream, state: Arc<Mutex<State>>, requests: Arc<AtomicUsize>, fail_first: usize) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(write_half) = conn.try_clone() else {
-        return;
-    };
-    let mut out = write_half;
+/// Writes a whole answer; false when the connection is gone.
+fn respond<S: Write>(conn: &mut S, answer: &[u8]) -> bool {
+    conn.write_all(answer).is_ok() && conn.flush().is_ok()
+}
+
+fn serve<S: Read + Write>(
+    conn: S,
+    state: Arc<Mutex<State>>,
+    requests: Arc<AtomicUsize>,
+    fail_first: usize,
+) {
     let mut reader = BufReader::new(conn);
     loop {
         // Request line and headers.
@@ -130,7 +160,8 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>, requests: Arc<AtomicUsize>, 
         let n = requests.fetch_add(1, Ordering::SeqCst);
         if chunked {
             state.lock().unwrap().chunked += 1;
-            let _ = out.write_all(
+            respond(
+                reader.get_mut(),
                 b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             );
             return;
@@ -148,13 +179,11 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>, requests: Arc<AtomicUsize>, 
         }
         if n < fail_first {
             if n % 3 == 0 {
-                let msg = b"try again";
-                let _ = write!(
-                    out,
-                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\n\r\n",
-                    msg.len()
-                );
-                let _ = out.write_all(msg);
+                let answer =
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 9\r\n\r\ntry again";
+                if !respond(reader.get_mut(), answer) {
+                    return;
+                }
                 continue;
             }
             // Body stored (as object storage would), but no answer.
@@ -166,7 +195,10 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>, requests: Arc<AtomicUsize>, 
             return;
         }
         if method != "PUT" {
-            let _ = out.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+            respond(
+                reader.get_mut(),
+                b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n",
+            );
             continue;
         }
         state.lock().unwrap().stored.push(Stored {
@@ -174,10 +206,10 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>, requests: Arc<AtomicUsize>, 
             content_length,
             body,
         });
-        if out
-            .write_all(b"HTTP/1.1 200 OK\r\nETag: \"x\"\r\nContent-Length: 0\r\n\r\n")
-            .is_err()
-        {
+        if !respond(
+            reader.get_mut(),
+            b"HTTP/1.1 200 OK\r\nETag: \"x\"\r\nContent-Length: 0\r\n\r\n",
+        ) {
             return;
         }
     }
