@@ -334,9 +334,7 @@ fn masking(
     for w in crate::logs::mask_env_secrets(&mut builder, names, &lookup) {
         eprintln!("liftoff: warning: {w}");
     }
-    for (name, value) in crate::run::env::launcher_secrets(env) {
-        builder.secret(&name, value.as_bytes());
-    }
+    crate::logs::mask_pool_secrets(&mut builder, config, &|n| env.get(n).map(str::to_string));
     Ok(builder.build())
 }
 

@@ -168,10 +168,9 @@ fn secrets_for_the_redactor() {
     assert!(values.contains(&"hunter22"), "secret run variable");
     assert!(values.contains(&"eu-west-1"), "SPACELIFT_MASK_ENVS value");
     assert!(
-        values.contains(&"dG9rZW4tdmFsdWU="),
-        "the token as configured"
+        !values.contains(&"dG9rZW4tdmFsdWU="),
+        "the token is added by logs::mask_pool_secrets, not here"
     );
-    assert!(values.contains(&"token-value"), "the token decoded");
 }
 
 #[test]

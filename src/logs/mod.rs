@@ -133,6 +133,12 @@ pub fn mask_pool_secrets(
 ) {
     if let Some(token) = env("SPACELIFT_TOKEN") {
         builder.secret("SPACELIFT_TOKEN", token.trim().as_bytes());
+        // The decoded document too: a job that finds the token and prints
+        // it decoded is masked as well.
+        let compact: String = token.chars().filter(|c| !c.is_whitespace()).collect();
+        if let Ok(json) = crate::config::token::decode_base64(&compact) {
+            builder.secret("SPACELIFT_TOKEN", &json);
+        }
     }
     if let Some(raw) = env("SPACELIFT_POOL_PRIVATE_KEY") {
         builder.secret("SPACELIFT_POOL_PRIVATE_KEY", raw.trim().as_bytes());

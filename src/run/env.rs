@@ -7,8 +7,9 @@
 //! it). Nothing else of the launcher's environment reaches a run.
 //! Mounts = `SPACELIFT_WORKER_EXTRA_MOUNTS` + the read-only or write variant
 //! for the run's type + the run's provider-cache layer at the cache's path.
-//! Secrets (for the log redactor) = secret run variables, the values of
-//! `SPACELIFT_MASK_ENVS`, the pool token and the private key.
+//! Secrets (for the log redactor) = secret run variables and the values of
+//! `SPACELIFT_MASK_ENVS`; the pool token and key are added by
+//! `logs::mask_pool_secrets`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -107,33 +108,10 @@ pub fn build(spec: &RunSpec, config: &Config, launcher: &Env, provider_layer: &P
             secrets.push((name.clone(), v.to_string()));
         }
     }
-    secrets.extend(launcher_secrets(launcher));
     Launch {
         env,
         mounts,
         secrets,
         missing_whitelist,
     }
-}
-
-/// The pool token and private key as the launcher holds them (base64, and the
-/// key's PEM text), so a job that finds them anyway cannot print them.
-pub fn launcher_secrets(launcher: &Env) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for name in ["SPACELIFT_TOKEN", "SPACELIFT_POOL_PRIVATE_KEY"] {
-        if let Some(v) = launcher.get(name).map(str::trim).filter(|v| !v.is_empty()) {
-            out.push((name.to_string(), v.to_string()));
-            if let Ok(decoded) = crate::config::token::decode_base64(v) {
-                if let Ok(text) = String::from_utf8(decoded) {
-                    out.push((name.to_string(), text));
-                }
-            }
-        }
-    }
-    if let Some(path) = launcher.get("LIFTOFF_POOL_PRIVATE_KEY_FILE") {
-        if let Ok(pem) = std::fs::read_to_string(path) {
-            out.push(("LIFTOFF_POOL_PRIVATE_KEY_FILE".into(), pem));
-        }
-    }
-    out
 }
