@@ -9,6 +9,9 @@
 //! turns `SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD` into "stop / resume taking
 //! runs".
 //!
+//! Runs subscribe with [`subscribe`]; the launcher's sampler calls
+//! [`publish`] with each warning, and every running run's log gets the line.
+//!
 //! Parsing is pure (strings in, numbers out) so it is tested on recorded
 //! /proc files in tests/fixtures/proc.
 
@@ -499,4 +502,30 @@ impl DiskGate {
             _ => None,
         }
     }
+}
+
+/// Runs currently listening for host warnings.
+static SUBSCRIBERS: std::sync::Mutex<Vec<std::sync::Weak<crate::logs::Notes>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// An inbox that receives every host warning published while it is alive;
+/// attach it to a run's log pipeline (`Pipeline::attach_notes`).
+pub fn subscribe() -> std::sync::Arc<crate::logs::Notes> {
+    let notes = std::sync::Arc::new(crate::logs::Notes::default());
+    let mut subs = SUBSCRIBERS.lock().unwrap_or_else(|p| p.into_inner());
+    subs.retain(|w| w.strong_count() > 0);
+    subs.push(std::sync::Arc::downgrade(&notes));
+    notes
+}
+
+/// Sends a warning line to every live subscriber (every running run's log).
+pub fn publish(line: &str) {
+    let mut subs = SUBSCRIBERS.lock().unwrap_or_else(|p| p.into_inner());
+    subs.retain(|w| match w.upgrade() {
+        Some(n) => {
+            n.push(line.to_string());
+            true
+        }
+        None => false,
+    });
 }

@@ -432,6 +432,7 @@ impl<E: RunExecutor> Worker<E> {
         let now = self.started.elapsed().as_secs();
         for w in self.hostwatch.observe(now, &sample) {
             tracing::warn!("{}", w.line);
+            crate::hostwatch::publish(&w.line);
         }
         if let Some((_, path, used)) = sample.disks.first() {
             match self.disk_gate.observe(path, *used) {

@@ -54,6 +54,23 @@ use upload::{Delivered, OnDelivered, Retry, Uploader, deliver_direct};
 pub const CHUNK_MAX: usize = 1 << 20;
 /// A chunk is sealed at most this long after its first byte arrived.
 pub const CHUNK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an attached [`Notes`] inbox is looked at while the job is quiet.
+const NOTE_POLL: Duration = Duration::from_secs(1);
+
+/// An inbox of lines for a running pipeline (see [`Pipeline::attach_notes`]).
+#[derive(Debug, Default)]
+pub struct Notes(std::sync::Mutex<Vec<String>>);
+
+impl Notes {
+    pub fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// Size of one read from the job's pipe.
 const READ_SIZE: usize = 64 * 1024;
 /// After SIGKILL, how long to wait for the pipe to close before giving up
@@ -215,6 +232,8 @@ enum Delivery {
 
 /// One run's log pipeline.
 pub struct Pipeline {
+    /// Lines from outside the job (host health) written between reads.
+    notes: Option<Arc<Notes>>,
     opts: Options,
     redactor: Redactor,
     spool: Arc<Spool>,
@@ -274,6 +293,7 @@ impl Pipeline {
             Delivery::Spooled(uploader)
         };
         Ok(Pipeline {
+            notes: None,
             redactor: Redactor::new(matcher),
             spool,
             delivery,
@@ -331,6 +351,41 @@ impl Pipeline {
             .map(|a| shell_quote(&a.as_ref().to_string_lossy()))
             .collect();
         self.line(&format!("+ {}", words.join(" ")))
+    }
+
+    /// Lines pushed into `notes` (e.g. by the host watcher) appear in this
+    /// run's log, each on a line of its own, while the job runs.
+    pub fn attach_notes(&mut self, notes: Arc<Notes>) {
+        self.notes = Some(notes);
+    }
+
+    /// Writes pending notes after the masked output so far. The redactor's
+    /// held-back bytes stay held: a secret the job is in the middle of
+    /// printing is still masked when the rest arrives.
+    fn take_notes(&mut self, now: Instant) -> Result<(), String> {
+        let Some(notes) = &self.notes else {
+            return Ok(());
+        };
+        let pending = notes.take();
+        for text in pending {
+            let mut bytes = Vec::with_capacity(text.len() + 2);
+            if self
+                .chunk
+                .last()
+                .or(self.last_sealed.as_ref())
+                .is_some_and(|&b| b != b'\n')
+            {
+                bytes.push(b'\n');
+            }
+            bytes.extend_from_slice(text.as_bytes());
+            bytes.push(b'\n');
+            self.chunk.extend_from_slice(&bytes);
+            self.chunk_started.get_or_insert(now);
+            if self.chunk.len() >= self.opts.chunk_max {
+                self.seal()?;
+            }
+        }
+        Ok(())
     }
 
     /// Masks and chunks `data`.
@@ -507,7 +562,10 @@ impl Pipeline {
             if let Some(t) = self.chunk_started {
                 next = next.min(after(t, self.opts.chunk_interval));
             }
-            let wait = next.saturating_duration_since(Instant::now());
+            let mut wait = next.saturating_duration_since(Instant::now());
+            if self.notes.is_some() {
+                wait = wait.min(NOTE_POLL);
+            }
             match rx.recv_timeout(wait) {
                 Ok(Ok((data, n))) => {
                     let now = Instant::now();
@@ -530,6 +588,10 @@ impl Pipeline {
                     pipe_closed = true;
                     break;
                 }
+            }
+            if let Err(e) = self.take_notes(Instant::now()) {
+                failure = Some(e);
+                break;
             }
         }
         if let Some(e) = failure {
