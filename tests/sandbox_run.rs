@@ -430,3 +430,20 @@ fn runtime_none_is_explicit_and_still_clean() {
     assert!(o.status.success(), "{o:?}");
     assert!(!out.contains("LEAK"), "{out}");
 }
+
+#[test]
+fn jobs_are_first_for_the_oom_killer() {
+    require_root();
+    // The launcher may run at -900 (the systemd unit); its jobs must not.
+    let r = support::sandbox::sh(&[], "cat /proc/self/oom_score_adj");
+    assert_eq!((r.code, r.stdout.trim()), (0, "500"), "{r:#?}");
+    let r = support::sandbox::sh(
+        &["--network", "none"],
+        "sh -c 'cat /proc/self/oom_score_adj'",
+    );
+    assert_eq!(
+        r.stdout.trim(),
+        "500",
+        "inherited by the job's children: {r:#?}"
+    );
+}

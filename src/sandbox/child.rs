@@ -270,6 +270,12 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
 }
 
 /// Runtimes landlock and none: the clone child is the job. Never returns.
+/// The OOM score every job runs with: the job is the first thing the OOM
+/// killer takes, never the launcher (which runs at -900 under systemd).
+/// `spawn` sets it on the child before the go, so everything it forks
+/// inherits it.
+pub const JOB_OOM_SCORE_ADJ: &str = "500";
+
 pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
     wait_for_go(plan);
     let e = plan.err_fd;

@@ -522,6 +522,12 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
             }
         }
     }
+    // Best effort: raising a score needs no privilege beyond owning the
+    // process; a host without the file keeps the default.
+    let _ = std::fs::write(
+        format!("/proc/{pid}/oom_score_adj"),
+        child::JOB_OOM_SCORE_ADJ,
+    );
     let mut sync_w = File::from(sync_w);
     {
         use std::io::Write;
