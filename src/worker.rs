@@ -61,6 +61,15 @@ pub struct RunEvents {
 }
 
 impl RunEvents {
+    /// Events of `run_id` into `tx` (the worker makes these; tests and
+    /// `liftoff exec --spec` make their own).
+    pub fn new(run_id: &str, tx: smol::channel::Sender<(String, RunEvent)>) -> RunEvents {
+        RunEvents {
+            run_id: run_id.to_string(),
+            tx,
+        }
+    }
+
     pub fn run_id(&self) -> &str {
         &self.run_id
     }

@@ -1,0 +1,484 @@
+//! Runs end to end through the real executor: an encrypted assignment, the
+//! initialization policy, a source tar.gz served by a real HTTP server, steps
+//! in the real sandbox, masked logs and outputs uploaded, exactly one
+//! terminal event; rejections (policy, tampered or foreign envelopes, VCS
+//! mappings) and the provider cache across runs. Needs root (CI runs as
+//! root): the sandbox maps the job to an unprivileged host id.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use liftoff::config::{Config, Env};
+use liftoff::identity::{self, Identity, PoolKey};
+use liftoff::link::protocol::{Assignment, RunType};
+use liftoff::run::executor::SandboxExecutor;
+use liftoff::worker::{RunEvent, RunExecutor};
+use serde_json::json;
+use support::pki::Pool;
+use support::runs::{FileServer, events, open_tempdir, tar_gz, until_end};
+
+const SECRET: &str = "hunter2-very-secret-value";
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct World {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    pool: Pool,
+    server: FileServer,
+}
+
+impl World {
+    fn new() -> World {
+        support::sandbox::require_root();
+        let dir = open_tempdir();
+        let pool = Pool::new(
+            &dir.path().join("pki"),
+            2048,
+            &[("eu-west-1", "mqtts://127.0.0.1:1")],
+        );
+        let server = FileServer::start();
+        let path = dir.path().to_path_buf();
+        World {
+            _dir: dir,
+            dir: path,
+            pool,
+            server,
+        }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Env {
+        let mut pairs: Vec<(String, String)> = vec![
+            ("SPACELIFT_TOKEN".into(), self.pool.token.clone()),
+            ("SPACELIFT_POOL_PRIVATE_KEY".into(), self.pool.key_base64()),
+            (
+                "LIFTOFF_STATE_DIR".into(),
+                self.dir.join("state").display().to_string(),
+            ),
+            (
+                "LIFTOFF_PROVIDER_CACHE_DIR".into(),
+                self.dir.join("providers").display().to_string(),
+            ),
+            ("LIFTOFF_JOB_MEMORY".into(), "512MiB".into()),
+        ];
+        for (k, v) in extra {
+            pairs.retain(|(n, _)| n != k);
+            pairs.push((k.to_string(), v.to_string()));
+        }
+        pairs.into_iter().collect()
+    }
+
+    fn config(&self, env: &Env) -> Config {
+        match Config::load(env).into_result() {
+            Ok(c) => c,
+            Err(e) => panic!("config: {e:?}"),
+        }
+    }
+
+    fn identity(&self, config: &Config) -> Identity {
+        let key = config.private_key.as_ref().unwrap();
+        let k = PoolKey::from_pem(&key.pem.0).unwrap();
+        Identity::new(
+            config.token.as_ref().unwrap(),
+            k,
+            key.var(),
+            identity::now(),
+        )
+        .unwrap()
+        .0
+    }
+
+    fn executor(&self, extra: &[(&str, &str)]) -> (SandboxExecutor, Vec<u8>) {
+        let env = self.env(extra);
+        let config = self.config(&env);
+        let id = self.identity(&config);
+        let spki = id.cert.spki_der.clone();
+        let ex = SandboxExecutor::new(config, env, Some(Arc::new(id))).unwrap();
+        (ex, spki)
+    }
+
+    fn source(&self, path: &str) -> String {
+        self.server.serve_file(
+            path,
+            tar_gz(&[
+                ("hello.txt", 0o644, b"hello from the source archive\n"),
+                (
+                    "bin/run.sh",
+                    0o755,
+                    b"#!/bin/sh\necho script ran in $(pwd)\n",
+                ),
+            ]),
+        );
+        self.server.url(path)
+    }
+
+    /// The masked log of `run`: every uploaded chunk, in order.
+    fn log(&self, run: &str) -> String {
+        let mut chunks = self.server.puts(&format!("/logs/{run}/"));
+        chunks.sort_by(|a, b| a.0.cmp(&b.0));
+        chunks
+            .into_iter()
+            .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+}
+
+fn spec(run: &str, world: &World, steps: serde_json::Value) -> serde_json::Value {
+    let logs: Vec<String> = (0..32)
+        .map(|i| world.server.url(&format!("/logs/{run}/{i:04}?X-Sig=abc")))
+        .collect();
+    json!({
+        "run_id": run,
+        "run_type": "proposed",
+        "stack": {"id": "stack-1", "slug": "stack-1", "name": "Stack"},
+        "commit": {"hash": "abc123", "branch": "main", "author": "ann", "message": "m", "created_at": 1},
+        "environment": [
+            {"name": "PLAIN", "value": "visible-value"},
+            {"name": "TOP_SECRET", "value": SECRET, "secret": true}
+        ],
+        "steps": steps,
+        "source": {"url": world.source(&format!("/src/{run}.tar.gz"))},
+        "uploads": {
+            "logs": logs,
+            "outputs": world.server.url(&format!("/outputs/{run}?X-Sig=abc")),
+            "artifacts": [{"path": "plan.bin", "url": world.server.url(&format!("/artifacts/{run}/plan.bin"))}]
+        },
+        "timeouts": {"run": "5m"}
+    })
+}
+
+fn assign(run: &str, spki: &[u8], spec: &serde_json::Value) -> Assignment {
+    let env = identity::seal_run_state(spki, run, spec.to_string().as_bytes()).unwrap();
+    Assignment {
+        run_id: run.into(),
+        run_type: RunType::Read,
+        state: serde_json::to_value(env).unwrap(),
+    }
+}
+
+fn run(ex: &mut SandboxExecutor, a: Assignment) -> Vec<RunEvent> {
+    let (ev, rx) = events(&a.run_id);
+    ex.start(a, ev).unwrap();
+    until_end(&rx, LIMIT)
+}
+
+fn terminal(events: &[RunEvent]) -> &RunEvent {
+    let ends: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, RunEvent::Finished { .. } | RunEvent::Failed { .. }))
+        .collect();
+    assert_eq!(ends.len(), 1, "{events:?}");
+    ends[0]
+}
+
+fn outputs_steps() -> serde_json::Value {
+    json!([
+        {"name": "read", "shell": "cat hello.txt; ./bin/run.sh; echo \"plain=$PLAIN secret=$TOP_SECRET\"; echo to-stderr >&2; id -u"},
+        {"name": "plan", "shell": "echo plan-bytes > plan.bin"},
+        {"name": "outputs", "argv": ["/bin/sh", "-c", "printf '{\"url\":{\"sensitive\":false,\"type\":\"string\",\"value\":\"https://x\"},\"pw\":{\"sensitive\":true,\"type\":\"string\",\"value\":\"s3cr3t-output\"}}'"], "outputs": true}
+    ])
+}
+
+#[test]
+fn encrypted_run_end_to_end_masks_secrets_and_drops_sensitive_outputs() {
+    let w = World::new();
+    let policy = w.dir.join("allow.rego");
+    std::fs::write(
+        &policy,
+        "package spacelift\ndeny contains msg if { input.run.commit.branch == \"forbidden\"; msg := \"no\" }\nsample if { true }\n",
+    )
+    .unwrap();
+    let (mut ex, spki) = w.executor(&[(
+        "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
+        policy.to_str().unwrap(),
+    )]);
+    let id = "01RUNE2E0000000000000000AA";
+    let s = spec(id, &w, outputs_steps());
+    let evs = run(&mut ex, assign(id, &spki, &s));
+    assert_eq!(
+        terminal(&evs),
+        &RunEvent::Finished { exit_code: 0 },
+        "{evs:?}\n{}",
+        w.log(id)
+    );
+    assert_eq!(evs[0], RunEvent::Started, "{evs:?}");
+    assert!(
+        evs.iter().any(|e| matches!(e, RunEvent::Log { .. })),
+        "{evs:?}"
+    );
+
+    let log = w.log(id);
+    assert!(log.contains("hello from the source archive"), "{log}");
+    assert!(log.contains("script ran in /mnt/workspace/source"), "{log}");
+    assert!(log.contains("plain=visible-value"), "{log}");
+    assert!(log.contains("to-stderr"), "{log}");
+    assert!(log.contains("\n1983\n"), "the job runs as 1983: {log}");
+    assert!(!log.contains(SECRET), "a secret reached the log: {log}");
+    assert!(!log.contains("s3cr3t-output"), "outputs were logged: {log}");
+    assert!(log.contains("sensitive outputs not uploaded"), "{log}");
+    // Every uploaded chunk, taken alone, is masked too.
+    for (_, body) in w.server.puts("/logs/") {
+        assert!(!String::from_utf8_lossy(&body).contains(SECRET));
+    }
+
+    let outs = w.server.puts(&format!("/outputs/{id}"));
+    assert_eq!(outs.len(), 1);
+    let doc: serde_json::Value = serde_json::from_slice(&outs[0].1).unwrap();
+    assert_eq!(doc["url"]["value"], "https://x");
+    assert!(doc.get("pw").is_none(), "{doc}");
+
+    let arts = w.server.puts(&format!("/artifacts/{id}/plan.bin"));
+    assert_eq!(arts.len(), 1);
+    assert_eq!(arts[0].1, b"plan-bytes\n");
+    // The run directory is gone.
+    assert!(!w.dir.join("state/runs").join(id).exists());
+}
+
+#[test]
+fn sensitive_outputs_are_kept_when_enabled() {
+    let w = World::new();
+    let (mut ex, spki) = w.executor(&[("SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED", "true")]);
+    let id = "01RUNSENS00000000000000000";
+    let evs = run(&mut ex, assign(id, &spki, &spec(id, &w, outputs_steps())));
+    assert_eq!(
+        terminal(&evs),
+        &RunEvent::Finished { exit_code: 0 },
+        "{}",
+        w.log(id)
+    );
+    let outs = w.server.puts(&format!("/outputs/{id}"));
+    let doc: serde_json::Value = serde_json::from_slice(&outs[0].1).unwrap();
+    assert_eq!(doc["pw"]["value"], "s3cr3t-output");
+}
+
+#[test]
+fn the_first_failing_step_ends_the_run_with_its_exit_code() {
+    let w = World::new();
+    let (mut ex, spki) = w.executor(&[]);
+    let id = "01RUNFAIL0000000000000000A";
+    let steps = json!([
+        {"name": "ok", "argv": ["true"]},
+        {"name": "bad", "shell": "echo failing; exit 3"},
+        {"name": "never", "shell": "echo NEVER-RUNS"}
+    ]);
+    let evs = run(&mut ex, assign(id, &spki, &spec(id, &w, steps)));
+    assert_eq!(terminal(&evs), &RunEvent::Finished { exit_code: 3 });
+    let log = w.log(id);
+    assert!(log.contains("failing"), "{log}");
+    assert!(!log.contains("NEVER-RUNS"), "{log}");
+}
+
+#[test]
+fn policy_denial_goes_to_the_log_and_the_event() {
+    let w = World::new();
+    let policy = w.dir.join("deny.rego");
+    std::fs::write(
+        &policy,
+        "package spacelift\ndeny contains sprintf(\"branch %s may not run here\", [input.run.commit.branch]) if { true }\n",
+    )
+    .unwrap();
+    let (mut ex, spki) = w.executor(&[(
+        "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
+        policy.to_str().unwrap(),
+    )]);
+    let id = "01RUNDENY0000000000000000A";
+    let evs = run(
+        &mut ex,
+        assign(
+            id,
+            &spki,
+            &spec(id, &w, json!([{"name": "x", "shell": "echo STEP-RAN"}])),
+        ),
+    );
+    match terminal(&evs) {
+        RunEvent::Failed { reason } => {
+            assert!(reason.contains("rejected"), "{reason}");
+            assert!(reason.contains("branch main may not run here"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(!evs.contains(&RunEvent::Started));
+    let log = w.log(id);
+    assert!(log.contains("branch main may not run here"), "{log}");
+    assert!(!log.contains("STEP-RAN"), "{log}");
+}
+
+#[test]
+fn tampered_and_foreign_envelopes_fail_and_the_next_run_works() {
+    let w = World::new();
+    let (mut ex, spki) = w.executor(&[]);
+    let steps = json!([{"name": "x", "shell": "echo fine"}]);
+
+    // Tampered ciphertext.
+    let id = "01RUNTAMP0000000000000000A";
+    let mut a = assign(id, &spki, &spec(id, &w, steps.clone()));
+    let ct = a.state["ciphertext"].as_str().unwrap().to_string();
+    let mut bytes: Vec<char> = ct.chars().collect();
+    bytes[10] = if bytes[10] == 'A' { 'B' } else { 'A' };
+    a.state["ciphertext"] = bytes.into_iter().collect::<String>().into();
+    match terminal(&run(&mut ex, a)) {
+        RunEvent::Failed { reason } => assert!(reason.contains("tampered"), "{reason}"),
+        e => panic!("{e:?}"),
+    }
+
+    // Sealed for another run id (AAD).
+    let id2 = "01RUNOTHER000000000000000A";
+    let mut a = assign("01SOMEONEELSE", &spki, &spec(id2, &w, steps.clone()));
+    a.run_id = id2.into();
+    match terminal(&run(&mut ex, a)) {
+        RunEvent::Failed { reason } => assert!(reason.contains("another run"), "{reason}"),
+        e => panic!("{e:?}"),
+    }
+
+    // Sealed for another pool's key.
+    let other = Pool::new(&w.dir.join("other"), 2048, &[("r", "mqtts://127.0.0.1:1")]);
+    let cert = std::fs::read(&other.cert).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(&cert).unwrap();
+    let other_spki = identity::certificate_info(der.as_ref()).unwrap().spki_der;
+    let id3 = "01RUNFOREIGN00000000000000";
+    match terminal(&run(
+        &mut ex,
+        assign(id3, &other_spki, &spec(id3, &w, steps.clone())),
+    )) {
+        RunEvent::Failed { reason } => assert!(reason.contains("another pool"), "{reason}"),
+        e => panic!("{e:?}"),
+    }
+
+    // Not an envelope at all.
+    let a = Assignment {
+        run_id: "01RUNJUNK".into(),
+        run_type: RunType::Read,
+        state: json!({"command": "echo hi"}),
+    };
+    assert!(matches!(
+        terminal(&run(&mut ex, a)),
+        RunEvent::Failed { .. }
+    ));
+
+    // The launcher carries on.
+    let id4 = "01RUNAFTER000000000000000A";
+    let evs = run(&mut ex, assign(id4, &spki, &spec(id4, &w, steps)));
+    assert_eq!(terminal(&evs), &RunEvent::Finished { exit_code: 0 });
+    assert!(w.log(id4).contains("fine"));
+}
+
+#[test]
+fn private_vcs_sources_are_rewritten_through_the_mappings() {
+    let w = World::new();
+    let base = w.server.url("/vcs-agent");
+    let (mut ex, spki) = w.executor(&[
+        ("SPACELIFT_PRIVATEVCS_MAPPING_NAME_0", "gitlab-internal"),
+        (
+            "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_0",
+            base.as_str(),
+        ),
+    ]);
+    w.source("/vcs-agent/acme/infra.tar.gz");
+    let id = "01RUNVCS00000000000000000A";
+    let mut s = spec(id, &w, json!([{"name": "x", "shell": "cat hello.txt"}]));
+    s["source"]["url"] = "private://gitlab-internal/acme/infra.tar.gz".into();
+    let evs = run(&mut ex, assign(id, &spki, &s));
+    assert_eq!(
+        terminal(&evs),
+        &RunEvent::Finished { exit_code: 0 },
+        "{}",
+        w.log(id)
+    );
+    assert!(
+        w.server
+            .gets()
+            .contains(&"/vcs-agent/acme/infra.tar.gz".to_string())
+    );
+    assert!(w.log(id).contains("hello from the source archive"));
+
+    let id2 = "01RUNVCSMISSING00000000000";
+    let mut s = spec(id2, &w, json!([{"name": "x", "shell": "echo STEP-RAN"}]));
+    s["source"]["url"] = "private://github-enterprise/acme/infra.tar.gz".into();
+    match terminal(&run(&mut ex, assign(id2, &spki, &s))) {
+        RunEvent::Failed { reason } => {
+            assert!(
+                reason.contains("SPACELIFT_PRIVATEVCS_MAPPING_NAME_"),
+                "{reason}"
+            );
+            assert!(reason.contains("github-enterprise"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(w.log(id2).contains("github-enterprise"));
+    assert!(!w.log(id2).contains("STEP-RAN"));
+}
+
+#[test]
+fn a_second_run_finds_the_providers_the_first_cached() {
+    let w = World::new();
+    let (mut ex, spki) = w.executor(&[]);
+    let pkg = "registry.opentofu.org/hashicorp/null/3.2.0/linux_amd64";
+    let id = "01RUNCACHE100000000000000A";
+    let steps = json!([{"name": "init", "shell": format!(
+        "test ! -e \"$TF_PLUGIN_CACHE_DIR/{pkg}\" && mkdir -p \"$TF_PLUGIN_CACHE_DIR/{pkg}\" && echo provider > \"$TF_PLUGIN_CACHE_DIR/{pkg}/terraform-provider-null\" && echo downloaded"
+    )}]);
+    let evs = run(&mut ex, assign(id, &spki, &spec(id, &w, steps)));
+    assert_eq!(
+        terminal(&evs),
+        &RunEvent::Finished { exit_code: 0 },
+        "{}",
+        w.log(id)
+    );
+    assert!(
+        w.dir
+            .join("providers")
+            .join(pkg)
+            .join("terraform-provider-null")
+            .is_file()
+    );
+
+    let id2 = "01RUNCACHE200000000000000A";
+    let steps = json!([{"name": "init", "shell": format!(
+        "cat \"$TF_PLUGIN_CACHE_DIR/{pkg}/terraform-provider-null\" && echo cache-hit"
+    )}]);
+    let evs = run(&mut ex, assign(id2, &spki, &spec(id2, &w, steps)));
+    assert_eq!(
+        terminal(&evs),
+        &RunEvent::Finished { exit_code: 0 },
+        "{}",
+        w.log(id2)
+    );
+    let log = w.log(id2);
+    assert!(log.contains("provider\ncache-hit"), "{log}");
+}
+
+#[test]
+fn cancel_ends_the_run_with_a_failure() {
+    let w = World::new();
+    let (mut ex, spki) = w.executor(&[("LIFTOFF_KILL_GRACE", "2s")]);
+    let id = "01RUNCANCEL00000000000000A";
+    let a = assign(
+        id,
+        &spki,
+        &spec(
+            id,
+            &w,
+            json!([{"name": "sleep", "shell": "echo sleeping; sleep 600"}, {"name": "never", "shell": "echo NEVER"}]),
+        ),
+    );
+    let (ev, rx) = events(id);
+    ex.start(a, ev).unwrap();
+    // Wait for the job to be running, then cancel.
+    let first = smol::block_on(rx.recv()).unwrap().1;
+    assert_eq!(first, RunEvent::Started);
+    std::thread::sleep(Duration::from_millis(500));
+    ex.cancel(id);
+    ex.cancel(id);
+    let evs = until_end(&rx, LIMIT);
+    match terminal(&evs) {
+        RunEvent::Failed { reason } => assert!(reason.contains("cancel"), "{reason}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(!w.log(id).contains("NEVER"));
+}
+
+#[allow(dead_code)]
+fn unused(_: &Path) {}
