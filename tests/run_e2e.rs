@@ -480,5 +480,142 @@ fn cancel_ends_the_run_with_a_failure() {
     assert!(!w.log(id).contains("NEVER"));
 }
 
-#[allow(dead_code)]
-fn unused(_: &Path) {}
+fn spki_of(cert: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(cert).unwrap();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    identity::certificate_info(der.as_ref()).unwrap().spki_der
+}
+
+/// Through `liftoff run`, the two real brokers and the plane double: an
+/// encrypted assign runs in the sandbox and ends `finished`; log chunks
+/// arrive as `log` events; a tampered envelope fails with a reason and the
+/// launcher takes the next run.
+#[test]
+fn through_the_brokers_assign_runs_and_reports() {
+    use support::brokers::Brokers;
+    use support::plane::{self, Plane, command, is_run, is_type};
+    support::sandbox::require_root();
+    let dir = open_tempdir();
+    let b = Brokers::start(&dir.path().join("pki"));
+    let plane = Plane::start(&b);
+    let server = FileServer::start();
+    let w = World {
+        _dir: open_tempdir(),
+        dir: dir.path().to_path_buf(),
+        pool: Pool::new(
+            &dir.path().join("unused"),
+            2048,
+            &[("r", "mqtts://127.0.0.1:1")],
+        ),
+        server,
+    };
+    let providers = dir.path().join("providers");
+    let mut l = plane::launch(
+        &b,
+        &dir.path().join("state"),
+        &[
+            ("LIFTOFF_PROVIDER_CACHE_DIR", providers.to_str().unwrap()),
+            ("LIFTOFF_JOB_MEMORY", "512MiB"),
+        ],
+    );
+    let wid = l.worker_id();
+    plane
+        .wait_for(LIMIT, |v| is_type(v, "hello"))
+        .unwrap_or_else(|| panic!("no hello: {}", l.stderr()));
+    let spki = spki_of(&b.pool.cert);
+
+    let id = "01RUNBROKER00000000000000A";
+    let s = spec(
+        id,
+        &w,
+        json!([{"name": "hi", "shell": "cat hello.txt; echo $TOP_SECRET; exit 4"}]),
+    );
+    let sealed = identity::seal_run_state(&spki, id, s.to_string().as_bytes()).unwrap();
+    plane.send(
+        &wid,
+        &command(
+            "assign",
+            json!({"run_id": id, "run_type": "read", "state": sealed}),
+        ),
+    );
+    let fin = plane
+        .wait_for(LIMIT, |v| {
+            is_run(v, id, "finished") || is_run(v, id, "failed")
+        })
+        .unwrap_or_else(|| panic!("no end of run: {}", l.stderr()));
+    assert_eq!(fin["phase"], "finished", "{fin}\n{}", l.stderr());
+    assert_eq!(fin["exit_code"], 4, "{fin}");
+    let evs = plane.events();
+    assert!(evs.iter().any(|v| is_run(v, id, "started")));
+    assert!(
+        evs.iter().any(|v| is_type(v, "log") && v["run_id"] == id),
+        "{evs:?}"
+    );
+    let log = w.log(id);
+    assert!(log.contains("hello from the source archive"), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+
+    // Tampered: failed with a reason; the launcher goes on.
+    let id2 = "01RUNBROKERTAMPERED000000A";
+    let mut sealed = identity::seal_run_state(&spki, id2, b"{}").unwrap();
+    sealed.nonce = "AAAAAAAAAAAAAAAA".into();
+    plane.send(
+        &wid,
+        &command(
+            "assign",
+            json!({"run_id": id2, "run_type": "read", "state": sealed}),
+        ),
+    );
+    let failed = plane
+        .wait_for(LIMIT, |v| is_run(v, id2, "failed"))
+        .unwrap_or_else(|| panic!("no failure: {}", l.stderr()));
+    assert!(
+        failed["reason"].as_str().unwrap().contains("tampered"),
+        "{failed}"
+    );
+
+    let id3 = "01RUNBROKERNEXT0000000000A";
+    let s = spec(
+        id3,
+        &w,
+        json!([{"name": "ok", "shell": "echo next-run-ok"}]),
+    );
+    let sealed = identity::seal_run_state(&spki, id3, s.to_string().as_bytes()).unwrap();
+    plane.send(
+        &wid,
+        &command(
+            "assign",
+            json!({"run_id": id3, "run_type": "read", "state": sealed}),
+        ),
+    );
+    let fin = plane
+        .wait_for(LIMIT, |v| {
+            is_run(v, id3, "finished") || is_run(v, id3, "failed")
+        })
+        .unwrap_or_else(|| panic!("no end of run: {}", l.stderr()));
+    assert_eq!(fin["exit_code"], 0, "{fin}\n{}", l.stderr());
+    assert!(w.log(id3).contains("next-run-ok"));
+}
+
+/// A policy that does not parse stops `liftoff run` with exit 78 and the
+/// parser's message.
+#[test]
+fn an_invalid_policy_fails_start_up_with_78() {
+    let w = World::new();
+    let policy = w.dir.join("bad.rego");
+    std::fs::write(&policy, "package spacelift\ndeny[ {").unwrap();
+    let out = std::process::Command::new(support::liftoff_bin())
+        .arg("run")
+        .env_clear()
+        .env("SPACELIFT_TOKEN", &w.pool.token)
+        .env("SPACELIFT_POOL_PRIVATE_KEY", w.pool.key_base64())
+        .env("LIFTOFF_STATE_DIR", w.dir.join("state"))
+        .env("LIFTOFF_PROVIDER_CACHE_DIR", w.dir.join("providers"))
+        .env("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY", &policy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("does not parse"), "{err}");
+}
