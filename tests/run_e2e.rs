@@ -511,7 +511,7 @@ fn through_the_brokers_assign_runs_and_reports() {
         server,
     };
     let providers = dir.path().join("providers");
-    let mut l = plane::launch(
+    let l = plane::launch(
         &b,
         &dir.path().join("state"),
         &[
