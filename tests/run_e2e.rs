@@ -619,3 +619,69 @@ fn an_invalid_policy_fails_start_up_with_78() {
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("does not parse"), "{err}");
 }
+
+/// The example specs parse, and run through the executor as
+/// `liftoff exec --spec` would (plain, no envelope): hello finishes, the
+/// secrets stay masked, the policy example is denied by the example policy,
+/// and the provider-cache demo hits the cache on its second run.
+#[test]
+fn example_specs_run() {
+    use liftoff::logs::sink::FileSink;
+    use liftoff::run::spec::RunSpec;
+    let w = World::new();
+    let load = |name: &str| {
+        let text = std::fs::read(format!("examples/runs/{name}.json")).unwrap();
+        RunSpec::from_json(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let env = w.env(&[(
+        "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
+        "examples/policies/initialization.rego",
+    )]);
+    let ex = SandboxExecutor::new(w.config(&env), env, None).unwrap();
+    let plain = |name: &str| {
+        let spec = load(name);
+        let (ev, rx) = events(&spec.run_id);
+        let out = w
+            .dir
+            .join(format!("{name}-{}.log", liftoff::link::protocol::ulid()));
+        let sink = FileSink::create(&out).unwrap();
+        ex.run_plain(spec, Some(Box::new(sink)), ev);
+        let evs = until_end(&rx, LIMIT);
+        (
+            terminal(&evs).clone(),
+            std::fs::read_to_string(&out).unwrap_or_default(),
+        )
+    };
+
+    let (end, log) = plain("hello");
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert!(log.contains("hello from a sandboxed run"), "{log}");
+
+    let (end, log) = plain("secrets-masked");
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert!(log.contains("host=db.internal"), "{log}");
+    assert!(!log.contains("correct-horse-battery-staple"), "{log}");
+    assert!(
+        !log.contains("Y29ycmVjdC1ob3JzZS1iYXR0ZXJ5LXN0YXBsZQ"),
+        "{log}"
+    );
+
+    let (end, log) = plain("policy-denial");
+    match end {
+        RunEvent::Failed { reason } => {
+            assert!(reason.contains("tracked runs only from main"), "{reason}")
+        }
+        e => panic!("{e:?} {log}"),
+    }
+    assert!(
+        log.contains("tracked runs only from main, not from feature/try-this"),
+        "{log}"
+    );
+
+    let (end, log) = plain("provider-cache");
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert!(log.contains("downloaded into"), "{log}");
+    let (end, log) = plain("provider-cache");
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert!(log.contains("cache hit"), "{log}");
+}

@@ -40,7 +40,7 @@ use crate::exec::ExecArgs;
 use crate::identity::{Envelope, Identity};
 use crate::link::protocol::{Assignment, Upload};
 use crate::logs::redact::RedactorBuilder;
-use crate::logs::sink::{PresignedSink, Sink, StdoutSink, UrlQueue, UrlSource};
+use crate::logs::sink::{PresignedSink, Sink, StdoutSink, UrlQueue};
 use crate::logs::{Kill, Options, Pipeline};
 use crate::sandbox::{self, BindMount, Sandbox, Stdio};
 use crate::worker::{ProcessExecutor, RunEvent, RunEvents, RunExecutor};
@@ -64,6 +64,36 @@ struct Shared {
     agent: ureq::Agent,
     cache: ProviderCache,
     urls: Arc<UrlQueue>,
+    /// The object key (URL path) of each offered log chunk URL, for `log`
+    /// events; looked up without waiting.
+    keys: Arc<Mutex<HashMap<(String, u64), String>>>,
+}
+
+impl Shared {
+    fn offer(&self, run_id: &str, seq: u64, url: String) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((run_id.to_string(), seq), object_key(&url));
+        self.urls.offer(run_id, seq, url);
+    }
+
+    fn forget_keys(&self, run_id: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(r, _), _| r != run_id);
+    }
+}
+
+/// `https://host/a/b?sig` → `a/b`.
+fn object_key(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or("");
+    let after_scheme = no_query.split_once("://").map_or(no_query, |(_, r)| r);
+    after_scheme
+        .split_once('/')
+        .map_or("", |(_, path)| path)
+        .to_string()
 }
 
 /// One run's handle for cancel and kill.
@@ -131,6 +161,7 @@ impl SandboxExecutor {
                 agent,
                 cache,
                 urls: UrlQueue::new(URL_WAIT),
+                keys: Arc::default(),
             }),
             runs: Arc::default(),
         })
@@ -217,7 +248,7 @@ impl RunExecutor for SandboxExecutor {
 
     fn uploads(&mut self, run_id: &str, urls: Vec<Upload>) {
         for u in urls {
-            self.shared.urls.offer(run_id, u.chunk, u.url);
+            self.shared.offer(run_id, u.chunk, u.url);
         }
     }
 
@@ -313,7 +344,7 @@ fn run(
         builder.secret(name, value.as_bytes());
     }
     for (i, url) in spec.uploads.logs.iter().enumerate() {
-        shared.urls.offer(&spec.run_id, i as u64, url.clone());
+        shared.offer(&spec.run_id, i as u64, url.clone());
     }
     let sink: Box<dyn Sink> = match sink {
         Some(s) => s,
@@ -328,16 +359,14 @@ fn run(
     opts.logs_timeout = spec.logs_timeout(config.logs_timeout);
     let on_delivered = {
         let events = events.clone();
-        let urls = shared.urls.clone();
+        let keys = shared.keys.clone();
         Box::new(move |c: &crate::logs::spool::Chunk| {
-            let key = urls
-                .url(&c.run_id, c.seq)
-                .ok()
-                .and_then(|u| {
-                    let path = u.split('?').next()?.to_string();
-                    Some(path)
-                })
-                .unwrap_or_else(|| format!("{}/{}", c.run_id, c.seq));
+            let key = keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(c.run_id.clone(), c.seq))
+                .cloned()
+                .unwrap_or_else(|| format!("{}/{:04}", c.run_id, c.seq));
             events.send(RunEvent::Log {
                 chunk: c.seq,
                 key,
@@ -364,6 +393,7 @@ fn run(
         let _ = log.line(&format!("liftoff: run failed: {reason}"));
     }
     let report = log.finish();
+    shared.forget_keys(&spec.run_id);
     for w in &report.warnings {
         tracing::warn!(run = spec.run_id, "run log: {w}");
     }
@@ -852,5 +882,20 @@ impl RunExecutor for LauncherExecutor {
     }
     fn capabilities(&self) -> BTreeMap<String, serde_json::Value> {
         self.sandbox.capabilities()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::object_key;
+
+    #[test]
+    fn object_keys_from_urls() {
+        assert_eq!(
+            object_key("https://b.s3.amazonaws.com/runs/01J/0000?X-Amz-Signature=x"),
+            "runs/01J/0000"
+        );
+        assert_eq!(object_key("http://127.0.0.1:9/a"), "a");
+        assert_eq!(object_key("http://h"), "");
     }
 }
