@@ -511,12 +511,22 @@ fn through_the_brokers_assign_runs_and_reports() {
         server,
     };
     let providers = dir.path().join("providers");
+    let policy = dir.path().join("sample.rego");
+    std::fs::write(
+        &policy,
+        "package spacelift\ndeny contains \"no forbidden branch\" if { input.run.commit.branch == \"forbidden\" }\nsample if { true }\n",
+    )
+    .unwrap();
     let l = plane::launch(
         &b,
         &dir.path().join("state"),
         &[
             ("LIFTOFF_PROVIDER_CACHE_DIR", providers.to_str().unwrap()),
             ("LIFTOFF_JOB_MEMORY", "512MiB"),
+            (
+                "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
+                policy.to_str().unwrap(),
+            ),
         ],
     );
     let wid = l.worker_id();
@@ -555,6 +565,15 @@ fn through_the_brokers_assign_runs_and_reports() {
     let log = w.log(id);
     assert!(log.contains("hello from the source archive"), "{log}");
     assert!(!log.contains(SECRET), "{log}");
+    // `sample` is true: input and decision in the launcher's log, secrets
+    // masked there too.
+    let stderr = l.stderr();
+    assert!(
+        stderr.contains("run initialization policy sample"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("<masked>"), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
 
     // Tampered: failed with a reason; the launcher goes on.
     let id2 = "01RUNBROKERTAMPERED000000A";
