@@ -704,3 +704,102 @@ fn example_specs_run() {
     assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
     assert!(log.contains("cache hit"), "{log}");
 }
+
+/// Whitelisted launcher variables (`ro_`/`wo_`) and extra mounts reach the
+/// job by run type; nothing else of the launcher's environment does.
+#[test]
+fn whitelist_and_extra_mounts_by_run_type() {
+    let w = World::new();
+    let mk = |name: &str, text: &str| {
+        let d = w.dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("marker"), text).unwrap();
+        d.display().to_string()
+    };
+    let (all, ro, wo) = (
+        mk("m-all", "ALL-MOUNT"),
+        mk("m-ro", "RO-MOUNT"),
+        mk("m-wo", "WO-MOUNT"),
+    );
+    let all_m = format!("{all}:/mnt/all:ro");
+    let ro_m = format!("{ro}:/mnt/ro:ro");
+    let wo_m = format!("{wo}:/mnt/wo:ro");
+    let (mut ex, spki) = w.executor(&[
+        (
+            "SPACELIFT_WHITELIST_ENVS",
+            "BOTH_VAR,ro_PLAN_VAR,wo_APPLY_VAR",
+        ),
+        ("BOTH_VAR", "both-value"),
+        ("PLAN_VAR", "plan-value"),
+        ("APPLY_VAR", "apply-value"),
+        ("NOT_LISTED", "leaked-value"),
+        ("SPACELIFT_WORKER_EXTRA_MOUNTS", all_m.as_str()),
+        ("SPACELIFT_WORKER_RO_EXTRA_MOUNTS", ro_m.as_str()),
+        ("SPACELIFT_WORKER_WO_EXTRA_MOUNTS", wo_m.as_str()),
+    ]);
+    let steps = json!([{"name": "show", "shell": "echo \"both=$BOTH_VAR plan=$PLAN_VAR apply=$APPLY_VAR other=$NOT_LISTED\"; cat /mnt/all/marker /mnt/ro/marker /mnt/wo/marker 2>/dev/null; true"}]);
+
+    let id = "01RUNWLREAD00000000000000A";
+    let evs = run(&mut ex, assign(id, &spki, &spec(id, &w, steps.clone())));
+    assert_eq!(
+        terminal(&evs),
+        &RunEvent::Finished { exit_code: 0 },
+        "{}",
+        w.log(id)
+    );
+    let log = w.log(id);
+    assert!(
+        log.contains("both=both-value plan=plan-value apply= other=\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("ALL-MOUNT") && log.contains("RO-MOUNT") && !log.contains("WO-MOUNT"),
+        "{log}"
+    );
+
+    let id = "01RUNWLWRITE0000000000000A";
+    let mut s = spec(id, &w, steps);
+    s["run_type"] = "tracked".into();
+    let mut a = assign(id, &spki, &s);
+    a.run_type = RunType::Write;
+    let evs = run(&mut ex, a);
+    assert_eq!(
+        terminal(&evs),
+        &RunEvent::Finished { exit_code: 0 },
+        "{}",
+        w.log(id)
+    );
+    let log = w.log(id);
+    assert!(
+        log.contains("both=both-value plan= apply=apply-value other=\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("ALL-MOUNT") && !log.contains("RO-MOUNT") && log.contains("WO-MOUNT"),
+        "{log}"
+    );
+}
+
+/// The stricter timeout wins: the spec's 2s run timeout kills a long step
+/// and fails the run with the reason.
+#[test]
+fn the_run_timeout_kills_and_fails_the_run() {
+    let w = World::new();
+    let (mut ex, spki) = w.executor(&[("LIFTOFF_KILL_GRACE", "1s")]);
+    let id = "01RUNTIMEOUT0000000000000A";
+    let mut s = spec(
+        id,
+        &w,
+        json!([{"name": "slow", "shell": "echo start; sleep 60"}]),
+    );
+    s["timeouts"]["run"] = "2s".into();
+    match terminal(&run(&mut ex, assign(id, &spki, &s))) {
+        RunEvent::Failed { reason } => assert!(reason.contains("run exceeded 2s"), "{reason}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(
+        w.log(id).contains("run exceeded 2s: killed"),
+        "{}",
+        w.log(id)
+    );
+}
