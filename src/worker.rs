@@ -61,6 +61,15 @@ pub struct RunEvents {
 }
 
 impl RunEvents {
+    /// Events of `run_id` into `tx` (the worker makes these; tests and
+    /// `liftoff exec --spec` make their own).
+    pub fn new(run_id: &str, tx: smol::channel::Sender<(String, RunEvent)>) -> RunEvents {
+        RunEvents {
+            run_id: run_id.to_string(),
+            tx,
+        }
+    }
+
     pub fn run_id(&self) -> &str {
         &self.run_id
     }
@@ -921,7 +930,22 @@ pub fn run_from_env(env: &Env) -> i32 {
             "re-sending events the control plane has not acknowledged"
         );
     }
-    let executor = ProcessExecutor::new(config.kill_grace);
+    // The real run executor; the link tests' plain command states only in
+    // debug builds or when asked (LIFTOFF_TEST_PROCESS_EXECUTOR=1).
+    let allow_process =
+        cfg!(debug_assertions) || env.get("LIFTOFF_TEST_PROCESS_EXECUTOR") == Some("1");
+    let kill_grace = config.kill_grace;
+    let executor = match crate::run::executor::SandboxExecutor::new(
+        config.clone(),
+        env.clone(),
+        Some(Arc::new(identity)),
+    ) {
+        Ok(sandbox) => crate::run::executor::LauncherExecutor::new(
+            sandbox,
+            allow_process.then(|| ProcessExecutor::new(kill_grace)),
+        ),
+        Err(e) => return fail(e),
+    };
     let hello = WorkerMsg::Hello {
         worker_id: wid.clone(),
         version: crate::VERSION.to_string(),

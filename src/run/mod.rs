@@ -7,9 +7,12 @@
 //! `RunSpec::from_json` → `Policy::evaluate` → fetch and extract the source →
 //! build environment and mounts → run each step in the sandbox with its output
 //! through the log pipeline → upload outputs and artifacts → report.
+//! `executor` does all of that for the worker ([`executor::SandboxExecutor`],
+//! the real [`crate::worker::RunExecutor`]).
 
 pub mod cache;
 pub mod env;
+pub mod executor;
 pub mod outputs;
 pub mod policy;
 pub mod source;

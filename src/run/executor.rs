@@ -1,0 +1,901 @@
+//! The real run executor: an `assign` becomes a sandboxed run.
+//!
+//! [`SandboxExecutor::new`] once at start-up (loads the run initialization
+//! policy, opens the provider cache, builds the one HTTP agent). Then, per
+//! run, [`RunExecutor::start`] spawns one thread that goes, in this order:
+//!
+//! 1. envelope → [`Identity::decrypt_run_state`] (AAD = the run id) →
+//!    [`RunSpec::from_json`]; the spec's run id must be the assignment's;
+//! 2. environment, mounts and secrets ([`env::build`]) and the log pipeline
+//!    (secrets masked; pre-signed sink fed by `uploads.logs` and later
+//!    `uploads` commands; each delivered chunk becomes a [`RunEvent::Log`]);
+//! 3. the initialization policy (`deny` → its messages end the log and the
+//!    run fails as rejected; `sample` → input and decision to stderr);
+//! 4. the workspace `<state dir>/runs/<run id>/workspace`, the source
+//!    (resolved through the VCS mappings, fetched with the one agent, safely
+//!    extracted into `<workspace>/source`), the run's provider-cache layer;
+//! 5. [`RunEvent::Started`], then each step in its own sandbox (cwd
+//!    `/mnt/workspace/source`), output masked into the log; a step marked
+//!    `outputs` is not logged: its stdout is filtered and PUT to the outputs
+//!    URL; the first failing step stops the run;
+//! 6. artifacts PUT; on success the cache layer is merged, marked used and
+//!    the cache pruned; the log is finished (delivery waited for); exactly
+//!    one terminal event: `Finished{exit_code}` or `Failed{reason}`;
+//! 7. the run directory is removed (undelivered log chunks stay in the spool).
+//!
+//! Timeouts: the stricter of the spec's and the launcher's, enforced by the
+//! log pipeline over the whole run. Cancel: SIGTERM to the step's tree,
+//! SIGKILL after `LIFTOFF_KILL_GRACE`, no further steps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Env};
+use crate::exec::ExecArgs;
+use crate::identity::{Envelope, Identity};
+use crate::link::protocol::{Assignment, Upload};
+use crate::logs::redact::RedactorBuilder;
+use crate::logs::sink::{PresignedSink, Sink, StdoutSink, UrlQueue};
+use crate::logs::{Kill, Options, Pipeline};
+use crate::sandbox::{self, BindMount, Sandbox, Stdio};
+use crate::worker::{ProcessExecutor, RunEvent, RunEvents, RunExecutor};
+
+use super::cache::ProviderCache;
+use super::env::{self, WORKSPACE};
+use super::outputs;
+use super::policy::{self, Policy};
+use super::source;
+use super::spec::RunSpec;
+
+/// How long the log sink waits for a chunk's pre-signed URL before retrying.
+const URL_WAIT: Duration = Duration::from_secs(30);
+
+/// What every run of this launcher shares.
+struct Shared {
+    config: Config,
+    launcher_env: Env,
+    identity: Option<Arc<Identity>>,
+    policy: Option<Policy>,
+    agent: ureq::Agent,
+    cache: ProviderCache,
+    urls: Arc<UrlQueue>,
+    /// The object key (URL path) of each offered log chunk URL, for `log`
+    /// events; looked up without waiting.
+    keys: Arc<Mutex<HashMap<(String, u64), String>>>,
+}
+
+impl Shared {
+    fn offer(&self, run_id: &str, seq: u64, url: String) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((run_id.to_string(), seq), object_key(&url));
+        self.urls.offer(run_id, seq, url);
+    }
+
+    fn forget_keys(&self, run_id: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(r, _), _| r != run_id);
+    }
+}
+
+/// `https://host/a/b?sig` → `a/b`.
+fn object_key(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or("");
+    let after_scheme = no_query.split_once("://").map_or(no_query, |(_, r)| r);
+    after_scheme
+        .split_once('/')
+        .map_or("", |(_, path)| path)
+        .to_string()
+}
+
+/// One run's handle for cancel and kill.
+#[derive(Default)]
+struct Control {
+    cancelled: AtomicBool,
+    /// The step running now.
+    current: Mutex<Option<Arc<Mutex<Sandbox>>>>,
+}
+
+impl Control {
+    fn current(&self) -> Option<Arc<Mutex<Sandbox>>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+fn lock(sb: &Mutex<Sandbox>) -> std::sync::MutexGuard<'_, Sandbox> {
+    sb.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs assignments as sandboxed runs (see the module doc).
+pub struct SandboxExecutor {
+    shared: Arc<Shared>,
+    runs: Arc<Mutex<HashMap<String, Arc<Control>>>>,
+}
+
+impl SandboxExecutor {
+    /// Loads the policy (an error is a configuration error: exit 78), opens
+    /// the provider cache and builds the HTTP agent. `identity` decrypts run
+    /// states (`None`: only plain specs through [`SandboxExecutor::run_plain`]).
+    pub fn new(
+        config: Config,
+        launcher_env: Env,
+        identity: Option<Arc<Identity>>,
+    ) -> Result<SandboxExecutor, String> {
+        let policy = match &config.run_initialization_policy {
+            Some(p) => Some(
+                Policy::load(p)
+                    .map_err(|e| format!("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: {e}"))?,
+            ),
+            None => None,
+        };
+        let cache =
+            ProviderCache::open(&config.provider_cache_dir, config.provider_cache_max_bytes)
+                .map_err(|e| format!("LIFTOFF_PROVIDER_CACHE_DIR: {e}"))?;
+        let agent = crate::http::agent_from_config(&config)?;
+        fs::create_dir_all(config.state_dir.join("runs")).map_err(|e| {
+            format!(
+                "cannot create {}: {e}; LIFTOFF_STATE_DIR must be a writable directory",
+                config.state_dir.join("runs").display()
+            )
+        })?;
+        Ok(SandboxExecutor {
+            shared: Arc::new(Shared {
+                config,
+                launcher_env,
+                identity,
+                policy,
+                agent,
+                cache,
+                urls: UrlQueue::new(URL_WAIT),
+                keys: Arc::default(),
+            }),
+            runs: Arc::default(),
+        })
+    }
+
+    /// Runs a plain (unencrypted) spec on this thread, logs to `sink`
+    /// (default: JSON lines on stdout), events to `events`. For
+    /// `liftoff exec --spec`.
+    pub fn run_plain(&self, spec: RunSpec, sink: Option<Box<dyn Sink>>, events: RunEvents) {
+        let control = Arc::new(Control::default());
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.run_id.clone(), control.clone());
+        let ev = match run(&self.shared, Ok(spec), sink, &events, &control) {
+            Ok(code) => RunEvent::Finished { exit_code: code },
+            Err(reason) => RunEvent::Failed { reason },
+        };
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(events.run_id());
+        events.send(ev);
+    }
+}
+
+impl RunExecutor for SandboxExecutor {
+    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), String> {
+        let control = Arc::new(Control::default());
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(a.run_id.clone(), control.clone());
+        let shared = self.shared.clone();
+        let runs = self.runs.clone();
+        let run_id = a.run_id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("liftoff-run".into())
+            .spawn(move || {
+                let spec = open_spec(&shared, &a);
+                let ev = match run(&shared, spec, None, &events, &control) {
+                    Ok(code) => RunEvent::Finished { exit_code: code },
+                    Err(reason) => RunEvent::Failed { reason },
+                };
+                runs.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(events.run_id());
+                events.send(ev);
+            });
+        if let Err(e) = spawned {
+            self.runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&run_id);
+            return Err(format!("cannot start a run thread: {e}"));
+        }
+        Ok(())
+    }
+
+    fn cancel(&mut self, run_id: &str) {
+        let Some(control) = self
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned()
+        else {
+            return;
+        };
+        if control.cancelled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(sb) = control.current() {
+            let _ = lock(&sb).signal(libc::SIGTERM);
+            let grace = self.shared.config.kill_grace;
+            let _ = std::thread::Builder::new()
+                .name("liftoff-kill".into())
+                .spawn(move || {
+                    std::thread::sleep(grace);
+                    lock(&sb).kill();
+                });
+        }
+    }
+
+    fn uploads(&mut self, run_id: &str, urls: Vec<Upload>) {
+        for u in urls {
+            self.shared.offer(run_id, u.chunk, u.url);
+        }
+    }
+
+    fn kill_all(&mut self) {
+        let runs: Vec<Arc<Control>> = self
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for c in runs {
+            c.cancelled.store(true, Ordering::SeqCst);
+            if let Some(sb) = c.current() {
+                lock(&sb).kill();
+            }
+        }
+    }
+
+    fn capabilities(&self) -> BTreeMap<String, serde_json::Value> {
+        let c = &self.shared.config;
+        BTreeMap::from([
+            ("executor".to_string(), "sandbox".into()),
+            ("runtime".to_string(), format!("{:?}", c.runtime).into()),
+            (
+                "policy".to_string(),
+                serde_json::Value::Bool(self.shared.policy.is_some()),
+            ),
+        ])
+    }
+}
+
+impl Drop for SandboxExecutor {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Decrypts and parses the assignment's run state.
+fn open_spec(shared: &Shared, a: &Assignment) -> Result<RunSpec, String> {
+    let identity = shared
+        .identity
+        .as_ref()
+        .ok_or("this launcher has no pool key to decrypt run states")?;
+    let envelope: Envelope = serde_json::from_value(a.state.clone())
+        .map_err(|e| format!("the run state is not an envelope: {e}"))?;
+    let plain = identity.decrypt_run_state(&envelope, &a.run_id)?;
+    let spec = RunSpec::from_json(&plain)?;
+    if spec.run_id != a.run_id {
+        return Err(format!(
+            "the run state is for run {}, not {}",
+            spec.run_id, a.run_id
+        ));
+    }
+    let read = a.run_type == crate::link::protocol::RunType::Read;
+    if spec.run_type.read_only() != read {
+        return Err(format!(
+            "the run state says the run is {}, the assignment says otherwise",
+            spec.run_type.name()
+        ));
+    }
+    Ok(spec)
+}
+
+/// Removes a run's directory when the run ends, whatever happened.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One run, start to end. `Ok(exit code)` or `Err(reason)`. A spec that
+/// failed to open fails the run before any log exists.
+fn run(
+    shared: &Shared,
+    spec: Result<RunSpec, String>,
+    sink: Option<Box<dyn Sink>>,
+    events: &RunEvents,
+    control: &Control,
+) -> Result<i32, String> {
+    let spec = spec?;
+    let config = &shared.config;
+    let run_dir = config.state_dir.join("runs").join(&spec.run_id);
+    let workspace = run_dir.join("workspace");
+    let layer = run_dir.join("providers");
+    let launch = env::build(&spec, config, &shared.launcher_env, &layer);
+
+    // The log pipeline first: everything after this can be told in the log.
+    let mut builder = RedactorBuilder::new();
+    for (name, value) in &launch.secrets {
+        builder.secret(name, value.as_bytes());
+    }
+    for (i, url) in spec.uploads.logs.iter().enumerate() {
+        shared.offer(&spec.run_id, i as u64, url.clone());
+    }
+    let sink: Box<dyn Sink> = match sink {
+        Some(s) => s,
+        None if config.run_logs_on_stdout => Box::new(StdoutSink::stdout(&spec.run_id)),
+        None => Box::new(PresignedSink::new(
+            shared.agent.clone(),
+            shared.urls.clone(),
+        )),
+    };
+    let mut opts = Options::from_config(config, &spec.run_id);
+    opts.run_timeout = spec.run_timeout(config.run_timeout);
+    opts.logs_timeout = spec.logs_timeout(config.logs_timeout);
+    let on_delivered = {
+        let events = events.clone();
+        let keys = shared.keys.clone();
+        Box::new(move |c: &crate::logs::spool::Chunk| {
+            let key = keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(c.run_id.clone(), c.seq))
+                .cloned()
+                .unwrap_or_else(|| format!("{}/{:04}", c.run_id, c.seq));
+            events.send(RunEvent::Log {
+                chunk: c.seq,
+                key,
+                bytes: c.len,
+            });
+        }) as crate::logs::upload::OnDelivered
+    };
+    let mut log = Pipeline::start(opts, builder.build(), sink, Some(on_delivered))
+        .map_err(|e| format!("the run log cannot be started: {e}"))?;
+    for w in builder.warnings() {
+        tracing::warn!(run = spec.run_id, "{w}");
+    }
+    for name in &launch.missing_whitelist {
+        let _ = log.line(&format!(
+            "liftoff: {name} is whitelisted (SPACELIFT_WHITELIST_ENVS) but not set on this worker"
+        ));
+    }
+
+    let _dir = RunDir(run_dir.clone());
+    let result = run_logged(
+        shared, &spec, &launch, &workspace, &layer, &mut log, events, control,
+    );
+    if let Err(reason) = &result {
+        let _ = log.line(&format!("liftoff: run failed: {reason}"));
+    }
+    let report = log.finish();
+    shared.forget_keys(&spec.run_id);
+    for w in &report.warnings {
+        tracing::warn!(run = spec.run_id, "run log: {w}");
+    }
+    if let Some(e) = &report.delivered.error {
+        tracing::warn!(
+            run = spec.run_id,
+            left = report.delivered.left,
+            "run log delivery stopped (chunks stay in the spool): {e}"
+        );
+    }
+    result
+}
+
+/// The part of a run whose problems go into its log.
+#[allow(clippy::too_many_arguments)]
+fn run_logged(
+    shared: &Shared,
+    spec: &RunSpec,
+    launch: &env::Launch,
+    workspace: &Path,
+    layer: &Path,
+    log: &mut Pipeline,
+    events: &RunEvents,
+    control: &Control,
+) -> Result<i32, String> {
+    let config = &shared.config;
+    if let Some(policy) = &shared.policy {
+        let input = policy::input(spec, crate::VERSION);
+        let decision = match policy.evaluate(&input) {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(format!(
+                    "rejected: the run initialization policy failed to evaluate: {e}"
+                ));
+            }
+        };
+        if decision.sample {
+            tracing::info!(
+                run = spec.run_id,
+                input = %input,
+                deny = ?decision.deny,
+                "run initialization policy sample"
+            );
+        }
+        if !decision.deny.is_empty() {
+            for m in &decision.deny {
+                let _ = log.line(&format!("liftoff: run initialization policy: deny: {m}"));
+            }
+            return Err(format!(
+                "rejected by the run initialization policy: {}",
+                decision.deny.join("; ")
+            ));
+        }
+    }
+
+    // /proc/self belongs to the effective uid.
+    let root = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    };
+    let host = sandbox::namespaces::host_ids(sandbox::DEFAULT_HOST_ID);
+    let owner = root.then_some(host);
+    fs::create_dir_all(workspace)
+        .map_err(|e| format!("cannot create the workspace {}: {e}", workspace.display()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(workspace, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown the workspace {}: {e}", workspace.display()))?;
+    }
+    let source_dir = workspace.join("source");
+    fs::create_dir_all(&source_dir)
+        .map_err(|e| format!("cannot create {}: {e}", source_dir.display()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&source_dir, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown {}: {e}", source_dir.display()))?;
+    }
+    if let Some(src) = &spec.source {
+        let url = source::resolve_url(&src.url, &config.vcs_mappings)?;
+        fetch_source(&shared.agent, &url, &source_dir, owner)?;
+    }
+    shared.cache.layer(layer, owner)?;
+    if control.cancelled() {
+        return Err("cancelled before the first step".into());
+    }
+
+    events.send(RunEvent::Started);
+    let mut exit_code = 0;
+    for (i, step) in spec.steps.iter().enumerate() {
+        if control.cancelled() {
+            return Err("cancelled".into());
+        }
+        let argv = step.command();
+        let _ = log.line(&format!(
+            "liftoff: step {}/{}: {}",
+            i + 1,
+            spec.steps.len(),
+            step.name
+        ));
+        if config.debug {
+            let _ = log.debug_command(&argv);
+        }
+        let sbspec = sandbox_spec(config, spec, launch, workspace, argv)?;
+        let deadline = log.started() + spec.run_timeout(config.run_timeout);
+        let outcome = run_step(config, &sbspec, step.outputs, log, control, deadline)?;
+        if control.cancelled() {
+            return Err(format!("cancelled during step {}", step.name));
+        }
+        if let Some(reason) = outcome.timed_out {
+            return Err(format!("step {}: {reason}", step.name));
+        }
+        if outcome.oom_killed {
+            let _ = log.line(&format!(
+                "liftoff: step {} ran out of memory and was killed",
+                step.name
+            ));
+        }
+        let _ = log.line(&format!(
+            "liftoff: step {} exited with {}",
+            step.name, outcome.exit_code
+        ));
+        if let Some(out) = outcome.stdout {
+            if outcome.exit_code == 0 {
+                upload_outputs(shared, spec, &out, log)?;
+            }
+        }
+        exit_code = outcome.exit_code;
+        if exit_code != 0 {
+            break;
+        }
+    }
+
+    for a in &spec.uploads.artifacts {
+        let path = source_dir.join(&a.path);
+        match fs::File::open(&path) {
+            Ok(f) => {
+                put(&shared.agent, &a.url, f, "application/octet-stream")
+                    .map_err(|e| format!("artifact {}: {e}", a.path))?;
+                let _ = log.line(&format!("liftoff: artifact {} uploaded", a.path));
+            }
+            Err(e) => {
+                let _ = log.line(&format!("liftoff: artifact {} not uploaded: {e}", a.path));
+            }
+        }
+    }
+
+    if exit_code == 0 {
+        match shared.cache.merge(layer) {
+            Ok(s) if s.packages > 0 => {
+                let _ = log.line(&format!(
+                    "liftoff: provider cache: {} new package(s) kept for later runs",
+                    s.packages
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(run = spec.run_id, "{e}"),
+        }
+        shared
+            .cache
+            .mark_used(workspace, &config.provider_cache_dir);
+        if let Err(e) = shared.cache.prune() {
+            tracing::warn!(run = spec.run_id, "{e}");
+        }
+    }
+    Ok(exit_code)
+}
+
+/// GETs the source archive and extracts it into `dest`.
+fn fetch_source(
+    agent: &ureq::Agent,
+    url: &str,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
+    let shown = url.split('?').next().unwrap_or("");
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("cannot fetch the source from {shown}: {e}"))?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(format!(
+            "cannot fetch the source from {shown}: HTTP {status}"
+        ));
+    }
+    let reader = response
+        .into_body()
+        .into_with_config()
+        .limit(u64::MAX)
+        .reader();
+    source::extract_tar_gz(reader, dest, source::Limits::default(), owner)
+        .map_err(|e| format!("the source archive from {shown} was refused: {e}"))?;
+    Ok(())
+}
+
+/// PUT with Content-Length; a non-2xx answer is an error.
+fn put<B: ureq::AsSendBody>(
+    agent: &ureq::Agent,
+    url: &str,
+    body: B,
+    content_type: &str,
+) -> Result<(), String> {
+    let shown = url.split('?').next().unwrap_or("");
+    let response = agent
+        .put(url)
+        .header("Content-Type", content_type)
+        .send(body)
+        .map_err(|e| format!("upload to {shown} failed: {e}"))?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(format!("upload to {shown}: HTTP {status}"));
+    }
+    Ok(())
+}
+
+fn upload_outputs(
+    shared: &Shared,
+    spec: &RunSpec,
+    stdout: &[u8],
+    log: &mut Pipeline,
+) -> Result<(), String> {
+    let out = outputs::filter(stdout, shared.config.sensitive_output_upload)?;
+    if !out.dropped.is_empty() {
+        let _ = log.line(&format!(
+            "liftoff: sensitive outputs not uploaded (SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED is not true): {}",
+            out.dropped.join(", ")
+        ));
+    }
+    let Some(url) = &spec.uploads.outputs else {
+        let _ = log.line("liftoff: the run has no outputs URL: outputs not uploaded");
+        return Ok(());
+    };
+    let body = serde_json::to_vec(&out.document).map_err(|e| format!("outputs: {e}"))?;
+    put(&shared.agent, url, &body[..], "application/json").map_err(|e| format!("outputs: {e}"))?;
+    let _ = log.line(&format!(
+        "liftoff: outputs uploaded ({} output(s))",
+        out.document.as_object().map_or(0, |m| m.len())
+    ));
+    Ok(())
+}
+
+/// The sandbox spec of one step, from the configuration as `liftoff exec`
+/// reads it plus the run's environment, mounts, root and working directory.
+fn sandbox_spec(
+    config: &Config,
+    spec: &RunSpec,
+    launch: &env::Launch,
+    workspace: &Path,
+    argv: Vec<String>,
+) -> Result<sandbox::SandboxSpec, String> {
+    let args = ExecArgs {
+        workspace: None,
+        root: spec.runner.root.clone(),
+        mounts: Vec::new(),
+        network: None,
+        env: Vec::new(),
+        pass_env: Vec::new(),
+        memory: None,
+        pids: None,
+        timeout: None,
+        cwd: None,
+        hostname: None,
+        command: argv,
+    };
+    let mut s = crate::exec::build_spec(&args, &Env::default(), config, workspace.to_path_buf())?;
+    s.env = launch
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    s.mounts = launch
+        .mounts
+        .iter()
+        .map(|m| BindMount {
+            source: m.host.clone(),
+            target: m.sandbox.clone(),
+            writable: !m.read_only,
+        })
+        .collect();
+    s.cwd = Some(PathBuf::from(WORKSPACE).join("source"));
+    s.hostname = "spacelift".into();
+    s.stdin = Stdio::Null;
+    s.stdout = Stdio::Piped;
+    s.stderr = Stdio::Piped;
+    Ok(s)
+}
+
+struct StepOutcome {
+    exit_code: i32,
+    oom_killed: bool,
+    /// The timeout that killed the step (the log already says it).
+    timed_out: Option<String>,
+    /// An outputs step's stdout.
+    stdout: Option<Vec<u8>>,
+}
+
+/// The pipeline's handle on the step's tree.
+struct TreeKill(Arc<Mutex<Sandbox>>);
+
+impl Kill for TreeKill {
+    fn terminate(&mut self) {
+        let _ = lock(&self.0).signal(libc::SIGTERM);
+    }
+    fn kill(&mut self) {
+        lock(&self.0).kill();
+    }
+}
+
+/// Reads what two reader threads send; EOF when both are done. Merges the
+/// job's stdout and stderr into the one stream the pipeline pumps.
+struct Merged {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Merged {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.recv() {
+                Ok(b) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn forward(mut from: fs::File, tx: std::sync::mpsc::SyncSender<Vec<u8>>) {
+    let _ = std::thread::Builder::new()
+        .name("log-merge".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        });
+}
+
+fn run_step(
+    config: &Config,
+    sbspec: &sandbox::SandboxSpec,
+    outputs_step: bool,
+    log: &mut Pipeline,
+    control: &Control,
+    run_deadline: Instant,
+) -> Result<StepOutcome, String> {
+    let mut sb = sandbox::spawn(sbspec).map_err(|e| format!("the sandbox did not start: {e}"))?;
+    for w in std::mem::take(&mut sb.warnings) {
+        let _ = log.line(&format!("liftoff: warning: {w}"));
+    }
+    let stdout = sb.stdout.take();
+    let stderr = sb.stderr.take();
+    let sb = Arc::new(Mutex::new(sb));
+    *control.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(sb.clone());
+    if control.cancelled() {
+        // cancel arrived between the check and the spawn
+        let _ = lock(&sb).terminate(config.kill_grace);
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    let mut captured = None;
+    if outputs_step {
+        // stdout is the outputs document: captured, never logged.
+        if let Some(out) = stdout {
+            let (ctx, crx) = std::sync::mpsc::channel();
+            let _ = std::thread::Builder::new()
+                .name("outputs".into())
+                .spawn(move || {
+                    let mut data = Vec::new();
+                    let _ = out
+                        .take(outputs::MAX_OUTPUTS as u64 + 1)
+                        .read_to_end(&mut data);
+                    let _ = ctx.send(data);
+                });
+            captured = Some(crx);
+        }
+    } else if let Some(out) = stdout {
+        forward(out, tx.clone());
+    }
+    if let Some(err) = stderr {
+        forward(err, tx.clone());
+    }
+    drop(tx);
+    let merged = Merged {
+        rx,
+        buf: Vec::new(),
+        pos: 0,
+    };
+    let mut kill = TreeKill(sb.clone());
+    let ended = log.pump(merged, &mut kill);
+    // The pipe closed (or a timeout killed the tree): wait for the top
+    // process, never holding the lock long (cancel needs it).
+    let deadline_kill = Instant::now() + Duration::from_secs(5);
+    let mut late = None;
+    let outcome = loop {
+        let r = lock(&sb).wait_timeout(Duration::from_millis(100));
+        match r {
+            Ok(Some(o)) => break Ok(o),
+            Ok(None) => {
+                let now = Instant::now();
+                if now >= run_deadline && late.is_none() {
+                    late = Some(format!(
+                        "run exceeded {}: killed",
+                        crate::config::parse::format_duration(
+                            run_deadline.saturating_duration_since(log.started())
+                        )
+                    ));
+                    lock(&sb).kill();
+                }
+                if ended.is_err() || now >= deadline_kill && control.cancelled() {
+                    lock(&sb).kill();
+                }
+            }
+            Err(e) => break Err(format!("waiting for the step: {e}")),
+        }
+    };
+    *control.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let ended = ended?;
+    let outcome = outcome?;
+    let stdout = captured.map(|crx| crx.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
+    Ok(StepOutcome {
+        exit_code: outcome.exit_code(),
+        oom_killed: outcome.oom_killed,
+        timed_out: ended.reason().or(late),
+        stdout,
+    })
+}
+
+/// The executor of `liftoff run`: every run through [`SandboxExecutor`],
+/// except, when `allow_process` is on, the link tests' plain
+/// `{"command": "..."}` states, which go to the unsandboxed
+/// [`ProcessExecutor`]. `allow_process` is only ever on in debug builds or
+/// with `LIFTOFF_TEST_PROCESS_EXECUTOR=1`: a shipped launcher never runs a
+/// command outside the sandbox.
+pub struct LauncherExecutor {
+    sandbox: SandboxExecutor,
+    process: Option<ProcessExecutor>,
+}
+
+impl LauncherExecutor {
+    pub fn new(sandbox: SandboxExecutor, process: Option<ProcessExecutor>) -> LauncherExecutor {
+        if process.is_some() {
+            tracing::warn!(
+                "test mode: plain {{\"command\": ...}} run states run WITHOUT the sandbox (LIFTOFF_TEST_PROCESS_EXECUTOR or a debug build)"
+            );
+        }
+        LauncherExecutor { sandbox, process }
+    }
+}
+
+impl RunExecutor for LauncherExecutor {
+    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), String> {
+        let plain = a.state.get("command").is_some() && a.state.get("alg").is_none();
+        match &mut self.process {
+            Some(p) if plain => p.start(a, events),
+            _ => self.sandbox.start(a, events),
+        }
+    }
+    fn cancel(&mut self, run_id: &str) {
+        self.sandbox.cancel(run_id);
+        if let Some(p) = &mut self.process {
+            p.cancel(run_id);
+        }
+    }
+    fn uploads(&mut self, run_id: &str, urls: Vec<Upload>) {
+        self.sandbox.uploads(run_id, urls);
+    }
+    fn kill_all(&mut self) {
+        self.sandbox.kill_all();
+        if let Some(p) = &mut self.process {
+            p.kill_all();
+        }
+    }
+    fn capabilities(&self) -> BTreeMap<String, serde_json::Value> {
+        self.sandbox.capabilities()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::object_key;
+
+    #[test]
+    fn object_keys_from_urls() {
+        assert_eq!(
+            object_key("https://b.s3.amazonaws.com/runs/01J/0000?X-Amz-Signature=x"),
+            "runs/01J/0000"
+        );
+        assert_eq!(object_key("http://127.0.0.1:9/a"), "a");
+        assert_eq!(object_key("http://h"), "");
+    }
+}

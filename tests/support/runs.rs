@@ -1,0 +1,224 @@
+//! Run test support: a tiny real HTTP/1.1 server on 127.0.0.1 that serves
+//! GETs of registered bodies (source archives) and stores PUTs (log chunks,
+//! outputs, artifacts); tar.gz building; a configured [`SandboxExecutor`]
+//! with its event channel.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use liftoff::worker::{RunEvent, RunEvents};
+
+#[derive(Default)]
+struct State {
+    files: HashMap<String, Vec<u8>>,
+    puts: Vec<(String, Vec<u8>)>,
+    gets: Vec<String>,
+}
+
+/// GET serves registered bodies (404 otherwise), PUT stores bodies (needs
+/// Content-Length; chunked is refused with 411).
+#[derive(Clone)]
+pub struct FileServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl FileServer {
+    pub fn start() -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || serve(conn, st));
+            }
+        });
+        FileServer { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn serve_file(&self, path: &str, body: Vec<u8>) {
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(path.to_string(), body);
+    }
+
+    /// PUT bodies whose path starts with `prefix`, in arrival order.
+    pub fn puts(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.state
+            .lock()
+            .unwrap()
+            .puts
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    pub fn gets(&self) -> Vec<String> {
+        self.state.lock().unwrap().gets.clone()
+    }
+}
+
+fn serve(conn: TcpStream, state: Arc<Mutex<State>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let path = target.split('?').next().unwrap_or("").to_string();
+        let mut len = None;
+        let mut chunked = false;
+        loop {
+            let mut h = String::new();
+            match reader.read_line(&mut h) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                if k == "content-length" {
+                    len = v.trim().parse::<usize>().ok();
+                }
+                if k == "transfer-encoding" {
+                    chunked = true;
+                }
+            }
+        }
+        if chunked {
+            let _ = out.write_all(
+                b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            return;
+        }
+        let mut body = vec![0u8; len.unwrap_or(0)];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        match method.as_str() {
+            "GET" => {
+                let file = {
+                    let mut s = state.lock().unwrap();
+                    s.gets.push(path.clone());
+                    s.files.get(&path).cloned()
+                };
+                let r = match file {
+                    Some(f) => out
+                        .write_all(
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", f.len())
+                                .as_bytes(),
+                        )
+                        .and_then(|_| out.write_all(&f)),
+                    None => out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+            "PUT" if len.is_some() => {
+                state.lock().unwrap().puts.push((path, body));
+                if out
+                    .write_all(b"HTTP/1.1 200 OK\r\nETag: \"x\"\r\nContent-Length: 0\r\n\r\n")
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            _ => {
+                let _ =
+                    out.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+            }
+        }
+    }
+}
+
+/// A tar.gz of (path, mode, contents).
+pub fn tar_gz(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (path, mode, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// An event channel for one run.
+pub fn events(run_id: &str) -> (RunEvents, smol::channel::Receiver<(String, RunEvent)>) {
+    let (tx, rx) = smol::channel::unbounded();
+    (RunEvents::new(run_id, tx), rx)
+}
+
+/// Events until the terminal one (or panics after `limit`).
+pub fn until_end(
+    rx: &smol::channel::Receiver<(String, RunEvent)>,
+    limit: Duration,
+) -> Vec<RunEvent> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no terminal event within {limit:?}: {out:?}"
+        );
+        let ev = smol::block_on(async {
+            smol::future::or(async { rx.recv().await.ok() }, async {
+                smol::Timer::after(left).await;
+                None
+            })
+            .await
+        });
+        let Some((_, ev)) = ev else { continue };
+        let end = matches!(ev, RunEvent::Finished { .. } | RunEvent::Failed { .. });
+        out.push(ev);
+        if end {
+            return out;
+        }
+    }
+}
+
+/// A world-traversable temporary directory (the job's host id must reach
+/// the workspace and cache below it).
+pub fn open_tempdir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+pub fn join(p: &Path, s: &str) -> PathBuf {
+    p.join(s)
+}
