@@ -14,7 +14,9 @@ liftoff_create_user() {
 }
 
 liftoff_create_dirs() {
-    install -d -m 0700 -o root -g root "$LIFTOFF_STATE"
+    # 0711: runs (an unprivileged host id) pass through to their workspaces;
+    # nobody but root can list it.
+    install -d -m 0711 -o root -g root "$LIFTOFF_STATE"
     install -d -m 0755 -o root -g root "$LIFTOFF_CACHE"
     install -d -m 0775 -o root -g liftoff "$LIFTOFF_CACHE/providers"
     [ -f "$LIFTOFF_ENV" ] && chmod 0600 "$LIFTOFF_ENV" && chown root:root "$LIFTOFF_ENV"

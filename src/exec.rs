@@ -76,8 +76,15 @@ pub struct ExecArgs {
     /// Kill the job when it prints nothing for this long (Go duration); exit status 124.
     #[arg(long, value_name = "DURATION")]
     pub logs_timeout: Option<String>,
+    /// Run a plain (unencrypted) run spec (JSON, see docs/protocol.md) through the whole run pipeline locally: policy, source, environment, provider cache, sandboxed steps, masked logs on the terminal (or --log-file). No control plane.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["workspace", "root", "mounts", "network", "env", "pass_env", "memory", "pids", "timeout", "cwd", "hostname", "logs_timeout", "masks"])]
+    pub spec: Option<PathBuf>,
     /// The program and its arguments.
-    #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
+    #[arg(
+        last = true,
+        required_unless_present = "spec",
+        value_name = "PROGRAM [ARGS]..."
+    )]
     pub command: Vec<String>,
 }
 
@@ -192,6 +199,9 @@ pub fn build_spec(
 
 /// Runs `liftoff exec`; returns the process exit status.
 pub fn run(args: ExecArgs, env: &Env) -> i32 {
+    if let Some(spec) = &args.spec {
+        return run_spec(spec, args.log_file.as_deref(), env);
+    }
     let loaded = Config::load(env);
     let errors: Vec<String> = loaded
         .errors
@@ -463,6 +473,81 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
         );
     }
     outcome.exit_code()
+}
+
+/// `liftoff exec --spec FILE`: one run through the run pipeline, locally.
+/// State (workspace, spool) goes to `LIFTOFF_STATE_DIR` when set, else to a
+/// temporary directory removed afterwards; the provider cache is
+/// `LIFTOFF_PROVIDER_CACHE_DIR` when set, else one inside that state.
+/// Exit status: the run's (its failing step's exit code), 1 when the run
+/// failed or was rejected (the reason on stderr), 125 when liftoff failed.
+fn run_spec(path: &std::path::Path, log_file: Option<&std::path::Path>, env: &Env) -> i32 {
+    use crate::run::executor::SandboxExecutor;
+    use crate::run::spec::RunSpec;
+    use crate::worker::{RunEvent, RunEvents};
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("--spec {}: {e}", path.display())),
+    };
+    let spec = match RunSpec::from_json(&text) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("--spec {}: {e}", path.display())),
+    };
+    let loaded = Config::load(env);
+    let errors: Vec<String> = loaded
+        .errors
+        .iter()
+        .filter(|e| e.var != "SPACELIFT_TOKEN" && !e.var.contains("PRIVATE_KEY"))
+        .map(|e| e.to_string())
+        .collect();
+    if !errors.is_empty() {
+        return fail(errors.join("; "));
+    }
+    let mut config = loaded.config;
+    let _temp_state = if env.get("LIFTOFF_STATE_DIR").is_none() {
+        match tempfile_dir() {
+            Ok(t) => {
+                config.state_dir = t.0.clone();
+                Some(t)
+            }
+            Err(e) => return fail(format!("create a state directory: {e}")),
+        }
+    } else {
+        None
+    };
+    if env.get("LIFTOFF_PROVIDER_CACHE_DIR").is_none() {
+        config.provider_cache_dir = config.state_dir.join("providers");
+    }
+    let sink: Box<dyn Sink> = match log_file {
+        Some(p) => match FileSink::create(p) {
+            Ok(f) => Box::new(f),
+            Err(e) => return fail(e),
+        },
+        None if config.run_logs_on_stdout => Box::new(StdoutSink::stdout(&spec.run_id)),
+        None => Box::new(TerminalSink),
+    };
+    let executor = match SandboxExecutor::new(config, env.clone(), None) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    let (tx, rx) = smol::channel::unbounded();
+    let run_id = spec.run_id.clone();
+    executor.run_plain(spec, Some(sink), RunEvents::new(&run_id, tx));
+    let mut code = EXIT_LIFTOFF;
+    while let Ok((_, event)) = rx.try_recv() {
+        match event {
+            RunEvent::Finished { exit_code } => {
+                eprintln!("liftoff: run {run_id} finished: exit code {exit_code}");
+                code = exit_code;
+            }
+            RunEvent::Failed { reason } => {
+                eprintln!("liftoff: run {run_id} failed: {reason}");
+                code = 1;
+            }
+            _ => {}
+        }
+    }
+    code
 }
 
 /// A private temporary directory, removed on drop.

@@ -930,10 +930,10 @@ pub fn run_from_env(env: &Env) -> i32 {
             "re-sending events the control plane has not acknowledged"
         );
     }
-    // The real run executor; the link tests' plain command states only in
-    // debug builds or when asked (LIFTOFF_TEST_PROCESS_EXECUTOR=1).
-    let allow_process =
-        cfg!(debug_assertions) || env.get("LIFTOFF_TEST_PROCESS_EXECUTOR") == Some("1");
+    // The real run executor. The link tests' plain command states (no
+    // sandbox) are accepted by debug builds only: a release binary never
+    // runs anything outside the sandbox.
+    let allow_process = cfg!(debug_assertions);
     let kill_grace = config.kill_grace;
     let executor = match crate::run::executor::SandboxExecutor::new(
         config.clone(),

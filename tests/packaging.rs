@@ -70,7 +70,7 @@ fn deb_installs_upgrades_removes_and_purges_and_rpm_is_complete() {
         std::fs::metadata("/etc/liftoff/liftoff.env").unwrap().uid(),
         0
     );
-    assert_eq!(mode("/var/lib/liftoff"), 0o700);
+    assert_eq!(mode("/var/lib/liftoff"), 0o711);
     assert!(Path::new("/var/cache/liftoff/providers").is_dir());
     assert_eq!(mode("/lib/systemd/system/liftoff.service"), 0o644);
     assert!(Path::new("/usr/share/doc/liftoff/README.md").is_file());

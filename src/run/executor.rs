@@ -152,6 +152,20 @@ impl SandboxExecutor {
                 config.state_dir.join("runs").display()
             )
         })?;
+        // The job's unprivileged host id binds its workspace from inside its
+        // namespace: it must be able to pass through (not list) the state
+        // directory and runs/ on the way.
+        for dir in [config.state_dir.clone(), config.state_dir.join("runs")] {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = fs::metadata(&dir) {
+                let mode = m.permissions().mode() & 0o7777;
+                if mode & 0o011 != 0o011 {
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o011)).map_err(
+                        |e| format!("cannot let runs pass through {}: {e}", dir.display()),
+                    )?;
+                }
+            }
+        }
         Ok(SandboxExecutor {
             shared: Arc::new(Shared {
                 config,
@@ -343,6 +357,10 @@ fn run(
     for (name, value) in &launch.secrets {
         builder.secret(name, value.as_bytes());
     }
+    let launcher_env = &shared.launcher_env;
+    crate::logs::mask_pool_secrets(&mut builder, config, &|n| {
+        launcher_env.get(n).map(str::to_string)
+    });
     for (i, url) in spec.uploads.logs.iter().enumerate() {
         shared.offer(&spec.run_id, i as u64, url.clone());
     }
@@ -376,6 +394,8 @@ fn run(
     };
     let mut log = Pipeline::start(opts, builder.build(), sink, Some(on_delivered))
         .map_err(|e| format!("the run log cannot be started: {e}"))?;
+    // Host trouble (CPU steal, memory, disk) is told in the run's log.
+    log.attach_notes(crate::hostwatch::subscribe());
     for w in builder.warnings() {
         tracing::warn!(run = spec.run_id, "{w}");
     }
@@ -654,6 +674,10 @@ fn sandbox_spec(
         timeout: None,
         cwd: None,
         hostname: None,
+        masks: Vec::new(),
+        log_file: None,
+        logs_timeout: None,
+        spec: None,
         command: argv,
     };
     let mut s = crate::exec::build_spec(&args, &Env::default(), config, workspace.to_path_buf())?;
@@ -700,52 +724,6 @@ impl Kill for TreeKill {
     }
 }
 
-/// Reads what two reader threads send; EOF when both are done. Merges the
-/// job's stdout and stderr into the one stream the pipeline pumps.
-struct Merged {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for Merged {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            match self.rx.recv() {
-                Ok(b) => {
-                    self.buf = b;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-fn forward(mut from: fs::File, tx: std::sync::mpsc::SyncSender<Vec<u8>>) {
-    let _ = std::thread::Builder::new()
-        .name("log-merge".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => return,
-                }
-            }
-        });
-}
-
 fn run_step(
     config: &Config,
     sbspec: &sandbox::SandboxSpec,
@@ -754,7 +732,16 @@ fn run_step(
     control: &Control,
     run_deadline: Instant,
 ) -> Result<StepOutcome, String> {
-    let mut sb = sandbox::spawn(sbspec).map_err(|e| format!("the sandbox did not start: {e}"))?;
+    // One pipe for stdout and stderr, in the order the job wrote them;
+    // an outputs step keeps stdout apart (captured, never logged).
+    let mut sbspec = sbspec.clone();
+    sbspec.stdout = Stdio::Piped;
+    sbspec.stderr = if outputs_step {
+        Stdio::Piped
+    } else {
+        Stdio::Merged
+    };
+    let mut sb = sandbox::spawn(&sbspec).map_err(|e| format!("the sandbox did not start: {e}"))?;
     for w in std::mem::take(&mut sb.warnings) {
         let _ = log.line(&format!("liftoff: warning: {w}"));
     }
@@ -766,10 +753,8 @@ fn run_step(
         // cancel arrived between the check and the spawn
         let _ = lock(&sb).terminate(config.kill_grace);
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
     let mut captured = None;
-    if outputs_step {
-        // stdout is the outputs document: captured, never logged.
+    let logged = if outputs_step {
         if let Some(out) = stdout {
             let (ctx, crx) = std::sync::mpsc::channel();
             let _ = std::thread::Builder::new()
@@ -783,17 +768,12 @@ fn run_step(
                 });
             captured = Some(crx);
         }
-    } else if let Some(out) = stdout {
-        forward(out, tx.clone());
-    }
-    if let Some(err) = stderr {
-        forward(err, tx.clone());
-    }
-    drop(tx);
-    let merged = Merged {
-        rx,
-        buf: Vec::new(),
-        pos: 0,
+        stderr
+    } else {
+        stdout
+    };
+    let Some(merged) = logged else {
+        return Err("the step's output pipe is missing".into());
     };
     let mut kill = TreeKill(sb.clone());
     let ended = log.pump(merged, &mut kill);
@@ -839,7 +819,7 @@ fn run_step(
 /// except, when `allow_process` is on, the link tests' plain
 /// `{"command": "..."}` states, which go to the unsandboxed
 /// [`ProcessExecutor`]. `allow_process` is only ever on in debug builds or
-/// with `LIFTOFF_TEST_PROCESS_EXECUTOR=1`: a shipped launcher never runs a
+/// in debug builds only: a shipped launcher never runs a
 /// command outside the sandbox.
 pub struct LauncherExecutor {
     sandbox: SandboxExecutor,
@@ -850,7 +830,7 @@ impl LauncherExecutor {
     pub fn new(sandbox: SandboxExecutor, process: Option<ProcessExecutor>) -> LauncherExecutor {
         if process.is_some() {
             tracing::warn!(
-                "test mode: plain {{\"command\": ...}} run states run WITHOUT the sandbox (LIFTOFF_TEST_PROCESS_EXECUTOR or a debug build)"
+                "test mode: plain {{\"command\": ...}} run states run WITHOUT the sandbox (a debug build)"
             );
         }
         LauncherExecutor { sandbox, process }

@@ -284,6 +284,7 @@ pub fn launch(b: &Brokers, state: &std::path::Path, extra: &[(&str, &str)]) -> L
         .env("SPACELIFT_TOKEN", &b.pool.token)
         .env("SPACELIFT_POOL_PRIVATE_KEY", b.pool.key_base64())
         .env("LIFTOFF_STATE_DIR", state)
+        .env("LIFTOFF_PROVIDER_CACHE_DIR", state.join("providers"))
         .env("LIFTOFF_LOG", "info,liftoff=debug")
         .env("LIFTOFF_HEARTBEAT_INTERVAL", "1s")
         .env("LIFTOFF_MQTT_KEEPALIVE", "4s")
