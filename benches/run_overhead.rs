@@ -260,20 +260,7 @@ fn main() {
         // The sandbox alone, same configuration and program.
         let ws = d.join(format!("bare-{i}"));
         std::fs::create_dir_all(&ws).unwrap();
-        let args = liftoff::exec::ExecArgs {
-            workspace: None,
-            root: None,
-            mounts: vec![],
-            network: None,
-            env: vec![],
-            pass_env: vec![],
-            memory: None,
-            pids: None,
-            timeout: None,
-            cwd: None,
-            hostname: None,
-            command: argv.clone(),
-        };
+        let args = liftoff::exec::ExecArgs::for_command(argv.clone());
         let mut spec =
             liftoff::exec::build_spec(&args, &Env::default(), &config, ws.clone()).unwrap();
         spec.stdout = liftoff::sandbox::Stdio::Piped;

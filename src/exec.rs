@@ -88,6 +88,31 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+impl ExecArgs {
+    /// No flags: everything from the configuration (as the run executor and
+    /// the benchmarks build their sandboxes).
+    pub fn for_command(command: Vec<String>) -> ExecArgs {
+        ExecArgs {
+            workspace: None,
+            root: None,
+            mounts: Vec::new(),
+            network: None,
+            env: Vec::new(),
+            pass_env: Vec::new(),
+            memory: None,
+            pids: None,
+            timeout: None,
+            cwd: None,
+            hostname: None,
+            masks: Vec::new(),
+            log_file: None,
+            logs_timeout: None,
+            spec: None,
+            command,
+        }
+    }
+}
+
 /// Settings of the configuration `liftoff exec` uses.
 const SANDBOX_VARS: &[&str] = &[
     "SPACELIFT_WORKER_NETWORK",

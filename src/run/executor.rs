@@ -663,22 +663,8 @@ fn sandbox_spec(
     argv: Vec<String>,
 ) -> Result<sandbox::SandboxSpec, String> {
     let args = ExecArgs {
-        workspace: None,
         root: spec.runner.root.clone(),
-        mounts: Vec::new(),
-        network: None,
-        env: Vec::new(),
-        pass_env: Vec::new(),
-        memory: None,
-        pids: None,
-        timeout: None,
-        cwd: None,
-        hostname: None,
-        masks: Vec::new(),
-        log_file: None,
-        logs_timeout: None,
-        spec: None,
-        command: argv,
+        ..ExecArgs::for_command(argv)
     };
     let mut s = crate::exec::build_spec(&args, &Env::default(), config, workspace.to_path_buf())?;
     s.env = launch
