@@ -569,6 +569,10 @@ fn run_spec(path: &std::path::Path, log_file: Option<&std::path::Path>, env: &En
                 eprintln!("liftoff: run {run_id} failed: {reason}");
                 code = 1;
             }
+            RunEvent::Rejected { reason } => {
+                eprintln!("liftoff: run {run_id} {reason}");
+                code = 1;
+            }
             _ => {}
         }
     }

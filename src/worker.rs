@@ -39,7 +39,8 @@ pub const RESET_MESSAGE: &str =
 pub const CYCLE_LIMIT: Duration = Duration::from_secs(20);
 
 /// What a run reports while it runs. Every run ends with exactly one
-/// [`RunEvent::Finished`] or [`RunEvent::Failed`], also after a cancel.
+/// [`RunEvent::Finished`], [`RunEvent::Failed`] or [`RunEvent::Rejected`],
+/// also after a cancel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEvent {
     /// The job process tree started.
@@ -50,6 +51,9 @@ pub enum RunEvent {
     Finished { exit_code: i32 },
     /// The run could not run or was killed (cancel, timeout, signal).
     Failed { reason: String },
+    /// The worker-side run initialization policy denied the run (nothing
+    /// of it ran); the reason holds the deny messages.
+    Rejected { reason: String },
 }
 
 /// Where an executor sends its events. Cheap to clone, usable from any
@@ -763,6 +767,12 @@ impl<E: RunExecutor> Worker<E> {
                 tracing::info!(run, reason, "run failed");
                 self.runs.remove(&run);
                 self.run_event(&run, RunPhase::Failed, None, Some(reason), None);
+                self.report_status();
+            }
+            RunEvent::Rejected { reason } => {
+                tracing::info!(run, reason, "run rejected by the initialization policy");
+                self.runs.remove(&run);
+                self.run_event(&run, RunPhase::Rejected, None, Some(reason), None);
                 self.report_status();
             }
         }

@@ -167,7 +167,12 @@ fn run(ex: &mut SandboxExecutor, a: Assignment) -> Vec<RunEvent> {
 fn terminal(events: &[RunEvent]) -> &RunEvent {
     let ends: Vec<_> = events
         .iter()
-        .filter(|e| matches!(e, RunEvent::Finished { .. } | RunEvent::Failed { .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                RunEvent::Finished { .. } | RunEvent::Failed { .. } | RunEvent::Rejected { .. }
+            )
+        })
         .collect();
     assert_eq!(ends.len(), 1, "{events:?}");
     ends[0]
@@ -293,7 +298,7 @@ fn policy_denial_goes_to_the_log_and_the_event() {
         ),
     );
     match terminal(&evs) {
-        RunEvent::Failed { reason } => {
+        RunEvent::Rejected { reason } => {
             assert!(reason.contains("rejected"), "{reason}");
             assert!(reason.contains("branch main may not run here"), "{reason}");
         }
@@ -687,7 +692,7 @@ fn example_specs_run() {
 
     let (end, log) = plain("policy-denial");
     match end {
-        RunEvent::Failed { reason } => {
+        RunEvent::Rejected { reason } => {
             assert!(reason.contains("tracked runs only from main"), "{reason}")
         }
         e => panic!("{e:?} {log}"),

@@ -192,13 +192,26 @@ impl SandboxExecutor {
             .insert(spec.run_id.clone(), control.clone());
         let ev = match run(&self.shared, Ok(spec), sink, &events, &control) {
             Ok(code) => RunEvent::Finished { exit_code: code },
-            Err(reason) => RunEvent::Failed { reason },
+            Err(reason) => ending(reason),
         };
         self.runs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(events.run_id());
         events.send(ev);
+    }
+}
+
+/// How a denied run's error starts.
+const REJECTED: &str = "rejected by the run initialization policy: ";
+
+/// The terminal event for a run that did not finish: rejected by the policy,
+/// or failed.
+fn ending(reason: String) -> RunEvent {
+    if reason.starts_with(REJECTED) {
+        RunEvent::Rejected { reason }
+    } else {
+        RunEvent::Failed { reason }
     }
 }
 
@@ -218,7 +231,7 @@ impl RunExecutor for SandboxExecutor {
                 let spec = open_spec(&shared, &a);
                 let ev = match run(&shared, spec, None, &events, &control) {
                     Ok(code) => RunEvent::Finished { exit_code: code },
-                    Err(reason) => RunEvent::Failed { reason },
+                    Err(reason) => ending(reason),
                 };
                 runs.lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -462,10 +475,7 @@ fn run_logged(
             for m in &decision.deny {
                 let _ = log.line(&format!("liftoff: run initialization policy: deny: {m}"));
             }
-            return Err(format!(
-                "rejected by the run initialization policy: {}",
-                decision.deny.join("; ")
-            ));
+            return Err(format!("{REJECTED}{}", decision.deny.join("; ")));
         }
     }
 

@@ -198,7 +198,10 @@ pub fn until_end(
             .await
         });
         let Some((_, ev)) = ev else { continue };
-        let end = matches!(ev, RunEvent::Finished { .. } | RunEvent::Failed { .. });
+        let end = matches!(
+            ev,
+            RunEvent::Finished { .. } | RunEvent::Failed { .. } | RunEvent::Rejected { .. }
+        );
         out.push(ev);
         if end {
             return out;
