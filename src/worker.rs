@@ -27,8 +27,8 @@ use crate::identity::{self, Identity, PoolKey};
 use crate::link::mqtt::{Link, LinkEvent, LinkOptions};
 use crate::link::outbox::{Limits, Outbox};
 use crate::link::protocol::{
-    self, Assignment, Command, CommandBody, HostFacts, RunPhase, Topics, Upload, WorkerMsg,
-    WorkerState,
+    self, Assignment, Command, CommandBody, HostFacts, RunPhase, StepResult, Topics, Upload,
+    WorkerMsg, WorkerState,
 };
 
 /// The message printed (and the exit status 78 used) when the pool was reset.
@@ -54,6 +54,12 @@ pub enum RunEvent {
     /// The worker-side run initialization policy denied the run (nothing
     /// of it ran); the reason holds the deny messages.
     Rejected { reason: String },
+    /// Sent just before `Finished`: the run's duration and each step's
+    /// result, carried by the `finished` event.
+    Summary {
+        duration_ms: u64,
+        steps: Vec<StepResult>,
+    },
 }
 
 /// Where an executor sends its events. Cheap to clone, usable from any
@@ -331,6 +337,8 @@ pub struct Worker<E: RunExecutor> {
     /// Why runs are not taken (the disk is too full), while it lasts.
     disk_full: Option<String>,
     started: Instant,
+    /// Finished runs' duration and steps, until their `finished` event.
+    summaries: std::sync::Mutex<BTreeMap<String, (u64, Vec<StepResult>)>>,
 }
 
 enum Wake {
@@ -378,6 +386,7 @@ impl<E: RunExecutor> Worker<E> {
             disk_gate: crate::hostwatch::DiskGate::new(opts_disk_threshold),
             disk_full: None,
             started: Instant::now(),
+            summaries: Default::default(),
         }
     }
 
@@ -480,12 +489,23 @@ impl<E: RunExecutor> Worker<E> {
         reason: Option<String>,
         command_id: Option<String>,
     ) {
+        let (duration_ms, steps) = match phase {
+            RunPhase::Finished => self
+                .summaries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(run_id)
+                .map_or((None, Vec::new()), |(d, s)| (Some(d), s)),
+            _ => (None, Vec::new()),
+        };
         self.emit(WorkerMsg::Run {
             run_id: run_id.to_string(),
             phase,
             exit_code,
             reason,
             command_id,
+            duration_ms,
+            steps,
         });
     }
 
@@ -768,6 +788,12 @@ impl<E: RunExecutor> Worker<E> {
                 self.runs.remove(&run);
                 self.run_event(&run, RunPhase::Failed, None, Some(reason), None);
                 self.report_status();
+            }
+            RunEvent::Summary { duration_ms, steps } => {
+                self.summaries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(run, (duration_ms, steps));
             }
             RunEvent::Rejected { reason } => {
                 tracing::info!(run, reason, "run rejected by the initialization policy");

@@ -150,6 +150,8 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
         exit_code: None,
         reason: None,
         command_id: None,
+        duration_ms: None,
+        steps: Vec::new(),
     })
     .unwrap();
 

@@ -270,6 +270,17 @@ fn the_first_failing_step_ends_the_run_with_its_exit_code() {
     ]);
     let evs = run(&mut ex, assign(id, &spki, &spec(id, &w, steps)));
     assert_eq!(terminal(&evs), &RunEvent::Finished { exit_code: 3 });
+    // The summary the `finished` event carries: the steps that ran.
+    let summary = evs.iter().find_map(|e| match e {
+        RunEvent::Summary { steps, .. } => Some(steps.clone()),
+        _ => None,
+    });
+    let steps = summary.expect("a summary before finished");
+    let got: Vec<(&str, i32)> = steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.exit_code))
+        .collect();
+    assert_eq!(got, vec![("ok", 0), ("bad", 3)]);
     let log = w.log(id);
     assert!(log.contains("failing"), "{log}");
     assert!(!log.contains("NEVER-RUNS"), "{log}");
@@ -561,6 +572,9 @@ fn through_the_brokers_assign_runs_and_reports() {
         .unwrap_or_else(|| panic!("no end of run: {}", l.stderr()));
     assert_eq!(fin["phase"], "finished", "{fin}\n{}", l.stderr());
     assert_eq!(fin["exit_code"], 4, "{fin}");
+    assert_eq!(fin["steps"][0]["name"], "hi", "{fin}");
+    assert_eq!(fin["steps"][0]["exit_code"], 4, "{fin}");
+    assert!(fin["duration_ms"].as_u64().is_some(), "{fin}");
     let evs = plane.events();
     assert!(evs.iter().any(|v| is_run(v, id, "started")));
     assert!(

@@ -341,6 +341,8 @@ mod tests {
             exit_code: None,
             reason: None,
             command_id: None,
+            duration_ms: None,
+            steps: Vec::new(),
         })
     }
 

@@ -132,6 +132,14 @@ pub enum RunPhase {
     Failed,
 }
 
+/// One step of a finished run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub name: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+}
+
 /// Messages from the worker to the plane (`type` is the snake_case name).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -167,6 +175,12 @@ pub enum WorkerMsg {
         /// The `assign` command id this event answers (accepted/rejected).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         command_id: Option<String>,
+        /// `finished`: the run's wall time from start to its last step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+        /// `finished`: each step that ran, in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        steps: Vec<StepResult>,
     },
     /// A log chunk was stored in object storage. Durable.
     Log {
@@ -502,6 +516,8 @@ mod tests {
             exit_code: None,
             reason: None,
             command_id: None,
+            duration_ms: None,
+            steps: Vec::new(),
         });
         e.seq = Some(7);
         let v: Value = serde_json::from_slice(&e.to_bytes().unwrap()).unwrap();

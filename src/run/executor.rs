@@ -509,8 +509,11 @@ fn run_logged(
     }
 
     events.send(RunEvent::Started);
+    let run_started = Instant::now();
+    let mut results = Vec::with_capacity(spec.steps.len());
     let mut exit_code = 0;
     for (i, step) in spec.steps.iter().enumerate() {
+        let step_started = Instant::now();
         if control.cancelled() {
             return Err("cancelled".into());
         }
@@ -549,10 +552,16 @@ fn run_logged(
             }
         }
         exit_code = outcome.exit_code;
+        results.push(crate::link::protocol::StepResult {
+            name: step.name.clone(),
+            exit_code,
+            duration_ms: step_started.elapsed().as_millis() as u64,
+        });
         if exit_code != 0 {
             break;
         }
     }
+    let duration_ms = run_started.elapsed().as_millis() as u64;
 
     for a in &spec.uploads.artifacts {
         let path = source_dir.join(&a.path);
@@ -586,6 +595,10 @@ fn run_logged(
             tracing::warn!(run = spec.run_id, "{e}");
         }
     }
+    events.send(RunEvent::Summary {
+        duration_ms,
+        steps: results,
+    });
     Ok(exit_code)
 }
 
