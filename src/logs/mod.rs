@@ -25,7 +25,7 @@
 //! from memory on the pump thread; the spool would only double their disk
 //! traffic.
 //!
-//! Memory is bounded whatever the job's output rate: one 64 KiB read in the
+//! Memory is bounded whatever the job's output rate: one 128 KiB read in the
 //! reader thread, one in the channel (capacity 1, so the pipe pushes back),
 //! the chunk being built (at most [`CHUNK_MAX`] plus one read), and nothing
 //! for delivery (spooled chunks are streamed from disk; direct sinks write
@@ -72,7 +72,7 @@ impl Notes {
 }
 
 /// Size of one read from the job's pipe.
-const READ_SIZE: usize = 64 * 1024;
+const READ_SIZE: usize = 128 * 1024;
 /// After SIGKILL, how long to wait for the pipe to close before giving up
 /// on it (a process outside the killed tree still holds it).
 const AFTER_KILL_WAIT: Duration = Duration::from_secs(5);
