@@ -244,7 +244,7 @@ fn main() {
         loop {
             match smol::block_on(rx.recv()).unwrap().1 {
                 RunEvent::Finished { exit_code: 0 } => break,
-                RunEvent::Log { .. } | RunEvent::Started => {}
+                RunEvent::Log { .. } | RunEvent::Started | RunEvent::Summary { .. } => {}
                 other => panic!("run {run_id}: {other:?}"),
             }
         }
