@@ -178,40 +178,9 @@ fn launcher_alive(plan: &ChildPlan) {
 pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     let e = plan.err_fd;
     wait_for_go(plan);
-    if plan.drop_groups {
-        // SAFETY: setgroups with an empty list.
-        ok_or_fail(
-            e,
-            STEP_SETGROUPS,
-            sys(unsafe {
-                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
-                    as libc::c_int
-            }),
-        );
-    }
-    // The namespace's root (0) is unmapped, so these keep our capabilities
-    // inside the namespace until the job drops them. Raw system calls: libc's
-    // wrappers broadcast to the launcher's other threads, which this copy of
-    // the process does not have.
-    // SAFETY: setresgid/setresuid with the mapped job id.
-    ok_or_fail(
-        e,
-        STEP_SETGID,
-        sys(unsafe { libc::syscall(libc::SYS_setresgid, JOB_ID, JOB_ID, JOB_ID) as libc::c_int }),
-    );
-    // SAFETY: as above.
-    ok_or_fail(
-        e,
-        STEP_SETUID,
-        sys(unsafe { libc::syscall(libc::SYS_setresuid, JOB_ID, JOB_ID, JOB_ID) as libc::c_int }),
-    );
-    // Credential changes clear PDEATHSIG: set it again.
-    // SAFETY: prctl with constant arguments.
-    ok_or_fail(
-        e,
-        STEP_PDEATHSIG,
-        sys(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
-    );
+    // The namespace's root (0) is unmapped, so the job id keeps our
+    // capabilities inside the namespace until the job drops them.
+    become_ids(e, plan.drop_groups, JOB_ID, JOB_ID);
     launcher_alive(plan);
     if plan.cgroupns {
         // SAFETY: unshare with a constant flag.
@@ -276,11 +245,13 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
 /// inherits it.
 pub const JOB_OOM_SCORE_ADJ: &str = "500";
 
-pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
-    wait_for_go(plan);
-    let e = plan.err_fd;
-    if let Some((uid, gid)) = plan.become_host {
-        // SAFETY: leaving host root: no groups, then gid, then uid.
+/// Drops supplementary groups (when asked), then sets gid and uid, then
+/// PDEATHSIG again (credential changes clear it). Raw system calls: libc's
+/// wrappers broadcast to the launcher's other threads, which this copy of
+/// the process does not have.
+fn become_ids(e: i32, drop_groups: bool, uid: u32, gid: u32) {
+    if drop_groups {
+        // SAFETY: setgroups with an empty list.
         ok_or_fail(
             e,
             STEP_SETGROUPS,
@@ -289,25 +260,39 @@ pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
                     as libc::c_int
             }),
         );
-        // SAFETY: as above.
-        ok_or_fail(
-            e,
-            STEP_SETGID,
-            sys(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) as libc::c_int }),
-        );
-        // SAFETY: as above.
-        ok_or_fail(
-            e,
-            STEP_SETUID,
-            sys(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) as libc::c_int }),
-        );
     }
-    // SAFETY: prctl with constant arguments (cleared by the uid change).
+    // SAFETY: setresgid with one id for real, effective and saved.
+    ok_or_fail(
+        e,
+        STEP_SETGID,
+        sys(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) as libc::c_int }),
+    );
+    // SAFETY: setresuid with one id for real, effective and saved.
+    ok_or_fail(
+        e,
+        STEP_SETUID,
+        sys(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) as libc::c_int }),
+    );
+    set_pdeathsig(e);
+}
+
+fn set_pdeathsig(e: i32) {
+    // SAFETY: prctl with constant arguments.
     ok_or_fail(
         e,
         STEP_PDEATHSIG,
         sys(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
     );
+}
+
+pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
+    wait_for_go(plan);
+    let e = plan.err_fd;
+    match plan.become_host {
+        // Leaving host root: no groups, then gid, then uid.
+        Some((uid, gid)) => become_ids(e, true, uid, gid),
+        None => set_pdeathsig(e),
+    }
     launcher_alive(plan);
     run_job(plan)
 }
