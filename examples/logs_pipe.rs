@@ -95,7 +95,7 @@ fn main() {
     eprintln!(
         "logs_pipe: {} bytes in {} chunks in {:.2}s; peak RSS {peak}; error: {:?}",
         report.bytes,
-        report.delivered.chunks.len(),
+        report.delivered.chunks,
         t.elapsed().as_secs_f64(),
         report.delivered.error
     );

@@ -21,15 +21,17 @@
 //!
 //! Network sinks (pre-signed URLs) get every chunk through the spool: written
 //! there first, delivered by an upload thread, removed once delivered. Sinks
-//! on this host (a file, stdout: [`sink::Sink::direct`]) take chunks straight
-//! from memory on the pump thread; the spool would only double their disk
-//! traffic.
+//! on this host (a file, stdout: [`sink::Sink::direct`]) take chunks of at
+//! most [`DIRECT_CHUNK_MAX`] straight from memory on the pump thread; the
+//! spool would only double their disk traffic.
 //!
 //! Memory is bounded whatever the job's output rate: one 128 KiB read in the
 //! reader thread, one in the channel (capacity 1, so the pipe pushes back),
-//! the chunk being built (at most [`CHUNK_MAX`] plus one read), and nothing
-//! for delivery (spooled chunks are streamed from disk; direct sinks write
-//! the chunk being sealed).
+//! one being masked, the chunk being built (at most [`CHUNK_MAX`] plus one
+//! read), and nothing for delivery (spooled chunks are streamed from disk;
+//! direct sinks write the chunk being sealed). [`Report::peak_buffered`]
+//! measures it; tests/logs_backpressure.rs holds it under [`BUFFER_LIMIT`]
+//! (2 MiB) with a fast job and a slow sink.
 
 pub mod redact;
 pub mod sink;
@@ -52,6 +54,13 @@ use upload::{Delivered, OnDelivered, Retry, Uploader, deliver_direct};
 
 /// Largest chunk.
 pub const CHUNK_MAX: usize = 1 << 20;
+/// A chunk for sinks on this host ([`sink::Sink::direct`]: a file, stdout)
+/// is sealed once it holds this much (it may hold up to one read more).
+/// Their chunks are writes, not objects: 1 MiB writes into a file,
+/// taken turn about with the job's pipe, made the 1 GiB `--log-file` bench
+/// (benches/exec_logs.sh) about 25% slower than 128 KiB ones, the size
+/// `cat` writes.
+pub const DIRECT_CHUNK_MAX: usize = 128 * 1024;
 /// A chunk is sealed at most this long after its first byte arrived.
 pub const CHUNK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often an attached [`Notes`] inbox is looked at while the job is quiet.
@@ -73,6 +82,15 @@ impl Notes {
 
 /// Size of one read from the job's pipe.
 const READ_SIZE: usize = 128 * 1024;
+/// Read buffers: one being read into, one in the channel, one being masked.
+const READ_BUFFERS: usize = 3;
+/// Room in the chunk buffer for launcher notes written between reads.
+const NOTE_ROOM: usize = 4096;
+/// The most a run's pipeline holds in memory (read buffers, the chunk being
+/// built, the redactor's held-back bytes): [`Report::peak_buffered`] stays
+/// under it whatever the job's output rate, because the job's pipe pushes
+/// back.
+pub const BUFFER_LIMIT: usize = 2 << 20;
 /// After SIGKILL, how long to wait for the pipe to close before giving up
 /// on it (a process outside the killed tree still holds it).
 const AFTER_KILL_WAIT: Duration = Duration::from_secs(5);
@@ -215,6 +233,10 @@ pub struct Report {
     pub delivered: Delivered,
     /// Non-fatal problems (spool recovery notes, a pipe left open).
     pub warnings: Vec<String>,
+    /// The most memory the pipeline's buffers held at once (the allocated
+    /// read buffers, chunk and redactor buffers), in bytes: at most
+    /// [`BUFFER_LIMIT`].
+    pub peak_buffered: usize,
 }
 
 /// How chunks reach the sink.
@@ -249,6 +271,8 @@ pub struct Pipeline {
     /// The last byte of the last sealed chunk (a launcher line starts on a
     /// line of its own).
     last_sealed: Option<u8>,
+    /// See [`Report::peak_buffered`].
+    peak_buffered: usize,
 }
 
 impl Pipeline {
@@ -262,6 +286,10 @@ impl Pipeline {
     ) -> Result<Pipeline, String> {
         if opts.chunk_max == 0 {
             return Err("the log chunk size must be at least 1 byte".into());
+        }
+        let mut opts = opts;
+        if sink.direct() {
+            opts.chunk_max = opts.chunk_max.min(DIRECT_CHUNK_MAX);
         }
         let spool = Arc::new(Spool::open(&opts.spool_root, &opts.run_id)?);
         let (leftover, warnings) = spool.existing()?;
@@ -277,7 +305,7 @@ impl Pipeline {
                 if let Some(f) = on_delivered.as_mut() {
                     f(&chunk);
                 }
-                done.chunks.push(chunk);
+                done.chunks += 1;
             }
             Delivery::Direct {
                 sink,
@@ -294,16 +322,21 @@ impl Pipeline {
         };
         Ok(Pipeline {
             notes: None,
-            redactor: Redactor::new(matcher),
+            redactor: Redactor::new(matcher.clone()),
             spool,
             delivery,
-            chunk: Vec::with_capacity(opts.chunk_max.min(CHUNK_MAX) + READ_SIZE),
+            // Room for a full chunk, one read and what the redactor held
+            // back, so the buffer never grows again.
+            chunk: Vec::with_capacity(
+                opts.chunk_max.min(CHUNK_MAX) + READ_SIZE + matcher.max_len() + NOTE_ROOM,
+            ),
             chunk_started: None,
             next_seq,
             started: Instant::now(),
             bytes: 0,
             warnings,
             last_sealed: None,
+            peak_buffered: 0,
             opts,
         })
     }
@@ -381,6 +414,7 @@ impl Pipeline {
             bytes.push(b'\n');
             self.chunk.extend_from_slice(&bytes);
             self.chunk_started.get_or_insert(now);
+            self.track_buffers();
             if self.chunk.len() >= self.opts.chunk_max {
                 self.seal()?;
             }
@@ -397,10 +431,21 @@ impl Pipeline {
             if self.chunk.len() > before && self.chunk_started.is_none() {
                 self.chunk_started = Some(now);
             }
+            if self.chunk.len() >= self.opts.chunk_max
+                && matches!(self.delivery, Delivery::Direct { .. })
+            {
+                // A direct sink's chunk is a write: all of it goes at once
+                // (at most DIRECT_CHUNK_MAX plus one read), nothing is moved.
+                self.seal()?;
+            }
             while self.chunk.len() >= self.opts.chunk_max {
-                let rest = self.chunk.split_off(self.opts.chunk_max);
-                let full = std::mem::replace(&mut self.chunk, rest);
-                self.seal_bytes(&full)?;
+                // One buffer for the run: the full chunk goes out from it
+                // and the rest (less than one read) moves to its front.
+                let chunk = std::mem::take(&mut self.chunk);
+                let sealed = self.seal_bytes(&chunk[..self.opts.chunk_max]);
+                self.chunk = chunk;
+                sealed?;
+                self.chunk.drain(..self.opts.chunk_max);
                 self.chunk_started = if self.chunk.is_empty() {
                     None
                 } else {
@@ -408,7 +453,14 @@ impl Pipeline {
                 };
             }
         }
+        self.track_buffers();
         Ok(())
+    }
+
+    /// Notes the memory the buffers hold now (see [`Report::peak_buffered`]).
+    fn track_buffers(&mut self) {
+        let now = READ_BUFFERS * READ_SIZE + self.chunk.capacity() + self.redactor.buffered();
+        self.peak_buffered = self.peak_buffered.max(now);
     }
 
     /// Spools the chunk being built (if any) and queues it for delivery.
@@ -417,8 +469,9 @@ impl Pipeline {
             return Ok(());
         }
         let body = std::mem::take(&mut self.chunk);
-        self.seal_bytes(&body)?;
+        let sealed = self.seal_bytes(&body);
         self.chunk = body;
+        sealed?;
         self.chunk.clear();
         self.chunk_started = None;
         Ok(())
@@ -452,7 +505,7 @@ impl Pipeline {
                 if let Some(f) = on_delivered.as_mut() {
                     f(&chunk);
                 }
-                done.chunks.push(chunk);
+                done.chunks += 1;
             }
         }
         self.last_sealed = body.last().copied().or(self.last_sealed);
@@ -478,8 +531,8 @@ impl Pipeline {
         let (tx, rx) = sync_channel::<std::io::Result<(Vec<u8>, usize)>>(1);
         // Read buffers go back to the reader once used: three in all (one
         // being read into, one in the channel, one being masked).
-        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(3);
-        for _ in 0..3 {
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(READ_BUFFERS);
+        for _ in 0..READ_BUFFERS {
             let _ = free_tx.send(vec![0u8; READ_SIZE]);
         }
         let reader_thread = std::thread::Builder::new()
@@ -647,6 +700,7 @@ impl Pipeline {
             bytes: self.bytes,
             delivered,
             warnings,
+            peak_buffered: self.peak_buffered,
         }
     }
 }

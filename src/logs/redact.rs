@@ -597,6 +597,11 @@ impl Redactor {
         self.pending.len()
     }
 
+    /// Bytes of memory the redactor's own buffers hold (allocated).
+    pub fn buffered(&self) -> usize {
+        self.pending.capacity() + self.spans.capacity() * std::mem::size_of::<(usize, usize)>()
+    }
+
     /// Masks `data`, appending what is final to `out`.
     pub fn write(&mut self, data: &[u8], out: &mut Vec<u8>) {
         if self.matcher.is_empty() {

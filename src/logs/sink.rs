@@ -214,6 +214,11 @@ pub struct FileSink {
     /// Bytes of chunks already delivered: a retried chunk is written here
     /// again, over whatever a failed attempt left.
     committed: u64,
+    /// A failed attempt may have left bytes past `committed`. Only then is
+    /// the file cut back: a truncate per chunk costs an ext4 truncate each
+    /// time, and a truncate to 0 makes ext4 write the whole file back on
+    /// close (its `auto_da_alloc` rule for files replaced by truncation).
+    torn: bool,
 }
 
 impl FileSink {
@@ -228,7 +233,36 @@ impl FileSink {
             path: path.to_path_buf(),
             file,
             committed: 0,
+            torn: false,
         })
+    }
+
+    /// Writes one chunk after the delivered ones, first cutting back
+    /// whatever a failed attempt left.
+    fn append(
+        &mut self,
+        chunk: &Chunk,
+        write: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<(), DeliverError> {
+        let written = (|| {
+            if self.torn {
+                self.file.set_len(self.committed)?;
+                self.file.seek(SeekFrom::Start(self.committed))?;
+            }
+            self.torn = true;
+            write(&mut self.file)?;
+            self.torn = false;
+            Ok(())
+        })();
+        written.map_err(|e: std::io::Error| {
+            DeliverError::retry(format!(
+                "cannot write log chunk {} to {}: {e}",
+                chunk.seq,
+                self.path.display()
+            ))
+        })?;
+        self.committed += chunk.len;
+        Ok(())
     }
 }
 
@@ -238,26 +272,16 @@ impl Sink for FileSink {
     }
 
     fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
-        let fail = |e: std::io::Error| {
-            DeliverError::retry(format!(
-                "cannot write log chunk {} to {}: {e}",
-                chunk.seq,
-                self.path.display()
-            ))
-        };
-        self.file.set_len(self.committed).map_err(fail)?;
-        self.file
-            .seek(SeekFrom::Start(self.committed))
-            .map_err(fail)?;
-        let copied = std::io::copy(&mut body.take(chunk.len), &mut self.file).map_err(fail)?;
-        if copied != chunk.len {
-            return Err(DeliverError::retry(format!(
-                "log chunk {} was shorter than its {} bytes",
-                chunk.seq, chunk.len
-            )));
-        }
-        self.committed += chunk.len;
-        Ok(())
+        self.append(chunk, |file| {
+            let copied = std::io::copy(&mut body.take(chunk.len), file)?;
+            if copied != chunk.len {
+                return Err(std::io::Error::other(format!(
+                    "the spooled chunk was shorter than its {} bytes",
+                    chunk.len
+                )));
+            }
+            Ok(())
+        })
     }
 
     fn direct(&self) -> bool {
@@ -265,20 +289,7 @@ impl Sink for FileSink {
     }
 
     fn deliver_bytes(&mut self, chunk: &Chunk, bytes: &[u8]) -> Result<(), DeliverError> {
-        let fail = |e: std::io::Error| {
-            DeliverError::retry(format!(
-                "cannot write log chunk {} to {}: {e}",
-                chunk.seq,
-                self.path.display()
-            ))
-        };
-        self.file.set_len(self.committed).map_err(fail)?;
-        self.file
-            .seek(SeekFrom::Start(self.committed))
-            .map_err(fail)?;
-        self.file.write_all(bytes).map_err(fail)?;
-        self.committed += bytes.len() as u64;
-        Ok(())
+        self.append(chunk, |file| file.write_all(bytes))
     }
 
     fn finish(&mut self) -> Result<(), String> {

@@ -154,8 +154,10 @@ pub fn deliver_direct(
 /// What delivery did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivered {
-    /// Chunks delivered, in order.
-    pub chunks: Vec<Chunk>,
+    /// How many chunks were delivered, in order (each was handed to the
+    /// `on_delivered` callback, if any; they are not kept: a long run's log
+    /// has tens of thousands).
+    pub chunks: usize,
     /// The first failure; later chunks were left in the spool.
     pub error: Option<String>,
     /// Chunks left in the spool.
@@ -199,7 +201,7 @@ impl Uploader {
                             if let Some(f) = on_delivered.as_mut() {
                                 f(&chunk);
                             }
-                            done.chunks.push(chunk);
+                            done.chunks += 1;
                         }
                         Err(e) => {
                             tracing::error!(run = %chunk.run_id, seq = chunk.seq, "{e}");
@@ -289,7 +291,7 @@ pub fn recover(
         let total = chunks.len();
         for chunk in chunks {
             match deliver(&spool, sink.as_mut(), &chunk, true, retry, &mut rng) {
-                Ok(()) => done.chunks.push(chunk),
+                Ok(()) => done.chunks += 1,
                 Err(e) => {
                     done.error = Some(e);
                     break;
@@ -299,7 +301,7 @@ pub fn recover(
         if let Err(e) = sink.finish() {
             done.error.get_or_insert(e);
         }
-        done.left = total - done.chunks.len();
+        done.left = total - done.chunks;
         if done.left == 0 {
             spool.close();
         }
