@@ -285,7 +285,7 @@ pub struct Matcher {
 const GRAM_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The second hash: which two bits of the word.
 const GRAM_MUL2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const MAX_STRIDE: usize = 16;
+const MAX_STRIDE: usize = 32;
 
 /// The Bloom filter word and bits of gram `g`.
 #[inline(always)]
