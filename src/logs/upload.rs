@@ -85,39 +85,27 @@ pub fn deliver(
     retry: &Retry,
     rng: &mut u64,
 ) -> Result<(), String> {
-    let mut last = String::new();
-    for attempt in 1..=retry.attempts.max(1) {
-        if attempt > 1 {
-            std::thread::sleep(retry.backoff(attempt - 1, rng));
-        }
+    let tried = with_retries(chunk, retry, rng, || {
         let mut file = if verify {
-            spool.open_chunk(chunk)?
+            spool.open_chunk(chunk)
         } else {
-            spool.open_unchecked(chunk)?
-        };
-        match sink.deliver(chunk, &mut file) {
-            Ok(()) => {
-                spool.remove(chunk);
-                return Ok(());
-            }
-            Err(DeliverError {
-                retryable: true,
-                message,
-            }) => {
-                tracing::warn!(run = %chunk.run_id, seq = chunk.seq, attempt, "{message}; retrying");
-                last = message;
-            }
-            Err(DeliverError {
-                retryable: false,
-                message,
-            }) => return Err(message),
+            spool.open_unchecked(chunk)
         }
+        .map_err(DeliverError::fatal)?;
+        sink.deliver(chunk, &mut file)
+    });
+    match tried {
+        Ok(()) => {
+            spool.remove(chunk);
+            Ok(())
+        }
+        Err(Failed::Fatal(message)) => Err(message),
+        Err(Failed::GaveUp(last)) => Err(format!(
+            "{last} (gave up after {} tries; the chunk stays in the spool {} and is uploaded at the next start)",
+            retry.attempts,
+            spool.dir().display()
+        )),
     }
-    Err(format!(
-        "{last} (gave up after {} tries; the chunk stays in the spool {} and is uploaded at the next start)",
-        retry.attempts,
-        spool.dir().display()
-    ))
 }
 
 /// Delivers one chunk from memory to a direct sink, with retries.
@@ -128,27 +116,49 @@ pub fn deliver_direct(
     retry: &Retry,
     rng: &mut u64,
 ) -> Result<(), String> {
+    with_retries(chunk, retry, rng, || sink.deliver_bytes(chunk, bytes)).map_err(|f| match f {
+        Failed::Fatal(message) => message,
+        Failed::GaveUp(last) => format!("{last} (gave up after {} tries)", retry.attempts),
+    })
+}
+
+/// Why [`with_retries`] stopped short of delivering.
+enum Failed {
+    /// An attempt failed in a way another attempt cannot mend.
+    Fatal(String),
+    /// Every attempt failed; the last one's message.
+    GaveUp(String),
+}
+
+/// Calls `attempt` until it succeeds, fails for good, or `retry.attempts`
+/// tries are spent, sleeping with backoff and jitter between tries.
+fn with_retries(
+    chunk: &Chunk,
+    retry: &Retry,
+    rng: &mut u64,
+    mut attempt: impl FnMut() -> Result<(), DeliverError>,
+) -> Result<(), Failed> {
     let mut last = String::new();
-    for attempt in 1..=retry.attempts.max(1) {
-        if attempt > 1 {
-            std::thread::sleep(retry.backoff(attempt - 1, rng));
+    for n in 1..=retry.attempts.max(1) {
+        if n > 1 {
+            std::thread::sleep(retry.backoff(n - 1, rng));
         }
-        match sink.deliver_bytes(chunk, bytes) {
+        match attempt() {
             Ok(()) => return Ok(()),
             Err(DeliverError {
                 retryable: true,
                 message,
             }) => {
-                tracing::warn!(run = %chunk.run_id, seq = chunk.seq, attempt, "{message}; retrying");
+                tracing::warn!(run = %chunk.run_id, seq = chunk.seq, attempt = n, "{message}; retrying");
                 last = message;
             }
             Err(DeliverError {
                 retryable: false,
                 message,
-            }) => return Err(message),
+            }) => return Err(Failed::Fatal(message)),
         }
     }
-    Err(format!("{last} (gave up after {} tries)", retry.attempts))
+    Err(Failed::GaveUp(last))
 }
 
 /// What delivery did.
