@@ -6,6 +6,7 @@
 //! `some-job | logs_pipe --log-file FILE [--masks 100] [--state-dir DIR]`
 //! See benches/e2e_logs.sh.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -79,7 +80,15 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = p.pump(std::io::stdin(), &mut NoTree) {
+    // The pipe itself, not the buffered `Stdin` over it: the pump polls it.
+    let stdin = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("logs_pipe: cannot use standard input: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = p.pump(stdin, &mut NoTree) {
         eprintln!("logs_pipe: {e}");
         std::process::exit(1);
     }

@@ -154,7 +154,7 @@ fn uploads_survive_failures_in_order_exactly_once() {
     .unwrap();
     let input = text(2000);
     let ended = p
-        .pump(
+        .pump_reader(
             Splitting {
                 data: input.clone(),
                 at: 0,
@@ -207,7 +207,8 @@ fn restart_child() {
     .unwrap();
     let mut input = text(100);
     input.extend_from_slice(b"token child-secret-value end\n");
-    p.pump(std::io::Cursor::new(input), &mut NoKill).unwrap();
+    p.pump_reader(std::io::Cursor::new(input), &mut NoKill)
+        .unwrap();
     println!("SPOOLED");
     std::io::stdout().flush().unwrap();
     std::thread::sleep(Duration::from_secs(600));
@@ -368,7 +369,7 @@ fn secrets_never_reach_chunks_spool_or_stdout() {
             rng: case as u64,
             max,
         };
-        p.pump(reader, &mut NoKill).unwrap();
+        p.pump_reader(reader, &mut NoKill).unwrap();
         p.finish();
         let uploaded = objects_in_order(&server, "/bucket/01RUNLEAK/").concat();
         assert_clean("uploaded chunks", &uploaded);
@@ -395,7 +396,7 @@ fn secrets_never_reach_chunks_spool_or_stdout() {
             rng: case as u64 + 100,
             max,
         };
-        p.pump(reader, &mut NoKill).unwrap();
+        p.pump_reader(reader, &mut NoKill).unwrap();
         let report = p.finish();
         assert!(report.delivered.error.is_some());
         let mut files: Vec<_> = std::fs::read_dir(dir.path().join("01RUNLEAK"))
@@ -429,7 +430,7 @@ fn secrets_never_reach_chunks_spool_or_stdout() {
             rng: case as u64 + 200,
             max,
         };
-        p.pump(reader, &mut NoKill).unwrap();
+        p.pump_reader(reader, &mut NoKill).unwrap();
         p.finish();
         let stdout = out.0.lock().unwrap().clone();
         assert_clean("stdout", &stdout);
@@ -475,7 +476,7 @@ fn a_real_child_pipe_is_masked() {
     // is the caller's job; here stdout then stderr.
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
-    p.pump(stdout.chain(stderr), &mut NoKill).unwrap();
+    p.pump_reader(stdout.chain(stderr), &mut NoKill).unwrap();
     child.wait().unwrap();
     p.finish();
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
@@ -616,7 +617,8 @@ fn uploads_over_https_trust_additional_root_cas() {
         let mut opts = options(root.path(), id, 1000);
         opts.retry.attempts = 5;
         let mut p = Pipeline::start(opts, RedactorBuilder::new().build(), sink, None).unwrap();
-        p.pump(std::io::Cursor::new(text(50)), &mut NoKill).unwrap();
+        p.pump_reader(std::io::Cursor::new(text(50)), &mut NoKill)
+            .unwrap();
         p.finish()
     };
     // Trusted through ADDITIONAL_ROOT_CAS: every chunk arrives.

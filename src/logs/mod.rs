@@ -25,10 +25,15 @@
 //! most [`DIRECT_CHUNK_MAX`] straight from memory on the pump thread; the
 //! spool would only double their disk traffic.
 //!
-//! Memory is bounded whatever the job's output rate: one 128 KiB read in the
-//! reader thread, one in the channel (capacity 1, so the pipe pushes back),
-//! one being masked, the chunk being built (at most [`CHUNK_MAX`] plus one
-//! read), and nothing for delivery (spooled chunks are streamed from disk;
+//! The pump reads the job's pipe on the calling thread (poll, read, mask,
+//! chunk, write), so the pipe pushes back whenever the sink is slow and
+//! there is no hand-over between threads: with two threads, each read woke
+//! both, and a job writing 4 KiB at a time (`base64`) cost the launcher
+//! twice the context switches of `cat`.
+//!
+//! Memory is bounded whatever the job's output rate: one 128 KiB read
+//! buffer, the chunk being built (at most [`CHUNK_MAX`] plus one read), the
+//! redactor's held-back bytes, and nothing for delivery (spooled chunks are streamed from disk;
 //! direct sinks write the chunk being sealed). [`Report::peak_buffered`]
 //! measures it; tests/logs_backpressure.rs holds it under [`BUFFER_LIMIT`]
 //! (2 MiB) with a fast job and a slow sink.
@@ -40,10 +45,12 @@ pub mod upload;
 
 use std::ffi::OsStr;
 use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::config::Config;
 use crate::config::parse::format_duration;
@@ -82,8 +89,6 @@ impl Notes {
 
 /// Size of one read from the job's pipe.
 const READ_SIZE: usize = 128 * 1024;
-/// Read buffers: one being read into, one in the channel, one being masked.
-const READ_BUFFERS: usize = 3;
 /// Room in the chunk buffer for launcher notes written between reads.
 const NOTE_ROOM: usize = 4096;
 /// The most a run's pipeline holds in memory (read buffers, the chunk being
@@ -459,7 +464,7 @@ impl Pipeline {
 
     /// Notes the memory the buffers hold now (see [`Report::peak_buffered`]).
     fn track_buffers(&mut self) {
-        let now = READ_BUFFERS * READ_SIZE + self.chunk.capacity() + self.redactor.buffered();
+        let now = READ_SIZE + self.chunk.capacity() + self.redactor.buffered();
         self.peak_buffered = self.peak_buffered.max(now);
     }
 
@@ -514,58 +519,27 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Reads the job's merged output until the pipe closes, masking,
-    /// chunking and spooling it. On `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (no
-    /// output) or `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (counted from
-    /// [`Pipeline::start`]) it calls `kill.terminate()`, then `kill.kill()`
-    /// after the grace period (or as soon as the pipe closes, whichever is
-    /// first, for what is left of the tree), writes the reason as the last
-    /// log line and
-    /// returns which timeout it was. An error means the spool could not be
-    /// written (the job is killed then too: its output would be lost).
-    pub fn pump<R: Read + Send + 'static>(
-        &mut self,
-        reader: R,
-        kill: &mut dyn Kill,
-    ) -> Result<Ended, String> {
-        let (tx, rx) = sync_channel::<std::io::Result<(Vec<u8>, usize)>>(1);
-        // Read buffers go back to the reader once used: three in all (one
-        // being read into, one in the channel, one being masked).
-        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(READ_BUFFERS);
-        for _ in 0..READ_BUFFERS {
-            let _ = free_tx.send(vec![0u8; READ_SIZE]);
-        }
-        let reader_thread = std::thread::Builder::new()
-            .name("log-pipe".into())
-            .spawn(move || {
-                let mut reader = reader;
-                loop {
-                    let Ok(mut buf) = free_rx.recv() else {
-                        return;
-                    };
-                    match reader.read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(n) => {
-                            if tx.send(Ok((buf, n))).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start the log reader thread: {e}"))?;
-
+    /// Reads the job's merged output pipe until it closes, masking,
+    /// chunking and spooling it, on this thread: one `poll` then one `read`
+    /// per wake-up, no hand-over between threads. On
+    /// `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (no output) or
+    /// `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (counted from [`Pipeline::start`]) it
+    /// calls `kill.terminate()`, then `kill.kill()` after the grace period
+    /// (or as soon as the pipe closes, whichever is first, for what is left
+    /// of the tree), writes the reason as the last log line and returns
+    /// which timeout it was. An error means the spool could not be written
+    /// (the job is killed then too: its output would be lost).
+    ///
+    /// `pipe` must be pollable (a pipe, a socket, a terminal); for any other
+    /// reader use [`Pipeline::pump_reader`].
+    pub fn pump<P: Read + AsFd>(&mut self, pipe: P, kill: &mut dyn Kill) -> Result<Ended, String> {
+        let mut pipe = pipe;
+        let mut buf = vec![0u8; READ_SIZE];
         let mut last_output = Instant::now();
         let mut timed_out: Option<Ended> = None;
         let mut terminated_at: Option<Instant> = None;
         let mut killed_at: Option<Instant> = None;
         let mut failure: Option<String> = None;
-        let mut pipe_closed = false;
         loop {
             let now = Instant::now();
             // Timeouts (only the first one counts).
@@ -619,26 +593,34 @@ impl Pipeline {
             if self.notes.is_some() {
                 wait = wait.min(NOTE_POLL);
             }
-            match rx.recv_timeout(wait) {
-                Ok(Ok((data, n))) => {
-                    let now = Instant::now();
-                    last_output = now;
-                    let done = self.input(&data[..n], now);
-                    let _ = free_tx.try_send(data);
-                    if let Err(e) = done {
-                        failure = Some(e);
+            match wait_readable(pipe.as_fd(), wait) {
+                Ok(true) => match pipe.read(&mut buf) {
+                    Ok(0) => {
                         break;
                     }
-                }
-                Ok(Err(e)) => {
+                    Ok(n) => {
+                        let now = Instant::now();
+                        last_output = now;
+                        if let Err(e) = self.input(&buf[..n], now) {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                        ) => {}
+                    Err(e) => {
+                        self.warnings
+                            .push(format!("reading the job's output failed: {e}"));
+                        break;
+                    }
+                },
+                Ok(false) => {}
+                Err(e) => {
                     self.warnings
-                        .push(format!("reading the job's output failed: {e}"));
-                    pipe_closed = true;
-                    break;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    pipe_closed = true;
+                        .push(format!("waiting for the job's output failed: {e}"));
                     break;
                 }
             }
@@ -656,9 +638,6 @@ impl Pipeline {
             kill.kill();
             return Err(e);
         }
-        if pipe_closed {
-            let _ = reader_thread.join();
-        }
         if terminated_at.is_some() && killed_at.is_none() {
             // The pipe closed within the grace period; whatever of the tree
             // still lives without holding it (ignoring SIGTERM) dies now.
@@ -671,6 +650,27 @@ impl Pipeline {
         }
         self.seal()?;
         Ok(timed_out.unwrap_or(Ended::Closed))
+    }
+
+    /// [`Pipeline::pump`] for any reader (a file, a chain of readers, a test's
+    /// reader that splits at random): a thread copies it into a pipe, which
+    /// is pumped. If the pump ends before the reader does (a timeout), the
+    /// thread stops at its next write.
+    pub fn pump_reader<R: Read + Send + 'static>(
+        &mut self,
+        reader: R,
+        kill: &mut dyn Kill,
+    ) -> Result<Ended, String> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("cannot create a pipe for the log reader: {e}"))?;
+        std::thread::Builder::new()
+            .name("log-reader".into())
+            .spawn(move || {
+                let mut reader = reader;
+                let _ = std::io::copy(&mut reader, &mut std::fs::File::from(w));
+            })
+            .map_err(|e| format!("cannot start the log reader thread: {e}"))?;
+        self.pump(std::fs::File::from(r), kill)
     }
 
     /// Seals the last chunk, waits for delivery, and reports.
@@ -702,6 +702,21 @@ impl Pipeline {
             warnings,
             peak_buffered: self.peak_buffered,
         }
+    }
+}
+
+/// Waits up to `wait` (rounded up to a millisecond) for `fd` to have input
+/// or to be closed at the other end: true when a read will not block.
+fn wait_readable(fd: BorrowedFd<'_>, wait: Duration) -> std::io::Result<bool> {
+    let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    ) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

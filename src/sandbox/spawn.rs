@@ -91,7 +91,7 @@ fn stdio(which: Stdio, input: bool) -> Result<(Option<OwnedFd>, Option<File>), E
             let (r, w) = pipe()?;
             if !input {
                 // A job's output pipe holds 1 MiB (when the host allows):
-                // the launcher wakes once per megabyte, not per 64 KiB.
+                // the job writes on while the launcher delivers a chunk.
                 // SAFETY: F_SETPIPE_SZ on a pipe we own; failure is harmless.
                 unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, OUTPUT_PIPE_SIZE) };
             }
