@@ -543,6 +543,8 @@ impl Pipeline {
     /// reader use [`Pipeline::pump_reader`].
     pub fn pump<P: Read + AsFd>(&mut self, pipe: P, kill: &mut dyn Kill) -> Result<Ended, String> {
         let mut pipe = pipe;
+        // The job comes first: the pump's wake-ups do not preempt it.
+        let _batch = crate::sandbox::sched::Batch::enter();
         let mut buf = vec![0u8; READ_SIZE];
         let pause = coalescing_pause(pipe.as_fd());
         let mut last_output = Instant::now();

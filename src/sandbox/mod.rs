@@ -46,6 +46,7 @@ pub mod landlock;
 pub mod mounts;
 pub mod namespaces;
 pub mod rlimits;
+pub mod sched;
 pub mod seccomp;
 mod spawn;
 
