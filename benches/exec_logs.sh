@@ -10,11 +10,11 @@
 # the median wall-time ratio (target <= 1.3) and liftoff's largest peak RSS
 # (target <= 16 MiB; GNU time's %M, an upper bound: it includes the init).
 #
-# Usage (as root): sh benches/exec_logs.sh [SIZE] [ROUNDS]   (default 1G 3)
+# Usage (as root): sh benches/exec_logs.sh [SIZE] [ROUNDS]   (default 1G 5)
 # LIFTOFF_BENCH_BIN=path skips the release build.
 set -eu
 SIZE=${1:-1G}
-ROUNDS=${2:-3}
+ROUNDS=${2:-5}
 cd "$(dirname "$0")/.."
 BIN=${LIFTOFF_BENCH_BIN:-target/release/liftoff}
 [ -n "${LIFTOFF_BENCH_BIN:-}" ] || cargo build --release >/dev/null
