@@ -34,10 +34,10 @@
 //!
 //! Memory is bounded whatever the job's output rate: one 128 KiB read
 //! buffer, the chunk being built (at most [`CHUNK_MAX`] plus one read), the
-//! redactor's held-back bytes, and nothing for delivery (spooled chunks are streamed from disk;
-//! direct sinks write the chunk being sealed). [`Report::peak_buffered`]
-//! measures it; tests/logs_backpressure.rs holds it under [`BUFFER_LIMIT`]
-//! (2 MiB) with a fast job and a slow sink.
+//! redactor's held-back bytes, and nothing for delivery (spooled chunks are
+//! streamed from disk; direct sinks write the chunk being sealed).
+//! [`Report::peak_buffered`] measures it; tests/logs_backpressure.rs holds
+//! it under [`BUFFER_LIMIT`] (2 MiB) with a fast job and a slow sink.
 
 pub mod redact;
 pub mod sink;
@@ -607,9 +607,7 @@ impl Pipeline {
             }
             match wait_readable(pipe.as_fd(), wait) {
                 Ok(true) => match pipe.read(&mut buf) {
-                    Ok(0) => {
-                        break;
-                    }
+                    Ok(0) => break,
                     Ok(n) => {
                         let now = Instant::now();
                         last_output = now;
@@ -671,7 +669,7 @@ impl Pipeline {
     /// [`Pipeline::pump`] for any reader (a file, a chain of readers, a test's
     /// reader that splits at random): a thread copies it into a pipe, which
     /// is pumped. If the pump ends before the reader does (a timeout), the
-    /// thread stops at its next write.
+    /// thread stops at its next write (the pipe is closed).
     pub fn pump_reader<R: Read + Send + 'static>(
         &mut self,
         reader: R,
