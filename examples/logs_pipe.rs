@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use liftoff::logs::redact::RedactorBuilder;
 use liftoff::logs::sink::FileSink;
-use liftoff::logs::upload::Retry;
-use liftoff::logs::{CHUNK_INTERVAL, CHUNK_MAX, Kill, Options, Pipeline};
+use liftoff::logs::{Kill, Options, Pipeline};
 
 struct NoTree;
 impl Kill for NoTree {
@@ -56,14 +55,12 @@ fn main() {
         b.secret(&format!("SECRET_{i}"), &secret);
     }
     let opts = Options {
-        run_id: format!("E2E{}", std::process::id()),
-        spool_root: state_dir.join("spool"),
         logs_timeout: Duration::from_secs(3600),
         run_timeout: Duration::from_secs(3600),
-        kill_grace: Duration::from_secs(10),
-        chunk_max: CHUNK_MAX,
-        chunk_interval: CHUNK_INTERVAL,
-        retry: Retry::default(),
+        ..Options::new(
+            &format!("E2E{}", std::process::id()),
+            state_dir.join("spool"),
+        )
     };
     let sink = match FileSink::create(&log_file) {
         Ok(s) => Box::new(s),

@@ -428,14 +428,10 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
         (None, false) => Box::new(TerminalSink),
     };
     let opts = crate::logs::Options {
-        run_id: run_id.clone(),
-        spool_root: spool.0.clone(),
         logs_timeout: run.logs_timeout.unwrap_or(NO_LIMIT),
         run_timeout: run.timeout.unwrap_or(NO_LIMIT),
         kill_grace: config.kill_grace,
-        chunk_max: crate::logs::CHUNK_MAX,
-        chunk_interval: crate::logs::CHUNK_INTERVAL,
-        retry: Default::default(),
+        ..crate::logs::Options::new(&run_id, spool.0.clone())
     };
     let mut pipeline = match Pipeline::start(opts, run.masking, sink, None) {
         Ok(p) => p,

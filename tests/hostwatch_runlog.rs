@@ -10,7 +10,6 @@ use std::time::Duration;
 use liftoff::hostwatch::{self, HostWatch, Sources, Thresholds};
 use liftoff::logs::redact::RedactorBuilder;
 use liftoff::logs::sink::FileSink;
-use liftoff::logs::upload::Retry;
 use liftoff::logs::{Kill, Options, Pipeline};
 
 struct NoKill;
@@ -34,14 +33,8 @@ fn a_starved_host_warns_in_the_running_runs_log() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("run.log");
     let opts = Options {
-        run_id: "01STARVED".into(),
-        spool_root: dir.path().join("spool"),
-        logs_timeout: Duration::from_secs(60),
-        run_timeout: Duration::from_secs(60),
-        kill_grace: Duration::from_secs(1),
-        chunk_max: 1 << 20,
         chunk_interval: Duration::from_millis(200),
-        retry: Retry::default(),
+        ..Options::new("01STARVED", dir.path().join("spool"))
     };
     let mut b = RedactorBuilder::new();
     b.secret("TOKEN", b"hunter2-very-secret");

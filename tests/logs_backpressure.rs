@@ -14,7 +14,6 @@ use std::time::Duration;
 use liftoff::logs::redact::RedactorBuilder;
 use liftoff::logs::sink::{DeliverError, Sink};
 use liftoff::logs::spool::Chunk;
-use liftoff::logs::upload::Retry;
 use liftoff::logs::{BUFFER_LIMIT, Ended, Kill, Options, Pipeline};
 
 const TOTAL: usize = 48 << 20;
@@ -88,16 +87,7 @@ struct Outcome {
 
 fn run(direct: bool, delay: Duration) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        run_id: "01BACKPRESSURE".into(),
-        spool_root: dir.path().join("spool"),
-        logs_timeout: Duration::from_secs(600),
-        run_timeout: Duration::from_secs(600),
-        kill_grace: Duration::from_secs(1),
-        chunk_max: liftoff::logs::CHUNK_MAX,
-        chunk_interval: Duration::from_secs(1),
-        retry: Retry::default(),
-    };
+    let opts = Options::new("01BACKPRESSURE", dir.path().join("spool"));
     let got = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicU64::new(0));
     let sink = SlowSink {

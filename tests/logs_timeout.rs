@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use liftoff::logs::redact::RedactorBuilder;
 use liftoff::logs::sink::FileSink;
-use liftoff::logs::upload::Retry;
 use liftoff::logs::{Ended, Kill, Options, Pipeline};
 
 struct GroupKill {
@@ -58,14 +57,11 @@ fn run(
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("run.log");
     let opts = Options {
-        run_id: "01RUNTIMEOUT".into(),
-        spool_root: dir.path().join("spool"),
         logs_timeout: Duration::from_secs(logs_timeout),
         run_timeout: Duration::from_secs(run_timeout),
         kill_grace: Duration::from_millis(grace_ms),
-        chunk_max: 1 << 20,
         chunk_interval: Duration::from_millis(200),
-        retry: Retry::default(),
+        ..Options::new("01RUNTIMEOUT", dir.path().join("spool"))
     };
     let mut p = Pipeline::start(
         opts,
@@ -142,16 +138,7 @@ fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
 fn debug_command_is_logged_masked_before_the_step() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("run.log");
-    let opts = Options {
-        run_id: "01RUNDEBUG".into(),
-        spool_root: dir.path().join("spool"),
-        logs_timeout: Duration::from_secs(60),
-        run_timeout: Duration::from_secs(60),
-        kill_grace: Duration::from_secs(1),
-        chunk_max: 1 << 20,
-        chunk_interval: Duration::from_secs(1),
-        retry: Retry::default(),
-    };
+    let opts = Options::new("01RUNDEBUG", dir.path().join("spool"));
     let mut b = RedactorBuilder::new();
     b.secret("TF_VAR_password", b"hunter2hunter2");
     let mut p = Pipeline::start(
@@ -191,14 +178,10 @@ fn reason_line_starts_a_line_after_a_masked_secret_ending_in_newline() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("run.log");
     let opts = Options {
-        run_id: "01RUNNL".into(),
-        spool_root: dir.path().join("spool"),
         logs_timeout: Duration::from_secs(2),
-        run_timeout: Duration::from_secs(600),
         kill_grace: Duration::from_secs(1),
-        chunk_max: 1 << 20,
         chunk_interval: Duration::from_millis(200),
-        retry: Retry::default(),
+        ..Options::new("01RUNNL", dir.path().join("spool"))
     };
     let mut b = RedactorBuilder::new();
     b.secret("S", b"secret-line\n");

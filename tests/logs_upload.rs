@@ -28,18 +28,13 @@ impl Kill for NoKill {
 
 fn options(root: &Path, run_id: &str, chunk_max: usize) -> Options {
     Options {
-        run_id: run_id.into(),
-        spool_root: root.to_path_buf(),
-        logs_timeout: Duration::from_secs(600),
-        run_timeout: Duration::from_secs(600),
-        kill_grace: Duration::from_secs(1),
         chunk_max,
-        chunk_interval: Duration::from_secs(1),
         retry: Retry {
             attempts: 30,
             base: Duration::from_millis(5),
             max: Duration::from_millis(50),
         },
+        ..Options::new(run_id, root.to_path_buf())
     }
 }
 

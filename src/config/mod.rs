@@ -161,6 +161,13 @@ impl fmt::Display for Network {
 /// Where named network namespaces live (`ip netns add NAME`).
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` when unset (the seed's 7m).
+pub const DEFAULT_LOGS_TIMEOUT: Duration = Duration::from_secs(7 * 60);
+/// `SPACELIFT_LAUNCHER_RUN_TIMEOUT` when unset (the seed's 70m).
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(70 * 60);
+/// `LIFTOFF_KILL_GRACE` when unset: SIGTERM to SIGKILL.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+
 impl Network {
     /// Parses `host`, `none` or a network namespace name; a name must exist
     /// under `netns_dir`.
@@ -468,14 +475,8 @@ impl Config {
                 }
             }
         });
-        let logs_timeout = r.duration(
-            "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
-            Duration::from_secs(7 * 60),
-        );
-        let run_timeout = r.duration(
-            "SPACELIFT_LAUNCHER_RUN_TIMEOUT",
-            Duration::from_secs(70 * 60),
-        );
+        let logs_timeout = r.duration("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", DEFAULT_LOGS_TIMEOUT);
+        let run_timeout = r.duration("SPACELIFT_LAUNCHER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT);
         let debug = r.boolean("SPACELIFT_DEBUG", false);
 
         let whitelist_envs = r
@@ -587,7 +588,7 @@ impl Config {
             _ => Err("expected text or json".into()),
         });
         let shutdown_grace = r.duration("LIFTOFF_SHUTDOWN_GRACE", Duration::from_secs(600));
-        let kill_grace = r.duration("LIFTOFF_KILL_GRACE", Duration::from_secs(10));
+        let kill_grace = r.duration("LIFTOFF_KILL_GRACE", DEFAULT_KILL_GRACE);
         let landlock = r.parsed("LIFTOFF_LANDLOCK", LandlockMode::BestEffort, |v| match v {
             "best-effort" => Ok(LandlockMode::BestEffort),
             "require" => Ok(LandlockMode::Require),

@@ -128,16 +128,27 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_config(config: &Config, run_id: &str) -> Options {
+    /// The defaults (those of an empty configuration) for run `run_id`
+    /// spooling under `spool_root`; change fields with struct update syntax.
+    pub fn new(run_id: &str, spool_root: PathBuf) -> Options {
         Options {
             run_id: run_id.to_string(),
-            spool_root: spool_root(config),
-            logs_timeout: config.logs_timeout,
-            run_timeout: config.run_timeout,
-            kill_grace: config.kill_grace,
+            spool_root,
+            logs_timeout: crate::config::DEFAULT_LOGS_TIMEOUT,
+            run_timeout: crate::config::DEFAULT_RUN_TIMEOUT,
+            kill_grace: crate::config::DEFAULT_KILL_GRACE,
             chunk_max: CHUNK_MAX,
             chunk_interval: CHUNK_INTERVAL,
             retry: Retry::default(),
+        }
+    }
+
+    pub fn from_config(config: &Config, run_id: &str) -> Options {
+        Options {
+            logs_timeout: config.logs_timeout,
+            run_timeout: config.run_timeout,
+            kill_grace: config.kill_grace,
+            ..Options::new(run_id, spool_root(config))
         }
     }
 }
