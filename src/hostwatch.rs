@@ -9,8 +9,10 @@
 //! turns `SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD` into "stop / resume taking
 //! runs".
 //!
-//! Runs subscribe with [`subscribe`]; the launcher's sampler calls
-//! [`publish`] with each warning, and every running run's log gets the line.
+//! The launcher makes one [`Board`] and hands it to the worker and the run
+//! executor: runs subscribe with [`Board::subscribe`], the worker's sampler
+//! calls [`Board::publish`] with each warning, and every running run's log
+//! gets the line.
 //!
 //! Parsing is pure (strings in, numbers out) so it is tested on recorded
 //! /proc files in tests/fixtures/proc.
@@ -504,28 +506,35 @@ impl DiskGate {
     }
 }
 
-/// Runs currently listening for host warnings.
-static SUBSCRIBERS: std::sync::Mutex<Vec<std::sync::Weak<crate::logs::Notes>>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// An inbox that receives every host warning published while it is alive;
-/// attach it to a run's log pipeline (`Pipeline::attach_notes`).
-pub fn subscribe() -> std::sync::Arc<crate::logs::Notes> {
-    let notes = std::sync::Arc::new(crate::logs::Notes::default());
-    let mut subs = SUBSCRIBERS.lock().unwrap_or_else(|p| p.into_inner());
-    subs.retain(|w| w.strong_count() > 0);
-    subs.push(std::sync::Arc::downgrade(&notes));
-    notes
+/// Where host warnings meet running runs: the launcher makes one board,
+/// hands it to the worker (which publishes what [`HostWatch`] observes) and
+/// to the run executor (each run subscribes its log pipeline's notes). No
+/// process-wide state: a run hears only the board it was given.
+#[derive(Debug, Default)]
+pub struct Board {
+    subscribers: std::sync::Mutex<Vec<std::sync::Weak<crate::logs::Notes>>>,
 }
 
-/// Sends a warning line to every live subscriber (every running run's log).
-pub fn publish(line: &str) {
-    let mut subs = SUBSCRIBERS.lock().unwrap_or_else(|p| p.into_inner());
-    subs.retain(|w| match w.upgrade() {
-        Some(n) => {
-            n.push(line.to_string());
-            true
-        }
-        None => false,
-    });
+impl Board {
+    /// An inbox that receives every warning published while it is alive;
+    /// attach it to a run's log pipeline (`Pipeline::attach_notes`).
+    pub fn subscribe(&self) -> std::sync::Arc<crate::logs::Notes> {
+        let notes = std::sync::Arc::new(crate::logs::Notes::default());
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|w| w.strong_count() > 0);
+        subs.push(std::sync::Arc::downgrade(&notes));
+        notes
+    }
+
+    /// Sends a warning line to every live subscriber (every running run's log).
+    pub fn publish(&self, line: &str) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|w| match w.upgrade() {
+            Some(n) => {
+                n.push(line.to_string());
+                true
+            }
+            None => false,
+        });
+    }
 }

@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::config::token::Token;
 
-pub use der::{civil_from_days, format_time};
+use crate::time::format_time;
 
 /// A certificate expiring sooner than this gets a warning.
 pub const EXPIRY_WARNING_SECS: i64 = 30 * 86_400;

@@ -15,8 +15,10 @@ pub mod launcher_log;
 pub mod link;
 pub mod logs;
 pub mod notify;
+pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod time;
 pub mod worker;
 
 /// Exit status for configuration errors (EX_CONFIG): systemd's unit does not

@@ -254,6 +254,8 @@ pub struct WorkerOptions {
     pub state_dir: std::path::PathBuf,
     /// `SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD`.
     pub disk_threshold: u8,
+    /// Host warnings observed here are published to the runs on this board.
+    pub host_notes: Arc<crate::hostwatch::Board>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,7 +456,7 @@ impl<E: RunExecutor> Worker<E> {
         let now = self.started.elapsed().as_secs();
         for w in self.hostwatch.observe(now, &sample) {
             tracing::warn!("{}", w.line);
-            crate::hostwatch::publish(&w.line);
+            self.opts.host_notes.publish(&w.line);
         }
         if let Some((_, path, used)) = sample.disks.first() {
             match self.disk_gate.observe(path, *used) {
@@ -971,13 +973,14 @@ pub fn run_from_env(env: &Env) -> i32 {
     // runs anything outside the sandbox.
     let allow_process = cfg!(debug_assertions);
     let kill_grace = config.kill_grace;
+    let host_notes = Arc::new(crate::hostwatch::Board::default());
     let executor = match crate::run::executor::SandboxExecutor::new(
         config.clone(),
         env.clone(),
         Some(Arc::new(identity)),
     ) {
         Ok(sandbox) => crate::run::executor::LauncherExecutor::new(
-            sandbox,
+            sandbox.with_host_notes(host_notes.clone()),
             allow_process.then(|| ProcessExecutor::new(kill_grace)),
         ),
         Err(e) => return fail(e),
@@ -1023,6 +1026,7 @@ pub fn run_from_env(env: &Env) -> i32 {
             region_hint,
             state_dir: config.state_dir.clone(),
             disk_threshold: config.disk_usage_threshold,
+            host_notes,
         },
         link,
         rx,

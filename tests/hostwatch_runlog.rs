@@ -45,7 +45,8 @@ fn a_starved_host_warns_in_the_running_runs_log() {
         None,
     )
     .unwrap();
-    p.attach_notes(hostwatch::subscribe());
+    let board = std::sync::Arc::new(hostwatch::Board::default());
+    p.attach_notes(board.subscribe());
 
     // The job prints a line, then half a secret, waits, then the rest.
     let mut child = Command::new("/bin/sh")
@@ -59,7 +60,8 @@ fn a_starved_host_warns_in_the_running_runs_log() {
     let out = child.stdout.take().unwrap();
 
     // Meanwhile the launcher's sampler sees the starved host.
-    let sampler = std::thread::spawn(|| {
+    let sampler_board = board.clone();
+    let sampler = std::thread::spawn(move || {
         let mut w = HostWatch::new(Thresholds::default());
         let a = proc_fixture("stat-starved.0");
         let b = proc_fixture("stat-starved.1");
@@ -71,7 +73,7 @@ fn a_starved_host_warns_in_the_running_runs_log() {
         w.observe(0, &hostwatch::sample(&src(&a)));
         std::thread::sleep(Duration::from_millis(700));
         for warning in w.observe(60, &hostwatch::sample(&src(&b))) {
-            hostwatch::publish(&warning.line);
+            sampler_board.publish(&warning.line);
         }
     });
     p.pump(out, &mut NoKill).unwrap();

@@ -356,7 +356,7 @@ impl<W: Write + Send> StdoutSink<W> {
         let msg = String::from_utf8_lossy(line);
         let record = serde_json::json!({
             "run_ulid": self.run_id,
-            "ts": rfc3339_now(),
+            "ts": crate::time::rfc3339_now(),
             "msg": msg,
         });
         let mut text = record.to_string();
@@ -421,23 +421,6 @@ impl<W: Write + Send> Sink for StdoutSink<W> {
     }
 }
 
-/// Now as RFC 3339 UTC with milliseconds.
-pub fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = crate::identity::civil_from_days(secs.div_euclid(86_400));
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,7 +469,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339() {
-        let ts = rfc3339_now();
+        let ts = crate::time::rfc3339_now();
         assert_eq!(ts.len(), 24, "{ts}");
         assert!(ts.starts_with("20") && ts.ends_with('Z') && ts.as_bytes()[10] == b'T');
     }

@@ -64,6 +64,8 @@ struct Shared {
     agent: ureq::Agent,
     cache: ProviderCache,
     urls: Arc<UrlQueue>,
+    /// Host warnings for running runs' logs (see [`SandboxExecutor::with_host_notes`]).
+    host_notes: Arc<crate::hostwatch::Board>,
     /// The object key (URL path) of each offered log chunk URL, for `log`
     /// events; looked up without waiting.
     keys: Arc<Mutex<HashMap<(String, u64), String>>>,
@@ -175,10 +177,20 @@ impl SandboxExecutor {
                 agent,
                 cache,
                 urls: UrlQueue::new(URL_WAIT),
+                host_notes: Arc::default(),
                 keys: Arc::default(),
             }),
             runs: Arc::default(),
         })
+    }
+
+    /// Runs hear host warnings published on `board` (the worker's) in their
+    /// logs. Call before the first run; without it runs hear none.
+    pub fn with_host_notes(mut self, board: Arc<crate::hostwatch::Board>) -> SandboxExecutor {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.host_notes = board;
+        }
+        self
     }
 
     /// Runs a plain (unencrypted) spec on this thread, logs to `sink`
@@ -408,7 +420,7 @@ fn run(
     let mut log = Pipeline::start(opts, builder.build(), sink, Some(on_delivered))
         .map_err(|e| format!("the run log cannot be started: {e}"))?;
     // Host trouble (CPU steal, memory, disk) is told in the run's log.
-    log.attach_notes(crate::hostwatch::subscribe());
+    log.attach_notes(shared.host_notes.subscribe());
     for w in builder.warnings() {
         tracing::warn!(run = spec.run_id, "{w}");
     }

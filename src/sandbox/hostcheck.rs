@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::cgroup::{CGROUP_ROOT, Layout, OwnCgroups};
 use super::{LandlockMode, Runtime, landlock, seccomp};
-use crate::check::{Area, Report, Status};
+use crate::report::{Area, Report, Status};
 
 fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
