@@ -24,7 +24,7 @@ use liftoff::config::{Config, Env};
 use liftoff::identity::{self, Identity, PoolKey};
 use liftoff::link::protocol::{Assignment, RunType};
 use liftoff::run::executor::SandboxExecutor;
-use liftoff::worker::{RunEvent, RunEvents, RunExecutor};
+use liftoff::run::{RunEvent, RunEvents, RunExecutor};
 
 type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
 

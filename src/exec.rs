@@ -505,7 +505,7 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
 fn run_spec(path: &std::path::Path, log_file: Option<&std::path::Path>, env: &Env) -> i32 {
     use crate::run::executor::SandboxExecutor;
     use crate::run::spec::RunSpec;
-    use crate::worker::{RunEvent, RunEvents};
+    use crate::run::{RunEvent, RunEvents};
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) => return fail(format!("--spec {}: {e}", path.display())),

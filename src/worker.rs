@@ -16,10 +16,9 @@
 //! - `cycle`: stop taking runs, cancel them, `bye`, exit 0 within 20 s;
 //! - every broker refuses the certificate: cancel runs, exit 78.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Env};
@@ -27,9 +26,9 @@ use crate::identity::{self, Identity, PoolKey};
 use crate::link::mqtt::{Link, LinkEvent, LinkOptions};
 use crate::link::outbox::{Limits, Outbox};
 use crate::link::protocol::{
-    self, Assignment, Command, CommandBody, HostFacts, RunPhase, StepResult, Topics, Upload,
-    WorkerMsg, WorkerState,
+    self, Command, CommandBody, HostFacts, RunPhase, StepResult, Topics, WorkerMsg, WorkerState,
 };
+use crate::run::{RunEvent, RunEvents, RunExecutor};
 
 /// The message printed (and the exit status 78 used) when the pool was reset.
 pub const RESET_MESSAGE: &str =
@@ -37,209 +36,6 @@ pub const RESET_MESSAGE: &str =
 
 /// How long `cycle` may take, as the seed promises.
 pub const CYCLE_LIMIT: Duration = Duration::from_secs(20);
-
-/// What a run reports while it runs. Every run ends with exactly one
-/// [`RunEvent::Finished`], [`RunEvent::Failed`] or [`RunEvent::Rejected`],
-/// also after a cancel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunEvent {
-    /// The job process tree started.
-    Started,
-    /// A log chunk was stored (the logs pipeline reports these).
-    Log { chunk: u64, key: String, bytes: u64 },
-    /// The job ended with an exit code (non-zero is still "finished").
-    Finished { exit_code: i32 },
-    /// The run could not run or was killed (cancel, timeout, signal).
-    Failed { reason: String },
-    /// The worker-side run initialization policy denied the run (nothing
-    /// of it ran); the reason holds the deny messages.
-    Rejected { reason: String },
-    /// Sent just before `Finished`: the run's duration and each step's
-    /// result, carried by the `finished` event.
-    Summary {
-        duration_ms: u64,
-        steps: Vec<StepResult>,
-    },
-}
-
-/// Where an executor sends its events. Cheap to clone, usable from any
-/// thread (`send` never blocks for long).
-#[derive(Clone)]
-pub struct RunEvents {
-    run_id: String,
-    tx: smol::channel::Sender<(String, RunEvent)>,
-}
-
-impl RunEvents {
-    /// Events of `run_id` into `tx` (the worker makes these; tests and
-    /// `liftoff exec --spec` make their own).
-    pub fn new(run_id: &str, tx: smol::channel::Sender<(String, RunEvent)>) -> RunEvents {
-        RunEvents {
-            run_id: run_id.to_string(),
-            tx,
-        }
-    }
-
-    pub fn run_id(&self) -> &str {
-        &self.run_id
-    }
-
-    pub fn send(&self, event: RunEvent) {
-        let _ = self.tx.send_blocking((self.run_id.clone(), event));
-    }
-}
-
-/// How the worker runs an assignment. The real implementation (run/ +
-/// sandbox/) plugs in here; [`ProcessExecutor`] is the development/test one.
-pub trait RunExecutor: Send {
-    /// Starts the run and returns at once; the run reports through `events`
-    /// (at least the terminal event). An `Err` means it never started: the
-    /// worker reports the run failed with that reason.
-    fn start(&mut self, assignment: Assignment, events: RunEvents) -> Result<(), String>;
-
-    /// Graceful cancel: SIGTERM the job's process tree, SIGKILL it after
-    /// `kill_grace`; then the run reports [`RunEvent::Failed`] (or
-    /// `Finished` if it ended on its own first). Must not block. Unknown
-    /// run ids are ignored. Calling it twice must be harmless.
-    fn cancel(&mut self, run_id: &str);
-
-    /// Pre-signed upload URLs for a run's log chunks.
-    fn uploads(&mut self, _run_id: &str, _urls: Vec<Upload>) {}
-
-    /// Kills every job process now (the launcher is leaving).
-    fn kill_all(&mut self) {}
-
-    /// Capabilities reported in `hello` (`sandbox`).
-    fn capabilities(&self) -> BTreeMap<String, serde_json::Value> {
-        BTreeMap::new()
-    }
-}
-
-/// Runs `state.command` (a string) with `/bin/sh -c` as a plain child in its
-/// own process group. NO sandbox: for development and the link tests only,
-/// until the real run executor is wired in.
-pub struct ProcessExecutor {
-    kill_grace: Duration,
-    groups: Arc<Mutex<HashMap<String, nix::unistd::Pid>>>,
-}
-
-impl ProcessExecutor {
-    pub fn new(kill_grace: Duration) -> ProcessExecutor {
-        ProcessExecutor {
-            kill_grace,
-            groups: Arc::default(),
-        }
-    }
-}
-
-fn signal_group(pgid: nix::unistd::Pid, sig: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::killpg(pgid, sig);
-}
-
-impl RunExecutor for ProcessExecutor {
-    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), String> {
-        use std::os::unix::process::CommandExt;
-        let command = a
-            .state
-            .get("command")
-            .and_then(|c| c.as_str())
-            .ok_or("the process executor needs \"state\": {\"command\": \"...\"}")?;
-        let mut child = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .env("LIFTOFF_RUN_ID", &a.run_id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
-        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-        self.groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(a.run_id.clone(), pgid);
-        events.send(RunEvent::Started);
-        let groups = self.groups.clone();
-        std::thread::Builder::new()
-            .name("liftoff-run".into())
-            .spawn(move || {
-                use std::os::unix::process::ExitStatusExt;
-                let status = child.wait();
-                groups
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(events.run_id());
-                // anything the job left behind in its group goes too
-                signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-                events.send(match status {
-                    Ok(s) => match (s.code(), s.signal()) {
-                        (Some(code), _) => RunEvent::Finished { exit_code: code },
-                        (None, Some(sig)) => RunEvent::Failed {
-                            reason: format!("killed by signal {sig}"),
-                        },
-                        _ => RunEvent::Failed {
-                            reason: "ended without a status".into(),
-                        },
-                    },
-                    Err(e) => RunEvent::Failed {
-                        reason: format!("cannot wait for the job: {e}"),
-                    },
-                });
-            })
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
-        Ok(())
-    }
-
-    fn cancel(&mut self, run_id: &str) {
-        let pgid = self
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(run_id)
-            .copied();
-        if let Some(pgid) = pgid {
-            signal_group(pgid, nix::sys::signal::Signal::SIGTERM);
-            let grace = self.kill_grace;
-            let groups = self.groups.clone();
-            let run_id = run_id.to_string();
-            let _ = std::thread::Builder::new()
-                .name("liftoff-kill".into())
-                .spawn(move || {
-                    std::thread::sleep(grace);
-                    let still = groups
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&run_id)
-                        .copied();
-                    if still == Some(pgid) {
-                        signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-                    }
-                });
-        }
-    }
-
-    fn kill_all(&mut self) {
-        for pgid in self
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-
-    fn capabilities(&self) -> BTreeMap<String, serde_json::Value> {
-        BTreeMap::from([("executor".to_string(), "process".into())])
-    }
-}
-
-impl Drop for ProcessExecutor {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -723,10 +519,7 @@ impl<E: RunExecutor> Worker<E> {
                 self.run_event(&run_id, RunPhase::Accepted, None, None, Some(c.id));
                 self.runs.insert(run_id.clone(), ());
                 self.report_status();
-                let events = RunEvents {
-                    run_id: run_id.clone(),
-                    tx: self.run_tx.clone(),
-                };
+                let events = RunEvents::new(&run_id, self.run_tx.clone());
                 if let Err(e) = self.executor.start(a, events) {
                     tracing::error!(run = run_id, "run failed to start: {e}");
                     self.runs.remove(&run_id);
@@ -969,22 +762,19 @@ pub fn run_from_env(env: &Env) -> i32 {
         );
     }
     // The real run executor. The link tests' plain command states (no
-    // sandbox) are accepted by debug builds only: a release binary never
-    // runs anything outside the sandbox.
-    let allow_process = cfg!(debug_assertions);
-    let kill_grace = config.kill_grace;
+    // sandbox) are accepted by debug builds only: a release binary has no
+    // code that runs anything outside the sandbox.
     let host_notes = Arc::new(crate::hostwatch::Board::default());
     let executor = match crate::run::executor::SandboxExecutor::new(
         config.clone(),
         env.clone(),
         Some(Arc::new(identity)),
     ) {
-        Ok(sandbox) => crate::run::executor::LauncherExecutor::new(
-            sandbox.with_host_notes(host_notes.clone()),
-            allow_process.then(|| ProcessExecutor::new(kill_grace)),
-        ),
+        Ok(sandbox) => sandbox.with_host_notes(host_notes.clone()),
         Err(e) => return fail(e),
     };
+    #[cfg(debug_assertions)]
+    let executor = crate::run::process::DevExecutor::new(executor, config.kill_grace);
     let hello = WorkerMsg::Hello {
         worker_id: wid.clone(),
         version: crate::VERSION.to_string(),

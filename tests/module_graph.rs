@@ -34,11 +34,6 @@ const DEBT: &[(&str, &str, &str)] = &[
         "the executor builds its sandbox spec through exec::build_spec",
     ),
     (
-        "run",
-        "worker",
-        "the run interface (RunEvent, RunExecutor) still lives in worker.rs",
-    ),
-    (
         "logs",
         "sandbox",
         "the pump enters SCHED_BATCH through sandbox::sched",

@@ -15,7 +15,7 @@ use liftoff::config::{Config, Env};
 use liftoff::identity::{self, Identity, PoolKey};
 use liftoff::link::protocol::{Assignment, RunType};
 use liftoff::run::executor::SandboxExecutor;
-use liftoff::worker::{RunEvent, RunExecutor};
+use liftoff::run::{RunEvent, RunExecutor};
 use serde_json::json;
 use support::pki::Pool;
 use support::runs::{FileServer, events, open_tempdir, tar_gz, until_end};

@@ -43,10 +43,10 @@ use crate::logs::redact::RedactorBuilder;
 use crate::logs::sink::{PresignedSink, Sink, StdoutSink, UrlQueue};
 use crate::logs::{Kill, Options, Pipeline};
 use crate::sandbox::{self, BindMount, Sandbox, Stdio};
-use crate::worker::{ProcessExecutor, RunEvent, RunEvents, RunExecutor};
 
 use super::cache::ProviderCache;
 use super::env::{self, WORKSPACE};
+use super::interface::{RunEvent, RunEvents, RunExecutor};
 use super::outputs;
 use super::policy::{self, Policy};
 use super::source;
@@ -834,56 +834,6 @@ fn run_step(
         timed_out: ended.reason().or(late),
         stdout,
     })
-}
-
-/// The executor of `liftoff run`: every run through [`SandboxExecutor`],
-/// except, when `allow_process` is on, the link tests' plain
-/// `{"command": "..."}` states, which go to the unsandboxed
-/// [`ProcessExecutor`]. `allow_process` is only ever on in debug builds or
-/// in debug builds only: a shipped launcher never runs a
-/// command outside the sandbox.
-pub struct LauncherExecutor {
-    sandbox: SandboxExecutor,
-    process: Option<ProcessExecutor>,
-}
-
-impl LauncherExecutor {
-    pub fn new(sandbox: SandboxExecutor, process: Option<ProcessExecutor>) -> LauncherExecutor {
-        if process.is_some() {
-            tracing::warn!(
-                "test mode: plain {{\"command\": ...}} run states run WITHOUT the sandbox (a debug build)"
-            );
-        }
-        LauncherExecutor { sandbox, process }
-    }
-}
-
-impl RunExecutor for LauncherExecutor {
-    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), String> {
-        let plain = a.state.get("command").is_some() && a.state.get("alg").is_none();
-        match &mut self.process {
-            Some(p) if plain => p.start(a, events),
-            _ => self.sandbox.start(a, events),
-        }
-    }
-    fn cancel(&mut self, run_id: &str) {
-        self.sandbox.cancel(run_id);
-        if let Some(p) = &mut self.process {
-            p.cancel(run_id);
-        }
-    }
-    fn uploads(&mut self, run_id: &str, urls: Vec<Upload>) {
-        self.sandbox.uploads(run_id, urls);
-    }
-    fn kill_all(&mut self) {
-        self.sandbox.kill_all();
-        if let Some(p) = &mut self.process {
-            p.kill_all();
-        }
-    }
-    fn capabilities(&self) -> BTreeMap<String, serde_json::Value> {
-        self.sandbox.capabilities()
-    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,18 @@
 //! build environment and mounts → run each step in the sandbox with its output
 //! through the log pipeline → upload outputs and artifacts → report.
 //! `executor` does all of that for the worker ([`executor::SandboxExecutor`],
-//! the real [`crate::worker::RunExecutor`]).
+//! the real [`RunExecutor`]); `interface` is what the worker sees of a run;
+//! `process` (debug builds only) is the unsandboxed development executor.
 
 pub mod cache;
 pub mod env;
 pub mod executor;
+pub mod interface;
 pub mod outputs;
 pub mod policy;
+#[cfg(debug_assertions)]
+pub mod process;
 pub mod source;
 pub mod spec;
+
+pub use interface::{RunEvent, RunEvents, RunExecutor};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use liftoff::worker::{RunEvent, RunEvents};
+use liftoff::run::{RunEvent, RunEvents};
 
 #[derive(Default)]
 struct State {
