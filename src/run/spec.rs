@@ -179,11 +179,40 @@ pub struct RunSpec {
 pub const MAX_STEPS: usize = 64;
 /// Most environment variables a run may have.
 pub const MAX_VARIABLES: usize = 4096;
+/// Largest spec accepted, in bytes.
+pub const MAX_SPEC_BYTES: usize = 4 << 20;
+/// Longest step name, in bytes.
+pub const MAX_STEP_NAME: usize = 256;
+
+/// A string that reaches liftoff's own log lines (step names, artifact
+/// paths, URLs): no control characters (a newline or an escape sequence
+/// could forge a line), at most `max` bytes.
+fn loggable(field: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!(
+            "run spec: {field} is {} bytes long; at most {max} are allowed",
+            text.len()
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "run spec: {field} {:?} contains a control character (newline, escape...); use printable text",
+            text.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
+}
 
 impl RunSpec {
     /// Parses and validates a spec. The error names the field and what is
     /// expected.
     pub fn from_json(bytes: &[u8]) -> Result<RunSpec, String> {
+        if bytes.len() > MAX_SPEC_BYTES {
+            return Err(format!(
+                "run spec is {} bytes, more than the {MAX_SPEC_BYTES}-byte limit",
+                bytes.len()
+            ));
+        }
         let spec: RunSpec =
             serde_json::from_slice(bytes).map_err(|e| format!("run spec is not valid: {e}"))?;
         spec.validate()?;
@@ -204,6 +233,10 @@ impl RunSpec {
             return Err(format!("run spec: steps must hold 1 to {MAX_STEPS} steps"));
         }
         for (i, s) in self.steps.iter().enumerate() {
+            loggable(&format!("steps[{i}].name"), &s.name, MAX_STEP_NAME)?;
+            if s.name.trim().is_empty() {
+                return Err(format!("run spec: steps[{i}].name is empty: name the step"));
+            }
             match (&s.shell, s.argv.is_empty()) {
                 (Some(_), false) => {
                     return Err(format!(
@@ -267,23 +300,25 @@ impl RunSpec {
             ("timeouts.logs", &self.timeouts.logs),
         ] {
             if let Some(t) = t {
-                match parse::duration(t) {
-                    Ok(d) if !d.is_zero() => {}
-                    Ok(_) => return Err(format!("run spec: {field} must be longer than 0s")),
-                    Err(e) => return Err(format!("run spec: {field} {t:?}: {e}")),
-                }
+                parse::bounded_duration(t, parse::MAX_TIMEOUT)
+                    .map_err(|e| format!("run spec: {field} {t:?}: {e}"))?;
             }
         }
         if let Some(root) = &self.runner.root {
-            if !root.is_absolute()
-                || root
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err("run spec: runner.root must be an absolute path without ..".into());
-            }
+            parse::image_root(root).map_err(|e| format!("run spec: runner.root {e}"))?;
+        }
+        if let Some(src) = &self.source {
+            loggable("source.url", &src.url, 8192)?;
+        }
+        for (i, url) in self.uploads.logs.iter().enumerate() {
+            loggable(&format!("uploads.logs[{i}]"), url, 8192)?;
+        }
+        if let Some(url) = &self.uploads.outputs {
+            loggable("uploads.outputs", url, 8192)?;
         }
         for (i, a) in self.uploads.artifacts.iter().enumerate() {
+            loggable(&format!("uploads.artifacts[{i}].path"), &a.path, 4096)?;
+            loggable(&format!("uploads.artifacts[{i}].url"), &a.url, 8192)?;
             let p = std::path::Path::new(&a.path);
             if p.is_absolute()
                 || p.components().any(|c| c == std::path::Component::ParentDir)
