@@ -265,7 +265,14 @@ pub fn state_dir(dir: &Path, report: &mut Report) {
             return error(format!("{shown} exists and is not a directory: remove it, or point LIFTOFF_STATE_DIR at a directory"));
         }
         Ok(m) => Some(m.clone()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            None
+        }
         Err(e) => return error(format!("{shown} cannot be examined ({e}): fix its parent directory's permissions, or point LIFTOFF_STATE_DIR elsewhere")),
     };
     let real = std::fs::canonicalize(dir).ok();
