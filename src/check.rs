@@ -254,15 +254,21 @@ pub fn state_dir(dir: &Path, report: &mut Report) {
             match std::fs::metadata(dir) {
                 Ok(t) if t.is_dir() => Some(t),
                 Ok(_) => {
-                    return error(format!("{shown} is a symlink to {to}, which is not a directory: point LIFTOFF_STATE_DIR at a directory"));
+                    return error(format!(
+                        "{shown} is a symlink to {to}, which is not a directory: point LIFTOFF_STATE_DIR at a directory"
+                    ));
                 }
                 Err(e) => {
-                    return error(format!("{shown} is a symlink to {to}, which cannot be used ({e}): create the directory it points to, remove the link, or point LIFTOFF_STATE_DIR at a real directory"));
+                    return error(format!(
+                        "{shown} is a symlink to {to}, which cannot be used ({e}): create the directory it points to, remove the link, or point LIFTOFF_STATE_DIR at a real directory"
+                    ));
                 }
             }
         }
         Ok(m) if !m.is_dir() => {
-            return error(format!("{shown} exists and is not a directory: remove it, or point LIFTOFF_STATE_DIR at a directory"));
+            return error(format!(
+                "{shown} exists and is not a directory: remove it, or point LIFTOFF_STATE_DIR at a directory"
+            ));
         }
         Ok(m) => Some(m.clone()),
         Err(e)
@@ -273,7 +279,11 @@ pub fn state_dir(dir: &Path, report: &mut Report) {
         {
             None
         }
-        Err(e) => return error(format!("{shown} cannot be examined ({e}): fix its parent directory's permissions, or point LIFTOFF_STATE_DIR elsewhere")),
+        Err(e) => {
+            return error(format!(
+                "{shown} cannot be examined ({e}): fix its parent directory's permissions, or point LIFTOFF_STATE_DIR elsewhere"
+            ));
+        }
     };
     let real = std::fs::canonicalize(dir).ok();
     // The directory itself, or the nearest existing one above it (where
@@ -291,11 +301,16 @@ pub fn state_dir(dir: &Path, report: &mut Report) {
     );
     if !existing.is_dir() || writable.is_err() {
         let what = if created {
-            format!("{shown} does not exist and cannot be created: {} is not a directory the launcher can write", existing.display())
+            format!(
+                "{shown} does not exist and cannot be created: {} is not a directory the launcher can write",
+                existing.display()
+            )
         } else {
             format!("{shown} is not writable by the launcher")
         };
-        return error(format!("{what}; create it owned by the launcher's user (mkdir -p {shown}), or point LIFTOFF_STATE_DIR elsewhere"));
+        return error(format!(
+            "{what}; create it owned by the launcher's user (mkdir -p {shown}), or point LIFTOFF_STATE_DIR elsewhere"
+        ));
     }
     let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     if root {
@@ -303,7 +318,12 @@ pub fn state_dir(dir: &Path, report: &mut Report) {
         for a in above {
             let mode = std::fs::metadata(a).map_or(0o755, |m| m.permissions().mode());
             if mode & 0o001 == 0 {
-                return error(format!("{shown}: the jobs' user cannot pass through {} (mode {:o}), so runs cannot reach their workspace: `chmod o+x {}`, or point LIFTOFF_STATE_DIR elsewhere", a.display(), mode & 0o7777, a.display()));
+                return error(format!(
+                    "{shown}: the jobs' user cannot pass through {} (mode {:o}), so runs cannot reach their workspace: `chmod o+x {}`, or point LIFTOFF_STATE_DIR elsewhere",
+                    a.display(),
+                    mode & 0o7777,
+                    a.display()
+                ));
             }
         }
     }

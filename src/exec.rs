@@ -278,7 +278,9 @@ pub fn build_spec(
 /// A `--timeout` / `--logs-timeout` value: longer than 0, at most 30 days.
 pub fn flag_duration(flag: &str, value: Option<&str>) -> Result<Option<Duration>, String> {
     value
-        .map(|t| parse::bounded_duration(t, parse::MAX_TIMEOUT).map_err(|e| format!("{flag} {t:?}: {e}")))
+        .map(|t| {
+            parse::bounded_duration(t, parse::MAX_TIMEOUT).map_err(|e| format!("{flag} {t:?}: {e}"))
+        })
         .transpose()
 }
 
@@ -297,7 +299,9 @@ pub fn validate_flags(args: &ExecArgs, env: &Env, config: &Config) -> Result<San
     }
     if let Some(n) = &args.network {
         if n.chars().any(char::is_control) {
-            return Err(format!("--network {n:?}: expected host, none, or a namespace name"));
+            return Err(format!(
+                "--network {n:?}: expected host, none, or a namespace name"
+            ));
         }
     }
     build_spec(args, env, config, PathBuf::from("/nonexistent-workspace"))
@@ -323,8 +327,8 @@ pub fn validate_workspace(dir: &std::path::Path) -> Result<PathBuf, String> {
             dir.display()
         )
     })?;
-    let meta = std::fs::metadata(&real)
-        .map_err(|e| format!("--workspace {}: {e}", dir.display()))?;
+    let meta =
+        std::fs::metadata(&real).map_err(|e| format!("--workspace {}: {e}", dir.display()))?;
     if !meta.is_dir() {
         return Err(format!(
             "--workspace {}: is not a directory; expected a directory dedicated to the job",
@@ -689,7 +693,7 @@ fn run_spec(path: &std::path::Path, log_file: Option<&std::path::Path>, env: &En
     let run_id = spec.run_id.clone();
     let cancel = executor.cancel_handle();
     let received = std::thread::scope(|s| {
-        let (done_rx, done_tx) = match std::io::pipe() {
+        let (done_rx, done_tx) = match std::os::unix::net::UnixStream::pair() {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("liftoff: warning: signals will not cancel the run: {e}");
@@ -804,7 +808,7 @@ impl SpecSignals {
     /// returns the signal's number.
     fn wait_and_cancel(
         &self,
-        done: &std::io::PipeReader,
+        done: &std::os::unix::net::UnixStream,
         cancel: &crate::run::executor::CancelHandle,
         run_id: &str,
     ) -> Option<i32> {

@@ -324,9 +324,18 @@ fn check_examines_the_state_directory() {
     let good = dir.path().join("state");
     std::fs::create_dir(&good).unwrap();
     for (state, needles) in [
-        (file.clone(), &["is not a directory", "LIFTOFF_STATE_DIR"][..]),
-        (dangling.clone(), &["symlink", "nowhere", "create the directory"][..]),
-        (private.join("state"), &["cannot pass through", "chmod o+x"][..]),
+        (
+            file.clone(),
+            &["is not a directory", "LIFTOFF_STATE_DIR"][..],
+        ),
+        (
+            dangling.clone(),
+            &["symlink", "nowhere", "create the directory"][..],
+        ),
+        (
+            private.join("state"),
+            &["cannot pass through", "chmod o+x"][..],
+        ),
         (file.join("below"), &["cannot be created"][..]),
     ] {
         let s = state.to_str().unwrap();
@@ -413,5 +422,9 @@ fn whitelisted_secrets_are_warned_about() {
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("never passed to runs"), "{t}");
     let o = liftoff(&["config"], &with(&env, &extra));
-    assert!(text(&o).contains("warning: SPACELIFT_WHITELIST_ENVS"), "{}", text(&o));
+    assert!(
+        text(&o).contains("warning: SPACELIFT_WHITELIST_ENVS"),
+        "{}",
+        text(&o)
+    );
 }

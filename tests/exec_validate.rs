@@ -42,29 +42,179 @@ fn image() -> tempfile::TempDir {
 
 #[test]
 fn bad_values_are_refused_naming_the_flag() {
-    let e = env(&[("SPACELIFT_POOL_PRIVATE_KEY", "a2V5"), ("SPACELIFT_TOKEN", "dA==")]);
+    let e = env(&[
+        ("SPACELIFT_POOL_PRIVATE_KEY", "a2V5"),
+        ("SPACELIFT_TOKEN", "dA=="),
+    ]);
     let cases: Vec<(ExecArgs, &str, &str)> = vec![
-        (ExecArgs { memory: Some("0".into()), ..args() }, "--memory", "16MiB minimum"),
-        (ExecArgs { memory: Some("1MiB".into()), ..args() }, "--memory", "16MiB minimum"),
-        (ExecArgs { pids: Some(0), ..args() }, "--pids", "at least 16"),
-        (ExecArgs { hostname: Some("a\nb".into()), ..args() }, "--hostname", "hostname"),
-        (ExecArgs { hostname: Some("h".repeat(65)), ..args() }, "--hostname", "64"),
-        (ExecArgs { hostname: Some("-x".into()), ..args() }, "--hostname", "hostname"),
-        (ExecArgs { hostname: Some(String::new()), ..args() }, "--hostname", "hostname"),
-        (ExecArgs { timeout: Some("5000000000000000h".into()), ..args() }, "--timeout", "maximum"),
-        (ExecArgs { logs_timeout: Some("721h".into()), ..args() }, "--logs-timeout", "maximum"),
-        (ExecArgs { timeout: Some("0s".into()), ..args() }, "--timeout", "longer than 0s"),
-        (ExecArgs { root: Some("/".into()), ..args() }, "--root", "the host's /"),
-        (ExecArgs { root: Some("/etc".into()), ..args() }, "--root", "the host's /etc"),
-        (ExecArgs { root: Some("/no/such".into()), ..args() }, "--root", "cannot be used"),
-        (ExecArgs { mounts: vec!["/:/x".into()], ..args() }, "--mount", "LIFTOFF_ALLOW_UNSAFE_MOUNTS"),
-        (ExecArgs { mounts: vec!["/proc:/x".into()], ..args() }, "--mount", "LIFTOFF_ALLOW_UNSAFE_MOUNTS"),
-        (ExecArgs { mounts: vec!["/tmp:/mnt/workspace".into()], ..args() }, "--mount", "workspace"),
-        (ExecArgs { mounts: vec!["/tmp:/proc/x".into()], ..args() }, "--mount", "/proc"),
-        (ExecArgs { pass_env: vec!["SPACELIFT_POOL_PRIVATE_KEY".into()], ..args() }, "--pass-env", "never passed"),
-        (ExecArgs { pass_env: vec!["SPACELIFT_TOKEN".into()], ..args() }, "--pass-env", "never passed"),
-        (ExecArgs { cwd: Some("/a\nb".into()), ..args() }, "--cwd", "control"),
-        (ExecArgs { masks: vec!["1X".into()], ..args() }, "--mask", "variable name"),
+        (
+            ExecArgs {
+                memory: Some("0".into()),
+                ..args()
+            },
+            "--memory",
+            "16MiB minimum",
+        ),
+        (
+            ExecArgs {
+                memory: Some("1MiB".into()),
+                ..args()
+            },
+            "--memory",
+            "16MiB minimum",
+        ),
+        (
+            ExecArgs {
+                pids: Some(0),
+                ..args()
+            },
+            "--pids",
+            "at least 16",
+        ),
+        (
+            ExecArgs {
+                hostname: Some("a\nb".into()),
+                ..args()
+            },
+            "--hostname",
+            "hostname",
+        ),
+        (
+            ExecArgs {
+                hostname: Some("h".repeat(65)),
+                ..args()
+            },
+            "--hostname",
+            "64",
+        ),
+        (
+            ExecArgs {
+                hostname: Some("-x".into()),
+                ..args()
+            },
+            "--hostname",
+            "hostname",
+        ),
+        (
+            ExecArgs {
+                hostname: Some(String::new()),
+                ..args()
+            },
+            "--hostname",
+            "hostname",
+        ),
+        (
+            ExecArgs {
+                timeout: Some("5000000000000000h".into()),
+                ..args()
+            },
+            "--timeout",
+            "maximum",
+        ),
+        (
+            ExecArgs {
+                logs_timeout: Some("721h".into()),
+                ..args()
+            },
+            "--logs-timeout",
+            "maximum",
+        ),
+        (
+            ExecArgs {
+                timeout: Some("0s".into()),
+                ..args()
+            },
+            "--timeout",
+            "longer than 0s",
+        ),
+        (
+            ExecArgs {
+                root: Some("/".into()),
+                ..args()
+            },
+            "--root",
+            "the host's /",
+        ),
+        (
+            ExecArgs {
+                root: Some("/etc".into()),
+                ..args()
+            },
+            "--root",
+            "the host's /etc",
+        ),
+        (
+            ExecArgs {
+                root: Some("/no/such".into()),
+                ..args()
+            },
+            "--root",
+            "cannot be used",
+        ),
+        (
+            ExecArgs {
+                mounts: vec!["/:/x".into()],
+                ..args()
+            },
+            "--mount",
+            "LIFTOFF_ALLOW_UNSAFE_MOUNTS",
+        ),
+        (
+            ExecArgs {
+                mounts: vec!["/proc:/x".into()],
+                ..args()
+            },
+            "--mount",
+            "LIFTOFF_ALLOW_UNSAFE_MOUNTS",
+        ),
+        (
+            ExecArgs {
+                mounts: vec!["/tmp:/mnt/workspace".into()],
+                ..args()
+            },
+            "--mount",
+            "workspace",
+        ),
+        (
+            ExecArgs {
+                mounts: vec!["/tmp:/proc/x".into()],
+                ..args()
+            },
+            "--mount",
+            "/proc",
+        ),
+        (
+            ExecArgs {
+                pass_env: vec!["SPACELIFT_POOL_PRIVATE_KEY".into()],
+                ..args()
+            },
+            "--pass-env",
+            "never passed",
+        ),
+        (
+            ExecArgs {
+                pass_env: vec!["SPACELIFT_TOKEN".into()],
+                ..args()
+            },
+            "--pass-env",
+            "never passed",
+        ),
+        (
+            ExecArgs {
+                cwd: Some("/a\nb".into()),
+                ..args()
+            },
+            "--cwd",
+            "control",
+        ),
+        (
+            ExecArgs {
+                masks: vec!["1X".into()],
+                ..args()
+            },
+            "--mask",
+            "variable name",
+        ),
     ];
     for (a, flag, needle) in cases {
         let err = validate(&a, &e).unwrap_err();
@@ -84,7 +234,14 @@ fn bad_values_are_refused_naming_the_flag() {
     validate(&good, &e).unwrap();
     // With the opt-in, an unsafe mount is allowed (and warned about).
     let e = env(&[("LIFTOFF_ALLOW_UNSAFE_MOUNTS", "true")]);
-    validate(&ExecArgs { mounts: vec!["/proc:/x".into()], ..args() }, &e).unwrap();
+    validate(
+        &ExecArgs {
+            mounts: vec!["/proc:/x".into()],
+            ..args()
+        },
+        &e,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -131,10 +288,16 @@ fn cli_refuses_bad_flags_with_125() {
         (&["--memory", "0"][..], "--memory"),
         (&["--hostname", "a\nb"][..], "--hostname"),
         (&["--timeout", "5000000000000000h"][..], "--timeout"),
-        (&["--logs-timeout", "5000000000000000h"][..], "--logs-timeout"),
+        (
+            &["--logs-timeout", "5000000000000000h"][..],
+            "--logs-timeout",
+        ),
         (&["--root", "/"][..], "--root"),
         (&["--mount", "/:/x"][..], "--mount"),
-        (&["--pass-env", "SPACELIFT_POOL_PRIVATE_KEY"][..], "--pass-env"),
+        (
+            &["--pass-env", "SPACELIFT_POOL_PRIVATE_KEY"][..],
+            "--pass-env",
+        ),
         (&["--workspace", "/etc/ssh"][..], "--workspace"),
     ] {
         let mut all = vec!["exec"];
@@ -248,7 +411,12 @@ fn signals_cancel_a_spec_run_and_clean_up() {
             "liftoff did not end after the signal"
         );
         let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         assert_eq!(done.unwrap().code(), Some(code), "{err}");
         assert!(err.contains("cancelled by signal"), "{err}");
         assert!(!state.join("runs/sigtest").exists(), "run directory left");

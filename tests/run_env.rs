@@ -213,10 +213,15 @@ fn launcher_secrets_are_never_whitelisted() {
             "SPACELIFT_TOKEN",
             "LIFTOFF_POOL_PRIVATE_KEY_FILE",
         ] {
-            assert!(!l.env.contains_key(secret), "{secret} reached a {run_type} run");
+            assert!(
+                !l.env.contains_key(secret),
+                "{secret} reached a {run_type} run"
+            );
         }
         assert!(
-            !l.env.values().any(|v| v.contains("cG9vbC1rZXk") || v.contains("dG9rZW4")),
+            !l.env
+                .values()
+                .any(|v| v.contains("cG9vbC1rZXk") || v.contains("dG9rZW4")),
             "a secret value reached the job"
         );
         assert_eq!(

@@ -410,7 +410,13 @@ impl<'a> Reader<'a> {
                 Ok(m) => {
                     if let Some(risk) = parse::mount_risk(&m, state_dir) {
                         if allow_unsafe {
-                            self.warn(var, format!("{item:?} {risk}: every run can reach it (allowed by {}=true)", parse::ALLOW_UNSAFE_MOUNTS));
+                            self.warn(
+                                var,
+                                format!(
+                                    "{item:?} {risk}: every run can reach it (allowed by {}=true)",
+                                    parse::ALLOW_UNSAFE_MOUNTS
+                                ),
+                            );
                         } else {
                             self.error(var, format!("{item:?} {risk}: that breaks the sandbox's isolation; remove it, or set {}=true to allow it", parse::ALLOW_UNSAFE_MOUNTS));
                             continue;
@@ -534,12 +540,21 @@ impl Config {
         }
         let state_dir = r.path("LIFTOFF_STATE_DIR", "/var/lib/liftoff");
         let allow_unsafe_mounts = r.boolean(parse::ALLOW_UNSAFE_MOUNTS, false);
-        let extra_mounts =
-            r.mounts("SPACELIFT_WORKER_EXTRA_MOUNTS", &state_dir, allow_unsafe_mounts);
-        let ro_extra_mounts =
-            r.mounts("SPACELIFT_WORKER_RO_EXTRA_MOUNTS", &state_dir, allow_unsafe_mounts);
-        let wo_extra_mounts =
-            r.mounts("SPACELIFT_WORKER_WO_EXTRA_MOUNTS", &state_dir, allow_unsafe_mounts);
+        let extra_mounts = r.mounts(
+            "SPACELIFT_WORKER_EXTRA_MOUNTS",
+            &state_dir,
+            allow_unsafe_mounts,
+        );
+        let ro_extra_mounts = r.mounts(
+            "SPACELIFT_WORKER_RO_EXTRA_MOUNTS",
+            &state_dir,
+            allow_unsafe_mounts,
+        );
+        let wo_extra_mounts = r.mounts(
+            "SPACELIFT_WORKER_WO_EXTRA_MOUNTS",
+            &state_dir,
+            allow_unsafe_mounts,
+        );
         let netns_dir = r.netns_dir;
         let network = r.parsed("SPACELIFT_WORKER_NETWORK", Network::Host, |v| {
             Network::parse(v, netns_dir)
@@ -627,7 +642,11 @@ impl Config {
             Duration::from_secs(600),
             parse::MAX_TIMEOUT,
         );
-        let kill_grace = r.duration("LIFTOFF_KILL_GRACE", DEFAULT_KILL_GRACE, parse::MAX_INTERVAL);
+        let kill_grace = r.duration(
+            "LIFTOFF_KILL_GRACE",
+            DEFAULT_KILL_GRACE,
+            parse::MAX_INTERVAL,
+        );
         let landlock = r.parsed("LIFTOFF_LANDLOCK", LandlockMode::BestEffort, |v| match v {
             "best-effort" => Ok(LandlockMode::BestEffort),
             "require" => Ok(LandlockMode::Require),

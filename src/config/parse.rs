@@ -368,10 +368,7 @@ pub fn mount(item: &str) -> Result<Mount, String> {
             sandbox.display()
         ));
     }
-    if let Some(r) = RESERVED_TARGETS
-        .iter()
-        .find(|r| sandbox.starts_with(r))
-    {
+    if let Some(r) = RESERVED_TARGETS.iter().find(|r| sandbox.starts_with(r)) {
         return Err(format!(
             "sandbox path {} in {item:?} is inside {r}, which the sandbox provides itself: mount it elsewhere, e.g. /mnt/data",
             sandbox.display()
@@ -460,7 +457,9 @@ pub fn image_root(path: &Path) -> Result<PathBuf, String> {
         return Err(format!("{} is not a directory; {EXPECTED}", path.display()));
     }
     if SYSTEM_DIRS.iter().any(|d| real == Path::new(d))
-        || ["/proc", "/sys", "/dev"].iter().any(|d| real.starts_with(d))
+        || ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|d| real.starts_with(d))
     {
         return Err(format!(
             "{} is the host's {}, not an image: the job would see the host's files; {EXPECTED}",
@@ -480,7 +479,8 @@ pub fn image_root(path: &Path) -> Result<PathBuf, String> {
 /// A hostname per RFC 1123: 1 to 64 characters, dot-separated labels of
 /// letters, digits and `-`, no label starting or ending with `-`.
 pub fn hostname(text: &str) -> Result<(), String> {
-    const EXPECTED: &str = "expected a hostname of letters, digits, - and ., at most 64 characters, such as build-1";
+    const EXPECTED: &str =
+        "expected a hostname of letters, digits, - and ., at most 64 characters, such as build-1";
     let ok = !text.is_empty()
         && text.len() <= 64
         && text.split('.').all(|l| {

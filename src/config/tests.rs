@@ -716,7 +716,14 @@ fn mount_targets_that_hide_the_workspace_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let host = dir.path().to_str().unwrap();
     let var = "SPACELIFT_WORKER_EXTRA_MOUNTS";
-    for target in ["/mnt/workspace", "/mnt/workspace/source", "/mnt", "/proc", "/sys/x", "/dev"] {
+    for target in [
+        "/mnt/workspace",
+        "/mnt/workspace/source",
+        "/mnt",
+        "/proc",
+        "/sys/x",
+        "/dev",
+    ] {
         assert_error(
             &[(var, &format!("{host}:{target}"))],
             var,
@@ -735,20 +742,25 @@ fn mount_paths_with_colons_use_escapes() {
     std::fs::create_dir(&odd).unwrap();
     let escaped = format!("{}/a\\:b\\,c\\\\d", dir.path().display());
     let var = "SPACELIFT_WORKER_EXTRA_MOUNTS";
-    let c = ok(&[(var, &format!("{escaped}:/mnt/x\\:y:ro, {}:/mnt/z", dir.path().display()))]);
+    let c = ok(&[(
+        var,
+        &format!("{escaped}:/mnt/x\\:y:ro, {}:/mnt/z", dir.path().display()),
+    )]);
     assert_eq!(c.extra_mounts.len(), 2);
     assert_eq!(c.extra_mounts[0].host, odd);
     assert_eq!(c.extra_mounts[0].sandbox, PathBuf::from("/mnt/x:y"));
     assert!(c.extra_mounts[0].read_only);
-    let shown = c
-        .effective()
-        .into_iter()
-        .find(|(k, _)| k == var)
-        .unwrap()
-        .1;
-    assert!(shown.starts_with(&format!("{escaped}:/mnt/x\\:y:ro,")), "{shown}");
+    let shown = c.effective().into_iter().find(|(k, _)| k == var).unwrap().1;
+    assert!(
+        shown.starts_with(&format!("{escaped}:/mnt/x\\:y:ro,")),
+        "{shown}"
+    );
     // Unescaped, the colon splits the item.
-    assert!(!load(&[(var, &format!("{}/a:b,c:/mnt/x", dir.path().display()))]).errors.is_empty());
+    assert!(
+        !load(&[(var, &format!("{}/a:b,c:/mnt/x", dir.path().display()))])
+            .errors
+            .is_empty()
+    );
 }
 
 /// Whitelisting liftoff's own secrets is warned about (and `run::env` never

@@ -554,10 +554,8 @@ fn run_logged(
             let _ = log.debug_command(&argv);
         }
         let sbspec = sandbox_spec(config, spec, launch, workspace, argv)?;
-        let deadline = crate::config::parse::later(
-            log.started(),
-            spec.run_timeout(config.run_timeout),
-        );
+        let deadline =
+            crate::config::parse::later(log.started(), spec.run_timeout(config.run_timeout));
         let outcome = run_step(config, &sbspec, step.outputs, log, control, deadline)?;
         if control.cancelled() {
             return Err(format!("cancelled during step {}", step.name));

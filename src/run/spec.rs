@@ -501,19 +501,48 @@ mod tests {
             "tab\there",
             "bell\u{7}",
         ] {
-            let err =
-                with("steps", serde_json::json!([{"name": name, "argv": ["true"]}])).unwrap_err();
-            assert!(err.contains("steps[0].name") && err.contains("control character"), "{err}");
+            let err = with(
+                "steps",
+                serde_json::json!([{"name": name, "argv": ["true"]}]),
+            )
+            .unwrap_err();
+            assert!(
+                err.contains("steps[0].name") && err.contains("control character"),
+                "{err}"
+            );
         }
         let long = "n".repeat(MAX_STEP_NAME + 1);
-        let err = with("steps", serde_json::json!([{"name": long, "argv": ["true"]}])).unwrap_err();
-        assert!(err.contains("steps[0].name") && err.contains("at most 256"), "{err}");
-        let err = with("steps", serde_json::json!([{"name": " ", "argv": ["true"]}])).unwrap_err();
+        let err = with(
+            "steps",
+            serde_json::json!([{"name": long, "argv": ["true"]}]),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("steps[0].name") && err.contains("at most 256"),
+            "{err}"
+        );
+        let err = with(
+            "steps",
+            serde_json::json!([{"name": " ", "argv": ["true"]}]),
+        )
+        .unwrap_err();
         assert!(err.contains("steps[0].name is empty"), "{err}");
-        with("steps", serde_json::json!([{"name": "plan (tofu) ✓", "argv": ["true"]}])).unwrap();
-        let err = with("uploads", serde_json::json!({"artifacts": [{"path": "a\nb", "url": "https://x"}]})).unwrap_err();
+        with(
+            "steps",
+            serde_json::json!([{"name": "plan (tofu) ✓", "argv": ["true"]}]),
+        )
+        .unwrap();
+        let err = with(
+            "uploads",
+            serde_json::json!({"artifacts": [{"path": "a\nb", "url": "https://x"}]}),
+        )
+        .unwrap_err();
         assert!(err.contains("uploads.artifacts[0].path"), "{err}");
-        let err = with("source", serde_json::json!({"url": "https://x/\r\nliftoff: ok"})).unwrap_err();
+        let err = with(
+            "source",
+            serde_json::json!({"url": "https://x/\r\nliftoff: ok"}),
+        )
+        .unwrap_err();
         assert!(err.contains("source.url"), "{err}");
     }
 
@@ -522,9 +551,15 @@ mod tests {
     fn timeouts_and_size_are_bounded() {
         for t in ["5000000000000000h", "721h"] {
             let err = with("timeouts", serde_json::json!({"run": t})).unwrap_err();
-            assert!(err.contains("timeouts.run") && err.contains("maximum"), "{err}");
+            assert!(
+                err.contains("timeouts.run") && err.contains("maximum"),
+                "{err}"
+            );
             let err = with("timeouts", serde_json::json!({"logs": t})).unwrap_err();
-            assert!(err.contains("timeouts.logs") && err.contains("maximum"), "{err}");
+            assert!(
+                err.contains("timeouts.logs") && err.contains("maximum"),
+                "{err}"
+            );
         }
         with("timeouts", serde_json::json!({"run": "720h"})).unwrap();
         let mut big = minimal().to_string().into_bytes();
