@@ -41,13 +41,13 @@ pub const EXIT_LIFTOFF: i32 = 125;
 
 #[derive(Args, Debug, Clone)]
 pub struct ExecArgs {
-    /// Host directory mounted read-write at /mnt/workspace (default: a fresh temporary directory, removed afterwards).
+    /// Host directory mounted read-write at /mnt/workspace, dedicated to the job: as root it is given to the job's host id (default: a fresh temporary directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
-    /// A root directory (an unpacked runner image) instead of the host's /usr, /bin, /sbin, /lib.
+    /// A root directory (an unpacked runner image holding usr/ or bin/; never / nor a host system directory) instead of the host's /usr, /bin, /sbin, /lib.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Extra bind mount SRC:DST[:ro|rw] (read-write by default).
+    /// Extra bind mount SRC:DST[:ro|rw] (read-write by default); write a : or , inside a path as \: or \,. Not over /mnt/workspace, /proc, /sys or /dev; SRC that breaks isolation needs LIFTOFF_ALLOW_UNSAFE_MOUNTS=true.
     #[arg(long = "mount", value_name = "SRC:DST[:ro|rw]")]
     pub mounts: Vec<String>,
     /// host, none (loopback only), or a namespace name under /run/netns (default: SPACELIFT_WORKER_NETWORK, else host).
@@ -59,13 +59,13 @@ pub struct ExecArgs {
     /// Pass a variable of liftoff's own environment to the job.
     #[arg(long = "pass-env", value_name = "NAME")]
     pub pass_env: Vec<String>,
-    /// Memory limit in bytes (or 512MiB, 2GiB...; default LIFTOFF_JOB_MEMORY, else host memory minus 384MiB).
+    /// Memory limit in bytes, at least 16MiB (or 512MiB, 2GiB...; default LIFTOFF_JOB_MEMORY, else host memory minus 384MiB).
     #[arg(long, value_name = "BYTES")]
     pub memory: Option<String>,
     /// Maximum number of processes (default LIFTOFF_JOB_PIDS, else 4096).
     #[arg(long, value_name = "N")]
     pub pids: Option<u64>,
-    /// Kill the job after this long (Go duration: 30s, 5m, 1h30m); exit status 124.
+    /// Kill the job after this long (Go duration: 30s, 5m, 1h30m; at most 720h); exit status 124.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// Working directory inside the sandbox (default /mnt/workspace).
