@@ -5,6 +5,12 @@
 //!
 //! Exit status: 0 when the host can run the launcher, 78 when any error is a
 //! configuration error, 1 for other failures.
+//!
+//! Order: [`configuration`] (variables, [`state_dir`], identity), then the
+//! sandbox's host checks, then [`connectivity`] unless `--offline`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 
 use crate::config::{Config, Env, KeySource};
 use crate::identity::{Identity, PoolKey};
@@ -30,6 +36,9 @@ pub fn configuration(env: &Env, now: i64) -> (Report, Option<Config>, Option<Ide
         );
     }
     let config = loaded.config;
+    if !config_has_error(&report, STATE_VAR) {
+        state_dir(&config.state_dir, &mut report);
+    }
     let identity = check_identity(&config, &mut report, now);
     let config = (report.exit_code() != crate::EXIT_CONFIG).then_some(config);
     (report, config, identity)
@@ -128,6 +137,105 @@ fn check_identity(config: &Config, report: &mut Report, now: i64) -> Option<Iden
             None
         }
     }
+}
+
+const STATE_VAR: &str = "LIFTOFF_STATE_DIR";
+
+/// `LIFTOFF_STATE_DIR` as the launcher will use it: an existing real
+/// directory (a symlink must lead to one) writable by the launcher, or a
+/// path it can create; as root, every directory above it must let the
+/// job's host id pass (`o+x`), since runs bind their workspace from there.
+pub fn state_dir(dir: &Path, report: &mut Report) {
+    let shown = dir.display();
+    let mut error = |message: String| report.push(STATE_VAR, Status::Error, Area::Config, message);
+    let link = std::fs::symlink_metadata(dir);
+    let target = match &link {
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = std::fs::read_link(dir)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            match std::fs::metadata(dir) {
+                Ok(t) if t.is_dir() => Some(t),
+                Ok(_) => {
+                    return error(format!(
+                        "{shown} is a symlink to {to}, which is not a directory: point LIFTOFF_STATE_DIR at a directory"
+                    ));
+                }
+                Err(e) => {
+                    return error(format!(
+                        "{shown} is a symlink to {to}, which cannot be used ({e}): create the directory it points to, remove the link, or point LIFTOFF_STATE_DIR at a real directory"
+                    ));
+                }
+            }
+        }
+        Ok(m) if !m.is_dir() => {
+            return error(format!(
+                "{shown} exists and is not a directory: remove it, or point LIFTOFF_STATE_DIR at a directory"
+            ));
+        }
+        Ok(m) => Some(m.clone()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            None
+        }
+        Err(e) => {
+            return error(format!(
+                "{shown} cannot be examined ({e}): fix its parent directory's permissions, or point LIFTOFF_STATE_DIR elsewhere"
+            ));
+        }
+    };
+    let real = std::fs::canonicalize(dir).ok();
+    // The directory itself, or the nearest existing one above it (where
+    // liftoff will create it).
+    let (existing, created) = match (&target, &real) {
+        (Some(_), Some(r)) => (r.clone(), false),
+        _ => match dir.ancestors().skip(1).find(|a| a.exists()) {
+            Some(a) => (a.to_path_buf(), true),
+            None => return error(format!("{shown}: no directory above it exists")),
+        },
+    };
+    let writable = nix::unistd::access(
+        &existing,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    );
+    if !existing.is_dir() || writable.is_err() {
+        let what = if created {
+            format!(
+                "{shown} does not exist and cannot be created: {} is not a directory the launcher can write",
+                existing.display()
+            )
+        } else {
+            format!("{shown} is not writable by the launcher")
+        };
+        return error(format!(
+            "{what}; create it owned by the launcher's user (mkdir -p {shown}), or point LIFTOFF_STATE_DIR elsewhere"
+        ));
+    }
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        let above = existing.ancestors().skip(usize::from(!created));
+        for a in above {
+            let mode = std::fs::metadata(a).map_or(0o755, |m| m.permissions().mode());
+            if mode & 0o001 == 0 {
+                return error(format!(
+                    "{shown}: the jobs' user cannot pass through {} (mode {:o}), so runs cannot reach their workspace: `chmod o+x {}`, or point LIFTOFF_STATE_DIR elsewhere",
+                    a.display(),
+                    mode & 0o7777,
+                    a.display()
+                ));
+            }
+        }
+    }
+    let message = if created {
+        format!("{shown} does not exist yet; the launcher will create it")
+    } else {
+        format!("{shown} is a writable directory")
+    };
+    report.push(STATE_VAR, Status::Ok, Area::Config, message);
 }
 
 fn config_has_error(report: &Report, var: &str) -> bool {

@@ -10,6 +10,13 @@
 //! to the terminal or the file; the timeouts are the pipeline's watchdog. Returns the exit
 //! status: the job's own, 128+N for signal N, 124 on timeout, 125 when
 //! liftoff itself failed (the reason on stderr, prefixed `liftoff:`).
+//! A bad flag is such a failure: every flag is checked ([`validate_workspace`],
+//! [`build_spec`], the durations) before anything is created or changed, and
+//! the message names the flag.
+//!
+//! With `--spec`, SIGINT, SIGTERM and SIGHUP cancel the run as the control
+//! plane's cancel does (SIGTERM to the job's tree, the kill grace, SIGKILL);
+//! the run's directory and cgroups are removed and the exit status is 128+N.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -34,13 +41,13 @@ pub const EXIT_LIFTOFF: i32 = 125;
 
 #[derive(Args, Debug, Clone)]
 pub struct ExecArgs {
-    /// Host directory mounted read-write at /mnt/workspace (default: a fresh temporary directory, removed afterwards).
+    /// Host directory mounted read-write at /mnt/workspace, dedicated to the job: as root it is given to the job's host id (default: a fresh temporary directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
-    /// A root directory (an unpacked runner image) instead of the host's /usr, /bin, /sbin, /lib.
+    /// A root directory (an unpacked runner image holding usr/ or bin/; never / nor a host system directory) instead of the host's /usr, /bin, /sbin, /lib.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Extra bind mount SRC:DST[:ro|rw] (read-write by default).
+    /// Extra bind mount SRC:DST[:ro|rw] (read-write by default); write a : or , inside a path as \: or \,. Not over /mnt/workspace, /proc, /sys or /dev; SRC that breaks isolation needs LIFTOFF_ALLOW_UNSAFE_MOUNTS=true.
     #[arg(long = "mount", value_name = "SRC:DST[:ro|rw]")]
     pub mounts: Vec<String>,
     /// host, none (loopback only), or a namespace name under /run/netns (default: SPACELIFT_WORKER_NETWORK, else host).
@@ -52,13 +59,13 @@ pub struct ExecArgs {
     /// Pass a variable of liftoff's own environment to the job.
     #[arg(long = "pass-env", value_name = "NAME")]
     pub pass_env: Vec<String>,
-    /// Memory limit in bytes (or 512MiB, 2GiB...; default LIFTOFF_JOB_MEMORY, else host memory minus 384MiB).
+    /// Memory limit in bytes, at least 16MiB (or 512MiB, 2GiB...; default LIFTOFF_JOB_MEMORY, else host memory minus 384MiB).
     #[arg(long, value_name = "BYTES")]
     pub memory: Option<String>,
     /// Maximum number of processes (default LIFTOFF_JOB_PIDS, else 4096).
     #[arg(long, value_name = "N")]
     pub pids: Option<u64>,
-    /// Kill the job after this long (Go duration: 30s, 5m, 1h30m); exit status 124.
+    /// Kill the job after this long (Go duration: 30s, 5m, 1h30m; at most 720h); exit status 124.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// Working directory inside the sandbox (default /mnt/workspace).
@@ -125,6 +132,13 @@ const SANDBOX_VARS: &[&str] = &[
     "SPACELIFT_MASK_ENVS",
 ];
 
+/// Largest run spec `--spec` reads.
+pub const MAX_SPEC_BYTES: u64 = crate::run::spec::MAX_SPEC_BYTES as u64;
+/// Smallest `--memory` (as `LIFTOFF_JOB_MEMORY`).
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Fewest `--pids` (as `LIFTOFF_JOB_PIDS`).
+pub const MIN_PIDS: u64 = 16;
+
 fn fail(msg: impl std::fmt::Display) -> i32 {
     eprintln!("liftoff: {msg}");
     EXIT_LIFTOFF
@@ -162,14 +176,31 @@ pub fn build_spec(
     let mut spec = SandboxSpec::new(workspace, args.command.clone());
     spec.runtime = config.runtime;
     spec.landlock = config.landlock;
-    spec.root = args.root.clone();
+    spec.root = match &args.root {
+        Some(r) => Some(parse::image_root(r).map_err(|e| format!("--root {e}"))?),
+        None => None,
+    };
     spec.network = match &args.network {
         Some(n) => Network::parse(n, std::path::Path::new(crate::config::NETNS_DIR))
             .map_err(|e| format!("--network {n}: {e}"))?,
         None => config.network.clone(),
     };
     for m in &args.mounts {
+        let item = m;
         let m = parse::mount(m).map_err(|e| format!("--mount: {e}"))?;
+        if let Some(risk) = parse::mount_risk(&m, &config.state_dir) {
+            if config.allow_unsafe_mounts {
+                eprintln!(
+                    "liftoff: warning: --mount {item:?} {risk} (allowed by {}=true)",
+                    parse::ALLOW_UNSAFE_MOUNTS
+                );
+            } else {
+                return Err(format!(
+                    "--mount {item:?} {risk}: that breaks the sandbox's isolation; remove it, or set {}=true to allow it",
+                    parse::ALLOW_UNSAFE_MOUNTS
+                ));
+            }
+        }
         spec.mounts.push(BindMount {
             source: m.host,
             target: m.sandbox,
@@ -190,15 +221,33 @@ pub fn build_spec(
         if !parse::is_env_name(name) {
             return Err(format!("--pass-env {name:?}: not a variable name"));
         }
+        if crate::config::vars::is_launcher_secret(name) {
+            return Err(format!(
+                "--pass-env {name}: liftoff's own secret is never passed to a job; give the job its own value with --env if it really needs one"
+            ));
+        }
         if let Some(v) = env.get(name) {
             spec.env.retain(|(n, _)| n != name);
             spec.env.push((name.clone(), v.to_string()));
         }
     }
     let memory = match &args.memory {
-        Some(m) => Some(parse::byte_size(m).map_err(|e| format!("--memory {m}: {e}"))?),
+        Some(m) => match parse::byte_size(m) {
+            Ok(n) if n >= MIN_MEMORY => Some(n),
+            Ok(_) => {
+                return Err(format!(
+                    "--memory {m}: is below the 16MiB minimum; expected a size such as 512MiB"
+                ));
+            }
+            Err(e) => return Err(format!("--memory {m}: {e}")),
+        },
         None => config.job_memory.or_else(sandbox::auto_memory_limit),
     };
+    if let Some(p) = args.pids.filter(|p| *p < MIN_PIDS) {
+        return Err(format!(
+            "--pids {p}: expected a number of processes, at least {MIN_PIDS}"
+        ));
+    }
     spec.limits = Limits {
         memory,
         pids: Some(args.pids.unwrap_or(config.job_pids)),
@@ -206,12 +255,16 @@ pub fn build_spec(
         ..Limits::default()
     };
     if let Some(c) = &args.cwd {
-        if !c.is_absolute() {
-            return Err(format!("--cwd {}: must be an absolute path", c.display()));
+        if !c.is_absolute() || c.to_str().is_none_or(|t| t.chars().any(char::is_control)) {
+            return Err(format!(
+                "--cwd {:?}: must be an absolute path without control characters",
+                c
+            ));
         }
         spec.cwd = Some(c.clone());
     }
     if let Some(h) = &args.hostname {
+        parse::hostname(h).map_err(|e| format!("--hostname {h:?}: {e}"))?;
         spec.hostname = h.clone();
     } else {
         spec.hostname = "liftoff".into();
@@ -220,6 +273,93 @@ pub fn build_spec(
     spec.stdout = Stdio::Inherit;
     spec.stderr = Stdio::Inherit;
     Ok(spec)
+}
+
+/// A `--timeout` / `--logs-timeout` value: longer than 0, at most 30 days.
+pub fn flag_duration(flag: &str, value: Option<&str>) -> Result<Option<Duration>, String> {
+    value
+        .map(|t| {
+            parse::bounded_duration(t, parse::MAX_TIMEOUT).map_err(|e| format!("{flag} {t:?}: {e}"))
+        })
+        .transpose()
+}
+
+/// Every flag but `--workspace` checked without touching anything: the
+/// durations, `--mask` names, and [`build_spec`] on a placeholder workspace
+/// (its spec, for the caller to set the workspace). `liftoff exec` calls it
+/// before it creates or changes anything; tests call it to see what a flag
+/// does.
+pub fn validate_flags(args: &ExecArgs, env: &Env, config: &Config) -> Result<SandboxSpec, String> {
+    flag_duration("--timeout", args.timeout.as_deref())?;
+    flag_duration("--logs-timeout", args.logs_timeout.as_deref())?;
+    for name in &args.masks {
+        if !parse::is_env_name(name) {
+            return Err(format!("--mask {name:?}: not a variable name"));
+        }
+    }
+    if let Some(n) = &args.network {
+        if n.chars().any(char::is_control) {
+            return Err(format!(
+                "--network {n:?}: expected host, none, or a namespace name"
+            ));
+        }
+    }
+    build_spec(args, env, config, PathBuf::from("/nonexistent-workspace"))
+}
+
+/// Host directories `--workspace` may never be, nor lie inside: the job
+/// would own them.
+const SYSTEM_TREES: &[&str] = &[
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/proc",
+    "/sys", "/dev", "/run",
+];
+
+/// `--workspace DIR`, checked before anything changes: an existing
+/// directory (symlinks resolved), not a host system directory nor inside
+/// one, not a top-level directory. As root, liftoff gives the directory to
+/// the job's host id and says so on stderr when it changes the owner.
+/// Returns the resolved path.
+pub fn validate_workspace(dir: &std::path::Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(dir).map_err(|e| {
+        format!(
+            "--workspace {}: {e}; expected an existing directory dedicated to the job",
+            dir.display()
+        )
+    })?;
+    let meta =
+        std::fs::metadata(&real).map_err(|e| format!("--workspace {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "--workspace {}: is not a directory; expected a directory dedicated to the job",
+            dir.display()
+        ));
+    }
+    let system = SYSTEM_TREES.iter().find(|t| real.starts_with(t));
+    if let Some(t) = system {
+        return Err(format!(
+            "--workspace {}: lies in the host's {t}, and the job would own it: give the job a dedicated directory, such as one made with mktemp -d",
+            dir.display()
+        ));
+    }
+    if real.components().count() < 3 || meta.mode() & 0o1000 != 0 {
+        return Err(format!(
+            "--workspace {}: is a shared or top-level directory, and the job would own it: give the job a dedicated directory, such as one made with mktemp -d",
+            dir.display()
+        ));
+    }
+    let host = sandbox::namespaces::host_ids(sandbox::DEFAULT_HOST_ID);
+    // /proc/self belongs to the effective uid.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root && meta.uid() != host.0 {
+        eprintln!(
+            "liftoff: --workspace {}: its owner changes from uid {} to the job's host id {} (files inside keep theirs)",
+            real.display(),
+            meta.uid(),
+            host.0
+        );
+    }
+    Ok(real)
 }
 
 /// Runs `liftoff exec`; returns the process exit status.
@@ -238,33 +378,28 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
         return fail(errors.join("; "));
     }
     let config = loaded.config;
-    let timeout = match &args.timeout {
-        Some(t) => match parse::duration(t) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => return fail(format!("--timeout {t}: must be longer than 0s")),
-            Err(e) => return fail(format!("--timeout {t}: {e}")),
-        },
-        None => None,
+    let (timeout, logs_timeout) = match (
+        flag_duration("--timeout", args.timeout.as_deref()),
+        flag_duration("--logs-timeout", args.logs_timeout.as_deref()),
+    ) {
+        (Ok(t), Ok(l)) => (t, l),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
     };
-    let logs_timeout = match &args.logs_timeout {
-        Some(t) => match parse::duration(t) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => return fail(format!("--logs-timeout {t}: must be longer than 0s")),
-            Err(e) => return fail(format!("--logs-timeout {t}: {e}")),
-        },
-        None => None,
+    let mut spec = match validate_flags(&args, env, &config) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
     };
     let (workspace, _temp) = match &args.workspace {
-        Some(w) => (w.clone(), None),
+        Some(w) => match validate_workspace(w) {
+            Ok(w) => (w, None),
+            Err(e) => return fail(e),
+        },
         None => match temp_workspace() {
             Ok(t) => (t.0.clone(), Some(t)),
             Err(e) => return fail(format!("create a temporary workspace: {e}")),
         },
     };
-    let mut spec = match build_spec(&args, env, &config, workspace) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
+    spec.workspace = workspace;
     let masking = match masking(&args, env, &config, &spec) {
         Ok(m) => m,
         Err(e) => return fail(e),
@@ -299,7 +434,7 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
         }
     }
     let waited = Instant::now();
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.map(|t| parse::later(Instant::now(), t));
     let mut timed_out = false;
     let outcome = match wait_event(&sb, signals.as_ref(), deadline) {
         Event::Exited => sb.wait(),
@@ -506,9 +641,9 @@ fn run_spec(path: &std::path::Path, log_file: Option<&std::path::Path>, env: &En
     use crate::run::executor::SandboxExecutor;
     use crate::run::spec::RunSpec;
     use crate::run::{RunEvent, RunEvents};
-    let text = match std::fs::read(path) {
+    let text = match read_spec(path) {
         Ok(t) => t,
-        Err(e) => return fail(format!("--spec {}: {e}", path.display())),
+        Err(e) => return fail(e),
     };
     let spec = match RunSpec::from_json(&text) {
         Ok(s) => s,
@@ -547,13 +682,35 @@ fn run_spec(path: &std::path::Path, log_file: Option<&std::path::Path>, env: &En
         None if config.run_logs_on_stdout => Box::new(StdoutSink::stdout(&spec.run_id)),
         None => Box::new(TerminalSink),
     };
+    // Blocked before any thread starts, so every thread inherits the mask
+    // and the signals wait in the signalfd.
+    let signals = SpecSignals::block();
     let executor = match SandboxExecutor::new(config, env.clone(), None) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
     let (tx, rx) = smol::channel::unbounded();
     let run_id = spec.run_id.clone();
-    executor.run_plain(spec, Some(sink), RunEvents::new(&run_id, tx));
+    let cancel = executor.cancel_handle();
+    let received = std::thread::scope(|s| {
+        let (done_rx, done_tx) = match std::os::unix::net::UnixStream::pair() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("liftoff: warning: signals will not cancel the run: {e}");
+                executor.run_plain(spec, Some(sink), RunEvents::new(&run_id, tx));
+                return None;
+            }
+        };
+        let (signals, cancel, id) = (&signals, &cancel, &run_id);
+        let watcher = s.spawn(move || {
+            signals
+                .as_ref()
+                .and_then(|sig| sig.wait_and_cancel(&done_rx, cancel, id))
+        });
+        executor.run_plain(spec, Some(sink), RunEvents::new(&run_id, tx));
+        drop(done_tx);
+        watcher.join().ok().flatten()
+    });
     let mut code = EXIT_LIFTOFF;
     while let Ok((_, event)) = rx.try_recv() {
         match event {
@@ -572,7 +729,121 @@ fn run_spec(path: &std::path::Path, log_file: Option<&std::path::Path>, env: &En
             _ => {}
         }
     }
+    if let Some(signo) = received {
+        eprintln!("liftoff: run {run_id} cancelled by signal {signo}");
+        return 128 + signo;
+    }
     code
+}
+
+/// Reads `--spec FILE`: a regular file (opened without blocking, so a FIFO
+/// or a device is refused, never read) of at most [`MAX_SPEC_BYTES`].
+fn read_spec(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("--spec {shown}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("--spec {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "--spec {shown}: is not a regular file; expected a JSON run spec file"
+        ));
+    }
+    if meta.len() > MAX_SPEC_BYTES {
+        return Err(format!(
+            "--spec {shown}: is {} bytes, more than the {MAX_SPEC_BYTES}-byte limit of a run spec",
+            meta.len()
+        ));
+    }
+    let mut text = Vec::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("--spec {shown}: {e}"))?;
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        return Err(format!(
+            "--spec {shown}: is more than the {MAX_SPEC_BYTES}-byte limit of a run spec"
+        ));
+    }
+    Ok(text)
+}
+
+/// SIGINT, SIGTERM and SIGHUP for `liftoff exec --spec`, blocked and read
+/// from a signalfd by a watcher thread while the run holds the caller.
+struct SpecSignals(nix::sys::signalfd::SignalFd);
+
+impl SpecSignals {
+    fn set() -> nix::sys::signal::SigSet {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            set.add(s);
+        }
+        set
+    }
+
+    /// Blocks the signals in this thread (and the threads it starts) and
+    /// opens the signalfd; `None` (with a warning) when that fails.
+    fn block() -> Option<SpecSignals> {
+        let set = Self::set();
+        let opened = set
+            .thread_block()
+            .and_then(|()| nix::sys::signalfd::SignalFd::new(&set));
+        match opened {
+            Ok(fd) => Some(SpecSignals(fd)),
+            Err(e) => {
+                eprintln!("liftoff: warning: signals will not cancel the run: {e}");
+                None
+            }
+        }
+    }
+
+    /// Waits until `done` closes (the run ended: `None`) or a signal arrives;
+    /// then cancels the run (retrying until it has started or ended) and
+    /// returns the signal's number.
+    fn wait_and_cancel(
+        &self,
+        done: &std::os::unix::net::UnixStream,
+        cancel: &crate::run::executor::CancelHandle,
+        run_id: &str,
+    ) -> Option<i32> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let signo = loop {
+            let mut fds = [
+                PollFd::new(self.0.as_fd(), PollFlags::POLLIN),
+                PollFd::new(done.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return None,
+            }
+            if fds[1].any().unwrap_or(false) {
+                return None;
+            }
+            if fds[0].any().unwrap_or(false) {
+                match self.0.read_signal() {
+                    Ok(Some(info)) => break info.ssi_signo as i32,
+                    _ => continue,
+                }
+            }
+        };
+        eprintln!("liftoff: signal {signo}: cancelling run {run_id}");
+        // The run may not be registered yet: retry until it is, or it ended.
+        while !cancel.cancel(run_id) {
+            let mut fds = [PollFd::new(done.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, PollTimeout::from(20u8)), Ok(0)) {
+                break;
+            }
+        }
+        Some(signo)
+    }
 }
 
 /// A private temporary directory, removed on drop.

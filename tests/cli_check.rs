@@ -282,3 +282,149 @@ fn version_and_help() {
     let o = liftoff(&["no-such-command"], &[]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// Durations beyond their maximum are configuration errors (exit 78, the
+/// variable named) in `check` and `config`, never a panic later.
+#[test]
+fn huge_durations_are_config_errors_not_panics() {
+    for var in [
+        "SPACELIFT_LAUNCHER_RUN_TIMEOUT",
+        "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
+        "LIFTOFF_KILL_GRACE",
+        "LIFTOFF_SHUTDOWN_GRACE",
+        "LIFTOFF_HEARTBEAT_INTERVAL",
+    ] {
+        for args in [&["check", "--offline"][..], &["config"][..]] {
+            let o = liftoff(args, &[(var, "5000000000000000h")]);
+            let t = text(&o);
+            assert_eq!(o.status.code(), Some(78), "{args:?} {var}: {t}");
+            assert!(t.contains(var) && t.contains("maximum"), "{t}");
+            assert!(!t.contains("panicked"), "{t}");
+        }
+    }
+}
+
+/// A state directory that is a file, a dangling symlink, or behind a
+/// directory the job's user cannot pass is reported with the fix.
+#[test]
+fn check_examines_the_state_directory() {
+    support::sandbox::require_root();
+    let (_, p) = pool();
+    let env = good_env(p);
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let good = dir.path().join("state");
+    std::fs::create_dir(&good).unwrap();
+    for (state, needles) in [
+        (
+            file.clone(),
+            &["is not a directory", "LIFTOFF_STATE_DIR"][..],
+        ),
+        (
+            dangling.clone(),
+            &["symlink", "nowhere", "create the directory"][..],
+        ),
+        (
+            private.join("state"),
+            &["cannot pass through", "chmod o+x"][..],
+        ),
+        (file.join("below"), &["cannot be created"][..]),
+    ] {
+        let s = state.to_str().unwrap();
+        let o = liftoff(
+            &["check", "--offline"],
+            &with(&env, &[("LIFTOFF_STATE_DIR", s)]),
+        );
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(78), "{s}: {t}");
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("error") && l.contains("LIFTOFF_STATE_DIR"))
+            .unwrap_or_else(|| panic!("no state dir error for {s}: {t}"));
+        for n in needles {
+            assert!(line.contains(n), "{n:?} not in {line}");
+        }
+    }
+    for state in [good.clone(), good.join("not-yet")] {
+        let s = state.to_str().unwrap();
+        let o = liftoff(
+            &["check", "--offline"],
+            &with(&env, &[("LIFTOFF_STATE_DIR", s)]),
+        );
+        assert_eq!(o.status.code(), Some(0), "{s}: {}", text(&o));
+    }
+}
+
+/// Mounts that break isolation fail `check` unless opted in, then warn;
+/// targets over the workspace fail either way.
+#[test]
+fn unsafe_mounts_fail_check_or_warn_with_the_opt_in() {
+    let (_, p) = pool();
+    let env = good_env(p);
+    let mounts = "/:/x,/proc:/y,/sys/fs/cgroup:/z:rw";
+    let o = liftoff(
+        &["check", "--offline"],
+        &with(&env, &[("SPACELIFT_WORKER_EXTRA_MOUNTS", mounts)]),
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(78), "{t}");
+    assert_eq!(
+        t.lines()
+            .filter(|l| l.starts_with("error") && l.contains("LIFTOFF_ALLOW_UNSAFE_MOUNTS"))
+            .count(),
+        3,
+        "{t}"
+    );
+    let o = liftoff(
+        &["check", "--offline"],
+        &with(
+            &env,
+            &[
+                ("SPACELIFT_WORKER_EXTRA_MOUNTS", mounts),
+                ("LIFTOFF_ALLOW_UNSAFE_MOUNTS", "true"),
+            ],
+        ),
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("3 warning(s)"), "{t}");
+    let o = liftoff(
+        &["check", "--offline"],
+        &with(
+            &env,
+            &[
+                ("SPACELIFT_WORKER_EXTRA_MOUNTS", "/tmp:/mnt/workspace"),
+                ("LIFTOFF_ALLOW_UNSAFE_MOUNTS", "true"),
+            ],
+        ),
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(78), "{t}");
+    assert!(t.contains("would cover the job's workspace"), "{t}");
+}
+
+/// Whitelisting the pool key is warned about in `check` and `config`.
+#[test]
+fn whitelisted_secrets_are_warned_about() {
+    let (_, p) = pool();
+    let env = good_env(p);
+    let extra = [("SPACELIFT_WHITELIST_ENVS", "SPACELIFT_POOL_PRIVATE_KEY")];
+    let o = liftoff(&["check", "--offline"], &with(&env, &extra));
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("never passed to runs"), "{t}");
+    let o = liftoff(&["config"], &with(&env, &extra));
+    assert!(
+        text(&o).contains("warning: SPACELIFT_WHITELIST_ENVS"),
+        "{}",
+        text(&o)
+    );
+}

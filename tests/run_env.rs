@@ -173,6 +173,64 @@ fn secrets_for_the_redactor() {
     );
 }
 
+/// liftoff's own credentials never reach a job, even whitelisted (for every
+/// scope); the configuration warns about them.
+#[test]
+fn launcher_secrets_are_never_whitelisted() {
+    let launcher: Env = [
+        (
+            "SPACELIFT_WHITELIST_ENVS",
+            "SPACELIFT_POOL_PRIVATE_KEY,ro_SPACELIFT_TOKEN,wo_SPACELIFT_TOKEN,LIFTOFF_POOL_PRIVATE_KEY_FILE,AWS_REGION",
+        ),
+        ("SPACELIFT_POOL_PRIVATE_KEY", "cG9vbC1rZXk="),
+        ("SPACELIFT_TOKEN", "dG9rZW4tdmFsdWU="),
+        ("LIFTOFF_POOL_PRIVATE_KEY_FILE", "/etc/liftoff/pool.key"),
+        ("AWS_REGION", "eu-west-1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let loaded = Config::load(&launcher);
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .filter(|w| w.var == "SPACELIFT_WHITELIST_ENVS")
+            .count()
+            >= 3,
+        "{:?}",
+        loaded.warnings
+    );
+    for run_type in ["proposed", "tracked"] {
+        let l = env::build(
+            &spec(run_type),
+            &loaded.config,
+            &launcher,
+            std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
+        );
+        for secret in [
+            "SPACELIFT_POOL_PRIVATE_KEY",
+            "SPACELIFT_TOKEN",
+            "LIFTOFF_POOL_PRIVATE_KEY_FILE",
+        ] {
+            assert!(
+                !l.env.contains_key(secret),
+                "{secret} reached a {run_type} run"
+            );
+        }
+        assert!(
+            !l.env
+                .values()
+                .any(|v| v.contains("cG9vbC1rZXk") || v.contains("dG9rZW4")),
+            "a secret value reached the job"
+        );
+        assert_eq!(
+            l.env.get("AWS_REGION").map(String::as_str),
+            Some("eu-west-1")
+        );
+    }
+}
+
 #[test]
 fn a_run_may_set_its_own_plugin_cache() {
     let s = setup();

@@ -274,6 +274,9 @@ pub struct Config {
     pub extra_mounts: Vec<Mount>,
     pub ro_extra_mounts: Vec<Mount>,
     pub wo_extra_mounts: Vec<Mount>,
+    /// `LIFTOFF_ALLOW_UNSAFE_MOUNTS`: mounts that break isolation are
+    /// warnings, not errors.
+    pub allow_unsafe_mounts: bool,
     pub network: Network,
     pub runtime: Runtime,
     pub docker_config_dir: Option<PathBuf>,
@@ -375,13 +378,10 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn duration(&mut self, var: &str, default: Duration) -> Duration {
-        let d = self.parsed(var, default, parse::duration);
-        if d.is_zero() {
-            self.error(var, "must be longer than 0s");
-            return default;
-        }
-        d
+    /// A duration longer than 0 and at most `max` (so that adding it to an
+    /// `Instant` can never overflow).
+    fn duration(&mut self, var: &str, default: Duration, max: Duration) -> Duration {
+        self.parsed(var, default, |v| parse::bounded_duration(v, max))
     }
 
     fn boolean(&mut self, var: &str, default: bool) -> bool {
@@ -398,14 +398,32 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn mounts(&mut self, var: &str) -> Vec<Mount> {
+    /// A mount list. A mount whose host path breaks isolation
+    /// ([`parse::mount_risk`]) is an error, or a warning when `allow_unsafe`.
+    fn mounts(&mut self, var: &str, state_dir: &Path, allow_unsafe: bool) -> Vec<Mount> {
         let Some(raw) = self.get(var) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for item in parse::list(raw) {
+        for item in parse::mount_list(raw) {
             match parse::mount(item) {
-                Ok(m) => out.push(m),
+                Ok(m) => {
+                    if let Some(risk) = parse::mount_risk(&m, state_dir) {
+                        if allow_unsafe {
+                            self.warn(
+                                var,
+                                format!(
+                                    "{item:?} {risk}: every run can reach it (allowed by {}=true)",
+                                    parse::ALLOW_UNSAFE_MOUNTS
+                                ),
+                            );
+                        } else {
+                            self.error(var, format!("{item:?} {risk}: that breaks the sandbox's isolation; remove it, or set {}=true to allow it", parse::ALLOW_UNSAFE_MOUNTS));
+                            continue;
+                        }
+                    }
+                    out.push(m);
+                }
                 Err(e) => self.error(var, e),
             }
         }
@@ -475,8 +493,16 @@ impl Config {
                 }
             }
         });
-        let logs_timeout = r.duration("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", DEFAULT_LOGS_TIMEOUT);
-        let run_timeout = r.duration("SPACELIFT_LAUNCHER_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT);
+        let logs_timeout = r.duration(
+            "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
+            DEFAULT_LOGS_TIMEOUT,
+            parse::MAX_TIMEOUT,
+        );
+        let run_timeout = r.duration(
+            "SPACELIFT_LAUNCHER_RUN_TIMEOUT",
+            DEFAULT_RUN_TIMEOUT,
+            parse::MAX_TIMEOUT,
+        );
         let debug = r.boolean("SPACELIFT_DEBUG", false);
 
         let whitelist_envs = r
@@ -500,10 +526,35 @@ impl Config {
                     }
                 }
             })
-            .collect();
-        let extra_mounts = r.mounts("SPACELIFT_WORKER_EXTRA_MOUNTS");
-        let ro_extra_mounts = r.mounts("SPACELIFT_WORKER_RO_EXTRA_MOUNTS");
-        let wo_extra_mounts = r.mounts("SPACELIFT_WORKER_WO_EXTRA_MOUNTS");
+            .collect::<Vec<_>>();
+        for w in &whitelist_envs {
+            if vars::is_launcher_secret(&w.name) {
+                r.warn(
+                    "SPACELIFT_WHITELIST_ENVS",
+                    format!(
+                        "names {}, liftoff's own secret: it is never passed to runs; remove it from the list",
+                        w.name
+                    ),
+                );
+            }
+        }
+        let state_dir = r.path("LIFTOFF_STATE_DIR", "/var/lib/liftoff");
+        let allow_unsafe_mounts = r.boolean(parse::ALLOW_UNSAFE_MOUNTS, false);
+        let extra_mounts = r.mounts(
+            "SPACELIFT_WORKER_EXTRA_MOUNTS",
+            &state_dir,
+            allow_unsafe_mounts,
+        );
+        let ro_extra_mounts = r.mounts(
+            "SPACELIFT_WORKER_RO_EXTRA_MOUNTS",
+            &state_dir,
+            allow_unsafe_mounts,
+        );
+        let wo_extra_mounts = r.mounts(
+            "SPACELIFT_WORKER_WO_EXTRA_MOUNTS",
+            &state_dir,
+            allow_unsafe_mounts,
+        );
         let netns_dir = r.netns_dir;
         let network = r.parsed("SPACELIFT_WORKER_NETWORK", Network::Host, |v| {
             Network::parse(v, netns_dir)
@@ -562,7 +613,6 @@ impl Config {
             }
         });
 
-        let state_dir = r.path("LIFTOFF_STATE_DIR", "/var/lib/liftoff");
         let provider_cache_dir =
             r.path("LIFTOFF_PROVIDER_CACHE_DIR", "/var/cache/liftoff/providers");
         let provider_cache_max_bytes = r.parsed(
@@ -587,8 +637,16 @@ impl Config {
             "json" => Ok(LogFormat::Json),
             _ => Err("expected text or json".into()),
         });
-        let shutdown_grace = r.duration("LIFTOFF_SHUTDOWN_GRACE", Duration::from_secs(600));
-        let kill_grace = r.duration("LIFTOFF_KILL_GRACE", DEFAULT_KILL_GRACE);
+        let shutdown_grace = r.duration(
+            "LIFTOFF_SHUTDOWN_GRACE",
+            Duration::from_secs(600),
+            parse::MAX_TIMEOUT,
+        );
+        let kill_grace = r.duration(
+            "LIFTOFF_KILL_GRACE",
+            DEFAULT_KILL_GRACE,
+            parse::MAX_INTERVAL,
+        );
         let landlock = r.parsed("LIFTOFF_LANDLOCK", LandlockMode::BestEffort, |v| match v {
             "best-effort" => Ok(LandlockMode::BestEffort),
             "require" => Ok(LandlockMode::Require),
@@ -615,11 +673,14 @@ impl Config {
             _ => Err("expected a number of CPUs such as 1 or 1.5".into()),
         });
 
-        let mqtt_keepalive = r.duration("LIFTOFF_MQTT_KEEPALIVE", Duration::from_secs(30));
-        let heartbeat_interval = r.duration("LIFTOFF_HEARTBEAT_INTERVAL", Duration::from_secs(30));
-        let probe_interval = r.duration("LIFTOFF_PROBE_INTERVAL", Duration::from_secs(15));
-        let failback_after = r.duration("LIFTOFF_FAILBACK_AFTER", Duration::from_secs(120));
-        let resend_after = r.duration("LIFTOFF_RESEND_AFTER", Duration::from_secs(30));
+        let interval = |r: &mut Reader<'_>, var: &str, secs: u64| {
+            r.duration(var, Duration::from_secs(secs), parse::MAX_INTERVAL)
+        };
+        let mqtt_keepalive = interval(&mut r, "LIFTOFF_MQTT_KEEPALIVE", 30);
+        let heartbeat_interval = interval(&mut r, "LIFTOFF_HEARTBEAT_INTERVAL", 30);
+        let probe_interval = interval(&mut r, "LIFTOFF_PROBE_INTERVAL", 15);
+        let failback_after = interval(&mut r, "LIFTOFF_FAILBACK_AFTER", 120);
+        let resend_after = interval(&mut r, "LIFTOFF_RESEND_AFTER", 30);
 
         warn_unknown(&mut r);
 
@@ -636,6 +697,7 @@ impl Config {
             extra_mounts,
             ro_extra_mounts,
             wo_extra_mounts,
+            allow_unsafe_mounts,
             network,
             runtime,
             docker_config_dir,
@@ -680,8 +742,8 @@ impl Config {
             join(m, |m| {
                 format!(
                     "{}:{}:{}",
-                    m.host.display(),
-                    m.sandbox.display(),
+                    parse::escape(&m.host.display().to_string()),
+                    parse::escape(&m.sandbox.display().to_string()),
                     if m.read_only { "ro" } else { "rw" }
                 )
             })
@@ -749,6 +811,10 @@ impl Config {
             (
                 "SPACELIFT_WORKER_EXTRA_MOUNTS".into(),
                 mounts(&self.extra_mounts),
+            ),
+            (
+                parse::ALLOW_UNSAFE_MOUNTS.into(),
+                self.allow_unsafe_mounts.to_string(),
             ),
             (
                 "SPACELIFT_WORKER_RO_EXTRA_MOUNTS".into(),

@@ -4,9 +4,15 @@
 //!
 //! Every parser returns `Err(String)` whose text says what was expected; the
 //! caller adds the variable's name and (for non-secrets) the value.
+//!
+//! Also the checks shared by the configuration, `liftoff exec` flags and run
+//! specs: [`bounded_duration`] (every duration has a maximum, so adding it to
+//! an `Instant` never overflows; [`later`] saturates anyway), [`mount`] and
+//! [`mount_risk`] (escapes, targets that hide the workspace, host paths that
+//! break isolation), [`image_root`] and [`hostname`].
 
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a duration must look like, for error messages.
 pub const DURATION_SYNTAX: &str =
@@ -100,6 +106,34 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     let secs =
         u64::try_from(total_ns / 1_000_000_000).map_err(|_| "duration too large".to_string())?;
     Ok(Duration::new(secs, (total_ns % 1_000_000_000) as u32))
+}
+
+/// Longest run and logs timeout (and shutdown grace): 30 days.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
+/// Longest kill grace and link interval: 1 hour.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3_600);
+
+/// A duration longer than 0 and at most `max`.
+pub fn bounded_duration(text: &str, max: Duration) -> Result<Duration, String> {
+    let d = duration(text)?;
+    if d.is_zero() {
+        return Err("must be longer than 0s".into());
+    }
+    if d > max {
+        return Err(format!(
+            "is longer than the maximum {}; expected a duration up to {}",
+            format_duration(max),
+            format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// `base + d`, or a point about a century later when that overflows.
+pub fn later(base: Instant, d: Duration) -> Instant {
+    base.checked_add(d)
+        .or_else(|| base.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(base)
 }
 
 /// Formats a duration as Go's `time.Duration.String` does: `7m0s`, `1h10m0s`,
@@ -231,12 +265,78 @@ pub fn sandbox_path(text: &str) -> Result<PathBuf, String> {
     Ok(p.to_path_buf())
 }
 
+/// Splits `text` at every `sep` not preceded by a backslash; the items keep
+/// their escapes (see [`unescape`]).
+pub fn split_escaped(text: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == sep {
+            out.push(&text[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+/// The inverse of [`unescape`]: `:`, `,` and `\` get a backslash.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, ':' | ',' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `\:` → `:`, `\,` → `,`, `\\` → `\`; any other backslash stays.
+pub fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(&n)) if matches!(n, ':' | ',' | '\\') => {
+                out.push(n);
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A comma-separated mount list: splits at commas not escaped as `\,`,
+/// trimming items and dropping empty ones.
+pub fn mount_list(text: &str) -> impl Iterator<Item = &str> {
+    split_escaped(text, ',')
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Where the job's workspace is mounted; no extra mount may cover it.
+pub const SANDBOX_WORKSPACE: &str = "/mnt/workspace";
+
+/// Sandbox paths a mount may not cover: the kernel's own file systems.
+const RESERVED_TARGETS: &[&str] = &["/proc", "/sys", "/dev"];
+
 /// One mount in the seed's form `/host/path:/sandbox/path`, with liftoff's
 /// optional `:ro` or `:rw` suffix (read-write by default, as Docker does).
-/// The host path must exist.
+/// A `:`, `,` or `\` inside a path is written `\:`, `\,` or `\\`. The host
+/// path must exist; the sandbox path must not be, hold or lie inside the
+/// workspace (/mnt/workspace), /proc, /sys or /dev.
 pub fn mount(item: &str) -> Result<Mount, String> {
-    const EXPECTED: &str = "expected /host/path:/sandbox/path[:ro|:rw]";
-    let parts: Vec<&str> = item.split(':').collect();
+    const EXPECTED: &str =
+        "expected /host/path:/sandbox/path[:ro|:rw] (write a : inside a path as \\:)";
+    let parts = split_escaped(item, ':');
     let (host, sandbox, read_only) = match parts.as_slice() {
         [h, s] => (*h, *s, false),
         [h, s, "ro"] => (*h, *s, true),
@@ -248,7 +348,8 @@ pub fn mount(item: &str) -> Result<Mount, String> {
         }
         _ => return Err(format!("{item:?} is not a mount; {EXPECTED}")),
     };
-    let host_path = Path::new(host);
+    let (host, sandbox) = (unescape(host), unescape(sandbox));
+    let host_path = Path::new(&host);
     if !host_path.is_absolute() {
         return Err(format!(
             "host path {host:?} in {item:?} must be absolute; {EXPECTED}"
@@ -259,12 +360,137 @@ pub fn mount(item: &str) -> Result<Mount, String> {
             "host path {host:?} does not exist: create it or remove the mount"
         ));
     }
-    let sandbox = sandbox_path(sandbox).map_err(|e| format!("{e} (in {item:?})"))?;
+    let sandbox = sandbox_path(&sandbox).map_err(|e| format!("{e} (in {item:?})"))?;
+    let workspace = Path::new(SANDBOX_WORKSPACE);
+    if sandbox.starts_with(workspace) || workspace.starts_with(&sandbox) {
+        return Err(format!(
+            "sandbox path {} in {item:?} would cover the job's workspace {SANDBOX_WORKSPACE}: mount it elsewhere, e.g. /mnt/data",
+            sandbox.display()
+        ));
+    }
+    if let Some(r) = RESERVED_TARGETS.iter().find(|r| sandbox.starts_with(r)) {
+        return Err(format!(
+            "sandbox path {} in {item:?} is inside {r}, which the sandbox provides itself: mount it elsewhere, e.g. /mnt/data",
+            sandbox.display()
+        ));
+    }
     Ok(Mount {
         host: host_path.to_path_buf(),
         sandbox,
         read_only,
     })
+}
+
+/// The opt-in that lets [`mount_risk`] mounts through (with a warning).
+pub const ALLOW_UNSAFE_MOUNTS: &str = "LIFTOFF_ALLOW_UNSAFE_MOUNTS";
+/// Where the service's configuration (token, key) lives.
+pub const CONFIG_DIR: &str = "/etc/liftoff";
+/// Host paths that hand the host to a job: the kernel's file systems and
+/// the container runtimes' control sockets.
+const HOST_CONTROL: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd",
+    "/var/run/containerd",
+    "/run/podman",
+    "/var/run/podman",
+    "/run/crio",
+    "/var/run/crio",
+    "/run/systemd",
+    "/run/dbus",
+    "/var/run/dbus",
+];
+
+/// Why the host path of `m` breaks the sandbox's isolation, if it does: it is
+/// `/`, lies in /proc, /sys, /dev or /boot, is a container runtime's socket,
+/// or is, holds or lies inside the state directory or liftoff's
+/// configuration directory. Symlinks are resolved first.
+pub fn mount_risk(m: &Mount, state_dir: &Path) -> Option<String> {
+    let host = std::fs::canonicalize(&m.host).unwrap_or_else(|_| m.host.clone());
+    if host == Path::new("/") {
+        return Some("mounts the host's whole file system".into());
+    }
+    if let Some(p) = HOST_CONTROL
+        .iter()
+        .find(|p| host.starts_with(p) || Path::new(p).starts_with(&host))
+    {
+        return Some(format!("exposes {p} (it controls the host)"));
+    }
+    let state = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    for (what, dir) in [
+        ("liftoff's state directory", state.as_path()),
+        ("liftoff's configuration directory", Path::new(CONFIG_DIR)),
+    ] {
+        if host.starts_with(dir) || dir.starts_with(&host) {
+            return Some(format!("exposes {what} {}", dir.display()));
+        }
+    }
+    None
+}
+
+/// Host directories that are never a runner image's root.
+const SYSTEM_DIRS: &[&str] = &[
+    "/", "/etc", "/usr", "/var", "/proc", "/sys", "/dev", "/boot", "/run", "/home", "/root",
+    "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/tmp", "/opt", "/srv", "/mnt",
+    "/media",
+];
+
+/// A runner image root (`runner.root`, `liftoff exec --root`): an absolute
+/// directory, symlinks resolved, that is not `/` nor a host system directory
+/// (/etc, /usr, /var, ... or inside /proc, /sys, /dev), and holds `usr/` or
+/// `bin/`. Returns the resolved path.
+pub fn image_root(path: &Path) -> Result<PathBuf, String> {
+    const EXPECTED: &str = "expected the directory of an unpacked runner image (holding usr/ or bin/), such as /var/lib/liftoff-images/runner";
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!(
+            "{} must be an absolute path without ..; {EXPECTED}",
+            path.display()
+        ));
+    }
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| format!("{} cannot be used ({e}); {EXPECTED}", path.display()))?;
+    if !real.is_dir() {
+        return Err(format!("{} is not a directory; {EXPECTED}", path.display()));
+    }
+    if SYSTEM_DIRS.iter().any(|d| real == Path::new(d))
+        || ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|d| real.starts_with(d))
+    {
+        return Err(format!(
+            "{} is the host's {}, not an image: the job would see the host's files; {EXPECTED}",
+            path.display(),
+            real.display()
+        ));
+    }
+    if !real.join("usr").is_dir() && !real.join("bin").is_dir() {
+        return Err(format!(
+            "{} holds neither usr/ nor bin/; {EXPECTED}",
+            path.display()
+        ));
+    }
+    Ok(real)
+}
+
+/// A hostname per RFC 1123: 1 to 64 characters, dot-separated labels of
+/// letters, digits and `-`, no label starting or ending with `-`.
+pub fn hostname(text: &str) -> Result<(), String> {
+    const EXPECTED: &str =
+        "expected a hostname of letters, digits, - and ., at most 64 characters, such as build-1";
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok { Ok(()) } else { Err(EXPECTED.into()) }
 }
 
 /// An http(s) URL with a host, as the VCS agent mappings and proxies need.

@@ -85,14 +85,14 @@ fn durations() {
         "LIFTOFF_SHUTDOWN_GRACE",
         "LIFTOFF_KILL_GRACE",
     ] {
-        let c = ok(&[(var, "1h30m")]);
+        let c = ok(&[(var, "50m30s")]);
         let got = match var {
             "SPACELIFT_LAUNCHER_LOGS_TIMEOUT" => c.logs_timeout,
             "SPACELIFT_LAUNCHER_RUN_TIMEOUT" => c.run_timeout,
             "LIFTOFF_SHUTDOWN_GRACE" => c.shutdown_grace,
             _ => c.kill_grace,
         };
-        assert_eq!(got, Duration::from_secs(5400), "{var}");
+        assert_eq!(got, Duration::from_secs(3030), "{var}");
         assert_error(&[(var, "abc")], var, &["\"abc\"", "1000s", "1h30m"]);
         assert_error(&[(var, "120")], var, &["missing unit"]);
         assert_error(&[(var, "-5m")], var, &["negative"]);
@@ -633,4 +633,155 @@ fn effective_config_lists_every_variable() {
         .unwrap()
         .1;
     assert_eq!(https, "http://***@proxy:3128");
+}
+
+/// Every duration has a maximum: a huge value is an error naming the
+/// variable (it used to pass and then panic adding it to an `Instant`).
+#[test]
+fn durations_are_bounded() {
+    let timeouts = [
+        "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
+        "SPACELIFT_LAUNCHER_RUN_TIMEOUT",
+        "LIFTOFF_SHUTDOWN_GRACE",
+    ];
+    let intervals = [
+        "LIFTOFF_KILL_GRACE",
+        "LIFTOFF_MQTT_KEEPALIVE",
+        "LIFTOFF_HEARTBEAT_INTERVAL",
+        "LIFTOFF_PROBE_INTERVAL",
+        "LIFTOFF_FAILBACK_AFTER",
+        "LIFTOFF_RESEND_AFTER",
+    ];
+    for var in timeouts.iter().chain(&intervals) {
+        for huge in ["5000000000000000h", "18446744073709551615s", "721h"] {
+            assert_error(&[(var, huge)], var, &["maximum"]);
+        }
+    }
+    for var in timeouts {
+        ok(&[(var, "720h")]);
+    }
+    for var in intervals {
+        ok(&[(var, "1h")]);
+        assert_error(&[(var, "61m")], var, &["maximum 1h0m0s"]);
+    }
+}
+
+/// Mounts that break isolation are refused unless
+/// LIFTOFF_ALLOW_UNSAFE_MOUNTS=true, and then warned about.
+#[test]
+fn unsafe_mounts_need_the_opt_in() {
+    let state = tempfile::tempdir().unwrap();
+    let state_str = state.path().to_str().unwrap();
+    let inside = state.path().join("runs");
+    std::fs::create_dir(&inside).unwrap();
+    let var = "SPACELIFT_WORKER_EXTRA_MOUNTS";
+    for item in [
+        "/:/x".to_string(),
+        "/proc:/x".to_string(),
+        "/sys/fs/cgroup:/x:rw".to_string(),
+        "/dev:/x".to_string(),
+        "/run:/x".to_string(),
+        format!("{state_str}:/x"),
+        format!("{}:/x", inside.display()),
+    ] {
+        let l = load(&[(var, &item), ("LIFTOFF_STATE_DIR", state_str)]);
+        let e = l
+            .errors
+            .iter()
+            .find(|e| e.var == var)
+            .unwrap_or_else(|| panic!("{item} accepted: {:?}", l.errors));
+        assert!(
+            e.message.contains("LIFTOFF_ALLOW_UNSAFE_MOUNTS=true"),
+            "{e}"
+        );
+        assert!(l.config.extra_mounts.is_empty());
+        let l = load(&[
+            (var, &item),
+            ("LIFTOFF_STATE_DIR", state_str),
+            ("LIFTOFF_ALLOW_UNSAFE_MOUNTS", "true"),
+        ]);
+        assert!(l.errors.is_empty(), "{item}: {:?}", l.errors);
+        assert!(l.warnings.iter().any(|w| w.var == var), "{item}");
+        assert_eq!(l.config.extra_mounts.len(), 1);
+    }
+    // An ordinary directory passes without a word.
+    let data = tempfile::tempdir().unwrap();
+    let l = load(&[(var, &format!("{}:/mnt/data:ro", data.path().display()))]);
+    assert!(l.errors.is_empty() && l.warnings.is_empty(), "{l:?}");
+}
+
+/// A target that covers the workspace, /proc, /sys or /dev fails up front.
+#[test]
+fn mount_targets_that_hide_the_workspace_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().to_str().unwrap();
+    let var = "SPACELIFT_WORKER_EXTRA_MOUNTS";
+    for target in [
+        "/mnt/workspace",
+        "/mnt/workspace/source",
+        "/mnt",
+        "/proc",
+        "/sys/x",
+        "/dev",
+    ] {
+        assert_error(
+            &[(var, &format!("{host}:{target}"))],
+            var,
+            &[target, "mount it elsewhere"],
+        );
+    }
+    ok(&[(var, &format!("{host}:/mnt/data"))]);
+}
+
+/// `\:`, `\,` and `\\` let a host path hold a colon, a comma or a backslash;
+/// `liftoff config` shows them escaped again.
+#[test]
+fn mount_paths_with_colons_use_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("a:b,c\\d");
+    std::fs::create_dir(&odd).unwrap();
+    let escaped = format!("{}/a\\:b\\,c\\\\d", dir.path().display());
+    let var = "SPACELIFT_WORKER_EXTRA_MOUNTS";
+    let c = ok(&[(
+        var,
+        &format!("{escaped}:/mnt/x\\:y:ro, {}:/mnt/z", dir.path().display()),
+    )]);
+    assert_eq!(c.extra_mounts.len(), 2);
+    assert_eq!(c.extra_mounts[0].host, odd);
+    assert_eq!(c.extra_mounts[0].sandbox, PathBuf::from("/mnt/x:y"));
+    assert!(c.extra_mounts[0].read_only);
+    let shown = c.effective().into_iter().find(|(k, _)| k == var).unwrap().1;
+    assert!(
+        shown.starts_with(&format!("{escaped}:/mnt/x\\:y:ro,")),
+        "{shown}"
+    );
+    // Unescaped, the colon splits the item.
+    assert!(
+        !load(&[(var, &format!("{}/a:b,c:/mnt/x", dir.path().display()))])
+            .errors
+            .is_empty()
+    );
+}
+
+/// Whitelisting liftoff's own secrets is warned about (and `run::env` never
+/// passes them).
+#[test]
+fn whitelisting_launcher_secrets_is_warned_about() {
+    for name in [
+        "SPACELIFT_POOL_PRIVATE_KEY",
+        "SPACELIFT_TOKEN",
+        "ro_SPACELIFT_TOKEN",
+        "LIFTOFF_POOL_PRIVATE_KEY_FILE",
+    ] {
+        let l = load(&[("SPACELIFT_WHITELIST_ENVS", &format!("AWS_REGION,{name}"))]);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let w = l
+            .warnings
+            .iter()
+            .find(|w| w.var == "SPACELIFT_WHITELIST_ENVS")
+            .unwrap_or_else(|| panic!("no warning for {name}"));
+        assert!(w.message.contains("never passed to runs"), "{w}");
+    }
+    let l = load(&[("SPACELIFT_WHITELIST_ENVS", "AWS_REGION")]);
+    assert!(l.warnings.is_empty());
 }

@@ -89,7 +89,12 @@ pub const VARIABLES: &[Var] = &[
     v(
         "SPACELIFT_WORKER_EXTRA_MOUNTS",
         "",
-        "Mounts for every run: /host/path:/sandbox/path[:ro|:rw], comma-separated.",
+        "Mounts for every run: /host/path:/sandbox/path[:ro|:rw], comma-separated; write `:`, `,` or `\\` inside a path as `\\:`, `\\,`, `\\\\`. Not over /mnt/workspace, /proc, /sys or /dev.",
+    ),
+    v(
+        "LIFTOFF_ALLOW_UNSAFE_MOUNTS",
+        "false",
+        "Allow extra mounts that break isolation (/, /proc, /sys, /dev, /boot, container runtime sockets, the state or /etc/liftoff directory); `liftoff check` warns about each.",
     ),
     v(
         "SPACELIFT_WORKER_RO_EXTRA_MOUNTS",
@@ -232,6 +237,13 @@ pub const VARIABLES: &[Var] = &[
         "Re-send an unacknowledged event after this long on the same connection.",
     ),
 ];
+
+/// Variables holding liftoff's own credentials (or where to read them):
+/// never passed to a job, whatever `SPACELIFT_WHITELIST_ENVS` or
+/// `liftoff exec --pass-env` say.
+pub fn is_launcher_secret(name: &str) -> bool {
+    find(name).is_some_and(|v| v.secret) || name == "LIFTOFF_POOL_PRIVATE_KEY_FILE"
+}
 
 /// The variable with this name, if liftoff knows it.
 pub fn find(name: &str) -> Option<&'static Var> {

@@ -4,7 +4,8 @@
 //! variables named in `SPACELIFT_WHITELIST_ENVS` (`ro_NAME` for read-only runs
 //! only, `wo_NAME` for write runs only) + the spec's variables + what liftoff
 //! sets itself (run id, workspace, `TF_PLUGIN_CACHE_DIR` unless the run set
-//! it). Nothing else of the launcher's environment reaches a run.
+//! it). Nothing else of the launcher's environment reaches a run, and never
+//! liftoff's own credentials (the pool token and key), even when whitelisted.
 //! Mounts = `SPACELIFT_WORKER_EXTRA_MOUNTS` + the read-only or write variant
 //! for the run's type + the run's provider-cache layer at the cache's path.
 //! Secrets (for the log redactor) = secret run variables and the values of
@@ -58,7 +59,8 @@ pub fn build(spec: &RunSpec, config: &Config, launcher: &Env, provider_layer: &P
             RunScope::ReadOnly => read_only,
             RunScope::WriteOnly => !read_only,
         };
-        if !applies {
+        // liftoff's own credentials never reach a job (config warns).
+        if !applies || crate::config::vars::is_launcher_secret(&w.name) {
             continue;
         }
         match launcher.get(&w.name) {

@@ -193,6 +193,15 @@ impl SandboxExecutor {
         self
     }
 
+    /// A handle that cancels this executor's runs from another thread (a
+    /// signal watcher while [`SandboxExecutor::run_plain`] holds the caller).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            runs: self.runs.clone(),
+            grace: self.shared.config.kill_grace,
+        }
+    }
+
     /// Runs a plain (unencrypted) spec on this thread, logs to `sink`
     /// (default: JSON lines on stdout), events to `events`. For
     /// `liftoff exec --spec`.
@@ -211,6 +220,44 @@ impl SandboxExecutor {
             .unwrap_or_else(|p| p.into_inner())
             .remove(events.run_id());
         events.send(ev);
+    }
+}
+
+/// Cancels runs of a [`SandboxExecutor`]: see [`CancelHandle::cancel`].
+#[derive(Clone)]
+pub struct CancelHandle {
+    runs: Arc<Mutex<HashMap<String, Arc<Control>>>>,
+    grace: Duration,
+}
+
+impl CancelHandle {
+    /// Cancels the run: no further step starts; the running step's tree gets
+    /// SIGTERM, then SIGKILL after the kill grace. False when no such run is
+    /// going (not started yet, or ended).
+    pub fn cancel(&self, run_id: &str) -> bool {
+        let Some(control) = self
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned()
+        else {
+            return false;
+        };
+        if control.cancelled.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        if let Some(sb) = control.current() {
+            let _ = lock(&sb).signal(libc::SIGTERM);
+            let grace = self.grace;
+            let _ = std::thread::Builder::new()
+                .name("liftoff-kill".into())
+                .spawn(move || {
+                    std::thread::sleep(grace);
+                    lock(&sb).kill();
+                });
+        }
+        true
     }
 }
 
@@ -261,28 +308,7 @@ impl RunExecutor for SandboxExecutor {
     }
 
     fn cancel(&mut self, run_id: &str) {
-        let Some(control) = self
-            .runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(run_id)
-            .cloned()
-        else {
-            return;
-        };
-        if control.cancelled.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        if let Some(sb) = control.current() {
-            let _ = lock(&sb).signal(libc::SIGTERM);
-            let grace = self.shared.config.kill_grace;
-            let _ = std::thread::Builder::new()
-                .name("liftoff-kill".into())
-                .spawn(move || {
-                    std::thread::sleep(grace);
-                    lock(&sb).kill();
-                });
-        }
+        self.cancel_handle().cancel(run_id);
     }
 
     fn uploads(&mut self, run_id: &str, urls: Vec<Upload>) {
@@ -540,7 +566,8 @@ fn run_logged(
             let _ = log.debug_command(&argv);
         }
         let sbspec = sandbox_spec(config, spec, launch, workspace, argv)?;
-        let deadline = log.started() + spec.run_timeout(config.run_timeout);
+        let deadline =
+            crate::config::parse::later(log.started(), spec.run_timeout(config.run_timeout));
         let outcome = run_step(config, &sbspec, step.outputs, log, control, deadline)?;
         if control.cancelled() {
             return Err(format!("cancelled during step {}", step.name));

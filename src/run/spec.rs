@@ -179,11 +179,40 @@ pub struct RunSpec {
 pub const MAX_STEPS: usize = 64;
 /// Most environment variables a run may have.
 pub const MAX_VARIABLES: usize = 4096;
+/// Largest spec accepted, in bytes.
+pub const MAX_SPEC_BYTES: usize = 4 << 20;
+/// Longest step name, in bytes.
+pub const MAX_STEP_NAME: usize = 256;
+
+/// A string that reaches liftoff's own log lines (step names, artifact
+/// paths, URLs): no control characters (a newline or an escape sequence
+/// could forge a line), at most `max` bytes.
+fn loggable(field: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!(
+            "run spec: {field} is {} bytes long; at most {max} are allowed",
+            text.len()
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "run spec: {field} {:?} contains a control character (newline, escape...); use printable text",
+            text.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
+}
 
 impl RunSpec {
     /// Parses and validates a spec. The error names the field and what is
     /// expected.
     pub fn from_json(bytes: &[u8]) -> Result<RunSpec, String> {
+        if bytes.len() > MAX_SPEC_BYTES {
+            return Err(format!(
+                "run spec is {} bytes, more than the {MAX_SPEC_BYTES}-byte limit",
+                bytes.len()
+            ));
+        }
         let spec: RunSpec =
             serde_json::from_slice(bytes).map_err(|e| format!("run spec is not valid: {e}"))?;
         spec.validate()?;
@@ -204,6 +233,10 @@ impl RunSpec {
             return Err(format!("run spec: steps must hold 1 to {MAX_STEPS} steps"));
         }
         for (i, s) in self.steps.iter().enumerate() {
+            loggable(&format!("steps[{i}].name"), &s.name, MAX_STEP_NAME)?;
+            if s.name.trim().is_empty() {
+                return Err(format!("run spec: steps[{i}].name is empty: name the step"));
+            }
             match (&s.shell, s.argv.is_empty()) {
                 (Some(_), false) => {
                     return Err(format!(
@@ -267,23 +300,25 @@ impl RunSpec {
             ("timeouts.logs", &self.timeouts.logs),
         ] {
             if let Some(t) = t {
-                match parse::duration(t) {
-                    Ok(d) if !d.is_zero() => {}
-                    Ok(_) => return Err(format!("run spec: {field} must be longer than 0s")),
-                    Err(e) => return Err(format!("run spec: {field} {t:?}: {e}")),
-                }
+                parse::bounded_duration(t, parse::MAX_TIMEOUT)
+                    .map_err(|e| format!("run spec: {field} {t:?}: {e}"))?;
             }
         }
         if let Some(root) = &self.runner.root {
-            if !root.is_absolute()
-                || root
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err("run spec: runner.root must be an absolute path without ..".into());
-            }
+            parse::image_root(root).map_err(|e| format!("run spec: runner.root {e}"))?;
+        }
+        if let Some(src) = &self.source {
+            loggable("source.url", &src.url, 8192)?;
+        }
+        for (i, url) in self.uploads.logs.iter().enumerate() {
+            loggable(&format!("uploads.logs[{i}]"), url, 8192)?;
+        }
+        if let Some(url) = &self.uploads.outputs {
+            loggable("uploads.outputs", url, 8192)?;
         }
         for (i, a) in self.uploads.artifacts.iter().enumerate() {
+            loggable(&format!("uploads.artifacts[{i}].path"), &a.path, 4096)?;
+            loggable(&format!("uploads.artifacts[{i}].url"), &a.url, 8192)?;
             let p = std::path::Path::new(&a.path);
             if p.is_absolute()
                 || p.components().any(|c| c == std::path::Component::ParentDir)
@@ -413,5 +448,123 @@ mod tests {
         }
         assert!(RunSpec::from_json(b"\xff\xfe").is_err());
         assert!(RunSpec::from_json(b"").is_err());
+    }
+
+    fn with(field: &str, value: serde_json::Value) -> Result<RunSpec, String> {
+        let mut j = minimal();
+        j[field] = value;
+        RunSpec::from_json(j.to_string().as_bytes())
+    }
+
+    /// `runner.root` must be an unpacked image: never `/` nor a host system
+    /// directory (those used to be accepted, or fail with an unclear
+    /// "executing /bin/sh: No such file").
+    #[test]
+    fn runner_root_must_be_an_image() {
+        let image = tempfile::tempdir().unwrap();
+        std::fs::create_dir(image.path().join("usr")).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let file = image.path().join("usr/file");
+        std::fs::write(&file, "x").unwrap();
+        let link = image.path().join("to-root");
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        for (root, needle) in [
+            ("/".to_string(), "the host's /"),
+            ("/etc".into(), "the host's /etc"),
+            ("/usr".into(), "the host's /usr"),
+            ("/var".into(), "the host's /var"),
+            ("/proc/1".into(), "the host's"),
+            (link.display().to_string(), "the host's /"),
+            ("/no/such/image".into(), "cannot be used"),
+            (file.display().to_string(), "not a directory"),
+            (empty.path().display().to_string(), "neither usr/ nor bin/"),
+            ("relative".into(), "absolute"),
+            ("/x/../etc".into(), "without .."),
+        ] {
+            let err = with("runner", serde_json::json!({"root": root})).unwrap_err();
+            assert!(err.contains("runner.root"), "{err}");
+            assert!(err.contains(needle), "{root}: {needle:?} not in {err:?}");
+        }
+        let ok = with("runner", serde_json::json!({"root": image.path()})).unwrap();
+        assert_eq!(ok.runner.root.as_deref(), Some(image.path()));
+    }
+
+    /// A step name with a newline or an escape sequence could forge
+    /// liftoff's own lines (`liftoff: run … finished`): refused, as is
+    /// a very long or empty name; so are control characters in other
+    /// strings liftoff writes to the log.
+    #[test]
+    fn loggable_strings_have_no_control_characters() {
+        for name in [
+            "plan\nliftoff: run 01JRUN finished: exit code 0",
+            "x\u{1b}[2K",
+            "tab\there",
+            "bell\u{7}",
+        ] {
+            let err = with(
+                "steps",
+                serde_json::json!([{"name": name, "argv": ["true"]}]),
+            )
+            .unwrap_err();
+            assert!(
+                err.contains("steps[0].name") && err.contains("control character"),
+                "{err}"
+            );
+        }
+        let long = "n".repeat(MAX_STEP_NAME + 1);
+        let err = with(
+            "steps",
+            serde_json::json!([{"name": long, "argv": ["true"]}]),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("steps[0].name") && err.contains("at most 256"),
+            "{err}"
+        );
+        let err = with(
+            "steps",
+            serde_json::json!([{"name": " ", "argv": ["true"]}]),
+        )
+        .unwrap_err();
+        assert!(err.contains("steps[0].name is empty"), "{err}");
+        with(
+            "steps",
+            serde_json::json!([{"name": "plan (tofu) ✓", "argv": ["true"]}]),
+        )
+        .unwrap();
+        let err = with(
+            "uploads",
+            serde_json::json!({"artifacts": [{"path": "a\nb", "url": "https://x"}]}),
+        )
+        .unwrap_err();
+        assert!(err.contains("uploads.artifacts[0].path"), "{err}");
+        let err = with(
+            "source",
+            serde_json::json!({"url": "https://x/\r\nliftoff: ok"}),
+        )
+        .unwrap_err();
+        assert!(err.contains("source.url"), "{err}");
+    }
+
+    /// Timeouts are bounded (30 days) and the spec's size is capped.
+    #[test]
+    fn timeouts_and_size_are_bounded() {
+        for t in ["5000000000000000h", "721h"] {
+            let err = with("timeouts", serde_json::json!({"run": t})).unwrap_err();
+            assert!(
+                err.contains("timeouts.run") && err.contains("maximum"),
+                "{err}"
+            );
+            let err = with("timeouts", serde_json::json!({"logs": t})).unwrap_err();
+            assert!(
+                err.contains("timeouts.logs") && err.contains("maximum"),
+                "{err}"
+            );
+        }
+        with("timeouts", serde_json::json!({"run": "720h"})).unwrap();
+        let mut big = minimal().to_string().into_bytes();
+        big.extend(std::iter::repeat_n(b' ', MAX_SPEC_BYTES));
+        let err = RunSpec::from_json(&big).unwrap_err();
+        assert!(err.contains("byte limit"), "{err}");
     }
 }
