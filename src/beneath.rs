@@ -264,10 +264,8 @@ impl Root {
                     ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS
                 }
             };
-            let how = OpenHow::new()
-                .flags(flags)
-                .mode(Mode::from_bits_truncate(0o600))
-                .resolve(resolve);
+            // Never O_CREAT here: openat2 wants mode 0 then.
+            let how = OpenHow::new().flags(flags).resolve(resolve);
             match nix::fcntl::openat2(self.fd.as_fd(), &rel, how) {
                 Ok(fd) => {
                     OPENAT2.store(1, Ordering::Relaxed);
@@ -470,6 +468,15 @@ impl Root {
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(Error::io("stat", &shown(rel), e)),
         }
+    }
+
+    /// Does `rel`, its symlinks followed, stay beneath the root? `Ok` when
+    /// it does; [`Error::Escapes`] when a link (or a chain of them) leads
+    /// out; [`Error::NotFound`] or [`Error::Symlink`] (a loop) otherwise.
+    pub fn resolves_inside(&self, rel: &Path) -> Result<()> {
+        let parts = components(rel)?;
+        self.resolve(&parts, OFlag::O_PATH, Follow::InsideRoot)
+            .map(drop)
     }
 
     /// The kind of `rel` (`None`: missing), never following a symlink.
