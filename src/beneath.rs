@@ -193,9 +193,7 @@ fn components(rel: &Path) -> Result<Vec<&OsStr>> {
             Component::Normal(n) => out.push(n),
             Component::CurDir => {}
             _ => {
-                return Err(Error::BadPath {
-                    path: shown(rel),
-                });
+                return Err(Error::BadPath { path: shown(rel) });
             }
         }
     }
@@ -411,11 +409,7 @@ impl Root {
         let fd = nix::fcntl::openat(
             &dir,
             name,
-            OFlag::O_WRONLY
-                | OFlag::O_CREAT
-                | OFlag::O_EXCL
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(mode & 0o777),
         )
         .map_err(|e| Error::io("create", &shown(rel), e))?;

@@ -165,9 +165,13 @@ fn mark_used_through_a_job_link_never_touches_a_host_file() {
 fn mark_used_still_marks_a_real_package() {
     let t = scratch();
     let cache = ProviderCache::open(&t.path().join("cache"), 1 << 30).unwrap();
-    let pkg = cache.dir().join("registry.opentofu.org/acme/p/1.0.0/linux_amd64");
+    let pkg = cache
+        .dir()
+        .join("registry.opentofu.org/acme/p/1.0.0/linux_amd64");
     std::fs::create_dir_all(&pkg).unwrap();
-    let ws = t.path().join("ws/source/.terraform/providers/registry.opentofu.org/acme/p/1.0.0");
+    let ws = t
+        .path()
+        .join("ws/source/.terraform/providers/registry.opentofu.org/acme/p/1.0.0");
     std::fs::create_dir_all(&ws).unwrap();
     std::os::unix::fs::symlink(
         "/var/cache/liftoff/providers/registry.opentofu.org/acme/p/1.0.0/linux_amd64",
@@ -195,16 +199,21 @@ fn merge_never_follows_a_job_link_out_of_its_layer() {
     let p1 = layer.join("h/n/a/1.0.0/linux_amd64");
     std::fs::create_dir_all(&p1).unwrap();
     std::os::unix::fs::symlink(host.join("secret"), p1.join("terraform-provider-a")).unwrap();
-    nix::unistd::mkfifo(&p1.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644))
-        .unwrap();
+    nix::unistd::mkfifo(
+        &p1.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     std::fs::write(p1.join("real"), "provider bytes").unwrap();
     std::fs::create_dir_all(layer.join("h/n/b/1.0.0")).unwrap();
-    std::os::unix::fs::symlink(host.join("pkgdir"), layer.join("h/n/b/1.0.0/linux_amd64"))
-        .unwrap();
+    std::os::unix::fs::symlink(host.join("pkgdir"), layer.join("h/n/b/1.0.0/linux_amd64")).unwrap();
     let stats = cache.merge(&layer).unwrap();
     assert_eq!(stats.packages, 1, "only the real package directory");
     let merged = cache.dir().join("h/n/a/1.0.0/linux_amd64");
-    assert_eq!(std::fs::read_to_string(merged.join("real")).unwrap(), "provider bytes");
+    assert_eq!(
+        std::fs::read_to_string(merged.join("real")).unwrap(),
+        "provider bytes"
+    );
     assert!(!merged.join("terraform-provider-a").exists());
     assert!(!merged.join("fifo").exists());
     assert!(!cache.dir().join("h/n/b").exists());
@@ -258,7 +267,11 @@ impl World {
     }
 }
 
-fn plain_spec(id: &str, steps: serde_json::Value, artifacts: serde_json::Value) -> serde_json::Value {
+fn plain_spec(
+    id: &str,
+    steps: serde_json::Value,
+    artifacts: serde_json::Value,
+) -> serde_json::Value {
     json!({
         "run_id": id,
         "run_type": "proposed",
@@ -294,8 +307,7 @@ fn an_artifact_through_a_link_chain_that_climbs_out_is_not_uploaded() {
     let w = World::new();
     // <dir>/state/runs/<id>/workspace/source: five levels below <dir>.
     std::fs::write(w.dir.join("secret"), "ROOT-ONLY-CONTENT").unwrap();
-    std::fs::set_permissions(w.dir.join("secret"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(w.dir.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let id = "01HOSTPATHSCHAIN00000000AA";
     // Every link's text stays inside the source directory, lexically; each
     // one climbs one more level when resolved.
@@ -358,7 +370,11 @@ fn run_dir_cleanup_removes_links_not_what_they_point_to() {
         "ln -s {o} out && ln -s {o}/d d && mkdir x && ln -s ../../.. x/up",
         o = outside.display()
     );
-    let (end, log) = w.run(plain_spec(id, json!([{"name": "links", "shell": script}]), json!([])));
+    let (end, log) = w.run(plain_spec(
+        id,
+        json!([{"name": "links", "shell": script}]),
+        json!([]),
+    ));
     assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
     assert!(!w.dir.join("state/runs").join(id).exists());
     assert_eq!(snapshot(&outside), before);
@@ -400,7 +416,13 @@ fn implicit_parent_directories_belong_to_the_job() {
     ]);
     let dest = t.path().join("source");
     extract_tar_gz(&archive[..], &dest, Limits::default(), Some((4242, 4343))).unwrap();
-    for p in ["sub", "sub/deeper", "sub/deeper/main.tf", "other", "other/link"] {
+    for p in [
+        "sub",
+        "sub/deeper",
+        "sub/deeper/main.tf",
+        "other",
+        "other/link",
+    ] {
         let m = std::fs::symlink_metadata(dest.join(p)).unwrap();
         assert_eq!((m.uid(), m.gid()), (4242, 4343), "{p}");
     }
@@ -429,7 +451,8 @@ fn long_name_archive(len: usize, pax: bool) -> Vec<u8> {
     h.set_cksum();
     gz.write_all(h.as_bytes()).unwrap();
     if pax {
-        gz.write_all(format!("{body_len} path=").as_bytes()).unwrap();
+        gz.write_all(format!("{body_len} path=").as_bytes())
+            .unwrap();
     }
     let block = vec![b'a'; 1 << 20];
     let mut left = len;
@@ -439,7 +462,8 @@ fn long_name_archive(len: usize, pax: bool) -> Vec<u8> {
         left -= n;
     }
     gz.write_all(if pax { b"\n" } else { b"\0" }).unwrap();
-    gz.write_all(&vec![0u8; (512 - body_len % 512) % 512]).unwrap();
+    gz.write_all(&vec![0u8; (512 - body_len % 512) % 512])
+        .unwrap();
     let mut f = tar::Header::new_gnu();
     f.as_gnu_mut().unwrap().name[..4].copy_from_slice(b"file");
     f.set_entry_type(tar::EntryType::Regular);
@@ -488,7 +512,12 @@ fn huge_long_names_stay_within_a_fixed_memory_bound() {
         std::fs::write(&path, &archive).unwrap();
         drop(archive);
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "hostile_archive_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "hostile_archive_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("LIFTOFF_HOSTILE_ARCHIVE", &path)
             .env("LIFTOFF_HOSTILE_DEST", t.path().join(format!("dest-{pax}")))
             .output()
@@ -534,8 +563,8 @@ fn long_names_within_the_bound_still_extract_and_are_cut_in_messages() {
     assert_eq!(std::fs::read(dest.join(&long_ok)).unwrap(), b"y");
 
     let archive = long_name_tar(&name);
-    let err = extract_tar_gz(&archive[..], &t.path().join("bad"), Limits::default(), None)
-        .unwrap_err();
+    let err =
+        extract_tar_gz(&archive[..], &t.path().join("bad"), Limits::default(), None).unwrap_err();
     assert!(err.contains('…'), "{err}");
     assert!(err.len() < 400, "{err}");
 }
@@ -654,9 +683,16 @@ fn random_path(rng: &mut Rng, names: &[String]) -> String {
 /// relative to other names, chains.
 fn random_target(rng: &mut Rng, names: &[String], outside: &Path) -> String {
     match rng.below(8) {
-        0 => outside.join(rng.pick(&["f0", "d", "d/f1", ""])).display().to_string(),
+        0 => outside
+            .join(rng.pick(&["f0", "d", "d/f1", ""]))
+            .display()
+            .to_string(),
         1 => "/".into(),
-        2 => format!("{}{}", "../".repeat(1 + rng.below(4)), rng.pick(&["outside/f0", "outside", "outside/d"])),
+        2 => format!(
+            "{}{}",
+            "../".repeat(1 + rng.below(4)),
+            rng.pick(&["outside/f0", "outside", "outside/d"])
+        ),
         3 => format!("{}/..", random_path(rng, names)),
         4 => format!("/cache/{}", random_path(rng, names)),
         _ => random_path(rng, names),
@@ -696,7 +732,9 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![root.to_path_buf()];
     while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -733,7 +771,11 @@ fn property_case(seed: u64, walk_only: bool) {
         let p = PathBuf::from(random_path(&mut rng, &names));
         match rng.below(11) {
             0 | 1 => {
-                let follow = if rng.below(2) == 0 { Follow::Never } else { Follow::InsideRoot };
+                let follow = if rng.below(2) == 0 {
+                    Follow::Never
+                } else {
+                    Follow::InsideRoot
+                };
                 if let Ok((f, _)) = root.open_regular(&p, follow, 1 << 20) {
                     let ino = f.metadata().unwrap().ino();
                     assert!(
@@ -797,7 +839,12 @@ fn property_case(seed: u64, walk_only: bool) {
         .map(|(n, k, l)| (n.as_str(), *k, l.as_str(), &b"data"[..]))
         .collect();
     let archive = raw_tar_gz(&raw);
-    let _ = extract_tar_gz(&archive[..], &root_path, Limits::default(), Some((4242, 4242)));
+    let _ = extract_tar_gz(
+        &archive[..],
+        &root_path,
+        Limits::default(),
+        Some((4242, 4242)),
+    );
     let cache = ProviderCache::open(&root_path, u64::MAX).unwrap();
     cache.mark_used(&root_path, Path::new("/cache"));
     beneath::force_walk(false);
@@ -858,7 +905,16 @@ fn openat2_and_the_fallback_walk_agree() {
             .is_ok();
         (inside, read)
     };
-    let paths = ["l1", "a/l2/f", "l3", "l4", "l5", "a/l6", "loop", "a/b/up/b/f"];
+    let paths = [
+        "l1",
+        "a/l2/f",
+        "l3",
+        "l4",
+        "l5",
+        "a/l6",
+        "loop",
+        "a/b/up/b/f",
+    ];
     beneath::force_walk(false);
     let kernel: Vec<_> = paths.iter().map(|p| probe(p)).collect();
     beneath::force_walk(true);

@@ -183,7 +183,8 @@ pub fn extract_tar(
                 continue;
             }
             tar::EntryType::GNULongLink => {
-                let data = read_bounded(&mut entry, header_size, MAX_NAME as u64, "long link name")?;
+                let data =
+                    read_bounded(&mut entry, header_size, MAX_NAME as u64, "long link name")?;
                 pending.link = Some(gnu_name(&data));
                 continue;
             }
