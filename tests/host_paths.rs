@@ -327,6 +327,34 @@ fn an_artifact_through_a_link_chain_that_climbs_out_is_not_uploaded() {
 }
 
 #[test]
+fn a_source_directory_swapped_for_a_link_uploads_nothing() {
+    let w = World::new();
+    let host = w.dir.join("host-dir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("plan.bin"), "ROOT-ONLY-CONTENT").unwrap();
+    std::fs::set_permissions(
+        host.join("plan.bin"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let id = "01HOSTPATHSSWAP000000000AA";
+    let url = w.server.url(&format!("/artifacts/{id}/plan.bin"));
+    let script = format!(
+        "cd .. && mv source moved && ln -s {} source",
+        host.display()
+    );
+    let (end, log) = w.run(plain_spec(
+        id,
+        json!([{"name": "swap", "shell": script}]),
+        json!([{"path": "plan.bin", "url": url}]),
+    ));
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert!(w.server.puts("/artifacts/").is_empty(), "uploaded: {log}");
+    assert!(log.contains("artifact plan.bin not uploaded"), "{log}");
+    assert!(host.join("plan.bin").exists());
+}
+
+#[test]
 fn a_fifo_artifact_does_not_block_the_run() {
     let w = World::new();
     let id = "01HOSTPATHSFIFO000000000AA";

@@ -578,18 +578,26 @@ fn run_logged(
     let duration_ms = run_started.elapsed().as_millis() as u64;
 
     // Artifacts are the job's files: opened beneath the source directory
-    // (symlinks followed only while they stay inside), with the job's
-    // filesystem identity, regular files only, non-blocking, size-bounded.
-    let source_root = crate::beneath::Root::open(&source_dir)
-        .map_err(|e| format!("the source directory: {e}"))?;
+    // (itself found beneath the workspace, never through a link: the job
+    // owns the workspace), symlinks followed only while they stay inside,
+    // with the job's filesystem identity, regular files only, non-blocking,
+    // size-bounded.
+    let source_root = crate::beneath::Root::open(workspace)
+        .and_then(|ws| ws.dir(Path::new("source"), crate::beneath::Follow::Never));
     for a in &spec.uploads.artifacts {
-        let opened = crate::beneath::as_identity(owner, || {
-            source_root.open_regular(
-                Path::new(&a.path),
-                crate::beneath::Follow::InsideRoot,
-                MAX_ARTIFACT_BYTES,
-            )
-        });
+        let opened = source_root
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|root| {
+                crate::beneath::as_identity(owner, || {
+                    root.open_regular(
+                        Path::new(&a.path),
+                        crate::beneath::Follow::InsideRoot,
+                        MAX_ARTIFACT_BYTES,
+                    )
+                })
+                .map_err(|e| e.to_string())
+            });
         match opened {
             Ok((f, _)) => {
                 put(&shared.agent, &a.url, f, "application/octet-stream")
