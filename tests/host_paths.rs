@@ -777,7 +777,9 @@ fn walk(root: &Path) -> Vec<PathBuf> {
 /// One case: a random tree, then random beneath operations, extraction and
 /// mark-used; the sentinel must not change and no opened file may be one
 /// of its inodes.
-fn property_case(seed: u64, walk_only: bool) {
+/// Returns how many of its reads a naive (following) open would have
+/// served from outside the root: the cases must be hostile to mean much.
+fn property_case(seed: u64, walk_only: bool) -> usize {
     let mut rng = Rng(seed | 1);
     let t = scratch();
     let outside = t.path().join("outside");
@@ -795,6 +797,7 @@ fn property_case(seed: u64, walk_only: bool) {
     let outside_inodes: Vec<u64> = before.values().map(|s| s.ino).collect();
     beneath::force_walk(walk_only);
     let root = Root::open(&root_path).unwrap();
+    let mut hostile = 0;
     for _ in 0..40 {
         let p = PathBuf::from(random_path(&mut rng, &names));
         match rng.below(11) {
@@ -804,6 +807,11 @@ fn property_case(seed: u64, walk_only: bool) {
                 } else {
                     Follow::InsideRoot
                 };
+                if std::fs::metadata(root_path.join(&p))
+                    .is_ok_and(|m| outside_inodes.contains(&m.ino()))
+                {
+                    hostile += 1;
+                }
                 if let Ok((f, _)) = root.open_regular(&p, follow, 1 << 20) {
                     let ino = f.metadata().unwrap().ino();
                     assert!(
@@ -881,6 +889,7 @@ fn property_case(seed: u64, walk_only: bool) {
         before,
         "seed {seed} (walk only: {walk_only}): something outside the root changed"
     );
+    hostile
 }
 
 #[test]
@@ -898,10 +907,16 @@ fn nothing_outside_the_root_is_ever_read_or_written() {
         .and_then(|c| c.parse().ok())
         .unwrap_or(150);
     println!("property seed {base} (replay: LIFTOFF_PROPERTY_SEED={base})");
+    let mut hostile = 0;
     for i in 0..cases {
         let seed = base.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        property_case(seed, i % 2 == 1);
+        hostile += property_case(seed, i % 2 == 1);
     }
+    println!("{hostile} reads would have left the root if links were followed");
+    assert!(
+        cases < 50 || hostile > 0,
+        "seed {base}: no case tried to read outside the root; the generator is too tame"
+    );
 }
 
 /// The kernel path and the fallback walk agree on what resolves inside.
