@@ -355,6 +355,27 @@ fn a_source_directory_swapped_for_a_link_uploads_nothing() {
 }
 
 #[test]
+fn a_leftover_run_directory_is_not_trusted() {
+    let w = World::new();
+    let host = w.dir.join("host-dir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let id = "01HOSTPATHSLEFT000000000AA";
+    // What a job of a crashed run with the same id could have left.
+    let ws = w.dir.join("state/runs").join(id).join("workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::os::unix::fs::symlink(&host, ws.join("source")).unwrap();
+    let before = snapshot(&host);
+    let (end, log) = w.run(plain_spec(
+        id,
+        json!([{"name": "look", "shell": "test ! -L /mnt/workspace/source"}]),
+        json!([]),
+    ));
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert_eq!(snapshot(&host), before, "the leftover link was followed");
+}
+
+#[test]
 fn a_fifo_artifact_does_not_block_the_run() {
     let w = World::new();
     let id = "01HOSTPATHSFIFO000000000AA";

@@ -350,6 +350,16 @@ fn open_spec(shared: &Shared, a: &Assignment) -> Result<RunSpec, String> {
 /// workspace is removed, not what it points to (tests/host_paths.rs checks).
 struct RunDir(PathBuf);
 
+impl RunDir {
+    /// Removes what a crashed earlier run with the same id left (a job's
+    /// links included, never followed) so that every later create and chown
+    /// starts from a directory liftoff made itself.
+    fn fresh(path: PathBuf) -> RunDir {
+        let _ = fs::remove_dir_all(&path);
+        RunDir(path)
+    }
+}
+
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
@@ -425,7 +435,7 @@ fn run(
         ));
     }
 
-    let _dir = RunDir(run_dir.clone());
+    let _dir = RunDir::fresh(run_dir.clone());
     let result = run_logged(
         shared, &spec, &launch, &workspace, &layer, &mut log, events, control,
     );
