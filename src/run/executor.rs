@@ -19,8 +19,8 @@
 //!    `outputs` is not logged: its stdout is filtered and PUT to the outputs
 //!    URL; the first failing step stops the run;
 //! 6. artifacts PUT (opened beneath the source directory with the job's
-//!    identity, regular files only: [`crate::beneath`]); on success the cache layer is merged, marked used and
-//!    the cache pruned; the log is finished (delivery waited for); exactly
+//!    identity, regular files only: [`crate::beneath`]); on success the
+//!    cache layer is merged, marked used and the cache pruned; the log is finished (delivery waited for); exactly
 //!    one terminal event: `Finished{exit_code}` or `Failed{reason}`;
 //! 7. the run directory is removed (undelivered log chunks stay in the spool).
 //!
