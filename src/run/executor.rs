@@ -20,8 +20,9 @@
 //!    URL; the first failing step stops the run;
 //! 6. artifacts PUT (opened beneath the source directory with the job's
 //!    identity, regular files only: [`crate::beneath`]); on success the
-//!    cache layer is merged, marked used and the cache pruned; the log is finished (delivery waited for); exactly
-//!    one terminal event: `Finished{exit_code}` or `Failed{reason}`;
+//!    cache layer is merged, marked used and the cache pruned; the log is
+//!    finished (delivery waited for); exactly one terminal event:
+//!    `Finished{exit_code}` or `Failed{reason}`;
 //! 7. the run directory is removed (undelivered log chunks stay in the spool).
 //!
 //! Timeouts: the stricter of the spec's and the launcher's, enforced by the
