@@ -325,10 +325,9 @@ impl Root {
                 }
             }
             if todo.is_empty() {
-                return nix::fcntl::openat(cur, name.as_os_str(), flags | OFlag::O_NOFOLLOW, {
-                    Mode::from_bits_truncate(0o600)
-                })
-                .map_err(|e| Error::io("open", &shown_rel, e));
+                let last = flags | OFlag::O_NOFOLLOW;
+                return nix::fcntl::openat(cur, name.as_os_str(), last, Mode::empty())
+                    .map_err(|e| Error::io("open", &shown_rel, e));
             }
             let fd = nix::fcntl::openat(
                 cur,
@@ -623,12 +622,9 @@ impl Root {
         let mut out = Vec::new();
         for e in rd.flatten() {
             let name = e.file_name();
-            let kind = match nix::sys::stat::fstatat(&dir, name.as_os_str(), {
-                AtFlags::AT_SYMLINK_NOFOLLOW
-            }) {
-                Ok(st) => Kind::of(&st),
-                Err(_) => continue,
-            };
+            let st = nix::sys::stat::fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
+            let Ok(st) = st else { continue };
+            let kind = Kind::of(&st);
             out.push((name, kind));
         }
         Ok(out)
