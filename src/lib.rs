@@ -5,6 +5,7 @@
 //! host report of `liftoff check`, and `launcher_log` sets up the launcher's own
 //! log (run logs live elsewhere).
 
+pub mod beneath;
 pub mod check;
 pub mod config;
 pub mod exec;

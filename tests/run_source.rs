@@ -324,3 +324,75 @@ fn private_vcs_urls() {
     assert!(resolve_url("ftp://x", &maps).is_err());
     assert!(resolve_url("private:///x", &maps).is_err());
 }
+
+/// A PAX header (`x`) carrying `records`, then `entry`'s header and data.
+fn with_pax(b: &mut tar::Builder<impl Write>, records: &[(&str, &str)], entry: &E) {
+    let mut body = Vec::new();
+    for (k, v) in records {
+        let rest = format!(" {k}={v}\n");
+        let mut n = rest.len() + 1;
+        while n.to_string().len() + rest.len() != n {
+            n = n.to_string().len() + rest.len();
+        }
+        body.extend_from_slice(format!("{n}{rest}").as_bytes());
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_path("PaxHeaders/x").unwrap();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &body[..]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path(entry.name).unwrap();
+    h.set_entry_type(entry.kind);
+    h.set_size(entry.data.len() as u64);
+    h.set_mode(entry.mode);
+    h.set_cksum();
+    b.append(&h, entry.data).unwrap();
+}
+
+#[test]
+fn pax_paths_and_link_paths_are_honoured_and_checked() {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    with_pax(
+        &mut b,
+        &[("path", "pax/dir/main.tf"), ("mtime", "1.5")],
+        &file("ignored-name", b"pax data"),
+    );
+    with_pax(
+        &mut b,
+        &[("path", "pax/link.tf"), ("linkpath", "dir/main.tf")],
+        &special("ignored-link", tar::EntryType::Symlink, ""),
+    );
+    let archive = b.into_inner().unwrap().finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    extract_tar_gz(&archive[..], dir.path(), Limits::default(), None).unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("pax/link.tf")).unwrap(),
+        b"pax data"
+    );
+    assert!(!dir.path().join("ignored-name").exists());
+
+    // A PAX path with `..` is refused like a header path.
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    with_pax(&mut b, &[("path", "../evil")], &file("fine", b"x"));
+    let archive = b.into_inner().unwrap().finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err =
+        extract_tar_gz(&archive[..], &dir.path().join("d"), Limits::default(), None).unwrap_err();
+    assert!(err.contains("absolute path or .."), "{err}");
+    assert!(!dir.path().join("evil").exists());
+
+    // A PAX size that disagrees with the header is refused (two parsers
+    // would see two archives).
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    with_pax(&mut b, &[("size", "0")], &file("f", b"12345"));
+    let archive = b.into_inner().unwrap().finish().unwrap();
+    let err =
+        extract_tar_gz(&archive[..], &dir.path().join("e"), Limits::default(), None).unwrap_err();
+    assert!(err.contains("PAX size"), "{err}");
+}

@@ -17,13 +17,21 @@
 //! run's workspaces linked, and [`ProviderCache::prune`] deletes the least
 //! recently used packages until the cache fits `LIFTOFF_PROVIDER_CACHE_MAX_BYTES`.
 //!
+//! The layer and the workspace are the job's: merge and mark-used read them
+//! only through [`crate::beneath`] (no symlink followed, regular files only,
+//! link texts taken as data), so a job cannot point them at a host file.
+//!
 //! Layout (Terraform's unpacked mirror layout): a package is the directory
 //! `HOST/NAMESPACE/TYPE/VERSION/OS_ARCH` five levels below the root.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
+
+use crate::beneath;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -85,11 +93,8 @@ impl ProviderCache {
         fs::create_dir_all(layer).map_err(|e| err("cannot create", layer, e))?;
         chown(layer, owner)?;
         let mut stats = Stats::default();
-        for pkg in packages(&self.dir) {
-            let rel = pkg
-                .strip_prefix(&self.dir)
-                .map_err(|e| err("bad package path", &pkg, e))?;
-            link_tree(&pkg, &layer.join(rel), &mut stats.bytes)?;
+        for rel in self.packages()? {
+            link_tree(&self.dir.join(&rel), &layer.join(rel), &mut stats.bytes)?;
             stats.packages += 1;
         }
         // Directories above the packages belong to the job too, so that it can
@@ -99,15 +104,16 @@ impl ProviderCache {
     }
 
     /// Moves the packages the run added to `layer` into the shared cache.
-    /// Packages already there are left alone (first writer wins).
+    /// Packages already there are left alone (first writer wins). The layer
+    /// is the job's: it is read through [`beneath::Root`] from the layer's
+    /// fd, never following a symlink, regular files only, each at most the
+    /// cache's size limit.
     pub fn merge(&self, layer: &Path) -> Result<Stats, String> {
         let _lock = self.lock()?;
         let mut stats = Stats::default();
-        for pkg in packages(layer) {
-            let rel = pkg
-                .strip_prefix(layer)
-                .map_err(|e| err("bad package path", &pkg, e))?;
-            let dest = self.dir.join(rel);
+        let layer_root = beneath::Root::open(layer).map_err(|e| err("cannot open", layer, e))?;
+        for rel in packages(&layer_root) {
+            let dest = self.dir.join(&rel);
             if fs::symlink_metadata(&dest).is_ok() {
                 continue;
             }
@@ -118,7 +124,7 @@ impl ProviderCache {
             let tmp = parent.join(format!(".liftoff-tmp-{}", std::process::id()));
             let _ = fs::remove_dir_all(&tmp);
             let mut bytes = 0;
-            copy_tree_readonly(&pkg, &tmp, &mut bytes)?;
+            copy_tree_readonly(&layer_root, &rel, &tmp, self.max_bytes, &mut bytes)?;
             fs::rename(&tmp, &dest).map_err(|e| err("cannot move into place", &dest, e))?;
             stats.packages += 1;
             stats.bytes += bytes;
@@ -128,21 +134,41 @@ impl ProviderCache {
 
     /// Records the packages that `.terraform/providers` symlinks anywhere in
     /// `workspace` (a few levels deep) point to, as used now.
+    ///
+    /// The workspace is the job's: its links are read as *data*, never
+    /// followed. A link counts only when its text is
+    /// `<sandbox_cache_path>/` and exactly [`PACKAGE_DEPTH`] plain names
+    /// (no `..`, `.`, or hidden name); the mark is then touched through
+    /// [`beneath::Root::touch`] from the cache root's fd, so it can never be
+    /// created or truncated anywhere else.
     pub fn mark_used(&self, workspace: &Path, sandbox_cache_path: &Path) {
         let mut found = Vec::new();
-        find_provider_links(workspace, 0, &mut found);
+        match beneath::Root::open(workspace) {
+            Ok(ws) => {
+                let mut budget = MAX_SCANNED;
+                find_provider_links(&ws, PathBuf::new(), 0, &mut budget, &mut found);
+            }
+            Err(e) => {
+                tracing::warn!("provider cache: cannot read the workspace for used packages: {e}");
+                return;
+            }
+        }
+        let cache = match beneath::Root::open(&self.dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("provider cache: {e}");
+                return;
+            }
+        };
         for target in found {
-            let Ok(rel) = target.strip_prefix(sandbox_cache_path) else {
+            let Some(pkg) = package_of(&target, sandbox_cache_path) else {
                 continue;
             };
-            let parts: Vec<_> = rel.components().take(PACKAGE_DEPTH).collect();
-            if parts.len() < PACKAGE_DEPTH {
+            if cache.kind(&pkg).ok().flatten() != Some(beneath::Kind::Dir) {
                 continue;
             }
-            let pkg: PathBuf = parts.iter().collect();
-            let shared = self.dir.join(pkg);
-            if shared.is_dir() {
-                let _ = fs::write(shared.join(USED_MARK), b"");
+            if let Err(e) = cache.touch(&pkg.join(USED_MARK)) {
+                tracing::warn!("provider cache: cannot mark a package used: {e}");
             }
         }
     }
@@ -150,9 +176,9 @@ impl ProviderCache {
     /// Total size of the shared cache.
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
-        for pkg in packages(&self.dir) {
+        for rel in self.packages().unwrap_or_default() {
             s.packages += 1;
-            s.bytes += tree_size(&pkg);
+            s.bytes += tree_size(&self.dir.join(rel));
         }
         s
     }
@@ -161,9 +187,11 @@ impl ProviderCache {
     /// Returns what was deleted.
     pub fn prune(&self) -> Result<Stats, String> {
         let _lock = self.lock()?;
-        let mut all: Vec<(SystemTime, u64, PathBuf)> = packages(&self.dir)
+        let mut all: Vec<(SystemTime, u64, PathBuf)> = self
+            .packages()?
             .into_iter()
-            .map(|p| {
+            .map(|rel| {
+                let p = self.dir.join(rel);
                 let used = fs::metadata(p.join(USED_MARK))
                     .or_else(|_| fs::metadata(&p))
                     .and_then(|m| m.modified())
@@ -188,18 +216,29 @@ impl ProviderCache {
     }
 }
 
-/// Package directories exactly PACKAGE_DEPTH levels below `root` (symlinks
-/// are not followed; names starting with `.` are liftoff's own).
-fn packages(root: &Path) -> Vec<PathBuf> {
-    let mut level = vec![root.to_path_buf()];
+impl ProviderCache {
+    /// The shared cache's packages, relative to its root.
+    fn packages(&self) -> Result<Vec<PathBuf>, String> {
+        let root = beneath::Root::open(&self.dir).map_err(|e| err("cannot open", &self.dir, e))?;
+        Ok(packages(&root))
+    }
+}
+
+/// Package directories exactly PACKAGE_DEPTH levels below `root`, relative
+/// to it (symlinks are never followed; names starting with `.` are
+/// liftoff's own).
+fn packages(root: &beneath::Root) -> Vec<PathBuf> {
+    let mut level = vec![PathBuf::new()];
     for _ in 0..PACKAGE_DEPTH {
         let mut next = Vec::new();
         for d in level {
-            let Ok(rd) = fs::read_dir(&d) else { continue };
-            for e in rd.flatten() {
-                let hidden = e.file_name().to_string_lossy().starts_with('.');
-                if !hidden && e.file_type().is_ok_and(|t| t.is_dir()) {
-                    next.push(e.path());
+            let Ok(entries) = root.read_dir(&d) else {
+                continue;
+            };
+            for (name, kind) in entries {
+                let hidden = name.as_bytes().starts_with(b".");
+                if !hidden && kind == beneath::Kind::Dir {
+                    next.push(d.join(name));
                 }
             }
         }
@@ -253,30 +292,48 @@ fn link_tree(src: &Path, dst: &Path, bytes: &mut u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Copies a package into the shared cache: files read-only (0444, or 0555 when
-/// executable), directories 0755; owned by whoever runs the launcher.
-fn copy_tree_readonly(src: &Path, dst: &Path, bytes: &mut u64) -> Result<(), String> {
+/// Copies a package from the job's layer into the shared cache: files
+/// read-only (0444, or 0555 when executable), directories 0755; owned by
+/// whoever runs the launcher. The layer is read beneath its root: no
+/// symlink followed, regular files only (non-blocking open), each at most
+/// `max_file` bytes.
+fn copy_tree_readonly(
+    layer: &beneath::Root,
+    rel: &Path,
+    dst: &Path,
+    max_file: u64,
+    bytes: &mut u64,
+) -> Result<(), String> {
     fs::create_dir_all(dst).map_err(|e| err("cannot create", dst, e))?;
-    for e in fs::read_dir(src)
-        .map_err(|e| err("cannot read", src, e))?
-        .flatten()
-    {
-        let (from, to) = (e.path(), dst.join(e.file_name()));
-        let meta = fs::symlink_metadata(&from).map_err(|x| err("cannot stat", &from, x))?;
-        if meta.is_dir() {
-            copy_tree_readonly(&from, &to, bytes)?;
-        } else if meta.is_file() {
-            fs::copy(&from, &to).map_err(|x| err("cannot copy", &from, x))?;
-            let mode = if meta.mode() & 0o111 != 0 {
-                0o555
-            } else {
-                0o444
-            };
-            fs::set_permissions(&to, fs::Permissions::from_mode(mode))
-                .map_err(|x| err("cannot set the mode of", &to, x))?;
-            *bytes += meta.len();
+    let entries = layer
+        .read_dir(rel)
+        .map_err(|e| err("cannot read the layer", layer.path(), e))?;
+    for (name, kind) in entries {
+        let (from, to) = (rel.join(&name), dst.join(&name));
+        match kind {
+            beneath::Kind::Dir => copy_tree_readonly(layer, &from, &to, max_file, bytes)?,
+            beneath::Kind::File => {
+                let (mut src, size) = layer
+                    .open_regular(&from, beneath::Follow::Never, max_file)
+                    .map_err(|e| err("cannot copy from the layer", layer.path(), e))?;
+                let exec = src.metadata().is_ok_and(|m| m.mode() & 0o111 != 0);
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&to)
+                    .map_err(|x| err("cannot create", &to, x))?;
+                std::io::copy(&mut (&mut src).take(size), &mut out)
+                    .map_err(|x| err("cannot copy", &to, x))?;
+                let mode = if exec { 0o555 } else { 0o444 };
+                out.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(|x| err("cannot set the mode of", &to, x))?;
+                *bytes += size;
+            }
+            // Symlinks inside a package are not carried into the shared
+            // cache; FIFOs, sockets and devices never are.
+            beneath::Kind::Symlink | beneath::Kind::Special => {}
         }
-        // Symlinks inside a package are not carried into the shared cache.
     }
     fs::set_permissions(dst, fs::Permissions::from_mode(0o755))
         .map_err(|e| err("cannot set the mode of", dst, e))
@@ -304,22 +361,70 @@ fn make_writable(p: &Path) {
     }
 }
 
-/// Symlink targets under any `.terraform/providers` within `dir`, up to a few
-/// levels deep.
-fn find_provider_links(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+/// The package a provider link's text names: `<sandbox_cache>/` and then
+/// exactly [`PACKAGE_DEPTH`] plain, non-hidden names, computed lexically.
+/// Anything else (`..`, `.`, too few or too many names, another prefix) is
+/// not a package.
+fn package_of(target: &Path, sandbox_cache: &Path) -> Option<PathBuf> {
+    if !target.is_absolute() {
+        return None;
+    }
+    let rel = target.strip_prefix(sandbox_cache).ok()?;
+    // strip_prefix works on components; a `..` anywhere in the text would
+    // make the lexical answer wrong, so refuse it outright.
+    if target
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::RootDir))
+    {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    let mut n = 0;
+    for c in rel.components() {
+        let Component::Normal(name) = c else {
+            return None;
+        };
+        if name.as_bytes().starts_with(b".") {
+            return None;
+        }
+        out.push(name);
+        n += 1;
+    }
+    (n == PACKAGE_DEPTH).then_some(out)
+}
+
+/// Most directory entries [`find_provider_links`] looks at in one workspace.
+const MAX_SCANNED: usize = 200_000;
+
+/// Symlink texts under any `.terraform` within the workspace `ws` (relative
+/// path `dir`), up to a few levels deep; nothing is followed.
+fn find_provider_links(
+    ws: &beneath::Root,
+    dir: PathBuf,
+    depth: usize,
+    budget: &mut usize,
+    out: &mut Vec<PathBuf>,
+) {
     if depth > 12 {
         return;
     }
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let Ok(t) = e.file_type() else { continue };
-        let p = e.path();
-        if t.is_symlink() && p.components().any(|c| c.as_os_str() == ".terraform") {
-            if let Ok(target) = fs::read_link(&p) {
-                out.push(target);
+    let Ok(entries) = ws.read_dir(&dir) else {
+        return;
+    };
+    for (name, kind) in entries {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let p = dir.join(&name);
+        match kind {
+            beneath::Kind::Symlink if p.components().any(|c| c.as_os_str() == ".terraform") => {
+                if let Ok(target) = ws.read_link(&p) {
+                    out.push(target);
+                }
             }
-        } else if t.is_dir() {
-            find_provider_links(&p, depth + 1, out);
+            beneath::Kind::Dir => find_provider_links(ws, p, depth + 1, budget, out),
+            _ => {}
         }
     }
 }

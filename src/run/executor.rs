@@ -18,9 +18,11 @@
 //!    `/mnt/workspace/source`), output masked into the log; a step marked
 //!    `outputs` is not logged: its stdout is filtered and PUT to the outputs
 //!    URL; the first failing step stops the run;
-//! 6. artifacts PUT; on success the cache layer is merged, marked used and
-//!    the cache pruned; the log is finished (delivery waited for); exactly
-//!    one terminal event: `Finished{exit_code}` or `Failed{reason}`;
+//! 6. artifacts PUT (opened beneath the source directory with the job's
+//!    identity, regular files only: [`crate::beneath`]); on success the
+//!    cache layer is merged, marked used and the cache pruned; the log is
+//!    finished (delivery waited for); exactly one terminal event:
+//!    `Finished{exit_code}` or `Failed{reason}`;
 //! 7. the run directory is removed (undelivered log chunks stay in the spool).
 //!
 //! Timeouts: the stricter of the spec's and the launcher's, enforced by the
@@ -51,6 +53,9 @@ use super::outputs;
 use super::policy::{self, Policy};
 use super::source;
 use super::spec::RunSpec;
+
+/// Largest artifact uploaded (bytes).
+const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
 
 /// How long the log sink waits for a chunk's pre-signed URL before retrying.
 const URL_WAIT: Duration = Duration::from_secs(30);
@@ -379,7 +384,20 @@ fn open_spec(shared: &Shared, a: &Assignment) -> Result<RunSpec, String> {
 }
 
 /// Removes a run's directory when the run ends, whatever happened.
+/// `std::fs::remove_dir_all` never follows a symlink (it walks with
+/// `openat(O_NOFOLLOW)` and `unlinkat`), so a job's link out of its
+/// workspace is removed, not what it points to (tests/host_paths.rs checks).
 struct RunDir(PathBuf);
+
+impl RunDir {
+    /// Removes what a crashed earlier run with the same id left (a job's
+    /// links included, never followed) so that every later create and chown
+    /// starts from a directory liftoff made itself.
+    fn fresh(path: PathBuf) -> RunDir {
+        let _ = fs::remove_dir_all(&path);
+        RunDir(path)
+    }
+}
 
 impl Drop for RunDir {
     fn drop(&mut self) {
@@ -456,7 +474,7 @@ fn run(
         ));
     }
 
-    let _dir = RunDir(run_dir.clone());
+    let _dir = RunDir::fresh(run_dir.clone());
     let result = run_logged(
         shared, &spec, &launch, &workspace, &layer, &mut log, events, control,
     );
@@ -539,7 +557,14 @@ fn run_logged(
     }
     if let Some(src) = &spec.source {
         let url = source::resolve_url(&src.url, &config.vcs_mappings)?;
-        fetch_source(&shared.agent, &url, &source_dir, owner)?;
+        let run_timeout = spec.run_timeout(config.run_timeout);
+        fetch_source(
+            &shared.agent,
+            &url,
+            &source_dir,
+            owner,
+            (log.started() + run_timeout, run_timeout),
+        )?;
     }
     shared.cache.layer(layer, owner)?;
     if control.cancelled() {
@@ -602,10 +627,29 @@ fn run_logged(
     }
     let duration_ms = run_started.elapsed().as_millis() as u64;
 
+    // Artifacts are the job's files: opened beneath the source directory
+    // (itself found beneath the workspace, never through a link: the job
+    // owns the workspace), symlinks followed only while they stay inside,
+    // with the job's filesystem identity, regular files only, non-blocking,
+    // size-bounded.
+    let source_root = crate::beneath::Root::open(workspace)
+        .and_then(|ws| ws.dir(Path::new("source"), crate::beneath::Follow::Never));
     for a in &spec.uploads.artifacts {
-        let path = source_dir.join(&a.path);
-        match fs::File::open(&path) {
-            Ok(f) => {
+        let opened = source_root
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|root| {
+                crate::beneath::as_identity(owner, || {
+                    root.open_regular(
+                        Path::new(&a.path),
+                        crate::beneath::Follow::InsideRoot,
+                        MAX_ARTIFACT_BYTES,
+                    )
+                })
+                .map_err(|e| e.to_string())
+            });
+        match opened {
+            Ok((f, _)) => {
                 put(&shared.agent, &a.url, f, "application/octet-stream")
                     .map_err(|e| format!("artifact {}: {e}", a.path))?;
                 let _ = log.line(&format!("liftoff: artifact {} uploaded", a.path));
@@ -641,18 +685,38 @@ fn run_logged(
     Ok(exit_code)
 }
 
-/// GETs the source archive and extracts it into `dest`.
+/// GETs the source archive and extracts it into `dest`, within the run's
+/// timeout (`run_deadline`: when it ends, and how long it is).
 fn fetch_source(
     agent: &ureq::Agent,
     url: &str,
     dest: &Path,
     owner: Option<(u32, u32)>,
+    (run_deadline, run_timeout): (Instant, Duration),
 ) -> Result<(), String> {
     let shown = url.split('?').next().unwrap_or("");
+    let timed_out = || {
+        format!(
+            "timed out downloading the source from {shown}: the run timeout ({}) passed; raise timeouts.run or SPACELIFT_LAUNCHER_RUN_TIMEOUT, or make the source faster to fetch",
+            crate::config::parse::format_duration(run_timeout)
+        )
+    };
+    let left = run_deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    // The whole download, body included, is bounded by what is left of the
+    // run's timeout.
     let response = agent
         .get(url)
+        .config()
+        .timeout_global(Some(left))
+        .build()
         .call()
-        .map_err(|e| format!("cannot fetch the source from {shown}: {e}"))?;
+        .map_err(|e| match e {
+            ureq::Error::Timeout(_) => timed_out(),
+            e => format!("cannot fetch the source from {shown}: {e}"),
+        })?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
         return Err(format!(
@@ -664,8 +728,13 @@ fn fetch_source(
         .into_with_config()
         .limit(u64::MAX)
         .reader();
-    source::extract_tar_gz(reader, dest, source::Limits::default(), owner)
-        .map_err(|e| format!("the source archive from {shown} was refused: {e}"))?;
+    source::extract_tar_gz(reader, dest, source::Limits::default(), owner).map_err(|e| {
+        if Instant::now() >= run_deadline {
+            timed_out()
+        } else {
+            format!("the source archive from {shown} was refused: {e}")
+        }
+    })?;
     Ok(())
 }
 

@@ -4,17 +4,30 @@
 //! [`resolve_url`] first; fetch through the one HTTP agent; then
 //! [`extract_tar_gz`] into the workspace's source directory. Extraction
 //! refuses absolute paths, `..`, links pointing outside, writing through a
-//! link, device nodes and FIFOs, and archives over the size or file-count cap
-//! (decompression bombs). setuid/setgid/sticky bits are dropped; files are
-//! owned by the job.
+//! link, device nodes and FIFOs, symlink chains that resolve outside even
+//! though each link's text stays inside, and archives over the size or
+//! file-count cap (decompression bombs) or with names over [`MAX_NAME`] /
+//! PAX headers over [`MAX_PAX`] (memory stays bounded; names are cut in
+//! messages). Every write goes through [`crate::beneath`] from the
+//! destination's fd. setuid/setgid/sticky bits are dropped; files and every
+//! directory the archive makes, implicit parents included, are owned by the
+//! job.
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+
+use crate::beneath;
 
 use crate::config::VcsMapping;
 use crate::config::vars::{VCS_ENDPOINT_PREFIX, VCS_NAME_PREFIX};
+
+/// Longest entry name or link target accepted (bytes); Linux's PATH_MAX.
+pub const MAX_NAME: usize = 4096;
+/// Largest PAX extension header accepted (bytes).
+pub const MAX_PAX: u64 = 64 << 10;
 
 /// Caps on what one archive may unpack to.
 #[derive(Debug, Clone, Copy)]
@@ -67,8 +80,9 @@ pub fn resolve_url(url: &str, mappings: &[VcsMapping]) -> Result<String, String>
 }
 
 /// Extracts a gzip-compressed tar stream into `dest` (created if missing).
-/// `owner`: (uid, gid) on the host for every file, when the launcher can
-/// chown (root). The error says which entry broke which rule.
+/// `owner`: (uid, gid) on the host for every file and every directory the
+/// archive makes (implicit parents included), when the launcher can chown
+/// (root). The error says which entry broke which rule.
 pub fn extract_tar_gz(
     reader: impl Read,
     dest: &Path,
@@ -78,19 +92,79 @@ pub fn extract_tar_gz(
     extract_tar(flate2::read::GzDecoder::new(reader), dest, limits, owner)
 }
 
+/// What GNU long-name/long-link and PAX headers said about the next entry.
+#[derive(Default)]
+struct Pending {
+    path: Option<PathBuf>,
+    link: Option<PathBuf>,
+    size: Option<u64>,
+}
+
+/// Reads an extension header's data (a long name, PAX records), refusing
+/// more than `max` bytes before reading any: a hostile archive cannot make
+/// the launcher hold a huge name.
+fn read_bounded(entry: &mut impl Read, size: u64, max: u64, what: &str) -> Result<Vec<u8>, String> {
+    if size > max {
+        return Err(format!(
+            "the source archive has a {what} of {size} bytes (at most {max}): refusing it"
+        ));
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    entry
+        .take(max)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("the source archive is corrupt in a {what}: {e}"))?;
+    Ok(data)
+}
+
+/// A GNU long name: the bytes up to the first NUL.
+fn gnu_name(data: &[u8]) -> PathBuf {
+    let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+    PathBuf::from(std::ffi::OsStr::from_bytes(&data[..end]))
+}
+
+/// PAX records (`path`, `linkpath`, `size`) into `pending`.
+fn parse_pax(data: &[u8], pending: &mut Pending) -> Result<(), String> {
+    for ext in tar::PaxExtensions::new(data) {
+        let ext = ext.map_err(|e| format!("the source archive has a malformed PAX header: {e}"))?;
+        let value = ext.value_bytes();
+        match ext.key_bytes() {
+            b"path" => pending.path = Some(PathBuf::from(std::ffi::OsStr::from_bytes(value))),
+            b"linkpath" => pending.link = Some(PathBuf::from(std::ffi::OsStr::from_bytes(value))),
+            b"size" => {
+                let size = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("the source archive has a PAX size that is not a number: refusing it")?;
+                pending.size = Some(size);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// As [`extract_tar_gz`], for an uncompressed tar stream.
+///
+/// Every file operation goes through [`beneath::Root`] opened at `dest`: no
+/// create, link, chmod or chown ever leaves it or follows a symlink. Long
+/// names and PAX headers are read by liftoff itself in raw mode, bounded by
+/// [`MAX_NAME`] and [`MAX_PAX`], and names are cut in messages.
 pub fn extract_tar(
     reader: impl Read,
     dest: &Path,
     limits: Limits,
     owner: Option<(u32, u32)>,
 ) -> Result<Extracted, String> {
-    fs::create_dir_all(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    let root = beneath::Root::create(dest).map_err(|e| format!("source directory: {e}"))?;
     let mut archive = tar::Archive::new(reader);
     let mut done = Extracted::default();
     let entries = archive
         .entries()
-        .map_err(|e| format!("the source archive is not a tar.gz: {e}"))?;
+        .map_err(|e| format!("the source archive is not a tar.gz: {e}"))?
+        .raw(true);
+    let mut pending = Pending::default();
+    let mut symlinks = Vec::new();
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("the source archive is corrupt: {e}"))?;
         done.entries += 1;
@@ -100,11 +174,54 @@ pub fn extract_tar(
                 limits.max_entries
             ));
         }
-        let raw = entry
-            .path()
-            .map_err(|e| format!("an entry has an unreadable path: {e}"))?
-            .into_owned();
-        let shown = raw.display().to_string();
+        let kind = entry.header().entry_type();
+        let header_size = entry.header().entry_size().unwrap_or(u64::MAX);
+        match kind {
+            tar::EntryType::GNULongName => {
+                let data = read_bounded(&mut entry, header_size, MAX_NAME as u64, "long name")?;
+                pending.path = Some(gnu_name(&data));
+                continue;
+            }
+            tar::EntryType::GNULongLink => {
+                let data =
+                    read_bounded(&mut entry, header_size, MAX_NAME as u64, "long link name")?;
+                pending.link = Some(gnu_name(&data));
+                continue;
+            }
+            tar::EntryType::XHeader => {
+                let data = read_bounded(&mut entry, header_size, MAX_PAX, "PAX header")?;
+                parse_pax(&data, &mut pending)?;
+                continue;
+            }
+            tar::EntryType::XGlobalHeader => {
+                // Read (bounded) and ignored: nothing in it changes where
+                // or what liftoff writes.
+                read_bounded(&mut entry, header_size, MAX_PAX, "PAX global header")?;
+                continue;
+            }
+            _ => {}
+        }
+        let this = std::mem::take(&mut pending);
+        if let Some(size) = this.size {
+            if size != header_size {
+                return Err(format!(
+                    "the source archive's PAX size ({size}) disagrees with its header ({header_size}): refusing it"
+                ));
+            }
+        }
+        let raw = match this.path {
+            Some(p) => p,
+            None => entry
+                .path()
+                .map_err(|e| format!("an entry has an unreadable path: {e}"))?
+                .into_owned(),
+        };
+        let shown = beneath::shown(&raw);
+        if raw.as_os_str().len() > MAX_NAME {
+            return Err(format!(
+                "entry {shown:?} has a name over {MAX_NAME} bytes: refusing the archive"
+            ));
+        }
         let Some(rel) = safe_relative(&raw) else {
             return Err(format!(
                 "entry {shown:?} has an absolute path or ..: refusing the archive"
@@ -113,41 +230,44 @@ pub fn extract_tar(
         if rel.as_os_str().is_empty() {
             continue; // "./"
         }
-        let target = dest.join(&rel);
-        refuse_links_in_parents(dest, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
-        let kind = entry.header().entry_type();
+        let in_entry = |e: beneath::Error| format!("entry {shown:?}: {e}");
+        refuse_links_in_parents(&root, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let link_name = |entry: &tar::Entry<_>, what: &str| -> Result<PathBuf, String> {
+            match &this.link {
+                Some(l) => Ok(l.clone()),
+                None => entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .map(|l| l.into_owned())
+                    .ok_or_else(|| format!("{what} {shown:?} has no target")),
+            }
+        };
         match kind {
             tar::EntryType::Directory => {
-                if let Ok(m) = fs::symlink_metadata(&target) {
-                    if !m.is_dir() {
+                match root.kind(&rel).map_err(in_entry)? {
+                    Some(beneath::Kind::Dir) => {}
+                    Some(_) => {
                         return Err(format!(
                             "entry {shown:?} is a directory over an existing file or link"
                         ));
                     }
-                } else {
-                    fs::create_dir_all(&target).map_err(|e| format!("entry {shown:?}: {e}"))?;
+                    None => root.mkdir_all(&rel, 0o755, owner).map_err(in_entry)?,
                 }
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
-                    .map_err(|e| format!("entry {shown:?}: {e}"))?;
+                root.chmod(&rel, mode | 0o700).map_err(in_entry)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().unwrap_or(u64::MAX);
+                let size = header_size;
                 if done.bytes.saturating_add(size) > limits.max_bytes {
                     return Err(format!(
                         "the source archive unpacks to more than {} bytes: refusing it (decompression bomb?)",
                         limits.max_bytes
                     ));
                 }
-                make_parent(&target).map_err(|e| format!("entry {shown:?}: {e}"))?;
-                remove_non_dir(&target).map_err(|e| format!("entry {shown:?}: {e}"))?;
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
-                    .map_err(|e| format!("entry {shown:?}: {e}"))?;
+                make_parent(&root, &rel, owner).map_err(in_entry)?;
+                remove_non_dir(&root, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
+                let mut file = root.create_file(&rel, 0o600).map_err(in_entry)?;
                 let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(|e| {
                     format!("entry {shown:?}: the archive is truncated or corrupt: {e}")
                 })?;
@@ -156,50 +276,40 @@ pub fn extract_tar(
                     .map_err(|e| format!("entry {shown:?}: {e}"))?;
             }
             tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| format!("symlink {shown:?} has no target"))?
-                    .into_owned();
+                let link = link_name(&entry, "symlink")?;
                 if link.is_absolute() || !stays_inside(&rel, &link) {
                     return Err(format!(
                         "symlink {shown:?} points outside the source directory ({}): refusing the archive",
-                        link.display()
+                        beneath::shown(&link)
                     ));
                 }
-                make_parent(&target).map_err(|e| format!("entry {shown:?}: {e}"))?;
-                remove_non_dir(&target).map_err(|e| format!("entry {shown:?}: {e}"))?;
-                std::os::unix::fs::symlink(&link, &target)
-                    .map_err(|e| format!("entry {shown:?}: {e}"))?;
+                make_parent(&root, &rel, owner).map_err(in_entry)?;
+                remove_non_dir(&root, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
+                root.symlink(&rel, &link).map_err(in_entry)?;
+                symlinks.push(rel.clone());
             }
             tar::EntryType::Link => {
-                let link = entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| format!("hard link {shown:?} has no target"))?
-                    .into_owned();
+                let link = link_name(&entry, "hard link")?;
                 let Some(link_rel) = safe_relative(&link) else {
                     return Err(format!(
                         "hard link {shown:?} points outside the source directory ({}): refusing the archive",
-                        link.display()
+                        beneath::shown(&link)
                     ));
                 };
-                refuse_links_in_parents(dest, &link_rel)
+                refuse_links_in_parents(&root, &link_rel)
                     .map_err(|e| format!("hard link {shown:?}: {e}"))?;
-                let source = dest.join(&link_rel);
-                match fs::symlink_metadata(&source) {
-                    Ok(m) if m.is_file() => {}
-                    _ => {
-                        return Err(format!(
-                            "hard link {shown:?} must point to a regular file extracted before it"
-                        ));
-                    }
+                if root.kind(&link_rel).ok().flatten() != Some(beneath::Kind::File) {
+                    return Err(format!(
+                        "hard link {shown:?} must point to a regular file extracted before it"
+                    ));
                 }
-                make_parent(&target).map_err(|e| format!("entry {shown:?}: {e}"))?;
-                remove_non_dir(&target).map_err(|e| format!("entry {shown:?}: {e}"))?;
-                fs::hard_link(&source, &target).map_err(|e| format!("entry {shown:?}: {e}"))?;
+                make_parent(&root, &rel, owner).map_err(in_entry)?;
+                remove_non_dir(&root, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
+                root.hard_link(&link_rel, &rel).map_err(|e| {
+                    format!(
+                        "hard link {shown:?} must point to a regular file extracted before it: {e}"
+                    )
+                })?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 return Err(format!(
@@ -209,19 +319,34 @@ pub fn extract_tar(
             tar::EntryType::Fifo => {
                 return Err(format!("entry {shown:?} is a FIFO: refusing the archive"));
             }
-            tar::EntryType::XGlobalHeader
-            | tar::EntryType::XHeader
-            | tar::EntryType::GNULongName
-            | tar::EntryType::GNULongLink => continue,
             other => {
                 return Err(format!(
                     "entry {shown:?} has an unsupported type {other:?}: refusing the archive"
                 ));
             }
         }
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
+        if let Some(owner) = owner {
+            root.chown(&rel, owner)
                 .map_err(|e| format!("entry {shown:?}: cannot give it to the job: {e}"))?;
+        }
+    }
+    if pending.path.is_some() || pending.link.is_some() || pending.size.is_some() {
+        return Err("the source archive ends with a long-name or PAX header that describes no entry: it is corrupt".into());
+    }
+    // The text of every link stays inside, but a chain of links can still
+    // climb out (`a/b -> ..`, then `c -> a/b/..`): resolve each, following
+    // links only while they stay beneath the source directory.
+    for link in symlinks {
+        match root.resolves_inside(&link) {
+            Ok(()) => {}
+            Err(e @ beneath::Error::Escapes { .. }) => {
+                return Err(format!(
+                    "symlink {:?} resolves outside the source directory through other links ({e}): refusing the archive",
+                    beneath::shown(&link)
+                ));
+            }
+            // Dangling or looping inside: harmless, liftoff never follows it.
+            Err(_) => {}
         }
     }
     Ok(done)
@@ -261,45 +386,53 @@ fn stays_inside(entry: &Path, link: &Path) -> bool {
 }
 
 /// No existing ancestor of `rel` under `root` may be a symlink: writing
-/// through one could land anywhere.
-fn refuse_links_in_parents(root: &Path, rel: &Path) -> Result<(), String> {
-    let mut cur = root.to_path_buf();
+/// through one could land anywhere. (The [`beneath`] calls refuse it too;
+/// this says it plainly.)
+fn refuse_links_in_parents(root: &beneath::Root, rel: &Path) -> Result<(), String> {
+    let mut cur = PathBuf::new();
     let parents: Vec<_> = rel.components().collect();
     for c in parents.iter().take(parents.len().saturating_sub(1)) {
         cur.push(c);
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => {
+        match root.kind(&cur) {
+            Ok(Some(beneath::Kind::Symlink)) => {
                 return Err(format!(
                     "would be written through the symlink {}: refusing the archive",
-                    cur.strip_prefix(root).unwrap_or(&cur).display()
+                    beneath::shown(&cur)
                 ));
             }
-            Ok(m) if !m.is_dir() => {
-                return Err(format!("{} is a file, not a directory", cur.display()));
+            Ok(Some(beneath::Kind::Dir)) => {}
+            Ok(Some(_)) => {
+                return Err(format!(
+                    "{} is a file, not a directory",
+                    beneath::shown(&cur)
+                ));
             }
-            Ok(_) => {}
-            Err(_) => return Ok(()),
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(())
 }
 
-fn make_parent(target: &Path) -> io::Result<()> {
-    match target.parent() {
-        Some(p) => fs::create_dir_all(p),
-        None => Ok(()),
+/// Creates the missing parents of `rel`, given to the job like the
+/// directories the archive lists.
+fn make_parent(
+    root: &beneath::Root,
+    rel: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), beneath::Error> {
+    match rel.parent() {
+        Some(p) if !p.as_os_str().is_empty() => root.mkdir_all(p, 0o755, owner),
+        _ => Ok(()),
     }
 }
 
 /// A later entry replaces an earlier file or link of the same name (never
 /// following it); a directory stays and is an error for the caller.
-fn remove_non_dir(target: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(target) {
-        Ok(m) if m.is_dir() => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "a directory of that name exists",
-        )),
-        Ok(_) => fs::remove_file(target),
-        Err(_) => Ok(()),
+fn remove_non_dir(root: &beneath::Root, rel: &Path) -> Result<(), String> {
+    match root.kind(rel).map_err(|e| e.to_string())? {
+        Some(beneath::Kind::Dir) => Err("a directory of that name exists".into()),
+        Some(_) => root.remove(rel).map_err(|e| e.to_string()),
+        None => Ok(()),
     }
 }
