@@ -85,12 +85,27 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 pub fn ulid() -> String {
     let mut rand = [0u8; 10];
     if aws_lc_rs::rand::fill(&mut rand).is_err() {
-        // The system RNG failing is not recoverable in any useful way; fall
-        // back to time-derived bits so ids stay unique per process.
-        let n = std::time::Instant::now().elapsed().as_nanos() ^ u128::from(now_ms());
-        rand.copy_from_slice(&n.to_le_bytes()[..10]);
+        rand = fallback_bits();
     }
-    let mut value: u128 = u128::from(now_ms() & 0xFFFF_FFFF_FFFF) << 80;
+    encode_ulid(now_ms(), rand)
+}
+
+/// The 80 "random" bits when the system's random source fails: a
+/// process-wide counter (unique within the process) in the low 64 bits and
+/// the process id in the high 16 (apart between processes started the same
+/// millisecond), so ids never collide within a process.
+fn fallback_bits() -> [u8; 10] {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id() as u16;
+    let mut out = [0u8; 10];
+    out[..2].copy_from_slice(&pid.to_be_bytes());
+    out[2..].copy_from_slice(&n.to_be_bytes());
+    out
+}
+
+fn encode_ulid(ms: u64, rand: [u8; 10]) -> String {
+    let mut value: u128 = u128::from(ms & 0xFFFF_FFFF_FFFF) << 80;
     for (i, b) in rand.iter().enumerate() {
         value |= u128::from(*b) << (72 - 8 * i);
     }
@@ -496,6 +511,17 @@ mod tests {
         assert!(a.bytes().all(|c| CROCKFORD.contains(&c)));
         assert!(a < b);
         assert_ne!(ulid(), ulid());
+    }
+
+    #[test]
+    fn fallback_ids_are_unique_within_one_millisecond() {
+        // what ulid() makes when the random source fails: many ids in the
+        // same millisecond, all distinct
+        let ms = now_ms();
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| encode_ulid(ms, fallback_bits())).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|i| i.len() == 26));
     }
 
     #[test]

@@ -767,3 +767,276 @@ impl SessionThread {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::outbox::Limits;
+    use crate::link::protocol::WorkerState;
+    use std::collections::VecDeque;
+
+    /// What the fake transport saw and will answer.
+    #[derive(Default)]
+    struct Fake {
+        /// (region index, the whole message), in order.
+        published: Vec<(usize, serde_json::Value)>,
+        connects: Vec<usize>,
+        nexts: usize,
+        inbound: VecDeque<Vec<u8>>,
+        /// The next `next` reports the connection lost.
+        lose: bool,
+        /// Regions that refuse the certificate.
+        refuse: Vec<usize>,
+    }
+
+    struct FakeTransport {
+        state: Arc<Mutex<Fake>>,
+        region: Option<usize>,
+    }
+
+    impl Transport for FakeTransport {
+        fn regions(&self) -> Vec<String> {
+            vec!["east".into(), "west".into()]
+        }
+        fn connect(&mut self, region: usize, will: &[u8]) -> Result<(), ConnectError> {
+            let mut s = self.state.lock().unwrap();
+            s.connects.push(region);
+            let will: serde_json::Value = serde_json::from_slice(will).unwrap();
+            assert_eq!(will["type"], "gone");
+            if s.refuse.contains(&region) {
+                return Err(ConnectError::CertificateRejected("bad_certificate".into()));
+            }
+            self.region = Some(region);
+            Ok(())
+        }
+        fn publish(&mut self, payload: Vec<u8>) -> Result<(), PublishError> {
+            let region = self.region.ok_or(PublishError::NotConnected)?;
+            let v = serde_json::from_slice(&payload).unwrap();
+            self.state.lock().unwrap().published.push((region, v));
+            Ok(())
+        }
+        fn in_flight(&self) -> usize {
+            0
+        }
+        fn next(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, Lost> {
+            let mut s = self.state.lock().unwrap();
+            s.nexts += 1;
+            if std::mem::take(&mut s.lose) {
+                self.region = None;
+                return Err(Lost("test".into()));
+            }
+            if let Some(p) = s.inbound.pop_front() {
+                return Ok(Some(p));
+            }
+            drop(s);
+            std::thread::sleep(timeout.min(Duration::from_millis(5)));
+            Ok(None)
+        }
+        fn disconnect(&mut self) {
+            self.region = None;
+        }
+        fn probe(&self, _region: usize) -> Box<dyn FnOnce() -> bool + Send> {
+            Box::new(|| false)
+        }
+    }
+
+    fn opts() -> SessionOptions {
+        let mut o = SessionOptions::new("W1".into());
+        o.min_connect_interval = Duration::from_millis(1);
+        o.backoff_max = Duration::from_millis(10);
+        o
+    }
+
+    fn hello() -> WorkerMsg {
+        WorkerMsg::Hello {
+            worker_id: "W1".into(),
+            version: "test".into(),
+            region: String::new(),
+            slots: 1,
+            metadata: Default::default(),
+            host: Default::default(),
+            sandbox: Default::default(),
+        }
+    }
+
+    fn status() -> WorkerMsg {
+        WorkerMsg::Status {
+            worker_id: "W1".into(),
+            state: WorkerState::Idle,
+            drain: false,
+            runs: Vec::new(),
+            region: "stale".into(),
+            health: Vec::new(),
+        }
+    }
+
+    fn run_event(run: &str, phase: RunPhase) -> Envelope {
+        Envelope::new(WorkerMsg::Run {
+            run_id: run.into(),
+            phase,
+            exit_code: None,
+            reason: None,
+            command_id: None,
+            duration_ms: None,
+            steps: Vec::new(),
+        })
+    }
+
+    /// Polls `cond` on the fake's state (bounded; no fixed sleeps).
+    fn wait(state: &Arc<Mutex<Fake>>, what: &str, cond: impl Fn(&Fake) -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !cond(&state.lock().unwrap()) {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn types(f: &Fake, from: usize) -> Vec<String> {
+        f.published[from..]
+            .iter()
+            .map(|(_, v)| match v["type"].as_str().unwrap() {
+                "run" => format!("run:{}", v["run_id"].as_str().unwrap()),
+                t => t.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_connection_sends_hello_then_status_then_unacked_events() {
+        let dir = tempfile::tempdir().unwrap();
+        // events a previous launcher process left unacked
+        let (mut outbox, _) = Outbox::open(dir.path(), Limits::default()).unwrap();
+        outbox
+            .push(&mut run_event("R1", RunPhase::Accepted))
+            .unwrap();
+        outbox.push(&mut run_event("R1", RunPhase::Started)).unwrap();
+        let state = Arc::new(Mutex::new(Fake::default()));
+        let transport = FakeTransport {
+            state: state.clone(),
+            region: None,
+        };
+        let (session, events) =
+            Session::start(opts(), Box::new(transport), outbox, hello()).unwrap();
+
+        // connected, hello out; the session keeps polling but publishes no
+        // durable event before it has a status to send
+        wait(&state, "hello and several polls", |f| {
+            !f.published.is_empty() && f.nexts >= 5
+        });
+        assert_eq!(types(&state.lock().unwrap(), 0), ["hello"]);
+        session.status(status());
+        wait(&state, "status and the outbox", |f| f.published.len() >= 4);
+        {
+            let f = state.lock().unwrap();
+            assert_eq!(types(&f, 0), ["hello", "status", "run:R1", "run:R1"]);
+            assert_eq!(f.published[0].1["region"], "east");
+            assert_eq!(f.published[1].1["region"], "east", "status names the region");
+            assert_eq!(f.published[2].1["phase"], "accepted");
+        }
+
+        // the connection is lost: the next region, and the same order again
+        state.lock().unwrap().lose = true;
+        wait(&state, "a reconnect and its messages", |f| {
+            f.published.len() >= 8
+        });
+        {
+            let f = state.lock().unwrap();
+            assert_eq!(f.connects, [0, 1]);
+            assert_eq!(types(&f, 4), ["hello", "status", "run:R1", "run:R1"]);
+            assert!(f.published[4..].iter().all(|(r, _)| *r == 1));
+            assert_eq!(f.published[5].1["region"], "west");
+            // re-sends keep their ids
+            assert_eq!(f.published[2].1["id"], f.published[6].1["id"]);
+        }
+        let mut got = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            got.push(e);
+        }
+        assert!(matches!(&got[0], SessionEvent::Connected { region, primary: true } if region == "east"));
+        assert!(got.iter().any(
+            |e| matches!(e, SessionEvent::Connected { region, primary: false } if region == "west")
+        ));
+
+        // the plane acks both: nothing is left to re-send
+        let ids: Vec<String> = {
+            let f = state.lock().unwrap();
+            f.published[6..8]
+                .iter()
+                .map(|(_, v)| v["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let ack = serde_json::json!({"v": 1, "type": "ack", "id": "A1", "ids": ids});
+        state
+            .lock()
+            .unwrap()
+            .inbound
+            .push_back(ack.to_string().into_bytes());
+        let end = Instant::now() + Duration::from_secs(20);
+        while session.unacked() > 0 {
+            assert!(Instant::now() < end, "the ack was not applied");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        session.close(None, Instant::now() + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn every_region_refusing_the_certificate_is_a_pool_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), Limits::default()).unwrap();
+        let state = Arc::new(Mutex::new(Fake {
+            refuse: vec![0, 1],
+            ..Fake::default()
+        }));
+        let transport = FakeTransport {
+            state: state.clone(),
+            region: None,
+        };
+        let (_session, events) =
+            Session::start(opts(), Box::new(transport), outbox, hello()).unwrap();
+        let mut seen = Vec::new();
+        loop {
+            match events.recv_blocking().unwrap() {
+                SessionEvent::CertificateRejected { detail } => {
+                    assert!(detail.contains("bad_certificate"));
+                    break;
+                }
+                SessionEvent::Disconnected { region, .. } => seen.push(region),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, ["east"], "tried in the token's order");
+        assert_eq!(state.lock().unwrap().connects, [0, 1]);
+    }
+
+    #[test]
+    fn pending_runs_name_each_unacked_run_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = Outbox::open(dir.path(), Limits::default()).unwrap();
+        let mut refused = Envelope::new(WorkerMsg::Run {
+            run_id: "R2".into(),
+            phase: RunPhase::Rejected,
+            exit_code: None,
+            reason: Some("drained".into()),
+            command_id: Some("C2".into()),
+            duration_ms: None,
+            steps: Vec::new(),
+        });
+        outbox.push(&mut run_event("R1", RunPhase::Accepted)).unwrap();
+        outbox.push(&mut refused).unwrap();
+        let state = Arc::new(Mutex::new(Fake {
+            refuse: vec![0, 1],
+            ..Fake::default()
+        }));
+        let transport = FakeTransport {
+            state,
+            region: None,
+        };
+        let (session, _events) =
+            Session::start(opts(), Box::new(transport), outbox, hello()).unwrap();
+        let p = session.pending_runs();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].run_id.as_str(), p[0].phase), ("R1", RunPhase::Accepted));
+        assert_eq!(p[1].phase, RunPhase::Rejected);
+        assert_eq!(p[1].command_id.as_deref(), Some("C2"));
+    }
+}
