@@ -28,6 +28,8 @@ pub struct Seen {
     ids: HashSet<String>,
     /// How many times each id arrived.
     pub copies: HashMap<String, usize>,
+    /// Every message as it arrived (copies too), with its region.
+    pub arrivals: Vec<(String, Value)>,
     /// Per worker: the consumer's stream of durable events, delivered in
     /// `seq` order (events ahead of a gap wait until the re-send fills it).
     pub consumer: HashMap<String, Consumer>,
@@ -133,6 +135,7 @@ impl Plane {
                                 );
                             }
                             let mut s = seen.lock().unwrap();
+                            s.arrivals.push((region.clone(), v.clone()));
                             *s.copies.entry(id.clone()).or_default() += 1;
                             if s.ids.insert(id) {
                                 if v.get("seq").is_some() {
@@ -184,6 +187,11 @@ impl Plane {
             .iter()
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Every message as it arrived, re-sends included, with its region.
+    pub fn arrivals(&self) -> Vec<(String, Value)> {
+        self.seen.lock().unwrap().arrivals.clone()
     }
 
     /// Unique messages with the region each first came from.
