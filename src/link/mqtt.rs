@@ -382,3 +382,32 @@ fn describe(e: &ConnectionError) -> ConnectError {
         _ => ConnectError::Failed(text),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(keepalive: Duration) -> MqttSettings {
+        let topics = Topics::new("spacelift", "P", "W").unwrap();
+        let mut s = MqttSettings::new(Vec::new(), "P-W".into(), topics);
+        s.keepalive = keepalive;
+        s
+    }
+
+    #[test]
+    fn two_pings_fit_in_one_keepalive() {
+        // a silent broker is noticed at most one keepalive after its last
+        // packet: rumqttc gives up on a ping when the next one is due
+        for ms in (2000..=300_000).step_by(250) {
+            let k = Duration::from_millis(ms);
+            let p = settings(k).ping_every();
+            assert!(p >= Duration::from_secs(1), "{k:?}");
+            assert_eq!(p.subsec_nanos(), 0, "whole seconds in CONNECT");
+            assert!(2 * p <= k, "{k:?}: ping every {p:?}");
+        }
+        assert_eq!(
+            settings(Duration::from_secs(30)).ping_every(),
+            Duration::from_secs(15)
+        );
+    }
+}
