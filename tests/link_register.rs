@@ -97,10 +97,7 @@ fn registers_reports_runs_and_handles_bad_commands() {
     assert_eq!(answers.len(), 2, "{answers:?}");
     assert!(answers.iter().any(|v| v["command_id"] == assign["id"]));
     assert!(answers.iter().any(|v| v["command_id"] == again["id"]));
-    let ran: Vec<String> = run_events
-        .into_iter()
-        .filter(|p| p != "accepted")
-        .collect();
+    let ran: Vec<String> = run_events.into_iter().filter(|p| p != "accepted").collect();
     assert_eq!(ran, vec!["started", "finished"], "one run, once");
 
     // bad payloads: error events, never a crash

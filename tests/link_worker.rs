@@ -403,12 +403,21 @@ fn restart_sends_hello_then_status_then_unacked_events() {
         .collect();
     assert_eq!(
         kinds,
-        ["hello", "status", "run:accepted", "run:started", "run:finished"],
+        [
+            "hello",
+            "status",
+            "run:accepted",
+            "run:started",
+            "run:finished"
+        ],
         "{}",
         l2.stderr()
     );
     assert_eq!(
-        after[2..5].iter().map(|v| v["id"].clone()).collect::<Vec<_>>(),
+        after[2..5]
+            .iter()
+            .map(|v| v["id"].clone())
+            .collect::<Vec<_>>(),
         ids,
         "the re-sends keep their ids and order"
     );

@@ -518,8 +518,9 @@ mod tests {
         // what ulid() makes when the random source fails: many ids in the
         // same millisecond, all distinct
         let ms = now_ms();
-        let ids: std::collections::HashSet<String> =
-            (0..10_000).map(|_| encode_ulid(ms, fallback_bits())).collect();
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| encode_ulid(ms, fallback_bits()))
+            .collect();
         assert_eq!(ids.len(), 10_000);
         assert!(ids.iter().all(|i| i.len() == 26));
     }

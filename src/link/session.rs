@@ -909,7 +909,9 @@ mod tests {
         outbox
             .push(&mut run_event("R1", RunPhase::Accepted))
             .unwrap();
-        outbox.push(&mut run_event("R1", RunPhase::Started)).unwrap();
+        outbox
+            .push(&mut run_event("R1", RunPhase::Started))
+            .unwrap();
         let state = Arc::new(Mutex::new(Fake::default()));
         let transport = FakeTransport {
             state: state.clone(),
@@ -930,7 +932,10 @@ mod tests {
             let f = state.lock().unwrap();
             assert_eq!(types(&f, 0), ["hello", "status", "run:R1", "run:R1"]);
             assert_eq!(f.published[0].1["region"], "east");
-            assert_eq!(f.published[1].1["region"], "east", "status names the region");
+            assert_eq!(
+                f.published[1].1["region"], "east",
+                "status names the region"
+            );
             assert_eq!(f.published[2].1["phase"], "accepted");
         }
 
@@ -952,7 +957,9 @@ mod tests {
         while let Ok(e) = events.try_recv() {
             got.push(e);
         }
-        assert!(matches!(&got[0], SessionEvent::Connected { region, primary: true } if region == "east"));
+        assert!(
+            matches!(&got[0], SessionEvent::Connected { region, primary: true } if region == "east")
+        );
         assert!(got.iter().any(
             |e| matches!(e, SessionEvent::Connected { region, primary: false } if region == "west")
         ));
@@ -1021,7 +1028,9 @@ mod tests {
             duration_ms: None,
             steps: Vec::new(),
         });
-        outbox.push(&mut run_event("R1", RunPhase::Accepted)).unwrap();
+        outbox
+            .push(&mut run_event("R1", RunPhase::Accepted))
+            .unwrap();
         outbox.push(&mut refused).unwrap();
         let state = Arc::new(Mutex::new(Fake {
             refuse: vec![0, 1],
@@ -1035,7 +1044,10 @@ mod tests {
             Session::start(opts(), Box::new(transport), outbox, hello()).unwrap();
         let p = session.pending_runs();
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].run_id.as_str(), p[0].phase), ("R1", RunPhase::Accepted));
+        assert_eq!(
+            (p[0].run_id.as_str(), p[0].phase),
+            ("R1", RunPhase::Accepted)
+        );
         assert_eq!(p[1].phase, RunPhase::Rejected);
         assert_eq!(p[1].command_id.as_deref(), Some("C2"));
     }
