@@ -419,6 +419,7 @@ impl<E: RunExecutor> Worker<E> {
             runs: self.runs.keys().cloned().collect(),
             region: self.region.clone(),
             health: self.health(),
+            last_seq: None,
         }
     }
 

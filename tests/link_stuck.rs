@@ -153,6 +153,7 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
         runs: Vec::new(),
         region: String::new(),
         health: Vec::new(),
+        last_seq: None,
     });
     let first = rx.recv_blocking().unwrap();
     assert!(

@@ -421,6 +421,10 @@ fn restart_sends_hello_then_status_then_unacked_events() {
         ids,
         "the re-sends keep their ids and order"
     );
+    // the status says which seq the plane must hold to know everything,
+    // and that no run is running (O1 is over; a lost one would be missing)
+    assert_eq!(after[1]["last_seq"], after[4]["seq"], "{}", after[1]);
+    assert_eq!(after[1]["runs"], json!([]));
 }
 
 /// The plane re-sends an `assign` until it sees an answer; a repeat under

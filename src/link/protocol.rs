@@ -178,6 +178,11 @@ pub enum WorkerMsg {
         region: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         health: Vec<String>,
+        /// The `seq` of the newest durable event recorded so far (the
+        /// session fills it in; absent before the first one): once the
+        /// plane holds every `seq` up to it, it knows all this worker said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     /// A run's progress. Durable.
     Run {

@@ -381,11 +381,18 @@ fn jitter(d: Duration) -> Duration {
     d / 2 + d.mul_f64(f64::from(r) / 131_070.0)
 }
 
-/// `msg` with its `region` set, for `hello` and `status`.
-fn in_region(mut msg: WorkerMsg, region: &str) -> WorkerMsg {
+/// `msg` as published on a connection to `region`: `hello` and `status`
+/// name the region; `status` also the newest durable event's `seq`.
+fn in_region(mut msg: WorkerMsg, region: &str, outbox: &Mutex<Outbox>) -> WorkerMsg {
     match &mut msg {
-        WorkerMsg::Hello { region: r, .. } | WorkerMsg::Status { region: r, .. } => {
+        WorkerMsg::Hello { region: r, .. } => *r = region.to_string(),
+        WorkerMsg::Status {
+            region: r,
+            last_seq,
+            ..
+        } => {
             *r = region.to_string();
+            *last_seq = Some(lock(outbox).last_seq()).filter(|s| *s > 0);
         }
         _ => {}
     }
@@ -475,7 +482,7 @@ impl SessionThread {
             Request::Status(s) => {
                 self.status = Some(s.clone());
                 if let Some(c) = &self.conn {
-                    let s = in_region(s, &self.regions[c.region]);
+                    let s = in_region(s, &self.regions[c.region], &self.outbox);
                     if self.publish_plain(s)
                         && let Some(c) = self.conn.as_mut()
                     {
@@ -560,9 +567,9 @@ impl SessionThread {
                 self.next_probe = now + self.opts.probe_every;
                 tracing::info!(region, "connected");
                 // hello, then status, then (in flush) the outbox
-                self.publish_plain(in_region(self.hello.clone(), &region));
+                self.publish_plain(in_region(self.hello.clone(), &region, &self.outbox));
                 if let Some(s) = self.status.clone()
-                    && self.publish_plain(in_region(s, &region))
+                    && self.publish_plain(in_region(s, &region, &self.outbox))
                     && let Some(c) = self.conn.as_mut()
                 {
                     c.status_sent = true;
@@ -867,6 +874,7 @@ mod tests {
             runs: Vec::new(),
             region: "stale".into(),
             health: Vec::new(),
+            last_seq: None,
         }
     }
 
@@ -936,6 +944,7 @@ mod tests {
                 f.published[1].1["region"], "east",
                 "status names the region"
             );
+            assert_eq!(f.published[1].1["last_seq"], 2, "and the newest seq");
             assert_eq!(f.published[2].1["phase"], "accepted");
         }
 
