@@ -22,7 +22,9 @@ pub const MAX_PAYLOAD: usize = 128 * 1024;
 pub const MAX_TOPIC_LEVELS: usize = 7;
 /// Longest MQTT client id AWS IoT Core allows, in bytes.
 pub const MAX_CLIENT_ID: usize = 128;
-/// Longest message id accepted inbound.
+/// Longest id the protocol carries (message ids, `run_id`, `ref_id`,
+/// `command_id`; also the run spec's `run_id`): 1 to 64 of
+/// `[A-Za-z0-9_-]`, checked inbound by [`parse_command`].
 pub const MAX_ID_LEN: usize = 64;
 
 /// The two topics of one worker.
