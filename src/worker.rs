@@ -992,6 +992,7 @@ pub fn run_from_env(env: &Env) -> i32 {
         metadata: config.metadata.clone(),
         host: host_facts(),
         sandbox: executor.capabilities(),
+        will_id: None,
     };
     let signals = match signal_channel() {
         Ok(s) => s,

@@ -137,6 +137,7 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
         metadata: Default::default(),
         host: liftoff::worker::host_facts(),
         sandbox: Default::default(),
+        will_id: None,
     };
     let (link, rx) = Session::start(
         liftoff::link::session_options(&config, &wid),

@@ -484,3 +484,81 @@ fn a_repeated_assign_under_a_new_id_is_answered() {
         .wait_for(T, |v| is_run(v, "DUP2", "finished"))
         .unwrap_or_else(|| panic!("a refused run can be assigned again: {}", l.stderr()));
 }
+
+/// docs/protocol.md, "Lost runs": a run that was running when its launcher
+/// was SIGKILLed gets no `failed` from the worker; the plane finds it with
+/// the documented rule (missing from the `runs` of the status after the new
+/// `hello`, no terminal event up to its `last_seq`), and a run that ended
+/// before the kill is not counted. The killed launcher's `gone` is stale
+/// once the new `hello` is in.
+#[test]
+fn a_run_lost_with_a_killed_launcher_is_found_by_the_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    let state = dir.path().join("state");
+    let mut l = plane::launch(&b, &state, &[("LIFTOFF_WORKERS", "2")]);
+    let wid = l.worker_id();
+    plane.wait_for(T, |v| is_type(v, "hello")).expect("hello");
+    let pidfile = dir.path().join("lost.pid");
+    plane.send(
+        &wid,
+        &assign(
+            "LOST1",
+            &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
+        ),
+    );
+    plane.send(&wid, &assign("DONE1", "exit 0"));
+    plane
+        .wait_for(T, |v| is_run(v, "LOST1", "started"))
+        .expect("started");
+    plane
+        .wait_for(T, |v| is_run(v, "DONE1", "finished"))
+        .expect("finished");
+    let hellos = plane
+        .events()
+        .iter()
+        .filter(|v| is_type(v, "hello"))
+        .count();
+    l.kill9();
+    plane
+        .wait_for(T, |v| is_type(v, "gone") && v["worker_id"] == wid.as_str())
+        .expect("gone");
+    assert!(plane.is_gone(&wid));
+
+    let l2 = plane::launch(&b, &state, &[("LIFTOFF_WORKERS", "2")]);
+    let end = std::time::Instant::now() + T;
+    let lost = loop {
+        let new_hello = plane
+            .events()
+            .iter()
+            .filter(|v| is_type(v, "hello"))
+            .count()
+            > hellos;
+        if new_hello && let Some(lost) = plane.lost_runs(&wid, &["LOST1", "DONE1"]) {
+            break lost;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no status after the new hello: {}",
+            l2.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lost, ["LOST1"]);
+    assert!(
+        !plane.is_gone(&wid),
+        "the old gone is stale after the new hello"
+    );
+    assert!(
+        !plane.events().iter().any(|v| is_run(v, "LOST1", "failed")),
+        "the worker does not report a run it lost"
+    );
+    // the orphaned job of the killed launcher (no sandbox in test mode)
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),
+            Signal::SIGKILL,
+        );
+    }
+}

@@ -170,6 +170,11 @@ pub enum WorkerMsg {
         metadata: BTreeMap<String, String>,
         host: HostFacts,
         sandbox: BTreeMap<String, Value>,
+        /// The `id` of the `gone` (last will) registered for this
+        /// connection (the session fills it in): a `gone` with another id
+        /// and an earlier `ts` than this hello is stale.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        will_id: Option<String>,
     },
     /// Heartbeat and state change. Not durable: the latest one wins.
     Status {

@@ -382,10 +382,21 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// `msg` as published on a connection to `region`: `hello` and `status`
-/// name the region; `status` also the newest durable event's `seq`.
-fn in_region(mut msg: WorkerMsg, region: &str, outbox: &Mutex<Outbox>) -> WorkerMsg {
+/// name the region; `hello` also the id of this connection's will,
+/// `status` the newest durable event's `seq`.
+fn in_region(
+    mut msg: WorkerMsg,
+    region: &str,
+    will: Option<&str>,
+    outbox: &Mutex<Outbox>,
+) -> WorkerMsg {
     match &mut msg {
-        WorkerMsg::Hello { region: r, .. } => *r = region.to_string(),
+        WorkerMsg::Hello {
+            region: r, will_id, ..
+        } => {
+            *r = region.to_string();
+            *will_id = will.map(str::to_string);
+        }
         WorkerMsg::Status {
             region: r,
             last_seq,
@@ -482,7 +493,7 @@ impl SessionThread {
             Request::Status(s) => {
                 self.status = Some(s.clone());
                 if let Some(c) = &self.conn {
-                    let s = in_region(s, &self.regions[c.region], &self.outbox);
+                    let s = in_region(s, &self.regions[c.region], None, &self.outbox);
                     if self.publish_plain(s)
                         && let Some(c) = self.conn.as_mut()
                     {
@@ -547,9 +558,9 @@ impl SessionThread {
         let will = Envelope::new(WorkerMsg::Gone {
             worker_id: self.opts.worker_id.clone(),
             crashed: true,
-        })
-        .to_bytes()
-        .unwrap_or_default();
+        });
+        let will_id = will.id.clone();
+        let will = will.to_bytes().unwrap_or_default();
         match self.transport.connect(index, &will) {
             Ok(()) => {
                 let now = Instant::now();
@@ -567,9 +578,10 @@ impl SessionThread {
                 self.next_probe = now + self.opts.probe_every;
                 tracing::info!(region, "connected");
                 // hello, then status, then (in flush) the outbox
-                self.publish_plain(in_region(self.hello.clone(), &region, &self.outbox));
+                let hello = in_region(self.hello.clone(), &region, Some(&will_id), &self.outbox);
+                self.publish_plain(hello);
                 if let Some(s) = self.status.clone()
-                    && self.publish_plain(in_region(s, &region, &self.outbox))
+                    && self.publish_plain(in_region(s, &region, None, &self.outbox))
                     && let Some(c) = self.conn.as_mut()
                 {
                     c.status_sent = true;
@@ -788,6 +800,8 @@ mod tests {
         /// (region index, the whole message), in order.
         published: Vec<(usize, serde_json::Value)>,
         connects: Vec<usize>,
+        /// The id of each connection's will.
+        wills: Vec<String>,
         nexts: usize,
         inbound: VecDeque<Vec<u8>>,
         /// The next `next` reports the connection lost.
@@ -810,6 +824,7 @@ mod tests {
             s.connects.push(region);
             let will: serde_json::Value = serde_json::from_slice(will).unwrap();
             assert_eq!(will["type"], "gone");
+            s.wills.push(will["id"].as_str().unwrap().to_string());
             if s.refuse.contains(&region) {
                 return Err(ConnectError::CertificateRejected("bad_certificate".into()));
             }
@@ -863,6 +878,7 @@ mod tests {
             metadata: Default::default(),
             host: Default::default(),
             sandbox: Default::default(),
+            will_id: None,
         }
     }
 
@@ -945,6 +961,7 @@ mod tests {
                 "status names the region"
             );
             assert_eq!(f.published[1].1["last_seq"], 2, "and the newest seq");
+            assert_eq!(f.published[0].1["will_id"], f.wills[0].as_str());
             assert_eq!(f.published[2].1["phase"], "accepted");
         }
 
