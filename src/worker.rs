@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Env};
 use crate::identity::{self, Identity, PoolKey};
-use crate::link::mqtt::{Link, LinkEvent, LinkOptions};
 use crate::link::outbox::{Limits, Outbox};
 use crate::link::protocol::{
-    self, Command, CommandBody, HostFacts, RunPhase, StepResult, Topics, WorkerMsg, WorkerState,
+    self, Command, CommandBody, HostFacts, RunPhase, StepResult, WorkerMsg, WorkerState,
 };
+use crate::link::session::{Session, SessionEvent};
 use crate::run::{RunEvent, RunEvents, RunExecutor};
 
 /// The message printed (and the exit status 78 used) when the pool was reset.
@@ -95,6 +95,10 @@ impl Seen {
             order: VecDeque::new(),
         }
     }
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
     /// True when `id` was new.
     fn insert(&mut self, id: &str) -> bool {
         if self.set.contains(id) {
@@ -114,8 +118,8 @@ impl Seen {
 /// The worker state machine.
 pub struct Worker<E: RunExecutor> {
     opts: WorkerOptions,
-    link: Link,
-    link_rx: smol::channel::Receiver<LinkEvent>,
+    link: Session,
+    link_rx: smol::channel::Receiver<SessionEvent>,
     executor: E,
     run_tx: smol::channel::Sender<(String, RunEvent)>,
     run_rx: smol::channel::Receiver<(String, RunEvent)>,
@@ -124,6 +128,9 @@ pub struct Worker<E: RunExecutor> {
     drain: bool,
     leaving: Option<(Leaving, Instant)>,
     commands: Seen,
+    /// Runs this worker accepted (in this process, or before a restart
+    /// with events still unacked): a later `assign` for one is answered,
+    /// never started again.
     assigned: Seen,
     region: String,
     /// systemd: READY, STATUS, WATCHDOG.
@@ -140,7 +147,7 @@ pub struct Worker<E: RunExecutor> {
 }
 
 enum Wake {
-    Link(Option<LinkEvent>),
+    Link(Option<SessionEvent>),
     Run(Option<(String, RunEvent)>),
     Signal(Option<i32>),
     Tick,
@@ -149,8 +156,8 @@ enum Wake {
 impl<E: RunExecutor> Worker<E> {
     pub fn new(
         opts: WorkerOptions,
-        link: Link,
-        link_rx: smol::channel::Receiver<LinkEvent>,
+        link: Session,
+        link_rx: smol::channel::Receiver<SessionEvent>,
         executor: E,
         signals: smol::channel::Receiver<i32>,
     ) -> Worker<E> {
@@ -158,11 +165,15 @@ impl<E: RunExecutor> Worker<E> {
         let region = opts.region_hint.clone();
         let opts_state_dir = opts.state_dir.clone();
         let opts_disk_threshold = opts.disk_threshold;
-        // Runs answered before a restart whose events the plane has not
+        // Runs accepted before a restart whose events the plane has not
         // acked yet: a re-sent assign for them must not start them again.
+        // (A run whose only answer was a refusal may be assigned afresh.)
         let mut assigned = Seen::new();
-        for run in link.pending_run_ids() {
-            assigned.insert(&run);
+        for p in link.pending_runs() {
+            let refused = p.phase == RunPhase::Rejected && p.command_id.is_some();
+            if !refused {
+                assigned.insert(&p.run_id);
+            }
         }
         Worker {
             opts,
@@ -206,6 +217,7 @@ impl<E: RunExecutor> Worker<E> {
             runs: self.runs.keys().cloned().collect(),
             region: self.region.clone(),
             health: self.health(),
+            last_seq: None,
         }
     }
 
@@ -232,8 +244,14 @@ impl<E: RunExecutor> Worker<E> {
         out
     }
 
+    /// Publishes the status and tells systemd.
     fn report_status(&self) {
         self.link.status(self.status_msg());
+        self.notify_status();
+    }
+
+    /// Tells systemd the state (STATUS=).
+    fn notify_status(&self) {
         let runs: Vec<&str> = self.runs.keys().map(String::as_str).collect();
         let status = match self.state() {
             WorkerState::Idle => format!("IDLE (via {})", self.region),
@@ -439,18 +457,19 @@ impl<E: RunExecutor> Worker<E> {
         }
     }
 
-    fn on_link(&mut self, ev: LinkEvent) -> Option<Outcome> {
+    fn on_link(&mut self, ev: SessionEvent) -> Option<Outcome> {
         match ev {
-            LinkEvent::Connected { region, primary } => {
+            SessionEvent::Connected { region, primary } => {
+                // the session published hello and the status (in this region)
                 tracing::info!(region, primary, "connected to the control plane");
                 self.region = region;
-                self.report_status();
+                self.notify_status();
             }
-            LinkEvent::Disconnected { region, reason } => {
+            SessionEvent::Disconnected { region, reason } => {
                 tracing::debug!(region, reason, "not connected; events wait in the outbox");
             }
-            LinkEvent::Command(c) => self.on_command(c),
-            LinkEvent::Rejected(r) => {
+            SessionEvent::Command(c) => self.on_command(c),
+            SessionEvent::Rejected(r) => {
                 if r.is_unknown_type() {
                     tracing::warn!(id = r.ref_id, "ignoring a command: {}", r.message);
                 } else {
@@ -467,13 +486,13 @@ impl<E: RunExecutor> Worker<E> {
                     });
                 }
             }
-            LinkEvent::CertificateRejected { detail } => {
+            SessionEvent::CertificateRejected { detail } => {
                 tracing::error!(detail, "{RESET_MESSAGE}");
                 eprintln!("liftoff: {RESET_MESSAGE} ({detail})");
                 self.cancel_all();
                 return Some(Outcome::Reset);
             }
-            LinkEvent::Closed => return Some(Outcome::Failed("the link closed".into())),
+            SessionEvent::Closed => return Some(Outcome::Failed("the link closed".into())),
         }
         None
     }
@@ -485,11 +504,16 @@ impl<E: RunExecutor> Worker<E> {
         }
         match c.body {
             CommandBody::Assign(a) => {
-                if !self.assigned.insert(&a.run_id) {
+                if self.assigned.contains(&a.run_id) {
+                    // The plane re-sends an assign until it sees an answer
+                    // for it: answer again (the run is not started twice;
+                    // its other events are in the outbox until acked).
                     tracing::info!(
                         run = a.run_id,
-                        "run already assigned here: duplicate assign ignored"
+                        command = c.id,
+                        "run already accepted here: answering the repeated assign"
                     );
+                    self.run_event(&a.run_id, RunPhase::Accepted, None, None, Some(c.id));
                     return;
                 }
                 let refuse = if self.leaving.is_some() {
@@ -515,6 +539,7 @@ impl<E: RunExecutor> Worker<E> {
                     return;
                 }
                 let run_id = a.run_id.clone();
+                self.assigned.insert(&run_id);
                 tracing::info!(run = run_id, "run accepted");
                 self.run_event(&run_id, RunPhase::Accepted, None, None, Some(c.id));
                 self.runs.insert(run_id.clone(), ());
@@ -662,29 +687,6 @@ pub fn worker_id(state_dir: &Path) -> Result<String, String> {
     Ok(id)
 }
 
-/// Everything `liftoff run` needs, built from the configuration.
-pub fn link_options(
-    config: &Config,
-    identity: &Identity,
-    worker_id: &str,
-) -> Result<LinkOptions, String> {
-    let token = config.token.as_ref().ok_or("SPACELIFT_TOKEN is not set")?;
-    let mut brokers = Vec::new();
-    for b in &token.brokers {
-        let alpn = b.needs_alpn().then_some(&b"x-amzn-mqtt-ca"[..]);
-        let tls = identity.client_config(token, &config.additional_root_cas, alpn)?;
-        brokers.push((b.clone(), tls));
-    }
-    let topics = Topics::new(&token.namespace, &token.pool_id, worker_id)?;
-    let client_id = protocol::client_id(&token.pool_id, worker_id)?;
-    let mut o = LinkOptions::new(brokers, client_id, worker_id.to_string(), topics);
-    o.keepalive = config.mqtt_keepalive.max(Duration::from_secs(2));
-    o.failback_after = config.failback_after;
-    o.probe_every = config.probe_interval;
-    o.resend_after = config.resend_after;
-    Ok(o)
-}
-
 fn signal_channel() -> Result<smol::channel::Receiver<i32>, String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
@@ -743,8 +745,8 @@ pub fn run_from_env(env: &Env) -> i32 {
         Ok(w) => w,
         Err(e) => return fail(e),
     };
-    let opts = match link_options(&config, &identity, &wid) {
-        Ok(o) => o,
+    let link = match crate::link::prepare(&config, &identity, &wid) {
+        Ok(l) => l,
         Err(e) => return fail(e),
     };
     let heartbeat = config.heartbeat_interval;
@@ -783,14 +785,14 @@ pub fn run_from_env(env: &Env) -> i32 {
         metadata: config.metadata.clone(),
         host: host_facts(),
         sandbox: executor.capabilities(),
+        will_id: None,
     };
     let signals = match signal_channel() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let region_hint = opts.brokers[0].0.region.clone();
-    let (tx, rx) = smol::channel::unbounded();
-    let link = match Link::start(opts, outbox, hello, tx) {
+    let region_hint = link.primary_region().to_string();
+    let (link, rx) = match link.start(outbox, hello) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };

@@ -22,7 +22,7 @@ use liftoff::run::cache::ProviderCache;
 use liftoff::run::executor::SandboxExecutor;
 use liftoff::run::source::{Limits, extract_tar_gz};
 use liftoff::run::spec::RunSpec;
-use liftoff::worker::RunEvent;
+use liftoff::run::RunEvent;
 use serde_json::json;
 use support::runs::{FileServer, events, open_tempdir, until_end};
 

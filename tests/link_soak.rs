@@ -1,6 +1,8 @@
 //! 20 random broker kills and restarts during a stream of runs: no event is
 //! lost and none reaches the plane's consumer twice (after de-duplication by
-//! id), in order. The seed of the random schedule is printed.
+//! id), in order. The seed of the random schedule is printed first thing;
+//! `LIFTOFF_SOAK_SEED=<n>` replays one. The whole test is bounded by
+//! [`TOTAL`]: every wait takes what is left of it.
 
 mod support;
 
@@ -25,23 +27,43 @@ impl Rng {
     }
 }
 
+/// The most the whole test may take.
+const TOTAL: Duration = Duration::from_secs(300);
+
+/// The seed: `LIFTOFF_SOAK_SEED` when set, else from the clock (never 0:
+/// xorshift would stay at 0).
+fn seed() -> u64 {
+    match std::env::var("LIFTOFF_SOAK_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .expect("LIFTOFF_SOAK_SEED must be an unsigned integer")
+            .max(1),
+        Err(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        }
+    }
+}
+
 #[test]
 fn twenty_random_broker_kills_lose_nothing() {
+    let seed = seed();
+    eprintln!("chaos seed: {seed} (replay with LIFTOFF_SOAK_SEED={seed})");
+    let end = Instant::now() + TOTAL;
+    let left = move || end.saturating_duration_since(Instant::now());
     let dir = tempfile::tempdir().unwrap();
     let b = Brokers::start(dir.path());
     let plane = Plane::start(&b);
     let l = plane::launch(&b, &dir.path().join("state"), &[]);
     let wid = l.worker_id();
     plane
-        .wait_for(Duration::from_secs(20), |v| is_type(v, "hello"))
+        .wait_for(Duration::from_secs(20).min(left()), |v| is_type(v, "hello"))
         .expect("hello");
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("chaos seed: {seed}");
     let done = Arc::new(AtomicBool::new(false));
     let chaos_done = done.clone();
     let chaos = std::thread::spawn(move || {
@@ -62,12 +84,11 @@ fn twenty_random_broker_kills_lose_nothing() {
     // the worker answers it (commands sent while it is between brokers are
     // lost; the worker de-duplicates the re-sends by id)
     let mut runs = Vec::new();
-    let end = Instant::now() + Duration::from_secs(180);
     let mut i = 0;
     while !done.load(Ordering::Relaxed) || i < 5 {
         assert!(
             Instant::now() < end,
-            "the stream did not finish: {}",
+            "the stream did not finish within {TOTAL:?} (seed {seed}): {}",
             l.stderr()
         );
         let run = format!("SOAK{i}");
@@ -78,16 +99,24 @@ fn twenty_random_broker_kills_lose_nothing() {
         loop {
             plane.send(&wid, &cmd);
             if plane
-                .wait_for(Duration::from_secs(2), |v| is_run(v, &run, "accepted"))
+                .wait_for(Duration::from_secs(2).min(left()), |v| {
+                    is_run(v, &run, "accepted")
+                })
                 .is_some()
             {
                 break;
             }
-            assert!(Instant::now() < end, "{run} never accepted: {}", l.stderr());
+            assert!(
+                Instant::now() < end,
+                "{run} never accepted (seed {seed}): {}",
+                l.stderr()
+            );
         }
         plane
-            .wait_for(Duration::from_secs(60), |v| is_run(v, &run, "finished"))
-            .unwrap_or_else(|| panic!("{run} never finished: {}", l.stderr()));
+            .wait_for(Duration::from_secs(60).min(left()), |v| {
+                is_run(v, &run, "finished")
+            })
+            .unwrap_or_else(|| panic!("{run} never finished (seed {seed}): {}", l.stderr()));
         runs.push(run);
         i += 1;
     }
@@ -102,7 +131,7 @@ fn twenty_random_broker_kills_lose_nothing() {
                 .map(move |p| (r.clone(), p.to_string()))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60).min(left());
     let delivered = loop {
         let d = plane.delivered(&wid);
         if d.len() >= want.len() {
@@ -110,7 +139,7 @@ fn twenty_random_broker_kills_lose_nothing() {
         }
         assert!(
             Instant::now() < deadline,
-            "consumer got {} of {} events: {}",
+            "consumer got {} of {} events (seed {seed}): {}",
             d.len(),
             want.len(),
             l.stderr()

@@ -2,7 +2,7 @@
 //! and pings but never acknowledges a PUBLISH (what the collision livelock
 //! looks like from outside). The link must notice within one keepalive,
 //! rebuild the client, move to the next region and deliver the event there.
-//! Uses the library's `Link` directly, with a fake TLS broker as primary and
+//! Uses the library's `Session` over the MQTT transport directly, with a fake TLS broker as primary and
 //! a real mosquitto as secondary.
 
 mod support;
@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use liftoff::config::{Config, Env};
 use liftoff::identity::{Identity, PoolKey};
-use liftoff::link::mqtt::{Link, LinkEvent};
+use liftoff::link::mqtt::{MqttSettings, MqttTransport};
 use liftoff::link::outbox::{Limits, Outbox};
-use liftoff::link::protocol::{RunPhase, WorkerMsg};
+use liftoff::link::protocol::{RunPhase, WorkerMsg, WorkerState};
+use liftoff::link::session::{Session, SessionEvent};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::brokers::Brokers;
@@ -124,8 +125,8 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
     )
     .unwrap();
     let wid = liftoff::worker::worker_id(&config.state_dir).unwrap();
-    let mut opts = liftoff::worker::link_options(&config, &identity, &wid).unwrap();
-    opts.brokers[0].0.port = port; // the primary is the stuck one
+    let mut settings = MqttSettings::from_config(&config, &identity, &wid).unwrap();
+    settings.brokers[0].0.port = port; // the primary is the stuck one
 
     let (outbox, _) = Outbox::open(&config.state_dir, Limits::default()).unwrap();
     let hello = WorkerMsg::Hello {
@@ -136,12 +137,28 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
         metadata: Default::default(),
         host: liftoff::worker::host_facts(),
         sandbox: Default::default(),
+        will_id: None,
     };
-    let (tx, rx) = smol::channel::unbounded();
-    let link = Link::start(opts, outbox, hello, tx).unwrap();
+    let (link, rx) = Session::start(
+        liftoff::link::session_options(&config, &wid),
+        Box::new(MqttTransport::new(settings)),
+        outbox,
+        hello,
+    )
+    .unwrap();
+    // durable events follow the first status on every connection
+    link.status(WorkerMsg::Status {
+        worker_id: wid.clone(),
+        state: WorkerState::Idle,
+        drain: false,
+        runs: Vec::new(),
+        region: String::new(),
+        health: Vec::new(),
+        last_seq: None,
+    });
     let first = rx.recv_blocking().unwrap();
     assert!(
-        matches!(&first, LinkEvent::Connected { region, .. } if region == "eu-west-1"),
+        matches!(&first, SessionEvent::Connected { region, .. } if region == "eu-west-1"),
         "{first:?}"
     );
     link.emit(WorkerMsg::Run {
@@ -159,11 +176,11 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
     let mut lost = None;
     for _ in 0..10 {
         match rx.recv_blocking().unwrap() {
-            LinkEvent::Disconnected { region, reason } => {
+            SessionEvent::Disconnected { region, reason } => {
                 assert_eq!(region, "eu-west-1");
                 lost = Some(reason);
             }
-            LinkEvent::Connected { region, .. } => {
+            SessionEvent::Connected { region, .. } => {
                 assert_eq!(region, "eu-central-1");
                 break;
             }

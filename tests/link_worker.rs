@@ -115,8 +115,14 @@ fn drain_then_first_and_second_sigterm() {
     plane
         .wait_for(T, |v| is_run(v, "S2", "started"))
         .expect("started");
+    let skip = plane.events().len();
     l.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
+    // the second signal once the first was seen (DRAINED)
+    plane
+        .wait_after(skip, T, |v| {
+            is_type(v, "status") && v["worker_id"] == wid.as_str() && v["state"] == "DRAINED"
+        })
+        .expect("DRAINED on the first SIGTERM");
     l.signal(Signal::SIGINT);
     assert_eq!(l.wait(T), Some(0), "{}", l.stderr());
     assert_gone(&pidfile);
@@ -212,8 +218,25 @@ fn sigkill_then_restart_resends_unacked_events() {
     let l2 = plane::launch(&b, &state, &[]);
     assert_eq!(l2.worker_id(), wid, "the worker keeps its id");
     // the plane, not having seen an ack-able answer, re-sends the assign:
-    // the restarted worker must not run it again
-    plane.send(&wid, &assign("K1", "exit 7"));
+    // the restarted worker must not run it again, but answers it
+    // (re-sent with the same id until answered, as a plane does: one sent
+    // before the worker is connected is lost)
+    let again = assign("K1", "exit 7");
+    let end = std::time::Instant::now() + T;
+    loop {
+        plane.send(&wid, &again);
+        let answered = plane.wait_for(Duration::from_secs(2), |v| {
+            is_run(v, "K1", "accepted") && v["command_id"] == again["id"]
+        });
+        if answered.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the repeated assign was not answered: {}",
+            l2.stderr()
+        );
+    }
     let end = std::time::Instant::now() + T;
     while plane.copies(fin["id"].as_str().unwrap()) <= before {
         assert!(
@@ -320,4 +343,222 @@ fn slots_bound_concurrent_runs() {
     plane
         .wait_for(T, |v| is_run(v, "P2", "finished"))
         .expect("P2 done");
+}
+
+/// After a restart with unacked events in the outbox, the new connection
+/// carries `hello`, then `status`, then the re-sent events, oldest first
+/// (docs/protocol.md, "Regions and failover").
+#[test]
+fn restart_sends_hello_then_status_then_unacked_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    plane
+        .auto_ack
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let state = dir.path().join("state");
+    let mut l = plane::launch(&b, &state, &[]);
+    let wid = l.worker_id();
+    plane.wait_for(T, |v| is_type(v, "hello")).expect("hello");
+    plane.send(&wid, &assign("O1", "exit 0"));
+    plane
+        .wait_for(T, |v| is_run(v, "O1", "finished"))
+        .expect("finished");
+    let ids: Vec<serde_json::Value> = ["accepted", "started", "finished"]
+        .iter()
+        .map(|p| plane.wait_for(T, |v| is_run(v, "O1", p)).unwrap()["id"].clone())
+        .collect();
+    l.kill9();
+    // everything from the first process has arrived once its last will has
+    plane
+        .wait_for(T, |v| is_type(v, "gone") && v["worker_id"] == wid.as_str())
+        .expect("the last will of the killed launcher");
+    let skip = plane.arrivals().len();
+
+    let l2 = plane::launch(&b, &state, &[]);
+    let end = std::time::Instant::now() + T;
+    let after = loop {
+        let after: Vec<serde_json::Value> = plane.arrivals()[skip..]
+            .iter()
+            .filter(|(region, _)| region == "eu-west-1")
+            .map(|(_, v)| v.clone())
+            .collect();
+        if ids.iter().all(|id| after.iter().any(|v| v["id"] == *id)) {
+            break after;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "unacked events were not re-sent: {}",
+            l2.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let kinds: Vec<String> = after
+        .iter()
+        .take(5)
+        .map(|v| match v["phase"].as_str() {
+            Some(p) => format!("run:{p}"),
+            None => v["type"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "hello",
+            "status",
+            "run:accepted",
+            "run:started",
+            "run:finished"
+        ],
+        "{}",
+        l2.stderr()
+    );
+    assert_eq!(
+        after[2..5]
+            .iter()
+            .map(|v| v["id"].clone())
+            .collect::<Vec<_>>(),
+        ids,
+        "the re-sends keep their ids and order"
+    );
+    // the status says which seq the plane must hold to know everything,
+    // and that no run is running (O1 is over; a lost one would be missing)
+    assert_eq!(after[1]["last_seq"], after[4]["seq"], "{}", after[1]);
+    assert_eq!(after[1]["runs"], json!([]));
+}
+
+/// The plane re-sends an `assign` until it sees an answer; a repeat under
+/// a new command id for a run the worker already took is answered with
+/// `accepted` for that id (the run is not started again), whether the run
+/// is still running or over. A run the worker refused may be assigned
+/// again later.
+#[test]
+fn a_repeated_assign_under_a_new_id_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    let l = plane::launch(&b, &dir.path().join("state"), &[]);
+    let wid = l.worker_id();
+    plane.wait_for(T, |v| is_type(v, "hello")).expect("hello");
+    let first = assign("DUP1", "sleep 2");
+    plane.send(&wid, &first);
+    plane
+        .wait_for(T, |v| is_run(v, "DUP1", "started"))
+        .expect("started");
+    for _ in 0..2 {
+        // while it runs, then once it is over
+        let again = assign("DUP1", "sleep 2");
+        plane.send(&wid, &again);
+        plane
+            .wait_for(T, |v| {
+                is_run(v, "DUP1", "accepted") && v["command_id"] == again["id"]
+            })
+            .unwrap_or_else(|| panic!("no answer to the repeated assign: {}", l.stderr()));
+        plane
+            .wait_for(T, |v| is_run(v, "DUP1", "finished"))
+            .expect("finished");
+    }
+    let started = plane
+        .events()
+        .into_iter()
+        .filter(|v| is_run(v, "DUP1", "started"))
+        .count();
+    assert_eq!(started, 1, "the run ran once");
+
+    // refused while drained, taken once undrained
+    plane.send(&wid, &command("drain", json!({"on": true})));
+    plane
+        .wait_for(T, |v| is_type(v, "status") && v["state"] == "DRAINED")
+        .expect("DRAINED");
+    plane.send(&wid, &assign("DUP2", "true"));
+    plane
+        .wait_for(T, |v| is_run(v, "DUP2", "rejected"))
+        .expect("rejected while drained");
+    plane.send(&wid, &command("drain", json!({"on": false})));
+    let skip = plane.events().len();
+    plane
+        .wait_after(skip, T, |v| is_type(v, "status") && v["state"] == "IDLE")
+        .expect("IDLE again");
+    plane.send(&wid, &assign("DUP2", "true"));
+    plane
+        .wait_for(T, |v| is_run(v, "DUP2", "finished"))
+        .unwrap_or_else(|| panic!("a refused run can be assigned again: {}", l.stderr()));
+}
+
+/// docs/protocol.md, "Lost runs": a run that was running when its launcher
+/// was SIGKILLed gets no `failed` from the worker; the plane finds it with
+/// the documented rule (missing from the `runs` of the status after the new
+/// `hello`, no terminal event up to its `last_seq`), and a run that ended
+/// before the kill is not counted. The killed launcher's `gone` is stale
+/// once the new `hello` is in.
+#[test]
+fn a_run_lost_with_a_killed_launcher_is_found_by_the_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    let state = dir.path().join("state");
+    let mut l = plane::launch(&b, &state, &[("LIFTOFF_WORKERS", "2")]);
+    let wid = l.worker_id();
+    plane.wait_for(T, |v| is_type(v, "hello")).expect("hello");
+    let pidfile = dir.path().join("lost.pid");
+    plane.send(
+        &wid,
+        &assign(
+            "LOST1",
+            &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
+        ),
+    );
+    plane.send(&wid, &assign("DONE1", "exit 0"));
+    plane
+        .wait_for(T, |v| is_run(v, "LOST1", "started"))
+        .expect("started");
+    plane
+        .wait_for(T, |v| is_run(v, "DONE1", "finished"))
+        .expect("finished");
+    let hellos = plane
+        .events()
+        .iter()
+        .filter(|v| is_type(v, "hello"))
+        .count();
+    l.kill9();
+    plane
+        .wait_for(T, |v| is_type(v, "gone") && v["worker_id"] == wid.as_str())
+        .expect("gone");
+    assert!(plane.is_gone(&wid));
+
+    let l2 = plane::launch(&b, &state, &[("LIFTOFF_WORKERS", "2")]);
+    let end = std::time::Instant::now() + T;
+    let lost = loop {
+        let new_hello = plane
+            .events()
+            .iter()
+            .filter(|v| is_type(v, "hello"))
+            .count()
+            > hellos;
+        if new_hello && let Some(lost) = plane.lost_runs(&wid, &["LOST1", "DONE1"]) {
+            break lost;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no status after the new hello: {}",
+            l2.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lost, ["LOST1"]);
+    assert!(
+        !plane.is_gone(&wid),
+        "the old gone is stale after the new hello"
+    );
+    assert!(
+        !plane.events().iter().any(|v| is_run(v, "LOST1", "failed")),
+        "the worker does not report a run it lost"
+    );
+    // the orphaned job of the killed launcher (no sandbox in test mode)
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),
+            Signal::SIGKILL,
+        );
+    }
 }

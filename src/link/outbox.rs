@@ -177,6 +177,12 @@ impl Outbox {
         self.pending.len()
     }
 
+    /// The `seq` of the newest event ever pushed (acked or not); 0 when
+    /// none was.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

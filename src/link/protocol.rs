@@ -22,7 +22,9 @@ pub const MAX_PAYLOAD: usize = 128 * 1024;
 pub const MAX_TOPIC_LEVELS: usize = 7;
 /// Longest MQTT client id AWS IoT Core allows, in bytes.
 pub const MAX_CLIENT_ID: usize = 128;
-/// Longest message id accepted inbound.
+/// Longest id the protocol carries (message ids, `run_id`, `ref_id`,
+/// `command_id`; also the run spec's `run_id`): 1 to 64 of
+/// `[A-Za-z0-9_-]`, checked inbound by [`parse_command`].
 pub const MAX_ID_LEN: usize = 64;
 
 /// The two topics of one worker.
@@ -85,12 +87,27 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 pub fn ulid() -> String {
     let mut rand = [0u8; 10];
     if aws_lc_rs::rand::fill(&mut rand).is_err() {
-        // The system RNG failing is not recoverable in any useful way; fall
-        // back to time-derived bits so ids stay unique per process.
-        let n = std::time::Instant::now().elapsed().as_nanos() ^ u128::from(now_ms());
-        rand.copy_from_slice(&n.to_le_bytes()[..10]);
+        rand = fallback_bits();
     }
-    let mut value: u128 = u128::from(now_ms() & 0xFFFF_FFFF_FFFF) << 80;
+    encode_ulid(now_ms(), rand)
+}
+
+/// The 80 "random" bits when the system's random source fails: a
+/// process-wide counter (unique within the process) in the low 64 bits and
+/// the process id in the high 16 (apart between processes started the same
+/// millisecond), so ids never collide within a process.
+fn fallback_bits() -> [u8; 10] {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id() as u16;
+    let mut out = [0u8; 10];
+    out[..2].copy_from_slice(&pid.to_be_bytes());
+    out[2..].copy_from_slice(&n.to_be_bytes());
+    out
+}
+
+fn encode_ulid(ms: u64, rand: [u8; 10]) -> String {
+    let mut value: u128 = u128::from(ms & 0xFFFF_FFFF_FFFF) << 80;
     for (i, b) in rand.iter().enumerate() {
         value |= u128::from(*b) << (72 - 8 * i);
     }
@@ -153,6 +170,11 @@ pub enum WorkerMsg {
         metadata: BTreeMap<String, String>,
         host: HostFacts,
         sandbox: BTreeMap<String, Value>,
+        /// The `id` of the `gone` (last will) registered for this
+        /// connection (the session fills it in): a `gone` with another id
+        /// and an earlier `ts` than this hello is stale.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        will_id: Option<String>,
     },
     /// Heartbeat and state change. Not durable: the latest one wins.
     Status {
@@ -163,6 +185,11 @@ pub enum WorkerMsg {
         region: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         health: Vec<String>,
+        /// The `seq` of the newest durable event recorded so far (the
+        /// session fills it in; absent before the first one): once the
+        /// plane holds every `seq` up to it, it knows all this worker said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     /// A run's progress. Durable.
     Run {
@@ -496,6 +523,18 @@ mod tests {
         assert!(a.bytes().all(|c| CROCKFORD.contains(&c)));
         assert!(a < b);
         assert_ne!(ulid(), ulid());
+    }
+
+    #[test]
+    fn fallback_ids_are_unique_within_one_millisecond() {
+        // what ulid() makes when the random source fails: many ids in the
+        // same millisecond, all distinct
+        let ms = now_ms();
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| encode_ulid(ms, fallback_bits()))
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|i| i.len() == 26));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! Order: [`Brokers::start`] (needs the [`Pool`] whose CA signs everything),
 //! then `kill`/`start`/`distrust` per broker; dropping kills them.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +42,34 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
+}
+
+/// True when process `pid` holds a TCP socket listening on 127.0.0.1:`port`
+/// (from /proc/net/tcp and the process's descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }
 
 pub struct Broker {
@@ -93,14 +121,11 @@ impl Broker {
                 .spawn()
                 .expect("mosquitto is installed at /usr/sbin/mosquitto");
             loop {
-                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    // make sure it is our broker listening, not a stale one
-                    std::thread::sleep(Duration::from_millis(50));
-                    if let Ok(None) = child.try_wait() {
-                        self.child = Some(child);
-                        return;
-                    }
-                    break;
+                // our broker is up once its own process holds the listening
+                // socket (not a stale one on the same port)
+                if listens(child.id(), self.port) {
+                    self.child = Some(child);
+                    return;
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // port still busy: try again

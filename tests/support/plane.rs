@@ -28,6 +28,8 @@ pub struct Seen {
     ids: HashSet<String>,
     /// How many times each id arrived.
     pub copies: HashMap<String, usize>,
+    /// Every message as it arrived (copies too), with its region.
+    pub arrivals: Vec<(String, Value)>,
     /// Per worker: the consumer's stream of durable events, delivered in
     /// `seq` order (events ahead of a gap wait until the re-send fills it).
     pub consumer: HashMap<String, Consumer>,
@@ -133,6 +135,7 @@ impl Plane {
                                 );
                             }
                             let mut s = seen.lock().unwrap();
+                            s.arrivals.push((region.clone(), v.clone()));
                             *s.copies.entry(id.clone()).or_default() += 1;
                             if s.ids.insert(id) {
                                 if v.get("seq").is_some() {
@@ -186,6 +189,11 @@ impl Plane {
             .collect()
     }
 
+    /// Every message as it arrived, re-sends included, with its region.
+    pub fn arrivals(&self) -> Vec<(String, Value)> {
+        self.seen.lock().unwrap().arrivals.clone()
+    }
+
     /// Unique messages with the region each first came from.
     pub fn events_with_region(&self) -> Vec<(String, Value)> {
         self.seen.lock().unwrap().unique.clone()
@@ -200,6 +208,70 @@ impl Plane {
             .get(worker)
             .map(|c| c.delivered.clone())
             .unwrap_or_default()
+    }
+
+    /// docs/protocol.md, "Lost runs": of `believed` (runs the plane thinks
+    /// are on `worker`), those missing from `runs` of the first `status`
+    /// after the worker's latest `hello` and with no `finished`/`rejected`/
+    /// `failed` among its durable events up to that status's `last_seq`.
+    /// `None` until the plane holds that status and every `seq` up to it.
+    pub fn lost_runs(&self, worker: &str, believed: &[&str]) -> Option<Vec<String>> {
+        let events = self.events();
+        let of_worker = |v: &Value| v["worker_id"] == worker;
+        let hello = events
+            .iter()
+            .rposition(|v| is_type(v, "hello") && of_worker(v))?;
+        let status = events[hello..]
+            .iter()
+            .find(|v| is_type(v, "status") && of_worker(v))?;
+        let last_seq = status["last_seq"].as_u64().unwrap_or(0);
+        let delivered = self.delivered(worker);
+        if (delivered.len() as u64) < last_seq {
+            return None;
+        }
+        let running: Vec<&str> = status["runs"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let ended = |run: &str| {
+            delivered.iter().any(|v| {
+                v["seq"].as_u64().is_some_and(|s| s <= last_seq)
+                    && ["finished", "rejected", "failed"]
+                        .iter()
+                        .any(|phase| is_run(v, run, phase))
+            })
+        };
+        Some(
+            believed
+                .iter()
+                .filter(|r| !running.contains(r) && !ended(r))
+                .map(|r| r.to_string())
+                .collect(),
+        )
+    }
+
+    /// docs/protocol.md, `gone`: true when `worker`'s latest `gone` is
+    /// not stale, i.e. no later `hello` (a greater `ts` and another
+    /// `will_id` than the gone's `id`) came after it.
+    pub fn is_gone(&self, worker: &str) -> bool {
+        let events = self.events();
+        let latest = |ty: &str| {
+            events
+                .iter()
+                .filter(|v| is_type(v, ty) && v["worker_id"] == worker)
+                .max_by_key(|v| v["ts"].as_u64())
+                .cloned()
+        };
+        match (latest("gone"), latest("hello")) {
+            (Some(gone), Some(hello)) => {
+                let stale =
+                    hello["ts"].as_u64() > gone["ts"].as_u64() && hello["will_id"] != gone["id"];
+                !stale
+            }
+            (Some(_), None) => true,
+            _ => false,
+        }
     }
 
     pub fn copies(&self, id: &str) -> usize {
