@@ -2,8 +2,7 @@
 # The whole test suite, on a fresh Debian machine or a developer's: installs
 # what the tests need when it is missing (Debian packages, the musl target,
 # cargo-audit), then runs fmt, clippy, every test, the static musl release
-# build with its static-link check, and the advisory audit (offline when
-# ../shared/advisory-db exists).
+# build with its static-link check, and the offline advisory audit.
 # Usage: scripts/test.sh        (as root, or with sudo available)
 set -euo pipefail
 cd "$(dirname "$0")/.."
