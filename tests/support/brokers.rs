@@ -93,14 +93,13 @@ impl Broker {
                 .spawn()
                 .expect("mosquitto is installed at /usr/sbin/mosquitto");
             loop {
-                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    // make sure it is our broker listening, not a stale one
-                    std::thread::sleep(Duration::from_millis(50));
-                    if let Ok(None) = child.try_wait() {
-                        self.child = Some(child);
-                        return;
-                    }
-                    break;
+                // Our broker listening, not a stale one: the listening
+                // socket is one of our child's file descriptors.
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                    && owns_listener(child.id(), self.port)
+                {
+                    self.child = Some(child);
+                    return;
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // port still busy: try again
@@ -311,4 +310,29 @@ impl Brokers {
     pub fn secondary(&mut self) -> &mut Broker {
         &mut self.brokers[1]
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port`
+/// (from /proc/net/tcp and the process's file descriptors).
+fn owns_listener(pid: u32, port: u16) -> bool {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // fields: sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|t| {
+            let t = t.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
+    })
 }
