@@ -78,94 +78,112 @@ impl Drop for HostSecrets {
     }
 }
 
+/// Where the job's root is not the host's: the path is absent (ENOENT).
+const ABSENT: &[&str] = &["ENOENT"];
+/// Through /proc/1 (liftoff's init, not the job's to inspect): EACCES.
+const EACCES: &[&str] = &["EACCES"];
+
 #[test]
 fn cannot_read_etc_shadow() {
     require_root();
-    let r = sh(
-        &[],
-        "cat /etc/shadow; cat /proc/1/root/etc/shadow; echo done",
-    );
-    assert!(!r.stdout.contains("root:"), "{r:#?}");
-    assert!(r.stdout.contains("done"), "{r:#?}");
+    // The control reads through a host process of our own (host pid 1 is
+    // not ours to inspect on every host): the same /proc/PID/root link.
+    let host = HostChild::sleep_in("/", &[]);
+    let via_host = format!("/proc/{}/root/etc/shadow", host.pid());
+    Probe::new(&["read", "/etc/shadow"], ABSENT, Control::Succeeds).check();
+    Probe::new(
+        &["read", "/proc/1/root/etc/shadow"],
+        EACCES,
+        Control::Succeeds,
+    )
+    .host_args(&["read", &via_host])
+    .check();
 }
 
 #[test]
 fn cannot_read_root_home() {
     require_root();
-    let r = sh(&[], "ls -a /root && echo LISTED");
-    assert!(!r.stdout.contains("LISTED"), "{r:#?}");
+    Probe::new(&["list", "/root"], ABSENT, Control::Succeeds).check();
 }
 
 #[test]
 fn cannot_read_launcher_key_file() {
     require_root();
     let s = HostSecrets::new();
-    let key = s.dir.join("pool.key");
-    let r = sh(
-        &[],
-        &format!(
-            "cat {k}; cat /proc/1/root{k}; cat /proc/1/cwd{k}; echo done",
-            k = key.display()
-        ),
-    );
-    assert!(!r.stdout.contains("SECRETKEY"), "{r:#?}");
-    assert!(r.stdout.contains("done"));
+    let key = s.dir.join("pool.key").display().to_string();
+    let host = HostChild::sleep_in("/", &[]);
+    let (root, cwd) = (format!("/proc/1/root{key}"), format!("/proc/1/cwd{key}"));
+    let host_root = format!("/proc/{}/root{key}", host.pid());
+    let host_cwd = format!("/proc/{}/cwd{key}", host.pid());
+    Probe::new(&["read", &key], ABSENT, Control::Succeeds).check();
+    Probe::new(&["read", &root], EACCES, Control::Succeeds)
+        .host_args(&["read", &host_root])
+        .check();
+    Probe::new(&["read", &cwd], EACCES, Control::Succeeds)
+        .host_args(&["read", &host_cwd])
+        .check();
 }
 
 #[test]
 fn cannot_read_launcher_state_dir() {
     require_root();
     let s = HostSecrets::new();
-    let r = sh(
-        &[],
-        &format!(
-            "ls {d} && cat {d}/token; ls /var/lib && echo VAR",
-            d = s.dir.display()
-        ),
-    );
-    assert!(
-        !r.stdout.contains("SECRETTOKEN") && !r.stdout.contains("pool.key"),
-        "{r:#?}"
-    );
-    assert!(!r.stdout.contains("VAR"), "/var is visible: {r:#?}");
+    let dir = s.dir.display().to_string();
+    let token = s.dir.join("token").display().to_string();
+    Probe::new(&["list", &dir], ABSENT, Control::Succeeds).check();
+    Probe::new(&["read", &token], ABSENT, Control::Succeeds).check();
+    Probe::new(&["list", "/var/lib"], ABSENT, Control::Succeeds).check();
 }
 
 #[test]
 fn cannot_read_launcher_environment_through_init() {
     require_root();
-    let mut c = liftoff_exec(
-        &[],
-        &[
-            "/bin/sh",
-            "-c",
-            "cat /proc/1/environ; cat /proc/1/mem; echo done",
-        ],
-    );
-    c.env("SPACELIFT_TOKEN", "SECRETTOKENENV");
-    let o = c.output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(!out.contains("SECRETTOKENENV"), "{out}");
-    assert!(out.contains("done"));
+    // The launcher (liftoff's init is pid 1 in the job's namespace) holds a
+    // token in its environment; the control reads the environment of a host
+    // process of our own that holds it too.
+    let host = HostChild::sleep_in("/", &[("SPACELIFT_TOKEN", "SECRETTOKENENV")]);
+    let environ = format!("/proc/{}/environ", host.pid());
+    let mem = format!("/proc/{}/mem", host.pid());
+    let mount = format!("{}:/opt/probe:ro", probe_dir().display());
+    let in_sandbox = |path: &str| {
+        let o = liftoff_exec(&["--mount", &mount], &["/opt/probe/probe", "read", path])
+            .env("SPACELIFT_TOKEN", "SECRETTOKENENV")
+            .output()
+            .unwrap();
+        run_of(o)
+    };
+    Probe::new(&["read", "/proc/1/environ"], EACCES, Control::Succeeds)
+        .host_args(&["read", &environ])
+        .check_run(|| in_sandbox("/proc/1/environ"));
+    // /proc/PID/mem is checked at open; reading address 0 then fails (EIO).
+    Probe::new(
+        &["read", "/proc/1/mem"],
+        EACCES,
+        Control::PassesCheck(&["EIO"]),
+    )
+    .host_args(&["read", &mem])
+    .check_run(|| in_sandbox("/proc/1/mem"));
 }
 
 #[test]
 fn cannot_write_under_usr() {
     require_root();
+    // Control: the same new file on the host, removed at once.
     let name = format!("/usr/liftoff-escape-{}", unique());
-    let r = sh(&[], &format!("touch {name} && echo WROTE"));
-    assert!(!r.stdout.contains("WROTE"), "{r:#?}");
+    Probe::new(&["create", &name], &["EROFS"], Control::Succeeds).check();
     assert!(!std::path::Path::new(&name).exists());
 }
 
 #[test]
 fn cannot_write_outside_workspace() {
     require_root();
-    let r = sh(
-        &[],
-        "for p in /x /etc/x /bin/x /home/x /mnt/x /proc/x; do touch $p 2>/dev/null && echo WROTE $p; done; echo done",
-    );
-    assert!(!r.stdout.contains("WROTE"), "{r:#?}");
-    assert!(r.stdout.contains("done"));
+    // Control: each new file on the host, removed at once. (/proc takes no
+    // new files even on the host, so it proves nothing and is not probed.)
+    let n = unique();
+    for dir in ["", "/etc", "/usr/bin", "/home", "/mnt"] {
+        let p = format!("{dir}/liftoff-escape-{n}");
+        Probe::new(&["create", &p], &["EROFS"], Control::Succeeds).check();
+    }
 }
 
 #[test]
@@ -258,6 +276,18 @@ impl<'a> Probe<'a> {
     /// and asserts both.
     #[track_caller]
     fn check_with(&self, exec_args: &[&str]) {
+        self.check_run(|| probe(exec_args, self.args));
+    }
+
+    #[track_caller]
+    fn check(&self) {
+        self.check_with(&[]);
+    }
+
+    /// Runs the control, then `sandboxed` (the probe in the sandbox), and
+    /// asserts both.
+    #[track_caller]
+    fn check_run(&self, sandboxed: impl FnOnce() -> Run) {
         let name = self.args.join(" ");
         match self.control {
             Control::Destructive(why) => {
@@ -286,7 +316,7 @@ impl<'a> Probe<'a> {
                 );
             }
         }
-        let s = Outcome::parse(probe(exec_args, self.args), "in the sandbox");
+        let s = Outcome::parse(sandboxed(), "in the sandbox");
         eprintln!("sandbox {name}: {}", s.line);
         assert!(
             self.refused.contains(&s.outcome.as_str()),
@@ -300,11 +330,6 @@ impl<'a> Probe<'a> {
                 "a different failure proves nothing"
             },
         );
-    }
-
-    #[track_caller]
-    fn check(&self) {
-        self.check_with(&[]);
     }
 }
 
@@ -324,16 +349,20 @@ fn on_host(args: &[&str]) -> Outcome {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    Outcome::parse(run_of(out), "on the host (control)")
+}
+
+/// A [`Run`] from a finished process.
+fn run_of(out: std::process::Output) -> Run {
     use std::os::unix::process::ExitStatusExt;
-    let run = Run {
+    Run {
         code: out
             .status
             .code()
             .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    Outcome::parse(run, "on the host (control)")
+    }
 }
 
 /// Those of `paths` the host has; prints the others. Fails when none.
@@ -359,9 +388,16 @@ struct HostChild(std::process::Child);
 impl HostChild {
     /// `sleep 600` on the host.
     fn sleep() -> HostChild {
+        HostChild::sleep_in(".", &[])
+    }
+
+    /// `sleep 600` on the host in directory `cwd` with `env` added.
+    fn sleep_in(cwd: &str, env: &[(&str, &str)]) -> HostChild {
         HostChild(
             std::process::Command::new("sleep")
                 .arg("600")
+                .current_dir(cwd)
+                .envs(env.iter().copied())
                 .spawn()
                 .unwrap(),
         )

@@ -20,6 +20,7 @@
  * kernel rejects only AFTER its privilege check) or never run on the
  * host; the test file says which for each. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -210,6 +211,24 @@ int main(int argc, char **argv) {
             return 0;
         }
         return result("read", r);
+    }
+
+    if (!strcmp(n, "list") && argc > 2) {
+        DIR *d = opendir(argv[2]);
+        if (!d) return result("opendir", -1);
+        long count = 0;
+        while (readdir(d)) count++;
+        closedir(d);
+        return result("list", count);
+    }
+    if (!strcmp(n, "create") && argc > 2) {
+        /* A new file (never an existing one), removed at once. */
+        int fd = open(argv[2], O_CREAT | O_EXCL | O_WRONLY, 0600);
+        if (fd >= 0) {
+            close(fd);
+            unlink(argv[2]);
+        }
+        return result("create", fd);
     }
 
     /* --- processes ----------------------------------------------------- */
