@@ -8,39 +8,51 @@
 //! `result LABEL: OUTCOME (DETAIL)`, OUTCOME being `ok` or the errno name of
 //! the refusal. They do not judge; each test states, in a [`Probe`]:
 //!
-//! 1. **The exact refusal** the sandbox must give: usually `EPERM` (the
-//!    seccomp deny-list, or a capability the job lacks), `ESRCH` (a host
-//!    process absent from the job's pid namespace), `ENOENT` (a path absent
-//!    from the job's root), `EACCES`/`EROFS` (a /proc file the job may not
-//!    write), `EINVAL` (uid 0 has no mapping in the job's user namespace),
-//!    `EMPTY` (a /proc file masked with /dev/null). Any other outcome, a
-//!    different error included, fails the test: an attempt that failed for
-//!    an unrelated reason (a bad argument, a missing file) proves nothing.
+//! 1. **The exact refusal** the sandbox must give: `EPERM` (the seccomp
+//!    deny-list, or a capability the job lacks), `ESRCH` (a host process
+//!    absent from the job's pid namespace), `ENOENT` (a path absent from the
+//!    job's root, /sys included), `EACCES` (/proc/1, liftoff's init, is not
+//!    the job's to inspect; /proc files the job does not own), `EROFS` (the
+//!    read-only root and binds), `EINVAL` (uid 0 has no mapping in the job's
+//!    user namespace), `ECONNREFUSED` (the job's own empty loopback), and
+//!    two that are not errnos: `EMPTY` (a /proc file masked with /dev/null)
+//!    and `IGNORED` (a signal the kernel drops). Any other outcome, another
+//!    error included, fails the test: an attempt that failed for an
+//!    unrelated reason (a bad argument, a missing file) proves nothing.
 //! 2. **A control run**: the same probe, directly on the host as root, with
 //!    no sandbox (no namespaces, no seccomp, all capabilities). It must show
 //!    the attempt gets through there, so the refusal above is the
 //!    sandbox's, not the host's or the probe's own:
 //!    - [`Control::Succeeds`]: the call succeeds. Probes that change state
-//!      undo it (unmount, unlink, write back the value they just read), so
-//!      this is harmless.
+//!      undo it (unmount, unlink, write back the value they just read) and
+//!      act on the probe's own objects (a new pty, its own keyring, a host
+//!      `sleep` the test started), so this is harmless.
 //!    - [`Control::PassesCheck`]: for calls whose success would harm the
 //!      host, the probe passes an argument the kernel rejects only AFTER its
-//!      privilege check (a wrong reboot magic, a nonexistent swap file, a
-//!      foreign kexec architecture, an empty module image), so the host
-//!      answers that argument error (listed) while the sandbox answers
-//!      EPERM; `ENOSYS` is listed where the kernel may lack the facility
-//!      (this CI VM's has no modules and no kexec), in which case the
-//!      sandbox's EPERM can only come from its seccomp filter.
+//!      privilege check (a wrong reboot magic, a nonexistent swap file or
+//!      new root, a foreign kexec architecture, an empty module image), so
+//!      the host answers that argument error (listed) where the sandbox
+//!      answers EPERM. `ENOSYS` is listed where the kernel may lack the
+//!      facility (this CI VM's has no modules and no kexec): the sandbox's
+//!      EPERM then can only come from its seccomp filter.
 //!    - [`Control::Destructive`]: no control run, because success on the
-//!      host would harm it; the reason is given at each use.
+//!      host would harm it (SIGKILL to the host's init, setting its clock);
+//!      the reason is given at each use and printed.
 //!
 //!    A control run that gives the refusal itself (or anything not listed)
 //!    is reported as NOT MEANINGFUL and fails the test loudly.
 //!
-//! A few /proc and /sys files do not exist on every kernel (this VM has no
+//! A few /proc files do not exist on every kernel (this VM has no
 //! /proc/kcore and no /proc/sysrq-trigger): tests probing such optional
-//! files probe each one the host has, print the ones it lacks, and fail if
-//! it has none of them.
+//! files probe each one the host has and print the ones it lacks; a test
+//! fails if the host has none of its files.
+//!
+//! Tests that are not errno probes check an observed effect instead: host
+//! processes invisible and alive, a setuid binary not giving root, all
+//! capabilities dropped, the pids and memory limits (the fork bomb stops on
+//! `EAGAIN`; the memory hog, which the host lets allocate, is OOM-killed),
+//! and no daemonized process outliving a timeout, a cancel or the
+//! launcher's SIGKILL. The fork bomb has no control run (destructive).
 //!
 //! Run with `--nocapture` to see each control and sandbox result.
 
