@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use liftoff::hostwatch::{self, HostWatch, Sources, Thresholds};
 use liftoff::logs::redact::RedactorBuilder;
@@ -28,6 +28,19 @@ fn proc_fixture(stat: &str) -> tempfile::TempDir {
     d
 }
 
+/// Polls `f` until it holds, for at most 30 s (a bound for a stuck test,
+/// not a timing).
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
 #[test]
 fn a_starved_host_warns_in_the_running_runs_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,19 +61,30 @@ fn a_starved_host_warns_in_the_running_runs_log() {
     let board = std::sync::Arc::new(hostwatch::Board::default());
     p.attach_notes(board.subscribe());
 
-    // The job prints a line, then half a secret, waits, then the rest.
+    // The job prints a line, then half a secret, says so (a marker file),
+    // waits until the test lets it go on (another marker), then the rest.
+    let printed = dir.path().join("printed");
+    let go = dir.path().join("go");
     let mut child = Command::new("/bin/sh")
         .args([
             "-c",
-            "echo compiling; printf 'token=hunter2-v'; sleep 2; echo 'ery-secret'; echo done",
+            "echo compiling; printf 'token=hunter2-v'; touch \"$1\"; \
+             i=0; while [ ! -e \"$2\" ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done; \
+             echo 'ery-secret'; echo done",
+            "job",
         ])
+        .arg(&printed)
+        .arg(&go)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();
 
-    // Meanwhile the launcher's sampler sees the starved host.
+    // Meanwhile the launcher's sampler sees the starved host, once the job
+    // is in the middle of its secret; the job goes on once the warning is
+    // in the log.
     let sampler_board = board.clone();
+    let log_seen = log.clone();
     let sampler = std::thread::spawn(move || {
         let mut w = HostWatch::new(Thresholds::default());
         let a = proc_fixture("stat-starved.0");
@@ -71,10 +95,16 @@ fn a_starved_host_warns_in_the_running_runs_log() {
             disks: vec![],
         };
         w.observe(0, &hostwatch::sample(&src(&a)));
-        std::thread::sleep(Duration::from_millis(700));
+        let job_printed = eventually(|| printed.exists());
         for warning in w.observe(60, &hostwatch::sample(&src(&b))) {
             sampler_board.publish(&warning.line);
         }
+        let logged = eventually(|| {
+            std::fs::read_to_string(&log_seen).is_ok_and(|t| t.contains("host CPU steal"))
+        });
+        std::fs::write(&go, "").unwrap();
+        assert!(job_printed, "the job never printed the first half");
+        assert!(logged, "the warning never reached the run log");
     });
     p.pump(out, &mut NoKill).unwrap();
     sampler.join().unwrap();

@@ -9,7 +9,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use liftoff::config::{Config, Env};
 use liftoff::identity::{self, Identity, PoolKey};
@@ -482,10 +482,19 @@ fn cancel_ends_the_run_with_a_failure() {
     );
     let (ev, rx) = events(id);
     ex.start(a, ev).unwrap();
-    // Wait for the job to be running, then cancel.
+    // Wait for the step to be running (its first line is in the uploaded
+    // log), then cancel.
     let first = smol::block_on(rx.recv()).unwrap().1;
     assert_eq!(first, RunEvent::Started);
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + LIMIT;
+    while !w.log(id).contains("sleeping") {
+        assert!(
+            Instant::now() < deadline,
+            "the step never printed `sleeping`: {}",
+            w.log(id)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     ex.cancel(id);
     ex.cancel(id);
     let evs = until_end(&rx, LIMIT);

@@ -88,11 +88,18 @@ impl Run {
         }
     }
 
-    /// Asserts a probe reported the attempt blocked.
+    /// Asserts a probe (probe.c) printed a result other than `ok`. Loose:
+    /// tests/sandbox_escape.rs requires the exact refusal and a control.
     #[track_caller]
     pub fn assert_blocked(&self) {
+        let outcome = self
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("result "))
+            .and_then(|l| l.split_once(": "))
+            .map(|(_, o)| o.split(' ').next().unwrap_or(""));
         assert!(
-            self.code == 0 && self.stdout.contains("blocked") && !self.stdout.contains("ESCAPED"),
+            self.code == 0 && outcome.is_some_and(|o| o != "ok"),
             "escape NOT blocked: {self:#?}"
         );
     }
