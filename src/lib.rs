@@ -12,6 +12,7 @@ pub mod exec;
 pub mod hostwatch;
 pub mod http;
 pub mod identity;
+pub mod launcher;
 pub mod launcher_log;
 pub mod link;
 pub mod logs;

@@ -79,7 +79,7 @@ fn main() {
         }
         Command::Config { json, .. } => show_config(&env, json),
         Command::Exec(args) => liftoff::exec::run(*args, &env),
-        Command::Run => liftoff::worker::run_from_env(&env),
+        Command::Run => liftoff::launcher::run_from_env(&env),
         Command::Version => {
             println!("liftoff {}", liftoff::VERSION);
             0

@@ -18,11 +18,11 @@ use std::time::Duration;
 use liftoff::beneath::{self, Follow, Root};
 use liftoff::config::{Config, Env};
 use liftoff::logs::sink::FileSink;
+use liftoff::run::RunEvent;
 use liftoff::run::cache::ProviderCache;
 use liftoff::run::executor::SandboxExecutor;
 use liftoff::run::source::{Limits, extract_tar_gz};
 use liftoff::run::spec::RunSpec;
-use liftoff::run::RunEvent;
 use serde_json::json;
 use support::runs::{FileServer, events, open_tempdir, until_end};
 

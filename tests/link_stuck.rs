@@ -124,7 +124,7 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
         liftoff::identity::now(),
     )
     .unwrap();
-    let wid = liftoff::worker::worker_id(&config.state_dir).unwrap();
+    let wid = liftoff::launcher::worker_id(&config.state_dir).unwrap();
     let mut settings = MqttSettings::from_config(&config, &identity, &wid).unwrap();
     settings.brokers[0].0.port = port; // the primary is the stuck one
 
@@ -135,7 +135,7 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
         region: String::new(),
         slots: 1,
         metadata: Default::default(),
-        host: liftoff::worker::host_facts(),
+        host: liftoff::launcher::host_facts(),
         sandbox: Default::default(),
         will_id: None,
     };

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["hostwatch", "link"],
     &["run"],
     &["worker"],
+    &["launcher"],
     &["check", "exec"],
 ];
 

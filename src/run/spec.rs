@@ -221,13 +221,13 @@ impl RunSpec {
 
     fn validate(&self) -> Result<(), String> {
         if self.run_id.is_empty()
-            || self.run_id.len() > 128
+            || self.run_id.len() > crate::link::protocol::MAX_ID_LEN
             || !self
                 .run_id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err("run spec: run_id must be 1 to 128 letters, digits, - or _".into());
+            return Err("run spec: run_id must be 1 to 64 letters, digits, - or _".into());
         }
         if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
             return Err(format!("run spec: steps must hold 1 to {MAX_STEPS} steps"));
