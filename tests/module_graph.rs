@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// Rooms by layer, lowest first. A room imports only rooms of lower layers.
 const LAYERS: &[&[&str]] = &[
-    &["time", "report"],
+    &["time", "report", "beneath"],
     &["config"],
     &["identity", "launcher_log", "notify"],
     &["http"],
