@@ -32,7 +32,7 @@ use crate::logs::redact::{Matcher, RedactorBuilder};
 use crate::logs::sink::{DeliverError, FileSink, Sink, StdoutSink};
 use crate::logs::spool::Chunk;
 use crate::sandbox::cancel::{CancelSignals, Event, wait_event};
-use crate::sandbox::{self, BindMount, Exit, Limits, SandboxSpec, Stdio};
+use crate::sandbox::{self, BindMount, Exit, SandboxSpec, Stdio};
 
 /// Exit status when the timeout killed the job (as timeout(1)).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -173,9 +173,7 @@ pub fn build_spec(
     config: &Config,
     workspace: PathBuf,
 ) -> Result<SandboxSpec, String> {
-    let mut spec = SandboxSpec::new(workspace, args.command.clone());
-    spec.runtime = config.runtime;
-    spec.landlock = config.landlock;
+    let mut spec = SandboxSpec::from_config(config, workspace, args.command.clone());
     spec.root = match &args.root {
         Some(r) => Some(parse::image_root(r).map_err(|e| format!("--root {e}"))?),
         None => None,
@@ -183,7 +181,7 @@ pub fn build_spec(
     spec.network = match &args.network {
         Some(n) => Network::parse(n, std::path::Path::new(crate::config::NETNS_DIR))
             .map_err(|e| format!("--network {n}: {e}"))?,
-        None => config.network.clone(),
+        None => spec.network.clone(),
     };
     for m in &args.mounts {
         let item = m;
@@ -241,19 +239,17 @@ pub fn build_spec(
             }
             Err(e) => return Err(format!("--memory {m}: {e}")),
         },
-        None => config.job_memory.or_else(sandbox::auto_memory_limit),
+        None => spec.limits.memory,
     };
     if let Some(p) = args.pids.filter(|p| *p < MIN_PIDS) {
         return Err(format!(
             "--pids {p}: expected a number of processes, at least {MIN_PIDS}"
         ));
     }
-    spec.limits = Limits {
-        memory,
-        pids: Some(args.pids.unwrap_or(config.job_pids)),
-        cpus: config.job_cpus,
-        ..Limits::default()
-    };
+    spec.limits.memory = memory;
+    if let Some(p) = args.pids {
+        spec.limits.pids = Some(p);
+    }
     if let Some(c) = &args.cwd {
         if !c.is_absolute() || c.to_str().is_none_or(|t| t.chars().any(char::is_control)) {
             return Err(format!(

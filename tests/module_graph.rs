@@ -28,18 +28,11 @@ const LAYERS: &[&[&str]] = &[
 
 /// Upward imports that exist today and are scheduled to go (issue 13). Each
 /// is (from, to, why it is still there).
-const DEBT: &[(&str, &str, &str)] = &[
-    (
-        "run",
-        "exec",
-        "the executor builds its sandbox spec through exec::build_spec",
-    ),
-    (
-        "logs",
-        "sandbox",
-        "the pump enters SCHED_BATCH through sandbox::sched",
-    ),
-];
+const DEBT: &[(&str, &str, &str)] = &[(
+    "logs",
+    "sandbox",
+    "the pump enters SCHED_BATCH through sandbox::sched",
+)];
 
 fn rank(room: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&room))

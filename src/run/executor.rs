@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Env};
-use crate::exec::ExecArgs;
 use crate::identity::{Envelope, Identity};
 use crate::link::protocol::{Assignment, Upload};
 use crate::logs::redact::RedactorBuilder;
@@ -793,11 +792,13 @@ fn sandbox_spec(
     workspace: &Path,
     argv: Vec<String>,
 ) -> Result<sandbox::SandboxSpec, String> {
-    let args = ExecArgs {
-        root: spec.runner.root.clone(),
-        ..ExecArgs::for_command(argv)
-    };
-    let mut s = crate::exec::build_spec(&args, &Env::default(), config, workspace.to_path_buf())?;
+    let mut s = sandbox::SandboxSpec::from_config(config, workspace, argv);
+    if let Some(r) = &spec.runner.root {
+        s.root = Some(
+            crate::config::parse::image_root(r)
+                .map_err(|e| format!("run spec: runner.root {e}"))?,
+        );
+    }
     s.env = launch
         .env
         .iter()

@@ -40,6 +40,7 @@
 pub mod cancel;
 pub mod cgroup;
 mod child;
+mod defaults;
 pub mod hostcheck;
 mod init;
 pub mod landlock;
