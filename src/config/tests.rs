@@ -785,3 +785,112 @@ fn whitelisting_launcher_secrets_is_warned_about() {
     let l = load(&[("SPACELIFT_WHITELIST_ENVS", "AWS_REGION")]);
     assert!(l.warnings.is_empty());
 }
+
+/// Each default is written once, as text in `vars::VARIABLES`: loading an
+/// empty environment reads that text with the variable's own reader, and
+/// setting a variable to its documented default changes nothing.
+#[test]
+fn defaults_are_written_once_as_text() {
+    let (_, problems) = read::defaults(Path::new(NETNS_DIR));
+    assert!(problems.is_empty(), "a default text is wrong: {problems:?}");
+    let empty = load(&[]);
+    assert!(
+        empty.errors.is_empty() && empty.warnings.is_empty(),
+        "{empty:?}"
+    );
+    let defaults = empty.config.effective();
+    for v in vars::VARIABLES {
+        let shown = &defaults.iter().find(|(k, _)| k == v.name).unwrap().1;
+        if v.default.is_empty() {
+            let unset = if v.secret { "(not set)" } else { "" };
+            assert_eq!(shown, unset, "{} has no default but shows one", v.name);
+            continue;
+        }
+        let l = load(&[(v.name, v.default)]);
+        assert!(
+            l.errors.is_empty() && l.warnings.is_empty(),
+            "{}={}: {l:?}",
+            v.name,
+            v.default
+        );
+        assert_eq!(
+            l.config.effective(),
+            defaults,
+            "{}={} is not what an unset {} gives",
+            v.name,
+            v.default,
+            v.name
+        );
+    }
+    // The constants other rooms use without a configuration agree too.
+    let c = &empty.config;
+    assert_eq!(c.logs_timeout, DEFAULT_LOGS_TIMEOUT);
+    assert_eq!(c.run_timeout, DEFAULT_RUN_TIMEOUT);
+    assert_eq!(c.kill_grace, DEFAULT_KILL_GRACE);
+}
+
+/// `liftoff config` shows every entry of the table, in table order, and
+/// every entry is read: a bad value is an error naming it, or changes what
+/// it shows.
+#[test]
+fn every_entry_is_loaded_and_shown() {
+    let defaults = load(&[]).config.effective();
+    let names: Vec<&str> = defaults.iter().map(|(k, _)| k.as_str()).collect();
+    let table: Vec<&str> = vars::VARIABLES.iter().map(|v| v.name).collect();
+    assert_eq!(names, table);
+    for v in vars::VARIABLES {
+        let l = load(&[(v.name, "!!bad value!!")]);
+        let shown = |e: &[(String, String)]| e.iter().find(|(k, _)| k == v.name).unwrap().1.clone();
+        assert!(
+            l.errors.iter().any(|e| e.var == v.name)
+                || shown(&l.config.effective()) != shown(&defaults),
+            "{} set to a bad value is neither an error nor shown",
+            v.name
+        );
+    }
+}
+
+/// What `liftoff config` shows can be set again and gives the same
+/// configuration: each entry's `show` and `read` agree.
+#[test]
+fn shown_values_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().display().to_string();
+    let policy = dir.path().join("policy.rego");
+    std::fs::write(&policy, "package spacelift").unwrap();
+    let mount = format!("{host}:/mnt/data:ro");
+    let set = [
+        ("SPACELIFT_MASK_ENVS", "A,B"),
+        ("SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED", "1"),
+        (
+            "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
+            policy.to_str().unwrap(),
+        ),
+        ("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", "90m"),
+        ("SPACELIFT_DEBUG", "true"),
+        ("SPACELIFT_WHITELIST_ENVS", "ro_X,wo_Y,Z"),
+        ("SPACELIFT_WORKER_EXTRA_MOUNTS", &mount),
+        ("SPACELIFT_WORKER_NETWORK", "none"),
+        ("SPACELIFT_WORKER_RUNTIME", "landlock"),
+        ("SPACELIFT_DOCKER_CONFIG_DIR", &host),
+        ("SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD", "85"),
+        ("HTTPS_PROXY", "proxy:3128"),
+        ("no_proxy", "a, b"),
+        ("LIFTOFF_PROVIDER_CACHE_MAX_BYTES", "1G"),
+        ("LIFTOFF_WORKERS", "3"),
+        ("LIFTOFF_LOG_FORMAT", "json"),
+        ("LIFTOFF_KILL_GRACE", "90s"),
+        ("LIFTOFF_LANDLOCK", "require"),
+        ("LIFTOFF_JOB_MEMORY", "1GiB"),
+        ("LIFTOFF_JOB_CPUS", "1.5"),
+    ];
+    for pairs in [&[][..], &set[..]] {
+        let first = ok(pairs).effective();
+        let again: Vec<(&str, &str)> = first
+            .iter()
+            .filter(|(k, _)| !vars::find(k).is_some_and(|v| v.secret))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(ok(&again).effective(), first, "from {pairs:?}");
+    }
+}
