@@ -25,6 +25,18 @@ fn readme_and_configuration_guide_carry_the_current_table() {
     }
 }
 
+/// packaging/liftoff.env lists every variable commented out with its
+/// default and help, as `liftoff::config::vars::example_env` writes them.
+#[test]
+fn example_env_file_carries_every_variable() {
+    let body = liftoff::config::vars::example_env();
+    let env = std::fs::read_to_string("packaging/liftoff.env").unwrap();
+    assert!(
+        env.contains(&body),
+        "packaging/liftoff.env is out of date: below its header it should read\n{body}"
+    );
+}
+
 #[test]
 fn ci_runs_the_readme_test_command() {
     let readme = std::fs::read_to_string("README.md").unwrap();

@@ -651,20 +651,18 @@ pub fn markdown_table() -> String {
 /// example), each under its help: the body of packaging/liftoff.env, which
 /// a test keeps in step.
 pub fn example_env() -> String {
-    let mut out = String::new();
-    let mut entry = |help: &str, line: String| {
-        out.push_str(&comment(help));
-        out.push_str(&line);
-        out.push_str("\n\n");
-    };
-    for v in VARIABLES {
-        entry(v.help, format!("#{}={}", v.name, v.default));
-    }
-    for f in FAMILIES {
+    let variables = VARIABLES
+        .iter()
+        .map(|v| (v.help, format!("#{}={}", v.name, v.default)));
+    let families = FAMILIES.iter().map(|f| {
         let (suffix, value) = f.example;
-        entry(f.help, format!("#{}{suffix}={value}", f.prefix));
-    }
-    out
+        (f.help, format!("#{}{suffix}={value}", f.prefix))
+    });
+    variables
+        .chain(families)
+        .map(|(help, line)| format!("{}{line}\n", comment(help)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `text` as `# ` comment lines of at most 78 characters.
