@@ -1,6 +1,9 @@
 //! Every operator setting, read from the environment into one typed,
 //! validated [`Config`].
 //!
+//! Each variable is declared once, in [`vars::VARIABLES`]: name, default,
+//! help, whether it is a secret, how it is read and how it is shown.
+//!
 //! Call [`Env::from_process`] (or build an [`Env`] in tests), then
 //! [`Config::load`]. Loading never stops at the first problem: it returns the
 //! configuration (defaults in place of bad values) with every error and
@@ -161,6 +164,9 @@ impl fmt::Display for Network {
 
 /// Where named network namespaces live (`ip netns add NAME`).
 pub const NETNS_DIR: &str = "/run/netns";
+
+// The defaults below are for rooms that work without a configuration; each
+// must equal its variable's default text in `vars::VARIABLES` (a test checks).
 
 /// `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` when unset (the seed's 7m).
 pub const DEFAULT_LOGS_TIMEOUT: Duration = Duration::from_secs(7 * 60);

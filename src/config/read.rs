@@ -119,7 +119,7 @@ fn blank() -> Config {
         wo_extra_mounts: Vec::new(),
         allow_unsafe_mounts: false,
         network: Network::None,
-        runtime: Runtime::None,
+        runtime: Runtime::Liftoff,
         docker_config_dir: None,
         metadata: BTreeMap::new(),
         vcs_mappings: Vec::new(),

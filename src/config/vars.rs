@@ -12,11 +12,11 @@
 //! [`closest`]. Tests keep the documents in step.
 //!
 //! To find where variable X is parsed, find X below: its `read` is either a
-//! one-line parser call or names a function in [`super::read`].
+//! one-line parser call or names a function in `config/read.rs`.
 //!
 //! The [`FAMILIES`] (`SPACELIFT_METADATA_<tag>`, the VCS mappings) have
 //! user-chosen names: they are documented here but read by
-//! [`read::metadata`] and [`read::vcs_mappings`] after the table.
+//! `read::metadata` and `read::vcs_mappings` after the table.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub const METADATA_PREFIX: &str = "SPACELIFT_METADATA_";
 pub const VCS_NAME_PREFIX: &str = "SPACELIFT_PRIVATEVCS_MAPPING_NAME_";
 pub const VCS_ENDPOINT_PREFIX: &str = "SPACELIFT_PRIVATEVCS_MAPPING_BASE_ENDPOINT_";
 
-/// The families, read by [`read::metadata`] and [`read::vcs_mappings`].
+/// The families, read by `read::metadata` and `read::vcs_mappings`.
 pub const FAMILIES: &[Family] = &[
     Family {
         prefix: METADATA_PREFIX,
