@@ -40,6 +40,50 @@ fn workspace_is_writable_and_owned_by_the_job() {
     assert_eq!(uid, liftoff::sandbox::DEFAULT_HOST_ID);
 }
 
+/// A workspace and an extra read-only mount below a directory the job's
+/// host id cannot pass through (a 0700 tempdir, as `mktemp -d` makes): the
+/// launcher opens them, the child attaches them by file descriptor.
+#[test]
+fn workspace_and_mounts_below_a_private_directory() {
+    require_root();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ws = private.path().join("state/runs/r1/workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    let data = private.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(data.join("in"), "data").unwrap();
+    let ro = format!("{}:/mnt/data:ro", data.display());
+    let r = sh(
+        &["--workspace", ws.to_str().unwrap(), "--mount", &ro],
+        "echo hello > /mnt/workspace/out && cat /mnt/data/in && echo && \
+         (touch /mnt/data/x 2>/dev/null || echo ro-refused) && \
+         grep -E ' /mnt/(workspace|data) ' /proc/self/mountinfo",
+    );
+    assert_eq!(r.code, 0, "{r:#?}");
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("data"), "{r:#?}");
+    assert_eq!(lines.next(), Some("ro-refused"), "{r:#?}");
+    let mounts: Vec<&str> = lines.collect();
+    assert_eq!(mounts.len(), 2, "{r:#?}");
+    // Private: nothing mounted in the sandbox shows on the host, or back.
+    for m in &mounts {
+        assert!(
+            !m.contains(" shared:"),
+            "mount is a peer of the host's: {m}"
+        );
+    }
+    let out = ws.join("out");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().uid(),
+        liftoff::sandbox::DEFAULT_HOST_ID
+    );
+    assert!(!data.join("x").exists());
+}
+
 #[test]
 fn tmp_home_and_dev_are_usable() {
     require_root();

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -48,6 +49,14 @@ pub enum Op {
         rw: bool,
         dev: bool,
     },
+    /// Attach a detached copy of a host mount tree that the launcher opened
+    /// ([`open_tree_clone`]), then as [`Op::Bind`]. The launcher resolved
+    /// the path, so its parents need not be traversable by the job's user.
+    BindTree {
+        tree: OwnedFd,
+        dst: CString,
+        rw: bool,
+    },
     /// Make an existing mount read-only (not recursive).
     ReadOnly(CString),
     Write {
@@ -71,6 +80,9 @@ fn cs(p: impl AsRef<Path>) -> Result<CString, Error> {
 struct Plan {
     ops: Vec<(Op, String)>,
     dirs: BTreeSet<PathBuf>,
+    /// Host binds go by file descriptor ([`Op::BindTree`]) until
+    /// [`open_tree_clone`] says this launcher cannot.
+    by_fd: bool,
 }
 
 impl Plan {
@@ -109,6 +121,16 @@ impl Plan {
             if rw { "read-write" } else { "read-only" },
             inside(dst).display()
         );
+        if self.by_fd {
+            match open_tree_clone(src)? {
+                Some(tree) => {
+                    let dst = cs(dst)?;
+                    self.push(Op::BindTree { tree, dst, rw }, what);
+                    return Ok(());
+                }
+                None => self.by_fd = false,
+            }
+        }
         self.push(
             Op::Bind {
                 src: cs(host)?,
@@ -253,6 +275,7 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
     let mut p = Plan {
         ops: Vec::with_capacity(96),
         dirs: BTreeSet::new(),
+        by_fd: true,
     };
     // 1-2: private propagation, staging tmpfs, first pivot.
     p.push(
@@ -584,6 +607,64 @@ fn proc(p: &mut Plan) -> Result<(), Error> {
     Ok(())
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// Parent side: a detached copy of the mount tree at `src` (open_tree with
+/// OPEN_TREE_CLONE, recursive), for the child to attach with move_mount.
+/// The path is resolved here, as the launcher: a root launcher binds a
+/// workspace below a directory the job's host id cannot pass through (a
+/// 0700 state directory, a `mktemp -d`). `None` when this launcher cannot
+/// (kernel before 5.2: ENOSYS; no CAP_SYS_ADMIN in its mount namespace, as
+/// an unprivileged launcher: EPERM): the child then binds the path, as the
+/// launcher's own uid when unprivileged, so nothing is lost there.
+pub(crate) fn open_tree_clone(src: &Path) -> Result<Option<OwnedFd>, Error> {
+    let path = cs(src)?;
+    // SAFETY: open_tree with a valid C string path and flags only; it
+    // returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a fresh fd that nothing else owns.
+        return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }));
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOSYS | libc::EPERM) => Ok(None),
+        _ => Err(Error::new(format!(
+            "mount source {}: open a copy of its mounts (open_tree): {err}",
+            src.display()
+        ))),
+    }
+}
+
+/// Words to add when op `op` failed with `errno` in the child: a path bind
+/// the job's host id may not pass through names the directory and the fix.
+pub(crate) fn hint(op: &Op, errno: i32) -> Option<String> {
+    let Op::Bind {
+        src, dev: false, ..
+    } = op
+    else {
+        return None;
+    };
+    let host = Path::new(std::ffi::OsStr::from_bytes(src.as_bytes()))
+        .strip_prefix("/oldroot")
+        .ok()?;
+    if errno != libc::EACCES {
+        return None;
+    }
+    Some(format!(
+        " (the job's host id cannot pass through a parent directory of /{}, and this host does not let the launcher bind it by file descriptor: open_tree needs Linux 5.2+ and a root launcher; let the job's host id through each parent with `chmod o+x`, or move the directory below one it can pass)",
+        host.display()
+    ))
+}
+
 // ---- child side: system calls only, no allocation ----
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
@@ -612,10 +693,24 @@ fn check(r: libc::c_int) -> Result<(), i32> {
 /// Sets mount attributes, recursively when asked; falls back to a remount
 /// keeping the locked flags on kernels without mount_setattr (< 5.12).
 fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
+    set_attr_with(path, set, recursive, 0)
+}
+
+/// [`set_attr`], recursive, and private propagation in the same call.
+fn set_attr_private(path: &CString, set: u64) -> Result<(), i32> {
+    set_attr_with(path, set, true, libc::MS_PRIVATE)
+}
+
+fn set_attr_with(
+    path: &CString,
+    set: u64,
+    recursive: bool,
+    propagation: libc::c_ulong,
+) -> Result<(), i32> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
-        propagation: 0,
+        propagation: propagation as u64,
         userns_fd: 0,
     };
     // SAFETY: mount_setattr with a valid path and a correctly sized struct.
@@ -635,6 +730,9 @@ fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
     let e = errno();
     if e != libc::ENOSYS {
         return Err(e);
+    }
+    if propagation != 0 {
+        make_private(path)?;
     }
     // SAFETY: statvfs into a zeroed struct for a valid path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -670,6 +768,20 @@ fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
             path.as_ptr(),
             std::ptr::null(),
             flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Makes the mount at `path` and every mount below it private.
+fn make_private(path: &CString) -> Result<(), i32> {
+    // SAFETY: a propagation change of a valid path, null source/type/data.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         )
     })
@@ -753,6 +865,30 @@ impl Op {
                     set |= MOUNT_ATTR_RDONLY;
                 }
                 set_attr(dst, set, true)
+            }
+            Op::BindTree { tree, dst, rw } => {
+                // SAFETY: move_mount of the detached tree `tree` (an fd the
+                // launcher opened) onto a valid C string path.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        tree.as_raw_fd(),
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        dst.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                };
+                if r < 0 {
+                    return Err(errno());
+                }
+                let mut set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+                if !rw {
+                    set |= MOUNT_ATTR_RDONLY;
+                }
+                // The copy is a peer of the host's mount: made private, so
+                // nothing mounted on one side appears on the other.
+                set_attr_private(dst, set)
             }
             Op::ReadOnly(path) => set_attr(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, false),
             Op::Write { path, data } => {

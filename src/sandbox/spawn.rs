@@ -802,9 +802,12 @@ fn wait_for_exec(
     let what = child::describe(step, &plan.ops, program);
     let err = std::io::Error::from_raw_os_error(errno);
     let hint = if step == child::STEP_EXEC && errno == libc::ENOENT {
-        " (not found in the sandbox's PATH or root)"
+        " (not found in the sandbox's PATH or root)".to_string()
     } else {
-        ""
+        step.checked_sub(child::STEP_MOUNT)
+            .and_then(|i| plan.ops.get(i as usize))
+            .and_then(|(op, _)| mounts::hint(op, errno))
+            .unwrap_or_default()
     };
     Err(started.abort(Error::new(format!(
         "sandbox setup failed: {what}: {err}{hint}"
