@@ -1,9 +1,15 @@
 //! The job's filesystem: a mount plan built in the launcher, run by the child
 //! inside its new mount namespace.
 //!
-//! Order: [`plan`] (parent: reads host paths, builds /etc, returns the list of
-//! [`Op`]s with a description each), then the child runs each op with
-//! [`Op::run`] in order. The plan itself encodes the setup order:
+//! Order: [`plan`] (parent: reads host paths, builds /etc, opens each host
+//! directory or file to bind as a detached mount tree with
+//! [`open_tree_clone`], returns the list of [`Op`]s with a description each),
+//! then the child runs each op with [`Op::run`] in order, attaching those
+//! trees by file descriptor ([`Op::BindTree`]): path traversal is checked as
+//! the launcher, so a workspace below a private (0700) directory binds. A
+//! launcher that cannot open_tree (unprivileged, kernel before 5.2) binds by
+//! path ([`Op::Bind`]); a refusal then names the directory and the fix
+//! ([`hint`]). The plan itself encodes the setup order:
 //!
 //! 1. propagation private (nothing leaks back to the host);
 //! 2. a staging tmpfs on /tmp, `pivot_root` into it: the host is at /oldroot;
@@ -954,6 +960,33 @@ mod tests {
         assert!(check_target(Path::new("/")).is_err());
         assert!(check_target(Path::new("/proc/sys")).is_err());
         assert!(check_target(Path::new("/dev/sda")).is_err());
+    }
+
+    #[test]
+    fn a_refused_path_bind_names_the_directory_and_the_fix() {
+        let op = Op::Bind {
+            src: cs("/oldroot/srv/state/runs/r1/workspace").unwrap(),
+            dst: cs("/newroot/mnt/workspace").unwrap(),
+            rw: true,
+            dev: false,
+        };
+        let h = hint(&op, libc::EACCES).unwrap();
+        assert!(h.contains("/srv/state/runs/r1/workspace"), "{h}");
+        assert!(h.contains("chmod o+x"), "{h}");
+        assert_eq!(hint(&op, libc::ENOENT), None);
+    }
+
+    #[test]
+    fn open_tree_names_a_missing_source() {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        match open_tree_clone(Path::new("/nonexistent/liftoff-test")) {
+            Err(e) => assert!(e.message.contains("/nonexistent/liftoff-test"), "{e}"),
+            // Unprivileged: refused before the lookup; the child binds the
+            // path and reports it.
+            Ok(None) => assert!(!root, "a root launcher can open_tree"),
+            Ok(Some(_)) => panic!("opened a path that does not exist"),
+        }
     }
 
     #[test]
