@@ -28,7 +28,8 @@
 //!    capabilities inside the namespace), new cgroup namespace, hostname,
 //!    loopback up (network none);
 //! 2. runs the mount plan: private propagation, staging tmpfs, first
-//!    pivot_root (host at /oldroot), binds into /newroot (host directories by the launcher's fds: move_mount),  /proc, /dev, /etc,
+//!    pivot_root (host at /oldroot), binds into /newroot (host directories
+//!    attached from the launcher's fds with move_mount), /proc, /dev, /etc,
 //!    second pivot_root, old root detached, / read-only;
 //! 3. forks the job, then becomes the reaping init ([`init`]);
 //!
