@@ -267,27 +267,28 @@ fn network_none_has_loopback_only() {
 #[test]
 fn a_root_directory_replaces_the_host_root() {
     require_root();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("bin")).unwrap();
-    std::fs::create_dir_all(root.path().join("etc")).unwrap();
-    std::fs::write(root.path().join("etc/image-release"), "image 1\n").unwrap();
-    let src = root.path().join("hello.c");
+    // The image sits below a private (0700) directory: bound by fd.
+    let private = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let root = private.path().join("image");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/image-release"), "image 1\n").unwrap();
+    let src = root.join("hello.c");
     std::fs::write(&src, "#include <stdio.h>\nint main(){FILE*f=fopen(\"/etc/image-release\",\"r\");char b[64]={0};if(f)fread(b,1,63,f);printf(\"hi %s\",b);return 3;}\n").unwrap();
     let st = std::process::Command::new("musl-gcc")
         .args(["-static", "-O1", "-o"])
-        .arg(root.path().join("bin/hello"))
+        .arg(root.join("bin/hello"))
         .arg(&src)
         .status()
         .expect("musl-gcc builds the static test binary for --root");
     assert!(st.success());
-    let r = exec(&["--root", root.path().to_str().unwrap()], &["/bin/hello"]);
+    let r = exec(&["--root", root.to_str().unwrap()], &["/bin/hello"]);
     assert_eq!(r.stdout, "hi image 1\n", "{r:#?}");
     assert_eq!(r.code, 3);
     // The host's tools are not there.
-    let r = exec(
-        &["--root", root.path().to_str().unwrap()],
-        &["/usr/bin/env"],
-    );
+    let r = exec(&["--root", root.to_str().unwrap()], &["/usr/bin/env"]);
     assert_eq!(r.code, 125, "{r:#?}");
 }
 
