@@ -84,6 +84,39 @@ fn workspace_and_mounts_below_a_private_directory() {
     assert!(!data.join("x").exists());
 }
 
+/// Root without CAP_SYS_ADMIN cannot open_tree: the child binds the path as
+/// the job's host id, and the refusal names the directory and the fix.
+#[test]
+fn a_refused_path_bind_names_the_directory_and_the_fix() {
+    require_root();
+    use std::os::unix::fs::PermissionsExt;
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ws = private.path().join("workspace");
+    std::fs::create_dir(&ws).unwrap();
+    let o = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin"])
+        .arg(bin())
+        .args([
+            "exec",
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--",
+            "/bin/true",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("setpriv (util-linux) runs the launcher without CAP_SYS_ADMIN");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains(&format!("parent directory of {}", ws.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("chmod o+x"), "{stderr}");
+}
+
 #[test]
 fn tmp_home_and_dev_are_usable() {
     require_root();

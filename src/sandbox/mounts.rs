@@ -666,7 +666,7 @@ pub(crate) fn hint(op: &Op, errno: i32) -> Option<String> {
         return None;
     }
     Some(format!(
-        " (the job's host id cannot pass through a parent directory of /{}, and this host does not let the launcher bind it by file descriptor: open_tree needs Linux 5.2+ and a root launcher; let the job's host id through each parent with `chmod o+x`, or move the directory below one it can pass)",
+        " (the job's host id cannot pass through a parent directory of /{}, and this launcher cannot bind it by file descriptor: open_tree needs Linux 5.2+ and CAP_SYS_ADMIN; let the job's host id through each parent with `chmod o+x`, or move the directory)",
         host.display()
     ))
 }
