@@ -677,6 +677,8 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
+/// MS_PRIVATE as `struct mount_attr` wants it (a u64 on every target).
+const PROPAGATION_PRIVATE: u64 = 1 << 18;
 /// statvfs f_flag bit (glibc has it in libc, musl does not).
 const ST_RELATIME: libc::c_ulong = 0x1000;
 
@@ -704,19 +706,19 @@ fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
 
 /// [`set_attr`], recursive, and private propagation in the same call.
 fn set_attr_private(path: &CString, set: u64) -> Result<(), i32> {
-    set_attr_with(path, set, true, libc::MS_PRIVATE)
+    set_attr_with(path, set, true, PROPAGATION_PRIVATE)
 }
 
 fn set_attr_with(
     path: &CString,
     set: u64,
     recursive: bool,
-    propagation: libc::c_ulong,
+    propagation: u64,
 ) -> Result<(), i32> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
-        propagation: propagation as u64,
+        propagation,
         userns_fd: 0,
     };
     // SAFETY: mount_setattr with a valid path and a correctly sized struct.
