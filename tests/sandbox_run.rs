@@ -40,15 +40,45 @@ fn workspace_is_writable_and_owned_by_the_job() {
     assert_eq!(uid, liftoff::sandbox::DEFAULT_HOST_ID);
 }
 
+/// A shared bind mount of a directory onto itself (as systemd makes every
+/// mount shared), unmounted on drop.
+struct SharedMount(std::path::PathBuf);
+
+impl SharedMount {
+    fn new(dir: &std::path::Path) -> SharedMount {
+        for args in [&["--bind"][..], &["--make-shared"][..]] {
+            let st = std::process::Command::new("mount")
+                .args(args)
+                .args(if args[0] == "--bind" {
+                    vec![dir, dir]
+                } else {
+                    vec![dir]
+                })
+                .status()
+                .expect("mount (util-linux) makes the shared test mount");
+            assert!(st.success(), "mount {args:?} {}", dir.display());
+        }
+        SharedMount(dir.to_path_buf())
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A workspace and an extra read-only mount below a directory the job's
 /// host id cannot pass through (a 0700 tempdir, as `mktemp -d` makes): the
-/// launcher opens them, the child attaches them by file descriptor.
+/// launcher opens them, the child attaches them by file descriptor. The
+/// directory is a shared mount: the sandbox's copies must not be its peers.
 #[test]
 fn workspace_and_mounts_below_a_private_directory() {
     require_root();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let private = tempfile::tempdir().unwrap();
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let _shared = SharedMount::new(private.path());
     let ws = private.path().join("state/runs/r1/workspace");
     std::fs::create_dir_all(&ws).unwrap();
     let data = private.path().join("data");

@@ -709,12 +709,7 @@ fn set_attr_private(path: &CString, set: u64) -> Result<(), i32> {
     set_attr_with(path, set, true, PROPAGATION_PRIVATE)
 }
 
-fn set_attr_with(
-    path: &CString,
-    set: u64,
-    recursive: bool,
-    propagation: u64,
-) -> Result<(), i32> {
+fn set_attr_with(path: &CString, set: u64, recursive: bool, propagation: u64) -> Result<(), i32> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
