@@ -46,19 +46,17 @@ struct SharedMount(std::path::PathBuf);
 
 impl SharedMount {
     fn new(dir: &std::path::Path) -> SharedMount {
-        for args in [&["--bind"][..], &["--make-shared"][..]] {
+        let mount = |args: &[&std::ffi::OsStr]| {
             let st = std::process::Command::new("mount")
                 .args(args)
-                .args(if args[0] == "--bind" {
-                    vec![dir, dir]
-                } else {
-                    vec![dir]
-                })
                 .status()
                 .expect("mount (util-linux) makes the shared test mount");
-            assert!(st.success(), "mount {args:?} {}", dir.display());
-        }
-        SharedMount(dir.to_path_buf())
+            assert!(st.success(), "mount {args:?}");
+        };
+        mount(&["--bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
+        let shared = SharedMount(dir.to_path_buf());
+        mount(&["--make-shared".as_ref(), dir.as_os_str()]);
+        shared
     }
 }
 
