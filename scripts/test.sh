@@ -67,7 +67,7 @@ echo "static binary: $bin, $(stat -c %s "$bin") bytes"
 # have no binary to swap and ran above.
 step "sandbox, exec and run suites against the static musl binary"
 LIFTOFF_TEST_BIN="$PWD/$bin" cargo test --test sandbox_run --test sandbox_escape \
-    --test sandbox_unprivileged --test exec_logs --test run_e2e
+    --test sandbox_unprivileged --test exec_logs --test exec_validate --test run_e2e
 
 # The offline advisory database beside the checkout when there is one (the
 # shared build host); otherwise cargo audit fetches its own copy.
