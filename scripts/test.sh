@@ -61,6 +61,14 @@ fi
 "$bin" version
 echo "static binary: $bin, $(stat -c %s "$bin") bytes"
 
+# The suites that run the binary (sandbox, exec, run) again, against the
+# shipped static musl build instead of the debug glibc one. run_source,
+# run_env, run_cache and run_policy drive the executor in-process, so they
+# have no binary to swap and ran above.
+step "sandbox, exec and run suites against the static musl binary"
+LIFTOFF_TEST_BIN="$PWD/$bin" cargo test --test sandbox_run --test sandbox_escape \
+    --test sandbox_unprivileged --test exec_logs --test exec_validate --test run_e2e
+
 # The offline advisory database beside the checkout when there is one (the
 # shared build host); otherwise cargo audit fetches its own copy.
 db=../shared/advisory-db

@@ -6,7 +6,7 @@
 //! log (run logs live elsewhere).
 
 pub mod beneath;
-pub mod check;
+pub mod cli;
 pub mod config;
 pub mod exec;
 pub mod hostwatch;

@@ -90,7 +90,7 @@ proptest! {
             prop_assert!(std::time::Instant::now().checked_add(d).is_some());
         }
         let _ = loaded.config.effective();
-        let (report, _, _) = liftoff::check::configuration(&env, 1_700_000_000);
+        let (report, _, _) = liftoff::cli::check::configuration(&env, 1_700_000_000);
         let _ = report.to_text();
         prop_assert_eq!(report.exit_code() == 0, false, "no token nor key: never ok");
     }

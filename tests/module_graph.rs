@@ -23,7 +23,8 @@ const LAYERS: &[&[&str]] = &[
     &["run"],
     &["worker"],
     &["launcher"],
-    &["check", "exec"],
+    &["exec"],
+    &["cli"],
 ];
 
 /// Upward imports that exist today and are scheduled to go (issue 13). Each

@@ -40,6 +40,111 @@ fn workspace_is_writable_and_owned_by_the_job() {
     assert_eq!(uid, liftoff::sandbox::DEFAULT_HOST_ID);
 }
 
+/// A shared bind mount of a directory onto itself (as systemd makes every
+/// mount shared), unmounted on drop.
+struct SharedMount(std::path::PathBuf);
+
+impl SharedMount {
+    fn new(dir: &std::path::Path) -> SharedMount {
+        let mount = |args: &[&std::ffi::OsStr]| {
+            let st = std::process::Command::new("mount")
+                .args(args)
+                .status()
+                .expect("mount (util-linux) makes the shared test mount");
+            assert!(st.success(), "mount {args:?}");
+        };
+        mount(&["--bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
+        let shared = SharedMount(dir.to_path_buf());
+        mount(&["--make-shared".as_ref(), dir.as_os_str()]);
+        shared
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A workspace and an extra read-only mount below a directory the job's
+/// host id cannot pass through (a 0700 tempdir, as `mktemp -d` makes): the
+/// launcher opens them, the child attaches them by file descriptor. The
+/// directory is a shared mount: the sandbox's copies must not be its peers.
+#[test]
+fn workspace_and_mounts_below_a_private_directory() {
+    require_root();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let _shared = SharedMount::new(private.path());
+    let ws = private.path().join("state/runs/r1/workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    let data = private.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(data.join("in"), "data").unwrap();
+    let ro = format!("{}:/mnt/data:ro", data.display());
+    let r = sh(
+        &["--workspace", ws.to_str().unwrap(), "--mount", &ro],
+        "echo hello > /mnt/workspace/out && cat /mnt/data/in && echo && \
+         (touch /mnt/data/x 2>/dev/null || echo ro-refused) && \
+         grep -E ' /mnt/(workspace|data) ' /proc/self/mountinfo",
+    );
+    assert_eq!(r.code, 0, "{r:#?}");
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("data"), "{r:#?}");
+    assert_eq!(lines.next(), Some("ro-refused"), "{r:#?}");
+    let mounts: Vec<&str> = lines.collect();
+    assert_eq!(mounts.len(), 2, "{r:#?}");
+    // Private: nothing mounted in the sandbox shows on the host, or back.
+    for m in &mounts {
+        assert!(
+            !m.contains(" shared:"),
+            "mount is a peer of the host's: {m}"
+        );
+    }
+    let out = ws.join("out");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().uid(),
+        liftoff::sandbox::DEFAULT_HOST_ID
+    );
+    assert!(!data.join("x").exists());
+}
+
+/// Root without CAP_SYS_ADMIN cannot open_tree: the child binds the path as
+/// the job's host id, and the refusal names the directory and the fix.
+#[test]
+fn a_refused_path_bind_names_the_directory_and_the_fix() {
+    require_root();
+    use std::os::unix::fs::PermissionsExt;
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ws = private.path().join("workspace");
+    std::fs::create_dir(&ws).unwrap();
+    let o = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin"])
+        .arg(bin())
+        .args([
+            "exec",
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--",
+            "/bin/true",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("setpriv (util-linux) runs the launcher without CAP_SYS_ADMIN");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains(&format!("parent directory of {}", ws.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("chmod o+x"), "{stderr}");
+}
+
 #[test]
 fn tmp_home_and_dev_are_usable() {
     require_root();
@@ -223,27 +328,28 @@ fn network_none_has_loopback_only() {
 #[test]
 fn a_root_directory_replaces_the_host_root() {
     require_root();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("bin")).unwrap();
-    std::fs::create_dir_all(root.path().join("etc")).unwrap();
-    std::fs::write(root.path().join("etc/image-release"), "image 1\n").unwrap();
-    let src = root.path().join("hello.c");
+    // The image sits below a private (0700) directory: bound by fd.
+    let private = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let root = private.path().join("image");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/image-release"), "image 1\n").unwrap();
+    let src = root.join("hello.c");
     std::fs::write(&src, "#include <stdio.h>\nint main(){FILE*f=fopen(\"/etc/image-release\",\"r\");char b[64]={0};if(f)fread(b,1,63,f);printf(\"hi %s\",b);return 3;}\n").unwrap();
     let st = std::process::Command::new("musl-gcc")
         .args(["-static", "-O1", "-o"])
-        .arg(root.path().join("bin/hello"))
+        .arg(root.join("bin/hello"))
         .arg(&src)
         .status()
         .expect("musl-gcc builds the static test binary for --root");
     assert!(st.success());
-    let r = exec(&["--root", root.path().to_str().unwrap()], &["/bin/hello"]);
+    let r = exec(&["--root", root.to_str().unwrap()], &["/bin/hello"]);
     assert_eq!(r.stdout, "hi image 1\n", "{r:#?}");
     assert_eq!(r.code, 3);
     // The host's tools are not there.
-    let r = exec(
-        &["--root", root.path().to_str().unwrap()],
-        &["/usr/bin/env"],
-    );
+    let r = exec(&["--root", root.to_str().unwrap()], &["/usr/bin/env"]);
     assert_eq!(r.code, 125, "{r:#?}");
 }
 

@@ -192,3 +192,44 @@ fn unprivileged_cannot_read_init_memory_or_environment() {
     );
     assert_eq!(r.stdout, "done\n", "{r:#?}");
 }
+
+/// A workspace and a read-only mount below the launcher's own private (0700)
+/// directory. An unprivileged launcher cannot open_tree, so the child binds
+/// the paths, as the launcher's uid: what the launcher reaches, it binds.
+#[test]
+fn unprivileged_workspace_below_a_private_directory() {
+    let (uid, gid) = unprivileged_user();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let private = tempfile::tempdir().unwrap();
+    let ws = private.path().join("state/runs/r1/workspace");
+    let data = private.path().join("data");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("in"), "data").unwrap();
+    for d in [
+        private.path().to_path_buf(),
+        private.path().join("state"),
+        private.path().join("state/runs"),
+        private.path().join("state/runs/r1"),
+        ws.clone(),
+        data.clone(),
+        data.join("in"),
+    ] {
+        std::os::unix::fs::chown(&d, Some(uid), Some(gid)).unwrap();
+    }
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ro = format!("{}:/mnt/data:ro", data.display());
+    let r = exec_unprivileged(
+        &["--workspace", ws.to_str().unwrap(), "--mount", &ro],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo hello > /mnt/workspace/out && cat /mnt/data/in && echo && (touch /mnt/data/x 2>/dev/null || echo ro-refused)",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_eq!(r.stdout, "data\nro-refused\n", "{r:#?}");
+    let out = ws.join("out");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
+    assert_eq!(std::fs::metadata(&out).unwrap().uid(), uid);
+}

@@ -158,10 +158,16 @@ impl SandboxExecutor {
                 config.state_dir.join("runs").display()
             )
         })?;
-        // The job's unprivileged host id binds its workspace from inside its
-        // namespace: it must be able to pass through (not list) the state
-        // directory and runs/ on the way.
-        for dir in [config.state_dir.clone(), config.state_dir.join("runs")] {
+        // Runtime liftoff binds the workspace by file descriptor (opened by
+        // the launcher), so the state directory may stay private. Without a
+        // mount namespace the job (a root launcher's unprivileged host id)
+        // reaches its workspace by host path: it must pass through (not
+        // list) the state directory and runs/ on the way.
+        let by_path = match config.runtime {
+            crate::config::Runtime::Liftoff => Vec::new(),
+            _ => vec![config.state_dir.clone(), config.state_dir.join("runs")],
+        };
+        for dir in by_path {
             use std::os::unix::fs::PermissionsExt;
             if let Ok(m) = fs::metadata(&dir) {
                 let mode = m.permissions().mode() & 0o7777;

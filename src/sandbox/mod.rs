@@ -9,8 +9,10 @@
 //! # Setup order (runtime `liftoff`)
 //!
 //! In the launcher (parent), [`spawn`]:
-//! 1. builds everything the child needs (`plan`): mount operations and the
-//!    job's /etc ([`mounts`]), landlock rules ([`landlock`]), the seccomp BPF
+//! 1. builds everything the child needs (`plan`): mount operations, the
+//!    job's /etc and a detached copy (open_tree) of each host directory to
+//!    bind, so the job's host id need not pass through its parents
+//!    ([`mounts`]), landlock rules ([`landlock`]), the seccomp BPF
 //!    ([`seccomp`], compiled once), rlimits ([`rlimits`]), argv/env as C
 //!    strings. The child only makes system calls: it never allocates, so
 //!    spawning from a multi-threaded launcher is safe.
@@ -26,7 +28,8 @@
 //!    capabilities inside the namespace), new cgroup namespace, hostname,
 //!    loopback up (network none);
 //! 2. runs the mount plan: private propagation, staging tmpfs, first
-//!    pivot_root (host at /oldroot), binds into /newroot, /proc, /dev, /etc,
+//!    pivot_root (host at /oldroot), binds into /newroot (host directories
+//!    attached from the launcher's fds with move_mount), /proc, /dev, /etc,
 //!    second pivot_root, old root detached, / read-only;
 //! 3. forks the job, then becomes the reaping init ([`init`]);
 //!

@@ -1,9 +1,15 @@
 //! The job's filesystem: a mount plan built in the launcher, run by the child
 //! inside its new mount namespace.
 //!
-//! Order: [`plan`] (parent: reads host paths, builds /etc, returns the list of
-//! [`Op`]s with a description each), then the child runs each op with
-//! [`Op::run`] in order. The plan itself encodes the setup order:
+//! Order: [`plan`] (parent: reads host paths, builds /etc, opens each host
+//! directory or file to bind as a detached mount tree with
+//! [`open_tree_clone`], returns the list of [`Op`]s with a description each),
+//! then the child runs each op with [`Op::run`] in order, attaching those
+//! trees by file descriptor ([`Op::BindTree`]): path traversal is checked as
+//! the launcher, so a workspace below a private (0700) directory binds. A
+//! launcher that cannot open_tree (unprivileged, kernel before 5.2) binds by
+//! path ([`Op::Bind`]); a refusal then names the directory and the fix
+//! ([`hint`]). The plan itself encodes the setup order:
 //!
 //! 1. propagation private (nothing leaks back to the host);
 //! 2. a staging tmpfs on /tmp, `pivot_root` into it: the host is at /oldroot;
@@ -18,6 +24,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -48,6 +55,14 @@ pub enum Op {
         rw: bool,
         dev: bool,
     },
+    /// Attach a detached copy of a host mount tree that the launcher opened
+    /// ([`open_tree_clone`]), then as [`Op::Bind`]. The launcher resolved
+    /// the path, so its parents need not be traversable by the job's user.
+    BindTree {
+        tree: OwnedFd,
+        dst: CString,
+        rw: bool,
+    },
     /// Make an existing mount read-only (not recursive).
     ReadOnly(CString),
     Write {
@@ -71,6 +86,9 @@ fn cs(p: impl AsRef<Path>) -> Result<CString, Error> {
 struct Plan {
     ops: Vec<(Op, String)>,
     dirs: BTreeSet<PathBuf>,
+    /// Host binds go by file descriptor ([`Op::BindTree`]) until
+    /// [`open_tree_clone`] says this launcher cannot.
+    by_fd: bool,
 }
 
 impl Plan {
@@ -109,6 +127,16 @@ impl Plan {
             if rw { "read-write" } else { "read-only" },
             inside(dst).display()
         );
+        if self.by_fd {
+            match open_tree_clone(src)? {
+                Some(tree) => {
+                    let dst = cs(dst)?;
+                    self.push(Op::BindTree { tree, dst, rw }, what);
+                    return Ok(());
+                }
+                None => self.by_fd = false,
+            }
+        }
         self.push(
             Op::Bind {
                 src: cs(host)?,
@@ -253,6 +281,7 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
     let mut p = Plan {
         ops: Vec::with_capacity(96),
         dirs: BTreeSet::new(),
+        by_fd: true,
     };
     // 1-2: private propagation, staging tmpfs, first pivot.
     p.push(
@@ -584,12 +613,72 @@ fn proc(p: &mut Plan) -> Result<(), Error> {
     Ok(())
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// Parent side: a detached copy of the mount tree at `src` (open_tree with
+/// OPEN_TREE_CLONE, recursive), for the child to attach with move_mount.
+/// The path is resolved here, as the launcher: a root launcher binds a
+/// workspace below a directory the job's host id cannot pass through (a
+/// 0700 state directory, a `mktemp -d`). `None` when this launcher cannot
+/// (kernel before 5.2: ENOSYS; no CAP_SYS_ADMIN in its mount namespace, as
+/// an unprivileged launcher: EPERM): the child then binds the path, as the
+/// launcher's own uid when unprivileged, so nothing is lost there.
+pub(crate) fn open_tree_clone(src: &Path) -> Result<Option<OwnedFd>, Error> {
+    let path = cs(src)?;
+    // SAFETY: open_tree with a valid C string path and flags only; it
+    // returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a fresh fd that nothing else owns.
+        return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }));
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOSYS | libc::EPERM) => Ok(None),
+        _ => Err(Error::new(format!(
+            "mount source {}: open a copy of its mounts (open_tree): {err}",
+            src.display()
+        ))),
+    }
+}
+
+/// Words to add when op `op` failed with `errno` in the child: a path bind
+/// the job's host id may not pass through names the directory and the fix.
+pub(crate) fn hint(op: &Op, errno: i32) -> Option<String> {
+    let Op::Bind {
+        src, dev: false, ..
+    } = op
+    else {
+        return None;
+    };
+    let host = Path::new(std::ffi::OsStr::from_bytes(src.as_bytes()))
+        .strip_prefix("/oldroot")
+        .ok()?;
+    if errno != libc::EACCES {
+        return None;
+    }
+    Some(format!(
+        " (the job's host id cannot pass through a parent directory of /{}, and this launcher cannot bind it by file descriptor: open_tree needs Linux 5.2+ and CAP_SYS_ADMIN; let the job's host id through each parent with `chmod o+x`, or move the directory)",
+        host.display()
+    ))
+}
+
 // ---- child side: system calls only, no allocation ----
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
+/// MS_PRIVATE as `struct mount_attr` wants it (a u64 on every target).
+const PROPAGATION_PRIVATE: u64 = 1 << 18;
 /// statvfs f_flag bit (glibc has it in libc, musl does not).
 const ST_RELATIME: libc::c_ulong = 0x1000;
 
@@ -612,10 +701,19 @@ fn check(r: libc::c_int) -> Result<(), i32> {
 /// Sets mount attributes, recursively when asked; falls back to a remount
 /// keeping the locked flags on kernels without mount_setattr (< 5.12).
 fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
+    set_attr_with(path, set, recursive, 0)
+}
+
+/// [`set_attr`], recursive, and private propagation in the same call.
+fn set_attr_private(path: &CString, set: u64) -> Result<(), i32> {
+    set_attr_with(path, set, true, PROPAGATION_PRIVATE)
+}
+
+fn set_attr_with(path: &CString, set: u64, recursive: bool, propagation: u64) -> Result<(), i32> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
-        propagation: 0,
+        propagation,
         userns_fd: 0,
     };
     // SAFETY: mount_setattr with a valid path and a correctly sized struct.
@@ -635,6 +733,9 @@ fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
     let e = errno();
     if e != libc::ENOSYS {
         return Err(e);
+    }
+    if propagation != 0 {
+        make_private(path)?;
     }
     // SAFETY: statvfs into a zeroed struct for a valid path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -670,6 +771,20 @@ fn set_attr(path: &CString, set: u64, recursive: bool) -> Result<(), i32> {
             path.as_ptr(),
             std::ptr::null(),
             flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Makes the mount at `path` and every mount below it private.
+fn make_private(path: &CString) -> Result<(), i32> {
+    // SAFETY: a propagation change of a valid path, null source/type/data.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         )
     })
@@ -754,6 +869,30 @@ impl Op {
                 }
                 set_attr(dst, set, true)
             }
+            Op::BindTree { tree, dst, rw } => {
+                // SAFETY: move_mount of the detached tree `tree` (an fd the
+                // launcher opened) onto a valid C string path.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        tree.as_raw_fd(),
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        dst.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                };
+                if r < 0 {
+                    return Err(errno());
+                }
+                let mut set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+                if !rw {
+                    set |= MOUNT_ATTR_RDONLY;
+                }
+                // The copy is a peer of the host's mount: made private, so
+                // nothing mounted on one side appears on the other.
+                set_attr_private(dst, set)
+            }
             Op::ReadOnly(path) => set_attr(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, false),
             Op::Write { path, data } => {
                 // SAFETY: valid path; the fd is closed below.
@@ -818,6 +957,33 @@ mod tests {
         assert!(check_target(Path::new("/")).is_err());
         assert!(check_target(Path::new("/proc/sys")).is_err());
         assert!(check_target(Path::new("/dev/sda")).is_err());
+    }
+
+    #[test]
+    fn a_refused_path_bind_names_the_directory_and_the_fix() {
+        let op = Op::Bind {
+            src: cs("/oldroot/srv/state/runs/r1/workspace").unwrap(),
+            dst: cs("/newroot/mnt/workspace").unwrap(),
+            rw: true,
+            dev: false,
+        };
+        let h = hint(&op, libc::EACCES).unwrap();
+        assert!(h.contains("/srv/state/runs/r1/workspace"), "{h}");
+        assert!(h.contains("chmod o+x"), "{h}");
+        assert_eq!(hint(&op, libc::ENOENT), None);
+    }
+
+    #[test]
+    fn open_tree_names_a_missing_source() {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        match open_tree_clone(Path::new("/nonexistent/liftoff-test")) {
+            Err(e) => assert!(e.message.contains("/nonexistent/liftoff-test"), "{e}"),
+            // Unprivileged: refused before the lookup; the child binds the
+            // path and reports it.
+            Ok(None) => assert!(!root, "a root launcher can open_tree"),
+            Ok(Some(_)) => panic!("opened a path that does not exist"),
+        }
     }
 
     #[test]

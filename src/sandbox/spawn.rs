@@ -1,16 +1,24 @@
 //! The parent side of starting a sandbox: [`spawn`]. See the setup order in
-//! the module doc of `sandbox` (mod.rs).
+//! the module doc of `sandbox` (mod.rs); `spawn_here` calls one function per
+//! phase, in that order: [`own_workspace`], the plan ([`prepare`]: mounts,
+//! landlock, seccomp; [`Command::new`]), [`create_cgroup`], [`open_pipes`],
+//! [`child_plan`], [`clone_child`] (named network, clone, pidfd),
+//! [`release`] (maps, cgroup, go) and [`wait_for_exec`].
 
 use std::ffi::CString;
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::cgroup::JobCgroup;
 use super::child::{self, ChildPlan};
 use super::landlock::{self, Rules};
+use super::mounts::Op;
 use super::namespaces::{self, NetnsGuard};
+use super::seccomp::Programs;
 use super::{
     Error, JOB_HOME, Network, Runtime, Sandbox, SandboxSpec, Stdio, WORKSPACE, mounts, rlimits,
     seccomp,
@@ -154,12 +162,70 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         .map_err(|_| Error::new("the sandbox spawner thread is gone"))?
 }
 
+/// Time since `spawn` was called at each setup phase ([`Sandbox::timings`]).
+struct Clock {
+    t0: Instant,
+    timings: Vec<(&'static str, Duration)>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            t0: Instant::now(),
+            timings: Vec::with_capacity(8),
+        }
+    }
+    fn mark(&mut self, phase: &'static str) {
+        self.timings.push((phase, self.t0.elapsed()));
+    }
+}
+
+/// The phases of the module doc of `sandbox`, in order.
 fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
-    let program = spec
-        .argv
-        .first()
-        .ok_or_else(|| Error::new("no program to run"))?
-        .clone();
+    let mut clock = Clock::start();
+    let mut warnings = Vec::new();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let host = namespaces::host_ids(spec.host_id);
+    let liftoff = spec.runtime == Runtime::Liftoff;
+    let workspace = own_workspace(spec, root, host)?;
+    // 1. The plan.
+    let prepared = prepare(spec, &workspace, &mut warnings, &mut clock)?;
+    let command = Command::new(spec, &workspace)?;
+    clock.mark("plan: argv, env");
+    // 2. cgroups, and the pipes between launcher and child.
+    let cgroup = create_cgroup(spec, root, &mut warnings)?;
+    clock.mark("cgroups created");
+    let (child_ends, parent_ends) = open_pipes(spec, cgroup.as_ref())?;
+    let plan = child_plan(spec, prepared, &command, &child_ends, cgroup.is_some());
+    // 3-4. Named network, clone.
+    let started = clone_child(spec, &plan, cgroup)?;
+    drop(child_ends);
+    clock.mark("cloned");
+    // 5. Maps, cgroup, go.
+    let lifeline = release(&started, liftoff, host, parent_ends.sync_w)?;
+    clock.mark("maps written, child released");
+    // 6. Exec or error.
+    wait_for_exec(&started, parent_ends.err_r, &plan, &command.program)?;
+    clock.mark("job exec'd");
+    Ok(Sandbox {
+        pid: started.pid,
+        pidfd: started.pidfd,
+        status: liftoff.then(|| File::from(parent_ends.status_r)),
+        cgroup: started.cgroup,
+        outcome: None,
+        lifeline: Some(lifeline),
+        stdin: parent_ends.stdin,
+        stdout: parent_ends.stdout,
+        stderr: parent_ends.stderr,
+        warnings,
+        timings: clock.timings,
+    })
+}
+
+/// The canonical workspace; a root launcher gives it to the job's host id
+/// (an unprivileged id, in every runtime).
+fn own_workspace(spec: &SandboxSpec, root: bool, host: (u32, u32)) -> Result<PathBuf, Error> {
     let workspace = std::fs::canonicalize(&spec.workspace)
         .map_err(|e| Error::new(format!("workspace {}: {e}", spec.workspace.display())))?;
     if !workspace.is_dir() {
@@ -168,50 +234,115 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
             workspace.display()
         )));
     }
+    if !root {
+        return Ok(workspace);
+    }
+    let meta = std::fs::metadata(&workspace)
+        .map_err(|e| Error::new(format!("workspace {}: {e}", workspace.display())))?;
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() == host.0 {
+        return Ok(workspace);
+    }
+    // Never hand a system directory (/, /tmp, /home...) to the job.
+    let depth = workspace.components().count();
+    if depth < 3 || meta.mode() & 0o1000 != 0 {
+        return Err(Error::new(format!(
+            "workspace {} is a shared or top-level directory: give the job a dedicated directory (it becomes owned by the job's host id {})",
+            workspace.display(),
+            host.0
+        )));
+    }
+    std::os::unix::fs::chown(&workspace, Some(host.0), Some(host.1)).map_err(|e| {
+        Error::new(format!(
+            "give the workspace {} to the job's host id {}: {e}",
+            workspace.display(),
+            host.0
+        ))
+    })?;
+    Ok(workspace)
+}
+
+/// Phase 1 without the command: mounts, landlock, seccomp.
+struct Prepared {
+    ops: Vec<(Op, String)>,
+    landlock: Option<Rules>,
+    seccomp: Option<&'static Programs>,
+}
+
+fn prepare(
+    spec: &SandboxSpec,
+    workspace: &Path,
+    warnings: &mut Vec<String>,
+    clock: &mut Clock,
+) -> Result<Prepared, Error> {
+    let ops = mount_plan(spec, workspace)?;
+    let landlock = landlock_rules(spec, workspace, warnings)?;
+    clock.mark("plan: mounts, landlock");
+    let seccomp = match spec.runtime {
+        Runtime::None => None,
+        _ => Some(seccomp::programs()?),
+    };
+    clock.mark("plan: seccomp");
+    Ok(Prepared {
+        ops,
+        landlock,
+        seccomp,
+    })
+}
+
+/// Everything the child needs, from the plan, the command (which must
+/// outlive the clone: argv and envp point into it) and the child's ends.
+fn child_plan(
+    spec: &SandboxSpec,
+    prepared: Prepared,
+    command: &Command,
+    ends: &ChildEnds,
+    cgroupns: bool,
+) -> ChildPlan {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    let host = namespaces::host_ids(spec.host_id);
-    let mut warnings = Vec::new();
-
-    if root {
-        // The job (an unprivileged host id, in every runtime) owns its
-        // workspace.
-        let meta = std::fs::metadata(&workspace)
-            .map_err(|e| Error::new(format!("workspace {}: {e}", workspace.display())))?;
-        use std::os::unix::fs::MetadataExt;
-        if meta.uid() != host.0 {
-            // Never hand a system directory (/, /tmp, /home...) to the job.
-            let depth = workspace.components().count();
-            if depth < 3 || meta.mode() & 0o1000 != 0 {
-                return Err(Error::new(format!(
-                    "workspace {} is a shared or top-level directory: give the job a dedicated directory (it becomes owned by the job's host id {})",
-                    workspace.display(),
-                    host.0
-                )));
-            }
-            std::os::unix::fs::chown(&workspace, Some(host.0), Some(host.1)).map_err(|e| {
-                Error::new(format!(
-                    "give the workspace {} to the job's host id {}: {e}",
-                    workspace.display(),
-                    host.0
-                ))
-            })?;
-        }
-    }
-
-    let t0 = std::time::Instant::now();
-    let mut timings = Vec::with_capacity(8);
-    // 1. The plan.
     let liftoff = spec.runtime == Runtime::Liftoff;
-    let ops = if liftoff {
-        let mut s = spec.clone();
-        s.workspace = workspace.clone();
-        mounts::plan(&s)?
-    } else {
-        Vec::new()
-    };
-    let landlock_rules = match spec.runtime {
-        Runtime::None => None,
+    ChildPlan {
+        ops: prepared.ops,
+        hostname: command.hostname.clone(),
+        loopback: spec.network == Network::None,
+        cgroupns,
+        drop_groups: root,
+        become_host: (root && !liftoff).then(|| namespaces::host_ids(spec.host_id)),
+        landlock: prepared.landlock,
+        seccomp: prepared.seccomp,
+        rlimits: rlimits::plan(spec.limits.nofile),
+        exec_paths: command.exec_paths.clone(),
+        argv: pointers(&command.argv),
+        envp: pointers(&command.env),
+        cwd: command.cwd.clone(),
+        stdio: ends.stdio(),
+        sync_fd: ends.sync_r.as_raw_fd(),
+        cgroup_tasks: ends.cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
+        err_fd: ends.err_w.as_raw_fd(),
+        status_fd: ends.status_w.as_raw_fd(),
+    }
+}
+
+/// The mount plan (runtime liftoff only; the others use host paths).
+fn mount_plan(spec: &SandboxSpec, workspace: &Path) -> Result<Vec<(Op, String)>, Error> {
+    if spec.runtime != Runtime::Liftoff {
+        return Ok(Vec::new());
+    }
+    let mut s = spec.clone();
+    s.workspace = workspace.to_path_buf();
+    mounts::plan(&s)
+}
+
+/// The job's landlock rules: sandbox paths for runtime liftoff, host paths
+/// for runtime landlock, none for runtime none.
+fn landlock_rules(
+    spec: &SandboxSpec,
+    workspace: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Rules>, Error> {
+    let (rules, warning) = match spec.runtime {
+        Runtime::None => return Ok(None),
         Runtime::Liftoff => {
             let mut rw: Vec<PathBuf> = vec![
                 WORKSPACE.into(),
@@ -226,9 +357,7 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
                     .filter(|m| m.writable)
                     .map(|m| m.target.clone()),
             );
-            let (rules, warning) = Rules::for_sandbox(spec.landlock, &rw)?;
-            warnings.extend(warning);
-            Some(rules)
+            Rules::for_sandbox(spec.landlock, &rw)?
         }
         Runtime::Landlock => {
             let mut ro = landlock::host_read_only(spec.root.as_deref());
@@ -238,7 +367,7 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
                     .filter(|m| !m.writable)
                     .map(|m| m.source.clone()),
             );
-            let mut rw = vec![workspace.clone()];
+            let mut rw = vec![workspace.to_path_buf()];
             rw.extend(
                 spec.mounts
                     .iter()
@@ -258,63 +387,103 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
             .iter()
             .map(PathBuf::from)
             .collect::<Vec<_>>();
-            let (rules, warning) = Rules::new(spec.landlock, &ro, &rw, &dev)?;
-            warnings.extend(warning);
-            Some(rules)
+            Rules::new(spec.landlock, &ro, &rw, &dev)?
         }
     };
-    timings.push(("plan: mounts, landlock", t0.elapsed()));
-    let seccomp_prog = match spec.runtime {
-        Runtime::None => None,
-        _ => Some(seccomp::programs()?),
-    };
-    timings.push(("plan: seccomp", t0.elapsed()));
-    let exec_paths = exec_paths(&program, &spec.env)?;
-    let argv_c: Vec<CString> = spec
-        .argv
-        .iter()
-        .map(|a| cstr(a.as_bytes(), "an argument"))
-        .collect::<Result<_, _>>()?;
-    let mut env_c = Vec::with_capacity(spec.env.len());
-    for (k, v) in &spec.env {
-        if k.is_empty() || k.contains('=') {
-            return Err(Error::new(format!("bad environment variable name {k:?}")));
+    warnings.extend(warning);
+    Ok(Some(rules))
+}
+
+/// The job's command line, environment, working directory and hostname as
+/// C strings. [`ChildPlan::argv`] and `envp` point into it: it must outlive
+/// the clone.
+struct Command {
+    program: String,
+    exec_paths: Vec<CString>,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+    hostname: Option<CString>,
+}
+
+impl Command {
+    fn new(spec: &SandboxSpec, workspace: &Path) -> Result<Command, Error> {
+        let liftoff = spec.runtime == Runtime::Liftoff;
+        let program = spec
+            .argv
+            .first()
+            .ok_or_else(|| Error::new("no program to run"))?
+            .clone();
+        let exec_paths = exec_paths(&program, &spec.env)?;
+        let argv = spec
+            .argv
+            .iter()
+            .map(|a| cstr(a.as_bytes(), "an argument"))
+            .collect::<Result<_, _>>()?;
+        let mut env = Vec::with_capacity(spec.env.len());
+        for (k, v) in &spec.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(Error::new(format!("bad environment variable name {k:?}")));
+            }
+            env.push(cstr(
+                format!("{k}={v}").as_bytes(),
+                "an environment variable",
+            )?);
         }
-        env_c.push(cstr(
-            format!("{k}={v}").as_bytes(),
-            "an environment variable",
-        )?);
-    }
-    let cwd = match (&spec.cwd, spec.runtime) {
-        (Some(c), _) => c.clone(),
-        (None, Runtime::Liftoff) => PathBuf::from(WORKSPACE),
-        (None, _) => workspace.clone(),
-    };
-    let hostname = if liftoff {
-        if spec.hostname.is_empty() || spec.hostname.len() > 64 {
+        let cwd = match (&spec.cwd, spec.runtime) {
+            (Some(c), _) => c.clone(),
+            (None, Runtime::Liftoff) => PathBuf::from(WORKSPACE),
+            (None, _) => workspace.to_path_buf(),
+        };
+        let hostname = if liftoff {
+            if spec.hostname.is_empty() || spec.hostname.len() > 64 {
+                return Err(Error::new(format!(
+                    "bad hostname {:?}: 1 to 64 characters",
+                    spec.hostname
+                )));
+            }
+            Some(cstr(spec.hostname.as_bytes(), "the hostname")?)
+        } else {
+            None
+        };
+        if !liftoff && spec.network != Network::Host {
             return Err(Error::new(format!(
-                "bad hostname {:?}: 1 to 64 characters",
-                spec.hostname
+                "network {} needs runtime liftoff (runtime {} has no namespaces)",
+                spec.network,
+                spec.runtime.name()
             )));
         }
-        Some(cstr(spec.hostname.as_bytes(), "the hostname")?)
-    } else {
-        None
-    };
-    if !liftoff && spec.network != Network::Host {
-        return Err(Error::new(format!(
-            "network {} needs runtime liftoff (runtime {} has no namespaces)",
-            spec.network,
-            spec.runtime.name()
-        )));
+        Ok(Command {
+            program,
+            exec_paths,
+            argv,
+            env,
+            cwd: cstr(cwd.as_os_str().as_bytes(), "the working directory")?,
+            hostname,
+        })
     }
+}
 
-    timings.push(("plan: argv, env", t0.elapsed()));
-    // 2. cgroups.
-    let cgroup = match JobCgroup::create(&spec.name, &spec.limits) {
-        Ok(cg) => Some(cg),
+/// A NULL-terminated array of pointers into `strings` (argv, envp).
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// The job's cgroups with the limits written. An unprivileged launcher
+/// without a delegated cgroup runs the job without (said in `warnings`).
+fn create_cgroup(
+    spec: &SandboxSpec,
+    root: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<JobCgroup>, Error> {
+    match JobCgroup::create(&spec.name, &spec.limits) {
+        Ok(cg) => Ok(Some(cg)),
         Err(e) if !root => {
-            warnings.push(if liftoff {
+            warnings.push(if spec.runtime == Runtime::Liftoff {
                 format!(
                     "cgroup limits are NOT enforced (memory, pids, cpu) and the tree is tracked by its pid namespace only: {e}"
                 )
@@ -323,22 +492,55 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
                     "cgroup limits are NOT enforced (memory, pids, cpu) and, without a pid namespace, daemonized processes of the job can outlive it: {e}"
                 )
             });
-            None
+            Ok(None)
         }
-        Err(e) => return Err(e),
-    };
-
-    let mut cgroup_tasks = Vec::new();
-    if let Some(cg) = &cgroup {
-        for f in cg.v1_task_files() {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&f)
-                .map_err(|e| Error::new(format!("open {}: {e}", f.display())))?;
-            cgroup_tasks.push(OwnedFd::from(file));
-        }
+        Err(e) => Err(e),
     }
-    timings.push(("cgroups created", t0.elapsed()));
+}
+
+/// The child's ends of the pipes and stdio, and the v1 `tasks` files it
+/// joins: closed in the launcher right after the clone.
+struct ChildEnds {
+    sync_r: OwnedFd,
+    err_w: OwnedFd,
+    status_w: OwnedFd,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    cgroup_tasks: Vec<OwnedFd>,
+}
+
+impl ChildEnds {
+    /// Fds for 0, 1, 2; -1 = inherit.
+    fn stdio(&self) -> [i32; 3] {
+        let raw = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        [raw(&self.stdin), raw(&self.stdout), raw(&self.stderr)]
+    }
+}
+
+/// The launcher's ends: the go (kept as the lifeline), the setup errors,
+/// init's wait status, and the job's piped streams.
+struct ParentEnds {
+    sync_w: OwnedFd,
+    err_r: OwnedFd,
+    status_r: OwnedFd,
+    stdin: Option<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+}
+
+fn open_pipes(
+    spec: &SandboxSpec,
+    cgroup: Option<&JobCgroup>,
+) -> Result<(ChildEnds, ParentEnds), Error> {
+    let mut cgroup_tasks = Vec::new();
+    for f in cgroup.map(|c| c.v1_task_files()).unwrap_or_default() {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .map_err(|e| Error::new(format!("open {}: {e}", f.display())))?;
+        cgroup_tasks.push(OwnedFd::from(file));
+    }
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -358,40 +560,67 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         }
         (other, ..) => stdio(other, false)?,
     };
-    let raw = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+    Ok((
+        ChildEnds {
+            sync_r,
+            err_w,
+            status_w,
+            stdin: in_child,
+            stdout: out_child,
+            stderr: errs_child,
+            cgroup_tasks,
+        },
+        ParentEnds {
+            sync_w,
+            err_r,
+            status_r,
+            stdin: in_parent,
+            stdout: out_parent,
+            stderr: errs_parent,
+        },
+    ))
+}
 
-    let argv: Vec<*const libc::c_char> = argv_c
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = env_c
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let plan = ChildPlan {
-        ops,
-        hostname,
-        loopback: spec.network == Network::None,
-        cgroupns: cgroup.is_some(),
-        drop_groups: root,
-        become_host: (root && !liftoff).then_some(host),
-        landlock: landlock_rules,
-        seccomp: seccomp_prog,
-        rlimits: rlimits::plan(spec.limits.nofile),
-        exec_paths,
-        argv,
-        envp,
-        cwd: cstr(cwd.as_os_str().as_bytes(), "the working directory")?,
-        stdio: [raw(&in_child), raw(&out_child), raw(&errs_child)],
-        sync_fd: sync_r.as_raw_fd(),
-        cgroup_tasks: cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
-        err_fd: err_w.as_raw_fd(),
-        status_fd: status_w.as_raw_fd(),
-    };
+/// The cloned child, waiting for the go. [`Started::abort`] kills it.
+struct Started {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    /// Already in its v2 cgroup (clone3 with CLONE_INTO_CGROUP).
+    in_cgroup: bool,
+    cgroup: Option<JobCgroup>,
+}
 
-    // 3-4. Named network, clone.
+impl Started {
+    /// Kills the child and removes its cgroups; returns `e`.
+    fn abort(&self, e: Error) -> Error {
+        abort(self.pid, self.cgroup.as_ref(), e)
+    }
+}
+
+/// Kills and reaps the child `pid`, removes its cgroups, returns `e`.
+fn abort(pid: libc::pid_t, cgroup: Option<&JobCgroup>, e: Error) -> Error {
+    // SAFETY: kill and reap our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, libc::__WALL);
+    }
+    if let Some(cg) = cgroup {
+        cg.kill_all();
+        cg.remove();
+    }
+    e
+}
+
+/// Enters a named network namespace for the clone, clones (clone3 into the
+/// v2 cgroup, or classic clone on kernels before 5.7) and gets a pidfd. The
+/// child runs `child::run_*` and never comes back here.
+fn clone_child(
+    spec: &SandboxSpec,
+    plan: &ChildPlan,
+    cgroup: Option<JobCgroup>,
+) -> Result<Started, Error> {
+    let liftoff = spec.runtime == Runtime::Liftoff;
     let flags = if liftoff {
         namespaces::clone_flags(&spec.network)
     } else {
@@ -403,8 +632,7 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     };
     let v2_dir = match cgroup.as_ref().and_then(|c| c.v2_dir()) {
         Some(d) => Some(
-            std::fs::File::open(d)
-                .map_err(|e| Error::new(format!("open cgroup {}: {e}", d.display())))?,
+            File::open(d).map_err(|e| Error::new(format!("open cgroup {}: {e}", d.display())))?,
         ),
         None => None,
     };
@@ -436,7 +664,7 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    let mut into_cgroup = v2_dir.is_some();
+    let mut in_cgroup = v2_dir.is_some();
     if pid < 0 {
         let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
         if matches!(
@@ -444,7 +672,7 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
             libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EOPNOTSUPP
         ) {
             // Kernels before 5.7: clone, then move the child (slower).
-            into_cgroup = false;
+            in_cgroup = false;
             pidfd = -1;
             // SAFETY: as above, with the classic clone.
             pid = unsafe {
@@ -461,9 +689,9 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     }
     if pid == 0 {
         if liftoff {
-            child::run_init(&plan)
+            child::run_init(plan)
         } else {
-            child::run_direct(&plan)
+            child::run_direct(plan)
         }
     }
     drop(guard);
@@ -483,52 +711,39 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         )));
     }
     let pid = pid as libc::pid_t;
-    drop((
-        sync_r,
-        err_w,
-        status_w,
-        in_child,
-        out_child,
-        errs_child,
-        cgroup_tasks,
-    ));
-
-    let abort = |e: Error, cgroup: &Option<JobCgroup>| -> Error {
-        // SAFETY: kill and reap our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            let mut st = 0;
-            libc::waitpid(pid, &mut st, libc::__WALL);
-        }
-        if let Some(cg) = cgroup {
-            cg.kill_all();
-            cg.remove();
-        }
-        e
-    };
     if pidfd < 0 {
         // SAFETY: pidfd_open of our own, not yet reaped child.
         pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
     }
     if pidfd < 0 {
         let e = Error::os("pidfd_open (kernel 5.3+)", std::io::Error::last_os_error());
-        return Err(abort(e, &cgroup));
+        return Err(abort(pid, cgroup.as_ref(), e));
     }
-    // SAFETY: a fresh fd we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Started {
+        pid,
+        // SAFETY: a fresh fd we own.
+        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        in_cgroup,
+        cgroup,
+    })
+}
 
-    timings.push(("cloned", t0.elapsed()));
-    // 5. Maps, cgroup, go.
+/// Phase 5: writes the uid/gid maps, moves the child into its v2 cgroup
+/// when the clone could not, sets its OOM score, and lets it go. Returns the
+/// sync pipe's write end, kept for the job's lifetime (the lifeline).
+fn release(
+    started: &Started,
+    liftoff: bool,
+    host: (u32, u32),
+    sync_w: OwnedFd,
+) -> Result<File, Error> {
+    let pid = started.pid;
     if liftoff {
-        if let Err(e) = namespaces::write_id_maps(pid, host) {
-            return Err(abort(e, &cgroup));
-        }
+        namespaces::write_id_maps(pid, host).map_err(|e| started.abort(e))?;
     }
-    if let Some(cg) = &cgroup {
-        if !into_cgroup {
-            if let Err(e) = cg.add_v2(pid) {
-                return Err(abort(e, &cgroup));
-            }
+    if let Some(cg) = &started.cgroup {
+        if !started.in_cgroup {
+            cg.add_v2(pid).map_err(|e| started.abort(e))?;
         }
     }
     // Best effort: raising a score needs no privilege beyond owning the
@@ -538,79 +753,63 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         child::JOB_OOM_SCORE_ADJ,
     );
     let mut sync_w = File::from(sync_w);
-    {
-        use std::io::Write;
-        if let Err(e) = sync_w.write_all(&[1]) {
-            return Err(abort(Error::os("start the sandbox", e), &cgroup));
-        }
-    }
+    sync_w
+        .write_all(&[1])
+        .map_err(|e| started.abort(Error::os("start the sandbox", e)))?;
+    Ok(sync_w)
+}
 
-    timings.push(("maps written, child released", t0.elapsed()));
-    // 6. Exec or error.
+/// Phase 6: reads the error pipe until EOF (the job's exec) or a setup
+/// error (step, errno), which becomes words and aborts the child.
+fn wait_for_exec(
+    started: &Started,
+    err_r: OwnedFd,
+    plan: &ChildPlan,
+    program: &str,
+) -> Result<(), Error> {
     let mut err_r = File::from(err_r);
     let mut buf = [0u8; 8];
     let mut got = 0;
-    {
-        use std::io::Read;
-        while got < buf.len() {
-            // A child stuck in setup must not hang the launcher.
-            let mut pfd = libc::pollfd {
-                fd: err_r.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll of one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, SETUP_TIMEOUT_MS) };
-            if r == 0 {
-                return Err(abort(
-                    Error::new(format!(
-                        "sandbox setup did not finish within {} s",
-                        SETUP_TIMEOUT_MS / 1000
-                    )),
-                    &cgroup,
-                ));
-            }
-            match err_r.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(abort(
-                        Error::os("read the sandbox's setup status", e),
-                        &cgroup,
-                    ));
-                }
+    while got < buf.len() {
+        // A child stuck in setup must not hang the launcher.
+        let mut pfd = libc::pollfd {
+            fd: err_r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll of one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, SETUP_TIMEOUT_MS) };
+        if r == 0 {
+            return Err(started.abort(Error::new(format!(
+                "sandbox setup did not finish within {} s",
+                SETUP_TIMEOUT_MS / 1000
+            ))));
+        }
+        match err_r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(started.abort(Error::os("read the sandbox's setup status", e)));
             }
         }
     }
-    if got == buf.len() {
-        let step = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let what = child::describe(step, &plan.ops, &program);
-        let err = std::io::Error::from_raw_os_error(errno);
-        let hint = if step == child::STEP_EXEC && errno == libc::ENOENT {
-            " (not found in the sandbox's PATH or root)".to_string()
-        } else {
-            String::new()
-        };
-        return Err(abort(
-            Error::new(format!("sandbox setup failed: {what}: {err}{hint}")),
-            &cgroup,
-        ));
+    if got < buf.len() {
+        return Ok(());
     }
-
-    timings.push(("job exec'd", t0.elapsed()));
-    Ok(Sandbox {
-        pid,
-        pidfd,
-        status: liftoff.then(|| File::from(status_r)),
-        cgroup,
-        outcome: None,
-        lifeline: Some(sync_w),
-        stdin: in_parent,
-        stdout: out_parent,
-        stderr: errs_parent,
-        warnings,
-        timings,
-    })
+    let step = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let what = child::describe(step, &plan.ops, program);
+    let err = std::io::Error::from_raw_os_error(errno);
+    let hint = if step == child::STEP_EXEC && errno == libc::ENOENT {
+        " (not found in the sandbox's PATH or root)".to_string()
+    } else {
+        step.checked_sub(child::STEP_MOUNT)
+            .and_then(|i| plan.ops.get(i as usize))
+            .and_then(|(op, _)| mounts::hint(op, errno))
+            .unwrap_or_default()
+    };
+    Err(started.abort(Error::new(format!(
+        "sandbox setup failed: {what}: {err}{hint}"
+    ))))
 }

@@ -11,7 +11,20 @@ pub mod sandbox;
 
 use std::path::PathBuf;
 
-/// The liftoff binary built for this test run.
+/// The liftoff binary under test: `LIFTOFF_TEST_BIN` when set (CI sets it to
+/// the static musl release build), else the one cargo built for this run.
+/// Every test that runs the binary finds it here.
 pub fn liftoff_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_liftoff"))
+    match std::env::var_os("LIFTOFF_TEST_BIN") {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "LIFTOFF_TEST_BIN={} is not a file: build it first (cargo build --release --target x86_64-unknown-linux-musl)",
+                p.display()
+            );
+            p
+        }
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_liftoff")),
+    }
 }

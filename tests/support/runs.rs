@@ -209,12 +209,13 @@ pub fn until_end(
     }
 }
 
-/// A world-traversable temporary directory (the job's host id must reach
-/// the workspace and cache below it).
+/// A private (0700) temporary directory for a run's state and cache: the
+/// launcher binds what the job needs by file descriptor, so the job's host
+/// id never has to traverse it.
 pub fn open_tempdir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     d
 }
 

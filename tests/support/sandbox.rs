@@ -8,12 +8,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The liftoff binary under test: `LIFTOFF_TEST_BIN` (e.g. the static musl
-/// build) or the one cargo built for this run.
+/// The liftoff binary under test ([`super::liftoff_bin`]: `LIFTOFF_TEST_BIN`
+/// or the one cargo built for this run).
 pub fn bin() -> PathBuf {
-    std::env::var_os("LIFTOFF_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(super::liftoff_bin)
+    super::liftoff_bin()
 }
 
 /// Fails the test unless it runs as root (CI runs as root).

@@ -16,6 +16,37 @@ use crate::config::{Config, Env, KeySource};
 use crate::identity::{Identity, PoolKey};
 pub use crate::report::{Area, Check, Report, Status};
 
+/// `liftoff check [--json] [--offline]`: configuration, identity, state
+/// directory, host (kernel, namespaces, landlock, seccomp, cgroups) and,
+/// unless offline, each region's broker; prints the report, returns its
+/// exit status.
+pub fn run(env: &Env, json: bool, offline: bool) -> i32 {
+    let (mut report, config, identity) = configuration(env, crate::identity::now());
+    let (runtime, landlock) = match &config {
+        Some(c) => (c.runtime, c.landlock),
+        None => {
+            let c = Config::load(env).config;
+            (c.runtime, c.landlock)
+        }
+    };
+    crate::sandbox::hostcheck::push_checks(&mut report, runtime, landlock);
+    if let Some(c) = &config {
+        crate::launcher_log::init(c.log_format, &c.log_filter);
+        if let (false, Some(id)) = (offline, &identity) {
+            connectivity(c, id, &mut report);
+        }
+    }
+    print!(
+        "{}",
+        if json {
+            report.to_json()
+        } else {
+            report.to_text()
+        }
+    );
+    report.exit_code()
+}
+
 /// Checks configuration and identity. Returns the report and, when they are
 /// usable, the configuration and the identity.
 pub fn configuration(env: &Env, now: i64) -> (Report, Option<Config>, Option<Identity>) {
