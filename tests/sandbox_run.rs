@@ -553,3 +553,19 @@ fn jobs_are_first_for_the_oom_killer() {
         "inherited by the job's children: {r:#?}"
     );
 }
+
+#[test]
+fn a_setup_failure_names_its_step_and_errno() {
+    require_root();
+    use liftoff::sandbox::{SandboxSpec, spawn};
+    let ws = tempfile::tempdir().unwrap();
+    let spec = SandboxSpec::new(ws.path(), vec!["/no/such/program".into()]);
+    let err = match spawn(&spec) {
+        Ok(_) => panic!("a missing program started"),
+        Err(e) => e,
+    };
+    assert_eq!(err.errno, Some(libc::ENOENT), "{err:?}");
+    let step = err.step.as_deref().unwrap_or_default();
+    assert!(step.starts_with("executing"), "{err:?}");
+    assert!(err.message.contains("/no/such/program"), "{err:?}");
+}

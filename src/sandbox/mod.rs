@@ -219,20 +219,34 @@ pub fn unique_name() -> String {
     )
 }
 
-/// A sandbox setup failure: what failed and why.
+/// A sandbox setup failure: the setup step that failed (as words: "mounting
+/// /proc", "setting uid 1983"…), the errno the kernel gave, and the whole
+/// message with the remedy when one is known. Callers decide on `step` and
+/// `errno`, never by reading `message`.
 #[derive(Debug)]
 pub struct Error {
     pub message: String,
+    /// What the launcher or the child was doing; `None` for a refusal of the
+    /// spec itself (before any system call).
+    pub step: Option<String>,
+    /// The kernel's errno, when a system call failed.
+    pub errno: Option<i32>,
 }
 
 impl Error {
     pub fn new(message: impl Into<String>) -> Self {
         Error {
             message: message.into(),
+            step: None,
+            errno: None,
         }
     }
     fn os(what: impl fmt::Display, err: std::io::Error) -> Self {
-        Error::new(format!("{what}: {err}"))
+        Error {
+            message: format!("{what}: {err}"),
+            step: Some(what.to_string()),
+            errno: err.raw_os_error(),
+        }
     }
 }
 

@@ -809,7 +809,9 @@ fn wait_for_exec(
             .and_then(|(op, _)| mounts::hint(op, errno))
             .unwrap_or_default()
     };
-    Err(started.abort(Error::new(format!(
-        "sandbox setup failed: {what}: {err}{hint}"
-    ))))
+    Err(started.abort(Error {
+        message: format!("sandbox setup failed: {what}: {err}{hint}"),
+        step: Some(what),
+        errno: Some(errno),
+    }))
 }
