@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod env;
+pub mod error;
 pub mod executor;
 pub mod interface;
 pub mod outputs;
