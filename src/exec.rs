@@ -400,7 +400,8 @@ impl Sink for TerminalSink {
     }
 }
 
-/// SIGTERM / SIGKILL of the job's tree, for the pipeline's watchdog.
+/// SIGTERM / SIGKILL of the job's tree, and its exit (the top process's
+/// pidfd), for the pipeline's watchdog.
 struct TreeKill<'a>(&'a sandbox::Sandbox);
 
 impl crate::logs::Kill for TreeKill<'_> {
@@ -409,6 +410,9 @@ impl crate::logs::Kill for TreeKill<'_> {
     }
     fn kill(&mut self) {
         self.0.kill();
+    }
+    fn wait_exit(&mut self, wait: Duration) -> bool {
+        crate::logs::fd_ready(self.0.pidfd(), wait)
     }
 }
 

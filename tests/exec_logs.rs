@@ -226,3 +226,187 @@ fn run_timeout_kills_a_busy_job() {
         "the job survived"
     );
 }
+
+/// `liftoff exec` with `args` (and `-- /bin/sh -c script` unless `script` is
+/// empty), failing the test if it has not returned within `bound` (it is
+/// then killed): a hang is the bug these tests look for.
+fn exec_within(
+    bound: Duration,
+    env: &[(&str, &str)],
+    args: &[&str],
+    script: &str,
+) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("LIFTOFF_KILL_GRACE", "1s");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.arg("exec").args(args);
+    if !script.is_empty() {
+        c.arg("--").args(["/bin/sh", "-c", script]);
+    }
+    let child = c
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(o) => {
+            let o = o.unwrap();
+            (
+                o.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("liftoff exec {args:?} had not returned after {bound:?}: the timeout did not hold");
+        }
+    }
+}
+
+/// Generous: the timeouts under test are 1 or 2 seconds.
+const BOUND: Duration = Duration::from_secs(60);
+
+#[test]
+fn run_timeout_holds_for_a_job_that_closes_its_output() {
+    require_root();
+    let marker = marker();
+    let script = format!("echo started; exec >&- 2>&-; exec sleep {marker}");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let (code, _, err) = exec_within(
+        BOUND,
+        &[],
+        &["--timeout", "2s", "--log-file", log.to_str().unwrap()],
+        &script,
+    );
+    assert_eq!(code, 124, "{err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("started\n") && text.trim_end().ends_with("run exceeded 2s: killed"),
+        "{text}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the job survived"
+    );
+}
+
+#[test]
+fn no_output_timeout_holds_for_a_job_that_closes_its_output() {
+    require_root();
+    let marker = marker();
+    let script = format!("exec >&- 2>&-; exec sleep {marker}");
+    let (code, out, err) = exec_within(
+        BOUND,
+        &[("TOKEN", SECRET)],
+        &[
+            "--pass-env",
+            "TOKEN",
+            "--mask",
+            "TOKEN",
+            "--logs-timeout",
+            "1s",
+        ],
+        &script,
+    );
+    assert_eq!(code, 124, "{out}{err}");
+    assert!(out.contains("no output for 1s: killed"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the job survived"
+    );
+}
+
+#[test]
+fn no_output_timeout_kills_a_silent_sleeper_with_mask() {
+    require_root();
+    let marker = marker();
+    let (code, out, err) = exec_within(
+        BOUND,
+        &[("TOKEN", SECRET)],
+        &[
+            "--pass-env",
+            "TOKEN",
+            "--mask",
+            "TOKEN",
+            "--logs-timeout",
+            "1s",
+        ],
+        &format!("sleep {marker}"),
+    );
+    assert_eq!(code, 124, "{out}{err}");
+    assert!(out.contains("no output for 1s: killed"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the job survived"
+    );
+}
+
+/// Writes a one-step run spec (plain JSON, as `liftoff exec --spec` takes)
+/// whose step runs `script`, with `timeouts`.
+fn spec_file(dir: &std::path::Path, script: &str, timeouts: serde_json::Value) -> String {
+    let run_id = format!("01EXECLOGS{:016}", unique() % 10_000_000_000_000_000);
+    let spec = serde_json::json!({
+        "run_id": run_id,
+        "run_type": "proposed",
+        "stack": {"id": "s", "slug": "s", "name": "S"},
+        "commit": {"hash": "0000000", "branch": "main", "author": "a", "message": "m"},
+        "environment": [{"name": "TOP_SECRET", "value": SECRET, "secret": true}],
+        "steps": [{"name": "closes", "shell": script}],
+        "timeouts": timeouts,
+    });
+    let path = dir.join("spec.json");
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn spec_mode_timeouts_hold_for_a_step_that_closes_its_output() {
+    require_root();
+    for (timeouts, reason) in [
+        (
+            serde_json::json!({"run": "1h", "logs": "1s"}),
+            "no output for 1s: killed",
+        ),
+        (
+            serde_json::json!({"run": "2s", "logs": "1h"}),
+            "run exceeded 2s: killed",
+        ),
+    ] {
+        let marker = marker();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_file(
+            dir.path(),
+            &format!("echo started; exec >&- 2>&-; exec sleep {marker}"),
+            timeouts,
+        );
+        let log = dir.path().join("run.log");
+        let (code, _, err) = exec_within(
+            BOUND,
+            &[],
+            &["--spec", &spec, "--log-file", log.to_str().unwrap()],
+            "",
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(reason), "{err}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("started") && text.contains(reason), "{text}");
+        assert!(
+            eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+            "the job survived"
+        );
+    }
+}

@@ -11,8 +11,9 @@
 //! 4. any launcher lines: [`Pipeline::line`], [`Pipeline::debug_command`]
 //!    (with `SPACELIFT_DEBUG=true`, before each step runs);
 //! 5. [`Pipeline::pump`] the job's merged stdout+stderr pipe with a [`Kill`]
-//!    for its tree: it returns when the pipe closes, or after a timeout killed
-//!    the tree, saying which ([`Ended`]); the reason line ends the log;
+//!    for its tree: it returns when the pipe has closed and the tree has
+//!    exited, or after a timeout killed the tree, saying which ([`Ended`]);
+//!    the reason line ends the log;
 //! 6. [`Pipeline::finish`] once: flushes the masked tail, seals the last
 //!    chunk, waits for delivery and reports.
 //!
@@ -219,18 +220,39 @@ pub fn mask_pool_secrets(
     }
 }
 
-/// Stops the job's process tree. `terminate` is SIGTERM to the whole tree;
-/// `kill` (after the grace period) is SIGKILL of everything in it. The
-/// sandbox supplies one that kills its cgroup; tests kill a process group.
+/// The pump's handle on the job's process tree. `terminate` is SIGTERM to
+/// the whole tree; `kill` (after the grace period) is SIGKILL of everything
+/// in it; `wait_exit` says whether the tree has exited. The sandbox supplies
+/// one that kills its cgroup and watches its top process; tests kill a
+/// process group.
+///
+/// The timeouts belong to the tree, not to the pipe: a job that closes its
+/// output and runs on is still timed, because after the pipe closes the
+/// pump keeps its watchdog going until `wait_exit` says the tree is gone.
 pub trait Kill {
     fn terminate(&mut self);
     fn kill(&mut self);
+    /// Waits up to `wait` for the tree to exit; true once it has. The
+    /// default, for a handle that cannot tell, takes the closing of the pipe
+    /// for the tree's exit (the timeouts then stop with the pipe): every
+    /// handle on a real job should implement it ([`fd_ready`] on a pidfd).
+    fn wait_exit(&mut self, wait: Duration) -> bool {
+        let _ = wait;
+        true
+    }
+}
+
+/// Waits up to `wait` for `fd` to be readable (for a pidfd: the process has
+/// exited; for a pipe: input or end of file). For [`Kill::wait_exit`].
+pub fn fd_ready(fd: BorrowedFd<'_>, wait: Duration) -> bool {
+    // A poll error on a pidfd means there is nothing left to wait for.
+    wait_readable(fd, wait).unwrap_or(true)
 }
 
 /// How a [`Pipeline::pump`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
-    /// The pipe closed: the job (and everything holding its output) exited.
+    /// The pipe closed and the tree exited.
     Closed,
     /// No output for this long: the tree was killed.
     NoOutput(Duration),
@@ -539,9 +561,10 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Reads the job's merged output pipe until it closes, masking,
-    /// chunking and spooling it, on this thread: one `poll` then one `read`
-    /// per wake-up, no hand-over between threads. On
+    /// Reads the job's merged output pipe until it closes and the tree has
+    /// exited ([`Kill::wait_exit`]), masking, chunking and spooling it, on
+    /// this thread: one `poll` then one `read` per wake-up, no hand-over
+    /// between threads. On
     /// `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (no output) or
     /// `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (counted from [`Pipeline::start`]) it
     /// calls `kill.terminate()`, then `kill.kill()` after the grace period
@@ -563,6 +586,9 @@ impl Pipeline {
         let mut terminated_at: Option<Instant> = None;
         let mut killed_at: Option<Instant> = None;
         let mut failure: Option<String> = None;
+        // The pipe is at end of file; the tree may still run (the timeouts
+        // keep counting until it exits).
+        let mut closed = false;
         loop {
             let now = Instant::now();
             // Timeouts (only the first one counts).
@@ -585,10 +611,17 @@ impl Pipeline {
             }
             if let Some(k) = killed_at {
                 if now >= k + AFTER_KILL_WAIT {
-                    self.warnings.push(format!(
-                        "the job's output pipe stayed open {} after its tree was killed; stopped reading it",
-                        format_duration(AFTER_KILL_WAIT)
-                    ));
+                    self.warnings.push(if closed {
+                        format!(
+                            "the job's tree had not exited {} after it was killed; stopped waiting for it",
+                            format_duration(AFTER_KILL_WAIT)
+                        )
+                    } else {
+                        format!(
+                            "the job's output pipe stayed open {} after its tree was killed; stopped reading it",
+                            format_duration(AFTER_KILL_WAIT)
+                        )
+                    });
                     break;
                 }
             }
@@ -616,9 +649,20 @@ impl Pipeline {
             if self.notes.is_some() {
                 wait = wait.min(NOTE_POLL);
             }
+            if closed {
+                if kill.wait_exit(wait) {
+                    break;
+                }
+                if let Err(e) = self.take_notes(Instant::now()) {
+                    failure = Some(e);
+                    break;
+                }
+                continue;
+            }
             match wait_readable(pipe.as_fd(), wait) {
                 Ok(true) => match pipe.read(&mut buf) {
-                    Ok(0) => break,
+                    // End of file: the timeouts go on until the tree exits.
+                    Ok(0) => closed = true,
                     Ok(n) => {
                         let now = Instant::now();
                         last_output = now;

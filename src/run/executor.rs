@@ -721,8 +721,9 @@ struct StepOutcome {
     stdout: Option<Vec<u8>>,
 }
 
-/// The pipeline's handle on the step's tree.
-struct TreeKill(Arc<Mutex<Sandbox>>);
+/// The pipeline's handle on the step's tree: signals, and the exit of its
+/// top process (a copy of its pidfd, so waiting never holds the lock).
+struct TreeKill(Arc<Mutex<Sandbox>>, Option<std::os::fd::OwnedFd>);
 
 impl Kill for TreeKill {
     fn terminate(&mut self) {
@@ -730,6 +731,18 @@ impl Kill for TreeKill {
     }
     fn kill(&mut self) {
         lock(&self.0).kill();
+    }
+    fn wait_exit(&mut self, wait: Duration) -> bool {
+        use std::os::fd::AsFd;
+        match &self.1 {
+            Some(fd) => crate::logs::fd_ready(fd.as_fd(), wait),
+            // No copy of the pidfd: look now and then, never holding the
+            // lock while waiting.
+            None => {
+                std::thread::sleep(wait.min(Duration::from_millis(50)));
+                lock(&self.0).try_wait().map_or(true, |o| o.is_some())
+            }
+        }
     }
 }
 
@@ -784,7 +797,8 @@ fn run_step(
     let Some(merged) = logged else {
         return Err("the step's output pipe is missing".into());
     };
-    let mut kill = TreeKill(sb.clone());
+    let pidfd = lock(&sb).pidfd().try_clone_to_owned().ok();
+    let mut kill = TreeKill(sb.clone(), pidfd);
     let ended = log.pump(merged, &mut kill);
     // The pipe closed (or a timeout killed the tree): wait for the top
     // process, never holding the lock long (cancel needs it).
