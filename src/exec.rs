@@ -489,6 +489,9 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
     };
     if let Some(reason) = ended.reason() {
         eprintln!("liftoff: {reason}");
+        if ended == crate::logs::Ended::DiskFull {
+            return EXIT_LIFTOFF;
+        }
         return EXIT_TIMEOUT;
     }
     if outcome.oom_killed {

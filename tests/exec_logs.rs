@@ -410,3 +410,128 @@ fn spec_mode_timeouts_hold_for_a_step_that_closes_its_output() {
         );
     }
 }
+
+/// Issue 12, item 7: the failure reason (`liftoff: run … failed: …` and the
+/// log's last line) is masked like the log, and URLs are shown without
+/// credentials or query.
+#[test]
+fn failure_reasons_are_masked_and_urls_redacted() {
+    require_root();
+    let check = |spec: serde_json::Value, what: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.json");
+        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let log = dir.path().join("run.log");
+        let (code, out, err) = exec_within(
+            BOUND,
+            &[],
+            &[
+                "--spec",
+                path.to_str().unwrap(),
+                "--log-file",
+                log.to_str().unwrap(),
+            ],
+            "",
+        );
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(code, 1, "{what}: {err}");
+        assert!(err.contains("failed: "), "{what}: {err}");
+        for shown in [&out, &err, &text] {
+            assert!(!shown.contains("s3cr3t"), "{what}: secret shown: {shown}");
+            assert!(!shown.contains("sig="), "{what}: URL query shown: {shown}");
+            assert!(!shown.contains("user:"), "{what}: URL credentials shown: {shown}");
+        }
+        assert!(err.contains("***"), "{what}: {err}");
+        (err, text)
+    };
+    let base = |steps: serde_json::Value| {
+        serde_json::json!({
+            "run_id": format!("01EXECMASK{:016}", unique() % 10_000_000_000_000_000),
+            "run_type": "proposed",
+            "stack": {"id": "s", "slug": "s", "name": "S"},
+            "commit": {"hash": "0000000", "branch": "main", "author": "a", "message": "m"},
+            "environment": [{"name": "TOP_SECRET", "value": SECRET, "secret": true}],
+            "steps": steps,
+            "timeouts": {"run": "1m"},
+        })
+    };
+    // A secret in a step's argv, in the reason the step could not start.
+    let spec = base(serde_json::json!([
+        {"name": "missing", "argv": [format!("/nonexistent/{SECRET}")]}
+    ]));
+    let (err, _) = check(spec, "argv");
+    assert!(err.contains("/nonexistent/***"), "{err}");
+    // Credentials, a secret and a signature in the source URL.
+    let mut spec = base(serde_json::json!([{"name": "never", "shell": "true"}]));
+    let encoded = SECRET.replace('/', "%2F").replace('+', "%2B").replace('&', "%26");
+    spec["source"] = serde_json::json!({
+        "url": format!("http://user:{encoded}@127.0.0.1:9/{SECRET}.tar.gz?sig={encoded}")
+    });
+    let (err, _) = check(spec, "source URL");
+    assert!(err.contains("http://***@127.0.0.1:9/"), "{err}");
+}
+
+/// An 8 MiB tmpfs mounted at `<private dir>/state`, unmounted on drop.
+struct SmallFs {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn mount() -> SmallFs {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::create_dir(&path).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,mode=0755", "liftoff-test"])
+            .arg(&path)
+            .status()
+            .expect("mount(8) is needed to mount a small tmpfs");
+        assert!(
+            st.success(),
+            "mounting an 8 MiB tmpfs at {} failed (needs root and CAP_SYS_ADMIN)",
+            path.display()
+        );
+        SmallFs { _dir: dir, path }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Issue 12, item 17: a job that fills the disk holding the state directory
+/// (and so the log spool) does not lose its log: the output before and
+/// after the disk filled and the reason are delivered.
+#[test]
+fn a_job_filling_the_disk_keeps_its_log_and_the_reason() {
+    let fs = SmallFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(
+        dir.path(),
+        "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/workspace/fill; echo \"fill ended: $?\"; i=0; while :; do i=$((i+1)); echo \"line $i after the fill\"; done",
+        serde_json::json!({"run": "5m", "logs": "1m"}),
+    );
+    let state = fs.path.to_str().unwrap();
+    let (code, out, err) = exec_within(
+        BOUND,
+        &[("LIFTOFF_STATE_DIR", state)],
+        &["--spec", &spec],
+        "",
+    );
+    // The log went to the terminal through the spool on the full disk.
+    assert!(out.contains("before-the-fill"), "{out:.2000}\n{err}");
+    assert!(out.contains("fill ended: 1"), "{out:.2000}\n{err}");
+    assert!(out.contains("after the fill"), "{out:.2000}\n{err}");
+    assert!(
+        out.contains("the disk holding the run's log spool is full"),
+        "the reason is not in the log: {}\n{err}",
+        &out[out.len().saturating_sub(2000)..]
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("log spool is full"), "{err}");
+    assert!(!err.contains("cannot write log chunk"), "{err}");
+}

@@ -258,6 +258,9 @@ pub enum Ended {
     NoOutput(Duration),
     /// The run took longer than this: the tree was killed.
     RunTimeout(Duration),
+    /// The disk holding the spool is full (a chunk went into its reserve):
+    /// the tree was killed so that the log keeps its end.
+    DiskFull,
 }
 
 impl Ended {
@@ -267,6 +270,10 @@ impl Ended {
             Ended::Closed => None,
             Ended::NoOutput(d) => Some(format!("no output for {}: killed", format_duration(*d))),
             Ended::RunTimeout(d) => Some(format!("run exceeded {}: killed", format_duration(*d))),
+            Ended::DiskFull => Some(
+                "the disk holding the run's log spool is full (the job filled it?): killed so that the log is kept; free disk space under LIFTOFF_STATE_DIR or bound the job's output"
+                    .to_string(),
+            ),
         }
     }
 }
@@ -593,7 +600,9 @@ impl Pipeline {
             let now = Instant::now();
             // Timeouts (only the first one counts).
             if timed_out.is_none() {
-                if now >= after(self.started, self.opts.run_timeout) {
+                if self.spool.disk_full() {
+                    timed_out = Some(Ended::DiskFull);
+                } else if now >= after(self.started, self.opts.run_timeout) {
                     timed_out = Some(Ended::RunTimeout(self.opts.run_timeout));
                 } else if now >= after(last_output, self.opts.logs_timeout) {
                     timed_out = Some(Ended::NoOutput(self.opts.logs_timeout));
@@ -749,6 +758,8 @@ impl Pipeline {
         if let Err(e) = self.seal() {
             warnings.push(e);
         }
+        // Nothing more is written: the disk-full reserve goes.
+        self.spool.release_reserves();
         let delivered = match self.delivery {
             Delivery::Spooled(uploader) => uploader.finish(),
             Delivery::Direct {

@@ -174,7 +174,7 @@ impl Sink for PresignedSink {
 
     fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
         let url = self.urls.url(&chunk.run_id, chunk.seq)?;
-        let shown = url.split('?').next().unwrap_or("").to_string();
+        let shown = crate::http::redact_url(&url);
         // `&File` makes ureq send Content-Length (the file's size), never a
         // chunked body, which object storage rejects.
         let response = self

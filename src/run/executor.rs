@@ -57,6 +57,8 @@ const URL_WAIT: Duration = Duration::from_secs(30);
 
 /// What every run of this launcher shares.
 struct Shared {
+    /// Masks the pool token and key in the launcher's own log.
+    _pool_mask: crate::launcher_log::MaskGuard,
     config: Config,
     launcher_env: Env,
     identity: Option<Arc<Identity>>,
@@ -166,8 +168,18 @@ impl SandboxExecutor {
                 }
             }
         }
+        // The launcher's own log is masked with the pool's secrets while
+        // the executor lives.
+        let pool_mask = {
+            let mut b = RedactorBuilder::new();
+            crate::logs::mask_pool_secrets(&mut b, &config, &|n| {
+                launcher_env.get(n).map(str::to_string)
+            });
+            crate::launcher_log::mask_while(b.build())
+        };
         Ok(SandboxExecutor {
             shared: Arc::new(Shared {
+                _pool_mask: pool_mask,
                 config,
                 launcher_env,
                 identity,
@@ -405,8 +417,16 @@ fn run(
             });
         }) as crate::logs::upload::OnDelivered
     };
-    let mut log = Pipeline::start(opts, builder.build(), sink, Some(on_delivered))
-        .map_err(|e| format!("the run log cannot be started: {e}"))?;
+    let matcher = builder.build();
+    // The launcher's own log lines are masked with the run's secrets too.
+    let _masked = crate::launcher_log::mask_while(matcher.clone());
+    // Every line liftoff writes about the run (the reason of the terminal
+    // event, `liftoff exec --spec`'s last line) is masked like its log.
+    let shown = |reason: String| {
+        crate::logs::redact::mask_str(&matcher, &crate::http::redact_urls(&reason))
+    };
+    let mut log = Pipeline::start(opts, matcher.clone(), sink, Some(on_delivered))
+        .map_err(|e| shown(format!("the run log cannot be started: {e}")))?;
     // Host trouble (CPU steal, memory, disk) is told in the run's log.
     log.attach_notes(crate::hostwatch::subscribe());
     for w in builder.warnings() {
@@ -421,7 +441,8 @@ fn run(
     let _dir = RunDir(run_dir.clone());
     let result = run_logged(
         shared, &spec, &launch, &workspace, &layer, &mut log, events, control,
-    );
+    )
+    .map_err(shown);
     if let Err(reason) = &result {
         let _ = log.line(&format!("liftoff: run failed: {reason}"));
     }
@@ -609,7 +630,7 @@ fn fetch_source(
     dest: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<(), String> {
-    let shown = url.split('?').next().unwrap_or("");
+    let shown = crate::http::redact_url(url);
     let response = agent
         .get(url)
         .call()
@@ -637,7 +658,7 @@ fn put<B: ureq::AsSendBody>(
     body: B,
     content_type: &str,
 ) -> Result<(), String> {
-    let shown = url.split('?').next().unwrap_or("");
+    let shown = crate::http::redact_url(url);
     let response = agent
         .put(url)
         .header("Content-Type", content_type)
