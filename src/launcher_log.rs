@@ -139,13 +139,17 @@ mod tests {
     fn lines_are_masked_while_registered() {
         let mut b = RedactorBuilder::new();
         b.secret("TOKEN", b"launcher-log-secret-1");
-        let line = b"cannot fetch https://u:launcher-log-secret-1@h/a?sig=1 (launcher-log-secret-1)\n";
+        let line =
+            b"cannot fetch https://u:launcher-log-secret-1@h/a?sig=1 (launcher-log-secret-1)\n";
         {
             let _g = mask_while(b.build());
             let out = String::from_utf8(mask_line(line)).unwrap();
             assert_eq!(out, "cannot fetch https://***@h/a (***)\n");
         }
         let out = String::from_utf8(mask_line(line)).unwrap();
-        assert_eq!(out, "cannot fetch https://***@h/a (launcher-log-secret-1)\n");
+        assert_eq!(
+            out,
+            "cannot fetch https://***@h/a (launcher-log-secret-1)\n"
+        );
     }
 }

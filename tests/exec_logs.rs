@@ -271,7 +271,9 @@ fn exec_within(
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
-            panic!("liftoff exec {args:?} had not returned after {bound:?}: the timeout did not hold");
+            panic!(
+                "liftoff exec {args:?} had not returned after {bound:?}: the timeout did not hold"
+            );
         }
     }
 }
@@ -439,7 +441,10 @@ fn failure_reasons_are_masked_and_urls_redacted() {
         for shown in [&out, &err, &text] {
             assert!(!shown.contains("s3cr3t"), "{what}: secret shown: {shown}");
             assert!(!shown.contains("sig="), "{what}: URL query shown: {shown}");
-            assert!(!shown.contains("user:"), "{what}: URL credentials shown: {shown}");
+            assert!(
+                !shown.contains("user:"),
+                "{what}: URL credentials shown: {shown}"
+            );
         }
         assert!(err.contains("***"), "{what}: {err}");
         (err, text)
@@ -463,7 +468,10 @@ fn failure_reasons_are_masked_and_urls_redacted() {
     assert!(err.contains("/nonexistent/***"), "{err}");
     // Credentials, a secret and a signature in the source URL.
     let mut spec = base(serde_json::json!([{"name": "never", "shell": "true"}]));
-    let encoded = SECRET.replace('/', "%2F").replace('+', "%2B").replace('&', "%26");
+    let encoded = SECRET
+        .replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('&', "%26");
     spec["source"] = serde_json::json!({
         "url": format!("http://user:{encoded}@127.0.0.1:9/{SECRET}.tar.gz?sig={encoded}")
     });

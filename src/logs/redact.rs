@@ -928,7 +928,10 @@ mod tests {
         // base64 at offset 0 leaves at most the last, partial group visible.
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("before *** after ***"), "{s}");
-        let partial = format!(" partial {} end", std::str::from_utf8(&secret[..2000]).unwrap());
+        let partial = format!(
+            " partial {} end",
+            std::str::from_utf8(&secret[..2000]).unwrap()
+        );
         assert!(s.ends_with(&partial) && s.len() < 40 + partial.len(), "{s}");
     }
 

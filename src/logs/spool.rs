@@ -130,7 +130,10 @@ impl Spool {
 
     /// Reserve files not used yet.
     pub fn reserves_left(&self) -> usize {
-        self.reserves.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.reserves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn dir(&self) -> &Path {
@@ -233,11 +236,11 @@ impl Spool {
                 let _ = fs::remove_file(&tmp);
                 match self.write_reserved(&chunk, body) {
                     Ok(true) => Ok(chunk),
-                    Ok(false) => Err(format!(
-                        "{}; the log spool's reserve is used up",
+                    Ok(false) => Err(format!("{}; the log spool's reserve is used up", fail(e))),
+                    Err(r) => Err(format!(
+                        "{}; writing it into the reserve failed too: {r}",
                         fail(e)
                     )),
-                    Err(r) => Err(format!("{}; writing it into the reserve failed too: {r}", fail(e))),
                 }
             }
             Err(e) => Err(fail(e)),
@@ -432,7 +435,11 @@ mod tests {
         assert!(m.blocks() * 512 >= RESERVES[0], "{m:?}");
         assert!(!spool.disk_full());
         spool.write(0, b"x").unwrap();
-        assert_eq!(spool.existing().unwrap().0.len(), 1, "reserves are not chunks");
+        assert_eq!(
+            spool.existing().unwrap().0.len(),
+            1,
+            "reserves are not chunks"
+        );
         spool.release_reserves();
         assert!(!reserve.exists());
         spool.close();
