@@ -511,35 +511,82 @@ impl Drop for SmallFs {
     }
 }
 
+const FILL: &str = "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/workspace/fill; echo \"fill ended: $?\"; i=0; while :; do i=$((i+1)); echo \"line $i after the fill\"; done";
+
+fn assert_log_kept(log: &str, err: &str) {
+    let tail = &log[log.len().saturating_sub(2000)..];
+    assert!(log.contains("before-the-fill"), "{log:.2000}\n{err}");
+    assert!(log.contains("fill ended: 1"), "{log:.2000}\n{err}");
+    assert!(log.contains("after the fill"), "{log:.2000}\n{err}");
+    assert!(
+        tail.contains("the disk holding the run's log is full"),
+        "the reason does not end the log: {tail}\n{err}"
+    );
+    assert!(!err.contains("cannot write log chunk"), "{err}");
+}
+
 /// Issue 12, item 17: a job that fills the disk holding the state directory
 /// (and so the log spool) does not lose its log: the output before and
 /// after the disk filled and the reason are delivered.
 #[test]
-fn a_job_filling_the_disk_keeps_its_log_and_the_reason() {
+fn a_job_filling_the_disk_keeps_its_spooled_log_and_the_reason() {
     let fs = SmallFs::mount();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec_file(
         dir.path(),
-        "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/workspace/fill; echo \"fill ended: $?\"; i=0; while :; do i=$((i+1)); echo \"line $i after the fill\"; done",
+        FILL,
         serde_json::json!({"run": "5m", "logs": "1m"}),
     );
     let state = fs.path.to_str().unwrap();
+    // The log goes to the terminal through the spool on the full disk.
     let (code, out, err) = exec_within(
         BOUND,
         &[("LIFTOFF_STATE_DIR", state)],
         &["--spec", &spec],
         "",
     );
-    // The log went to the terminal through the spool on the full disk.
-    assert!(out.contains("before-the-fill"), "{out:.2000}\n{err}");
-    assert!(out.contains("fill ended: 1"), "{out:.2000}\n{err}");
-    assert!(out.contains("after the fill"), "{out:.2000}\n{err}");
-    assert!(
-        out.contains("the disk holding the run's log spool is full"),
-        "the reason is not in the log: {}\n{err}",
-        &out[out.len().saturating_sub(2000)..]
-    );
+    assert_log_kept(&out, &err);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("log spool is full"), "{err}");
-    assert!(!err.contains("cannot write log chunk"), "{err}");
+    assert!(err.contains("the run's log is full"), "{err}");
+}
+
+/// The same with the log file on the disk the job fills (`--log-file`,
+/// written directly, no spool), in spec mode and in plain `liftoff exec`.
+#[test]
+fn a_job_filling_the_disk_keeps_its_log_file_and_the_reason() {
+    let fs = SmallFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(
+        dir.path(),
+        FILL,
+        serde_json::json!({"run": "5m", "logs": "1m"}),
+    );
+    let state = fs.path.to_str().unwrap();
+    let log = fs.path.join("spec.log");
+    let (code, _, err) = exec_within(
+        BOUND,
+        &[("LIFTOFF_STATE_DIR", state)],
+        &["--spec", &spec, "--log-file", log.to_str().unwrap()],
+        "",
+    );
+    assert_log_kept(&std::fs::read_to_string(&log).unwrap(), &err);
+    assert_eq!(code, 1, "{err}");
+
+    let fs = SmallFs::mount();
+    let ws = fs.path.join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let log = fs.path.join("exec.log");
+    let (code, _, err) = exec_within(
+        BOUND,
+        &[],
+        &[
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        FILL,
+    );
+    assert_log_kept(&std::fs::read_to_string(&log).unwrap(), &err);
+    assert_eq!(code, 125, "{err}");
 }

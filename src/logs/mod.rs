@@ -258,8 +258,9 @@ pub enum Ended {
     NoOutput(Duration),
     /// The run took longer than this: the tree was killed.
     RunTimeout(Duration),
-    /// The disk holding the spool is full (a chunk went into its reserve):
-    /// the tree was killed so that the log keeps its end.
+    /// The disk holding the log is full (a chunk went into the spool's
+    /// reserve, or a file sink could not keep room ahead): the tree was
+    /// killed so that the log keeps its end.
     DiskFull,
 }
 
@@ -271,7 +272,7 @@ impl Ended {
             Ended::NoOutput(d) => Some(format!("no output for {}: killed", format_duration(*d))),
             Ended::RunTimeout(d) => Some(format!("run exceeded {}: killed", format_duration(*d))),
             Ended::DiskFull => Some(
-                "the disk holding the run's log spool is full (the job filled it?): killed so that the log is kept; free disk space under LIFTOFF_STATE_DIR or bound the job's output"
+                "the disk holding the run's log is full (did the job fill it?): killed so that the log is kept; free disk space there (LIFTOFF_STATE_DIR, or the log file's directory)"
                     .to_string(),
             ),
         }
@@ -418,6 +419,13 @@ impl Pipeline {
         self.input(&bytes, Instant::now())?;
         self.flush_redactor(Instant::now());
         Ok(())
+    }
+
+    /// The disk the log goes to is full: the spool used its reserve, or a
+    /// direct sink (a file) could not keep room ahead.
+    fn disk_full(&self) -> bool {
+        self.spool.disk_full()
+            || matches!(&self.delivery, Delivery::Direct { sink, .. } if sink.disk_full())
     }
 
     /// Appends what the redactor holds back (end of a stream) to the chunk.
@@ -600,7 +608,7 @@ impl Pipeline {
             let now = Instant::now();
             // Timeouts (only the first one counts).
             if timed_out.is_none() {
-                if self.spool.disk_full() {
+                if self.disk_full() {
                     timed_out = Some(Ended::DiskFull);
                 } else if now >= after(self.started, self.opts.run_timeout) {
                     timed_out = Some(Ended::RunTimeout(self.opts.run_timeout));
