@@ -268,3 +268,41 @@ fn long_secrets_in_repetitive_text_match_whole() {
         );
     }
 }
+
+/// What is held back with long and short patterns together is exactly the
+/// longest live partial match (far from the end only a long pattern can be
+/// live; the redactor finds it from its grams).
+#[test]
+fn held_back_with_long_and_short_patterns() {
+    let mut rng = Rng(0xB0B);
+    for case in 0..300 {
+        let alphabet: &[u8] = if case % 2 == 0 { b"ab" } else { b"abcdefgh" };
+        let mut builder = RedactorBuilder::new();
+        let long_len = 257 + rng.below(400);
+        let long = rng.bytes(alphabet, long_len);
+        builder.literal(&long);
+        if case % 3 != 0 {
+            for _ in 0..1 + rng.below(5) {
+                let len = 4 + rng.below(40);
+                builder.literal(&rng.bytes(alphabet, len));
+            }
+        }
+        let patterns = builder.patterns().to_vec();
+        let n = rng.below(300);
+        let mut text = rng.bytes(alphabet, n);
+        let cut = rng.below(long.len());
+        text.extend_from_slice(&long[..cut]);
+        let mut r = Redactor::new(builder.build());
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let k = (1 + rng.below(700)).min(text.len() - at);
+            r.write(&text[at..at + k], &mut out);
+            at += k;
+        }
+        let live = longest_live_partial(&text, &patterns);
+        assert_eq!(r.held(), live, "case {case}");
+        r.flush(&mut out);
+        assert_eq!(out, reference_mask(&text, &patterns), "case {case}");
+    }
+}

@@ -25,8 +25,10 @@
 //! up and compares the candidate patterns. Throughput is therefore nearly
 //! independent of the number of secrets. Across writes the redactor keeps
 //! back exactly the longest suffix of the input that is a proper prefix of
-//! some pattern (a partial match still alive; found by testing only the last
-//! `longest pattern - 1` positions), everything before it is final and is
+//! some pattern (a partial match still alive; found by testing the last
+//! positions within reach of the short patterns one by one, and further
+//! back, where only a long pattern can be live, from the tested grams),
+//! everything before it is final and is
 //! emitted. Large writes are scanned in place; only the seam with the held
 //! bytes is copied. Buildkite's redactor holds back the same way; an
 //! Aho-Corasick automaton was the alternative, but its per-byte state walk
@@ -351,7 +353,14 @@ pub struct Matcher {
     prefix2: Vec<u64>,
     prefix3: HashSet<u32, GramHash>,
     max_len: usize,
+    /// The longest pattern of at most [`SHORT_PATTERN`] bytes.
+    short_max: usize,
 }
+
+/// Patterns longer than this (PEM keys, certificates, JSON documents) are
+/// few; far from the end of the input, a live partial match of one is found
+/// from the tested grams, not by trying every position.
+const SHORT_PATTERN: usize = 256;
 
 const GRAM_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The second hash: which two bits of the word.
@@ -418,6 +427,7 @@ impl Matcher {
         let mut prefix2 = vec![0u64; 1024];
         let mut prefix3 = HashSet::default();
         let mut max_len = 0;
+        let mut short_max = 0;
         for (id, p) in patterns.iter().enumerate() {
             let id = id as u32;
             for o in 0..stride {
@@ -439,6 +449,9 @@ impl Matcher {
             prefix2[two >> 6] |= 1 << (two & 63);
             prefix3.insert(u32::from_le_bytes([p[0], p[1], p[2], 0]));
             max_len = max_len.max(p.len());
+            if p.len() <= SHORT_PATTERN {
+                short_max = short_max.max(p.len());
+            }
         }
         Matcher {
             patterns,
@@ -460,6 +473,7 @@ impl Matcher {
             prefix2,
             prefix3,
             max_len,
+            short_max,
         }
     }
 
@@ -550,7 +564,53 @@ impl Matcher {
             return n;
         }
         let from = n.saturating_sub(self.max_len.saturating_sub(1));
-        (from..n).find(|&t| self.live_partial(buf, t)).unwrap_or(n)
+        // Before `near`, what runs to the end is at least as long as every
+        // short pattern and holds a tested gram: only a long pattern can be
+        // live there, found from the grams like a whole match.
+        let reach = self.short_max.max(self.stride + self.gram_len - 1);
+        let near = n.saturating_sub(reach.saturating_sub(1)).max(from);
+        let far = if near > from {
+            if self.gram_len == 8 {
+                self.long_partial::<8>(buf, from, near)
+            } else {
+                self.long_partial::<4>(buf, from, near)
+            }
+        } else {
+            None
+        };
+        far.or_else(|| (near..n).find(|&t| self.live_partial(buf, t)))
+            .unwrap_or(n)
+    }
+
+    /// The first `t` in `from..near` where `buf[t..]` (running to the end,
+    /// at least `stride + K - 1` bytes) is a proper prefix of a pattern:
+    /// such a prefix holds a gram at a multiple of `stride` from `from`,
+    /// at an offset below `stride` in the pattern, which the filter has.
+    fn long_partial<const K: usize>(&self, buf: &[u8], from: usize, near: usize) -> Option<usize> {
+        let n = buf.len();
+        let mut best: Option<usize> = None;
+        let mut j = from;
+        while j < near + self.stride && j + K <= n {
+            let g = gram::<K>(buf, j);
+            if self.gram_hit(g) {
+                if let Some(cands) = self.grams.get(&g) {
+                    for &(id, o) in cands.iter() {
+                        let Some(t) = j.checked_sub(o as usize) else {
+                            continue;
+                        };
+                        if t < from || t >= near || best.is_some_and(|b| b <= t) {
+                            continue;
+                        }
+                        let p = &self.patterns[id as usize];
+                        if p.len() > n - t && p[..n - t] == buf[t..] {
+                            best = Some(t);
+                        }
+                    }
+                }
+            }
+            j += self.stride;
+        }
+        best
     }
 
     #[inline(always)]
