@@ -12,8 +12,9 @@
 //!    (with `SPACELIFT_DEBUG=true`, before each step runs);
 //! 5. [`Pipeline::pump`] the job's merged stdout+stderr pipe with a [`Kill`]
 //!    for its tree: it returns when the pipe has closed and the tree has
-//!    exited, or after a timeout killed the tree, saying which ([`Ended`]);
-//!    the reason line ends the log;
+//!    exited, or after a timeout (or a full disk: [`Ended::DiskFull`])
+//!    killed the tree, saying which ([`Ended`]); the reason line ends the
+//!    log (the spool and the file sink keep room for it);
 //! 6. [`Pipeline::finish`] once: flushes the masked tail, seals the last
 //!    chunk, waits for delivery and reports.
 //!
