@@ -531,7 +531,8 @@ impl Sink for TerminalSink {
     }
 }
 
-/// SIGTERM / SIGKILL of the job's tree, for the pipeline's watchdog.
+/// SIGTERM / SIGKILL of the job's tree, and its exit (the top process's
+/// pidfd), for the pipeline's watchdog.
 struct TreeKill<'a>(&'a sandbox::Sandbox);
 
 impl crate::logs::Kill for TreeKill<'_> {
@@ -540,6 +541,9 @@ impl crate::logs::Kill for TreeKill<'_> {
     }
     fn kill(&mut self) {
         self.0.kill();
+    }
+    fn wait_exit(&mut self, wait: Duration) -> bool {
+        crate::logs::fd_ready(self.0.pidfd(), wait)
     }
 }
 
@@ -616,6 +620,9 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
     };
     if let Some(reason) = ended.reason() {
         eprintln!("liftoff: {reason}");
+        if ended == crate::logs::Ended::DiskFull {
+            return EXIT_LIFTOFF;
+        }
         return EXIT_TIMEOUT;
     }
     if outcome.oom_killed {

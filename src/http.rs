@@ -5,6 +5,11 @@
 //!
 //! HTTP statuses are not errors at this level: callers look at the status
 //! (uploads retry 5xx and expired URLs, and give up on other 4xx).
+//!
+//! A URL is never shown as it is: [`redact_url`] (one URL) and
+//! [`redact_urls`] (every URL in a message) remove credentials
+//! (`user:pw@`), the query (pre-signed URLs carry their signature there) and
+//! the fragment, for every line liftoff writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,9 +137,79 @@ fn proxy(url: &str, no_proxy: &[String]) -> Result<Proxy, String> {
     b.build().map_err(|e| bad(&e.to_string()))
 }
 
+/// `url` as it may be shown: credentials replaced by `***@`, query and
+/// fragment removed (`https://***@host/path`). Works on anything that looks
+/// like a URL, with or without a scheme; never fails.
+pub fn redact_url(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}***@{}{path}", &authority[at + 1..]),
+        None => format!("{scheme}{authority}{path}"),
+    }
+}
+
+/// `text` with every URL in it (`scheme://…`, up to white space, a quote or
+/// a closing bracket) passed through [`redact_url`].
+pub fn redact_urls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut done = 0;
+    let mut from = 0;
+    while let Some(i) = text[from..].find("://").map(|i| i + from) {
+        // The scheme: letters, digits, `+`, `-`, `.` before `://`.
+        let start = text[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |j| j + 1);
+        let end = text[i + 3..]
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | ')' | ']' | '}')
+            })
+            .map_or(bytes.len(), |j| j + i + 3);
+        if start < done {
+            from = end.max(i + 3);
+            continue;
+        }
+        out.push_str(&text[done..start]);
+        out.push_str(&redact_url(&text[start..end]));
+        done = end;
+        from = end.max(i + 3);
+    }
+    out.push_str(&text[done..]);
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials_or_query() {
+        assert_eq!(
+            redact_url("https://user:pw@src.example:8443/a/b.tar.gz?X-Sig=abc&t=1#f"),
+            "https://***@src.example:8443/a/b.tar.gz"
+        );
+        assert_eq!(redact_url("http://h/p"), "http://h/p");
+        assert_eq!(redact_url("http://tok@h"), "http://***@h");
+        assert_eq!(redact_url("h/p?sig"), "h/p");
+        // An `@` in the path is not a credential.
+        assert_eq!(redact_url("http://h/a@b?q"), "http://h/a@b");
+        assert_eq!(
+            redact_urls("cannot fetch https://u:secret@h/x.tgz?sig=S: refused (\"http://a:b@c\")"),
+            "cannot fetch https://***@h/x.tgz refused (\"http://***@c\")"
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
+        assert_eq!(redact_urls("odd :// alone"), "odd :// alone");
+    }
 
     #[test]
     fn proxies_parse() {

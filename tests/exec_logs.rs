@@ -226,3 +226,367 @@ fn run_timeout_kills_a_busy_job() {
         "the job survived"
     );
 }
+
+/// `liftoff exec` with `args` (and `-- /bin/sh -c script` unless `script` is
+/// empty), failing the test if it has not returned within `bound` (it is
+/// then killed): a hang is the bug these tests look for.
+fn exec_within(
+    bound: Duration,
+    env: &[(&str, &str)],
+    args: &[&str],
+    script: &str,
+) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("LIFTOFF_KILL_GRACE", "1s");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.arg("exec").args(args);
+    if !script.is_empty() {
+        c.arg("--").args(["/bin/sh", "-c", script]);
+    }
+    let child = c
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(o) => {
+            let o = o.unwrap();
+            (
+                o.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!(
+                "liftoff exec {args:?} had not returned after {bound:?}: the timeout did not hold"
+            );
+        }
+    }
+}
+
+/// Generous: the timeouts under test are 1 or 2 seconds.
+const BOUND: Duration = Duration::from_secs(60);
+
+#[test]
+fn run_timeout_holds_for_a_job_that_closes_its_output() {
+    require_root();
+    let marker = marker();
+    let script = format!("echo started; exec >&- 2>&-; exec sleep {marker}");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let (code, _, err) = exec_within(
+        BOUND,
+        &[],
+        &["--timeout", "2s", "--log-file", log.to_str().unwrap()],
+        &script,
+    );
+    assert_eq!(code, 124, "{err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("started\n") && text.trim_end().ends_with("run exceeded 2s: killed"),
+        "{text}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the job survived"
+    );
+}
+
+#[test]
+fn no_output_timeout_holds_for_a_job_that_closes_its_output() {
+    require_root();
+    let marker = marker();
+    let script = format!("exec >&- 2>&-; exec sleep {marker}");
+    let (code, out, err) = exec_within(
+        BOUND,
+        &[("TOKEN", SECRET)],
+        &[
+            "--pass-env",
+            "TOKEN",
+            "--mask",
+            "TOKEN",
+            "--logs-timeout",
+            "1s",
+        ],
+        &script,
+    );
+    assert_eq!(code, 124, "{out}{err}");
+    assert!(out.contains("no output for 1s: killed"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the job survived"
+    );
+}
+
+#[test]
+fn no_output_timeout_kills_a_silent_sleeper_with_mask() {
+    require_root();
+    let marker = marker();
+    let (code, out, err) = exec_within(
+        BOUND,
+        &[("TOKEN", SECRET)],
+        &[
+            "--pass-env",
+            "TOKEN",
+            "--mask",
+            "TOKEN",
+            "--logs-timeout",
+            "1s",
+        ],
+        &format!("sleep {marker}"),
+    );
+    assert_eq!(code, 124, "{out}{err}");
+    assert!(out.contains("no output for 1s: killed"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+        "the job survived"
+    );
+}
+
+/// Writes a one-step run spec (plain JSON, as `liftoff exec --spec` takes)
+/// whose step runs `script`, with `timeouts`.
+fn spec_file(dir: &std::path::Path, script: &str, timeouts: serde_json::Value) -> String {
+    let run_id = format!("01EXECLOGS{:016}", unique() % 10_000_000_000_000_000);
+    let spec = serde_json::json!({
+        "run_id": run_id,
+        "run_type": "proposed",
+        "stack": {"id": "s", "slug": "s", "name": "S"},
+        "commit": {"hash": "0000000", "branch": "main", "author": "a", "message": "m"},
+        "environment": [{"name": "TOP_SECRET", "value": SECRET, "secret": true}],
+        "steps": [{"name": "closes", "shell": script}],
+        "timeouts": timeouts,
+    });
+    let path = dir.join("spec.json");
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn spec_mode_timeouts_hold_for_a_step_that_closes_its_output() {
+    require_root();
+    for (timeouts, reason) in [
+        (
+            serde_json::json!({"run": "1h", "logs": "1s"}),
+            "no output for 1s: killed",
+        ),
+        (
+            serde_json::json!({"run": "2s", "logs": "1h"}),
+            "run exceeded 2s: killed",
+        ),
+    ] {
+        let marker = marker();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_file(
+            dir.path(),
+            &format!("echo started; exec >&- 2>&-; exec sleep {marker}"),
+            timeouts,
+        );
+        let log = dir.path().join("run.log");
+        let (code, _, err) = exec_within(
+            BOUND,
+            &[],
+            &["--spec", &spec, "--log-file", log.to_str().unwrap()],
+            "",
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(reason), "{err}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("started") && text.contains(reason), "{text}");
+        assert!(
+            eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
+            "the job survived"
+        );
+    }
+}
+
+/// Issue 12, item 7: the failure reason (`liftoff: run … failed: …` and the
+/// log's last line) is masked like the log, and URLs are shown without
+/// credentials or query.
+#[test]
+fn failure_reasons_are_masked_and_urls_redacted() {
+    require_root();
+    let check = |spec: serde_json::Value, what: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.json");
+        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let log = dir.path().join("run.log");
+        let (code, out, err) = exec_within(
+            BOUND,
+            &[],
+            &[
+                "--spec",
+                path.to_str().unwrap(),
+                "--log-file",
+                log.to_str().unwrap(),
+            ],
+            "",
+        );
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(code, 1, "{what}: {err}");
+        assert!(err.contains("failed: "), "{what}: {err}");
+        for shown in [&out, &err, &text] {
+            assert!(!shown.contains("s3cr3t"), "{what}: secret shown: {shown}");
+            assert!(!shown.contains("sig="), "{what}: URL query shown: {shown}");
+            assert!(
+                !shown.contains("user:"),
+                "{what}: URL credentials shown: {shown}"
+            );
+        }
+        assert!(err.contains("***"), "{what}: {err}");
+        (err, text)
+    };
+    let base = |steps: serde_json::Value| {
+        serde_json::json!({
+            "run_id": format!("01EXECMASK{:016}", unique() % 10_000_000_000_000_000),
+            "run_type": "proposed",
+            "stack": {"id": "s", "slug": "s", "name": "S"},
+            "commit": {"hash": "0000000", "branch": "main", "author": "a", "message": "m"},
+            "environment": [{"name": "TOP_SECRET", "value": SECRET, "secret": true}],
+            "steps": steps,
+            "timeouts": {"run": "1m"},
+        })
+    };
+    // A secret in a step's argv, in the reason the step could not start.
+    let spec = base(serde_json::json!([
+        {"name": "missing", "argv": [format!("/nonexistent/{SECRET}")]}
+    ]));
+    let (err, _) = check(spec, "argv");
+    assert!(err.contains("/nonexistent/***"), "{err}");
+    // Credentials, a secret and a signature in the source URL.
+    let mut spec = base(serde_json::json!([{"name": "never", "shell": "true"}]));
+    let encoded = SECRET
+        .replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('&', "%26");
+    spec["source"] = serde_json::json!({
+        "url": format!("http://user:{encoded}@127.0.0.1:9/{SECRET}.tar.gz?sig={encoded}")
+    });
+    let (err, _) = check(spec, "source URL");
+    assert!(err.contains("http://***@127.0.0.1:9/"), "{err}");
+}
+
+/// An 8 MiB tmpfs mounted at `<private dir>/state`, unmounted on drop.
+struct SmallFs {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn mount() -> SmallFs {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::create_dir(&path).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,mode=0755", "liftoff-test"])
+            .arg(&path)
+            .status()
+            .expect("mount(8) is needed to mount a small tmpfs");
+        assert!(
+            st.success(),
+            "mounting an 8 MiB tmpfs at {} failed (needs root and CAP_SYS_ADMIN)",
+            path.display()
+        );
+        SmallFs { _dir: dir, path }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+const FILL: &str = "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/workspace/fill; echo \"fill ended: $?\"; i=0; while :; do i=$((i+1)); echo \"line $i after the fill\"; done";
+
+fn assert_log_kept(log: &str, err: &str) {
+    let tail = &log[log.len().saturating_sub(2000)..];
+    assert!(log.contains("before-the-fill"), "{log:.2000}\n{err}");
+    assert!(log.contains("fill ended: 1"), "{log:.2000}\n{err}");
+    assert!(log.contains("after the fill"), "{log:.2000}\n{err}");
+    assert!(
+        tail.contains("the disk holding the run's log is full"),
+        "the reason does not end the log: {tail}\n{err}"
+    );
+    assert!(!err.contains("cannot write log chunk"), "{err}");
+}
+
+/// Issue 12, item 17: a job that fills the disk holding the state directory
+/// (and so the log spool) does not lose its log: the output before and
+/// after the disk filled and the reason are delivered.
+#[test]
+fn a_job_filling_the_disk_keeps_its_spooled_log_and_the_reason() {
+    let fs = SmallFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(
+        dir.path(),
+        FILL,
+        serde_json::json!({"run": "5m", "logs": "1m"}),
+    );
+    let state = fs.path.to_str().unwrap();
+    // The log goes to the terminal through the spool on the full disk.
+    let (code, out, err) = exec_within(
+        BOUND,
+        &[("LIFTOFF_STATE_DIR", state)],
+        &["--spec", &spec],
+        "",
+    );
+    assert_log_kept(&out, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the run's log is full"), "{err}");
+}
+
+/// The same with the log file on the disk the job fills (`--log-file`,
+/// written directly, no spool), in spec mode and in plain `liftoff exec`.
+#[test]
+fn a_job_filling_the_disk_keeps_its_log_file_and_the_reason() {
+    let fs = SmallFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(
+        dir.path(),
+        FILL,
+        serde_json::json!({"run": "5m", "logs": "1m"}),
+    );
+    let state = fs.path.to_str().unwrap();
+    let log = fs.path.join("spec.log");
+    let (code, _, err) = exec_within(
+        BOUND,
+        &[("LIFTOFF_STATE_DIR", state)],
+        &["--spec", &spec, "--log-file", log.to_str().unwrap()],
+        "",
+    );
+    assert_log_kept(&std::fs::read_to_string(&log).unwrap(), &err);
+    assert_eq!(code, 1, "{err}");
+
+    let fs = SmallFs::mount();
+    let ws = fs.path.join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let log = fs.path.join("exec.log");
+    let (code, _, err) = exec_within(
+        BOUND,
+        &[],
+        &[
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        FILL,
+    );
+    assert_log_kept(&std::fs::read_to_string(&log).unwrap(), &err);
+    assert_eq!(code, 125, "{err}");
+}

@@ -199,3 +199,110 @@ fn targeted_cases() {
     assert_eq!(out, b"x *** y");
     assert!(MASK == b"***");
 }
+
+/// Long secrets (up to 5,000 bytes, masked whole) in repetitive text: the
+/// reference is computed from the secrets' own forms ([`variants`]), not
+/// from what the builder made of them, so a secret matched by a part of it
+/// (issue 12, item 8: `aaa…ab` masking runs of `a`) fails here.
+#[test]
+fn long_secrets_in_repetitive_text_match_whole() {
+    let mut rng = Rng(0x10_96);
+    for case in 0..300 {
+        let alphabet: &[u8] = match case % 3 {
+            0 => b"a",
+            1 => b"ab",
+            _ => b"aab\n",
+        };
+        // Mostly the repeated byte, with a different last byte or two.
+        let len = 200 + rng.below(4800);
+        let mut secret = vec![alphabet[0]; len];
+        let tail = rng.below(3);
+        for b in secret.iter_mut().rev().take(tail) {
+            *b = alphabet[rng.below(alphabet.len())];
+        }
+        if case % 5 == 0 {
+            let at = rng.below(len);
+            secret[at] = b'z';
+        }
+        // Text: long runs of the repeated byte, sometimes the whole secret
+        // or a part of it, random bytes of the alphabet between.
+        let mut text = Vec::new();
+        for _ in 0..1 + rng.below(6) {
+            match rng.below(4) {
+                0 => text.extend_from_slice(&secret),
+                1 => {
+                    let cut = rng.below(secret.len());
+                    text.extend_from_slice(&secret[..cut]);
+                }
+                2 => text.extend(std::iter::repeat_n(alphabet[0], rng.below(12_000))),
+                _ => {
+                    let n = rng.below(200);
+                    text.extend(rng.bytes(alphabet, n));
+                }
+            }
+        }
+        let mut builder = RedactorBuilder::new();
+        builder.secret("LONG", &secret);
+        let reference: Vec<Vec<u8>> = variants(&secret);
+        let expected = reference_mask(&text, &reference);
+        let mut r = Redactor::new(builder.build());
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let n = match rng.below(3) {
+                0 => 1 + rng.below(64),
+                1 => 1 + rng.below(4096),
+                _ => 1 + rng.below(40_000),
+            }
+            .min(text.len() - at);
+            r.write(&text[at..at + n], &mut out);
+            at += n;
+        }
+        r.flush(&mut out);
+        assert!(
+            out == expected,
+            "case {case}: secret of {len} bytes, text of {} bytes: got {} bytes, want {}",
+            text.len(),
+            out.len(),
+            expected.len()
+        );
+    }
+}
+
+/// What is held back with long and short patterns together is exactly the
+/// longest live partial match (far from the end only a long pattern can be
+/// live; the redactor finds it from its grams).
+#[test]
+fn held_back_with_long_and_short_patterns() {
+    let mut rng = Rng(0xB0B);
+    for case in 0..300 {
+        let alphabet: &[u8] = if case % 2 == 0 { b"ab" } else { b"abcdefgh" };
+        let mut builder = RedactorBuilder::new();
+        let long_len = 257 + rng.below(400);
+        let long = rng.bytes(alphabet, long_len);
+        builder.literal(&long);
+        if case % 3 != 0 {
+            for _ in 0..1 + rng.below(5) {
+                let len = 4 + rng.below(40);
+                builder.literal(&rng.bytes(alphabet, len));
+            }
+        }
+        let patterns = builder.patterns().to_vec();
+        let n = rng.below(300);
+        let mut text = rng.bytes(alphabet, n);
+        let cut = rng.below(long.len());
+        text.extend_from_slice(&long[..cut]);
+        let mut r = Redactor::new(builder.build());
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let k = (1 + rng.below(700)).min(text.len() - at);
+            r.write(&text[at..at + k], &mut out);
+            at += k;
+        }
+        let live = longest_live_partial(&text, &patterns);
+        assert_eq!(r.held(), live, "case {case}");
+        r.flush(&mut out);
+        assert_eq!(out, reference_mask(&text, &patterns), "case {case}");
+    }
+}

@@ -203,3 +203,76 @@ fn reason_line_starts_a_line_after_a_masked_secret_ending_in_newline() {
     p.finish();
     assert_eq!(read(&log), "***\nno output for 2s: killed\n");
 }
+
+/// A process-group handle that also watches the top process, so the pump
+/// knows when the tree has exited (as the sandbox's pidfd does).
+struct ChildTree<'a> {
+    group: GroupKill,
+    child: &'a mut Child,
+}
+
+impl Kill for ChildTree<'_> {
+    fn terminate(&mut self) {
+        self.group.terminate();
+    }
+    fn kill(&mut self) {
+        self.group.kill();
+    }
+    fn wait_exit(&mut self, wait: Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(10)));
+        }
+    }
+}
+
+/// Issue 12, item 4: the timeouts belong to the tree, not to the pipe: a
+/// job that closes its output and runs on is still killed, by either.
+#[test]
+fn timeouts_go_on_after_the_job_closes_its_output() {
+    for (logs_timeout, run_timeout, want) in [
+        (2, 600, Ended::NoOutput(Duration::from_secs(2))),
+        (600, 2, Ended::RunTimeout(Duration::from_secs(2))),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run.log");
+        let opts = Options {
+            logs_timeout: Duration::from_secs(logs_timeout),
+            run_timeout: Duration::from_secs(run_timeout),
+            kill_grace: Duration::from_secs(1),
+            chunk_interval: Duration::from_millis(200),
+            ..Options::new("01RUNCLOSED", dir.path().join("spool"))
+        };
+        let mut p = Pipeline::start(
+            opts,
+            RedactorBuilder::new().build(),
+            Box::new(FileSink::create(&log).unwrap()),
+            None,
+        )
+        .unwrap();
+        let mut child = spawn("echo closing; exec >&- 2>&-; exec sleep 600");
+        let pipe = child.stdout.take().unwrap();
+        let pgid = child.id();
+        let mut tree = ChildTree {
+            group: GroupKill {
+                pgid,
+                stages: Vec::new(),
+            },
+            child: &mut child,
+        };
+        let ended = p.pump(pipe, &mut tree).unwrap();
+        assert_eq!(ended, want);
+        assert_eq!(tree.group.stages, vec!["TERM", "KILL"]);
+        let report = p.finish();
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        assert_eq!(read(&log), format!("closing\n{}\n", want.reason().unwrap()));
+        assert_eq!(child.wait().unwrap().signal(), Some(15));
+    }
+}

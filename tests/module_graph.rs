@@ -16,10 +16,10 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["time", "report", "beneath"],
     &["config"],
-    &["identity", "launcher_log", "notify"],
+    &["identity", "notify"],
     &["http"],
     &["sandbox", "logs"],
-    &["hostwatch", "link"],
+    &["hostwatch", "link", "launcher_log"],
     &["run"],
     &["worker"],
     &["launcher"],

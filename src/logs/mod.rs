@@ -11,8 +11,10 @@
 //! 4. any launcher lines: [`Pipeline::line`], [`Pipeline::debug_command`]
 //!    (with `SPACELIFT_DEBUG=true`, before each step runs);
 //! 5. [`Pipeline::pump`] the job's merged stdout+stderr pipe with a [`Kill`]
-//!    for its tree: it returns when the pipe closes, or after a timeout killed
-//!    the tree, saying which ([`Ended`]); the reason line ends the log;
+//!    for its tree: it returns when the pipe has closed and the tree has
+//!    exited, or after a timeout (or a full disk: [`Ended::DiskFull`])
+//!    killed the tree, saying which ([`Ended`]); the reason line ends the
+//!    log (the spool and the file sink keep room for it);
 //! 6. [`Pipeline::finish`] once: flushes the masked tail, seals the last
 //!    chunk, waits for delivery and reports.
 //!
@@ -219,23 +221,48 @@ pub fn mask_pool_secrets(
     }
 }
 
-/// Stops the job's process tree. `terminate` is SIGTERM to the whole tree;
-/// `kill` (after the grace period) is SIGKILL of everything in it. The
-/// sandbox supplies one that kills its cgroup; tests kill a process group.
+/// The pump's handle on the job's process tree. `terminate` is SIGTERM to
+/// the whole tree; `kill` (after the grace period) is SIGKILL of everything
+/// in it; `wait_exit` says whether the tree has exited. The sandbox supplies
+/// one that kills its cgroup and watches its top process; tests kill a
+/// process group.
+///
+/// The timeouts belong to the tree, not to the pipe: a job that closes its
+/// output and runs on is still timed, because after the pipe closes the
+/// pump keeps its watchdog going until `wait_exit` says the tree is gone.
 pub trait Kill {
     fn terminate(&mut self);
     fn kill(&mut self);
+    /// Waits up to `wait` for the tree to exit; true once it has. The
+    /// default, for a handle that cannot tell, takes the closing of the pipe
+    /// for the tree's exit (the timeouts then stop with the pipe): every
+    /// handle on a real job should implement it ([`fd_ready`] on a pidfd).
+    fn wait_exit(&mut self, wait: Duration) -> bool {
+        let _ = wait;
+        true
+    }
+}
+
+/// Waits up to `wait` for `fd` to be readable (for a pidfd: the process has
+/// exited; for a pipe: input or end of file). For [`Kill::wait_exit`].
+pub fn fd_ready(fd: BorrowedFd<'_>, wait: Duration) -> bool {
+    // A poll error on a pidfd means there is nothing left to wait for.
+    wait_readable(fd, wait).unwrap_or(true)
 }
 
 /// How a [`Pipeline::pump`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
-    /// The pipe closed: the job (and everything holding its output) exited.
+    /// The pipe closed and the tree exited.
     Closed,
     /// No output for this long: the tree was killed.
     NoOutput(Duration),
     /// The run took longer than this: the tree was killed.
     RunTimeout(Duration),
+    /// The disk holding the log is full (a chunk went into the spool's
+    /// reserve, or a file sink could not keep room ahead): the tree was
+    /// killed so that the log keeps its end.
+    DiskFull,
 }
 
 impl Ended {
@@ -245,6 +272,10 @@ impl Ended {
             Ended::Closed => None,
             Ended::NoOutput(d) => Some(format!("no output for {}: killed", format_duration(*d))),
             Ended::RunTimeout(d) => Some(format!("run exceeded {}: killed", format_duration(*d))),
+            Ended::DiskFull => Some(
+                "the disk holding the run's log is full (did the job fill it?): killed so that the log is kept; free disk space there (LIFTOFF_STATE_DIR, or the log file's directory)"
+                    .to_string(),
+            ),
         }
     }
 }
@@ -389,6 +420,13 @@ impl Pipeline {
         self.input(&bytes, Instant::now())?;
         self.flush_redactor(Instant::now());
         Ok(())
+    }
+
+    /// The disk the log goes to is full: the spool used its reserve, or a
+    /// direct sink (a file) could not keep room ahead.
+    fn disk_full(&self) -> bool {
+        self.spool.disk_full()
+            || matches!(&self.delivery, Delivery::Direct { sink, .. } if sink.disk_full())
     }
 
     /// Appends what the redactor holds back (end of a stream) to the chunk.
@@ -539,9 +577,10 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Reads the job's merged output pipe until it closes, masking,
-    /// chunking and spooling it, on this thread: one `poll` then one `read`
-    /// per wake-up, no hand-over between threads. On
+    /// Reads the job's merged output pipe until it closes and the tree has
+    /// exited ([`Kill::wait_exit`]), masking, chunking and spooling it, on
+    /// this thread: one `poll` then one `read` per wake-up, no hand-over
+    /// between threads. On
     /// `SPACELIFT_LAUNCHER_LOGS_TIMEOUT` (no output) or
     /// `SPACELIFT_LAUNCHER_RUN_TIMEOUT` (counted from [`Pipeline::start`]) it
     /// calls `kill.terminate()`, then `kill.kill()` after the grace period
@@ -563,11 +602,16 @@ impl Pipeline {
         let mut terminated_at: Option<Instant> = None;
         let mut killed_at: Option<Instant> = None;
         let mut failure: Option<String> = None;
+        // The pipe is at end of file; the tree may still run (the timeouts
+        // keep counting until it exits).
+        let mut closed = false;
         loop {
             let now = Instant::now();
             // Timeouts (only the first one counts).
             if timed_out.is_none() {
-                if now >= after(self.started, self.opts.run_timeout) {
+                if self.disk_full() {
+                    timed_out = Some(Ended::DiskFull);
+                } else if now >= after(self.started, self.opts.run_timeout) {
                     timed_out = Some(Ended::RunTimeout(self.opts.run_timeout));
                 } else if now >= after(last_output, self.opts.logs_timeout) {
                     timed_out = Some(Ended::NoOutput(self.opts.logs_timeout));
@@ -585,10 +629,17 @@ impl Pipeline {
             }
             if let Some(k) = killed_at {
                 if now >= k + AFTER_KILL_WAIT {
-                    self.warnings.push(format!(
-                        "the job's output pipe stayed open {} after its tree was killed; stopped reading it",
-                        format_duration(AFTER_KILL_WAIT)
-                    ));
+                    self.warnings.push(if closed {
+                        format!(
+                            "the job's tree had not exited {} after it was killed; stopped waiting for it",
+                            format_duration(AFTER_KILL_WAIT)
+                        )
+                    } else {
+                        format!(
+                            "the job's output pipe stayed open {} after its tree was killed; stopped reading it",
+                            format_duration(AFTER_KILL_WAIT)
+                        )
+                    });
                     break;
                 }
             }
@@ -616,9 +667,20 @@ impl Pipeline {
             if self.notes.is_some() {
                 wait = wait.min(NOTE_POLL);
             }
+            if closed {
+                if kill.wait_exit(wait) {
+                    break;
+                }
+                if let Err(e) = self.take_notes(Instant::now()) {
+                    failure = Some(e);
+                    break;
+                }
+                continue;
+            }
             match wait_readable(pipe.as_fd(), wait) {
                 Ok(true) => match pipe.read(&mut buf) {
-                    Ok(0) => break,
+                    // End of file: the timeouts go on until the tree exits.
+                    Ok(0) => closed = true,
                     Ok(n) => {
                         let now = Instant::now();
                         last_output = now;
@@ -705,6 +767,8 @@ impl Pipeline {
         if let Err(e) = self.seal() {
             warnings.push(e);
         }
+        // Nothing more is written: the disk-full reserve goes.
+        self.spool.release_reserves();
         let delivered = match self.delivery {
             Delivery::Spooled(uploader) => uploader.finish(),
             Delivery::Direct {

@@ -5,7 +5,8 @@
 //! [`RedactorBuilder::warnings`]; [`RedactorBuilder::build`] gives an
 //! immutable, shareable [`Matcher`]; [`Redactor::new`] makes one stream from
 //! it; call [`Redactor::write`] for each piece of input, then
-//! [`Redactor::flush`] once at end of stream.
+//! [`Redactor::flush`] once at end of stream. For one whole text (a line
+//! liftoff writes itself) [`mask_text`] / [`mask_str`] do all of that.
 //!
 //! What is masked: every byte covered by an occurrence of any pattern is
 //! masked, and each maximal run of masked bytes becomes one `***` (so
@@ -24,8 +25,10 @@
 //! up and compares the candidate patterns. Throughput is therefore nearly
 //! independent of the number of secrets. Across writes the redactor keeps
 //! back exactly the longest suffix of the input that is a proper prefix of
-//! some pattern (a partial match still alive; found by testing only the last
-//! `longest pattern - 1` positions), everything before it is final and is
+//! some pattern (a partial match still alive; found by testing the last
+//! positions within reach of the short patterns one by one, and further
+//! back, where only a long pattern can be live, from the tested grams),
+//! everything before it is final and is
 //! emitted. Large writes are scanned in place; only the seam with the held
 //! bytes is copied. Buildkite's redactor holds back the same way; an
 //! Aho-Corasick automaton was the alternative, but its per-byte state walk
@@ -35,8 +38,17 @@
 //! the same byte) every tested gram has candidates to compare, which is slower
 //! (still linear in the output for a fixed secret set).
 //!
-//! Long secret forms (over [`LONG_SECRET`] bytes: PEM keys, certificates) are
-//! masked as overlapping 128-byte pieces, which bounds the hold-back.
+//! A secret matches whole, never by a part of it: a PEM key, a certificate
+//! or a JSON document is held back up to its full length while a print of
+//! it may be under way (a few KiB). Masking long secrets as overlapping
+//! pieces, as this module once did, masked any text that happened to hold
+//! one piece: a 3,001-byte `aaa…ab` secret masked every run of 128 `a`, and
+//! the first 128 bytes of a JSON secret (its common keys) masked a public
+//! line. Only forms longer than [`LONG_SECRET`] (64 KiB, which would hold
+//! back too much) are still masked in pieces of [`PIECE`] bytes, with a
+//! warning. On a hit the candidate's last bytes are compared before the
+//! rest, so a long repetitive secret (`aaa…ab`) against repetitive output
+//! (`aaaa…`) costs a few bytes per candidate, not its length.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,10 +59,12 @@ pub const MASK: &[u8] = b"***";
 /// Values shorter than this are not masked: they would shred the log.
 pub const MIN_SECRET_LEN: usize = 4;
 
-/// Secret forms longer than this are masked as overlapping pieces of
-/// 128 bytes (see [`RedactorBuilder::secret`]).
-pub const LONG_SECRET: usize = 256;
-const PIECE: usize = 128;
+/// Secret forms up to this long are matched whole; longer ones (which would
+/// make every stream hold back that much) are masked as overlapping pieces
+/// of [`PIECE`] bytes, with a warning (see [`RedactorBuilder::secret`]).
+pub const LONG_SECRET: usize = 64 * 1024;
+/// The piece of a form longer than [`LONG_SECRET`].
+pub const PIECE: usize = 4096;
 
 /// Collects secrets and their encoded forms.
 #[derive(Debug, Default, Clone)]
@@ -66,12 +80,14 @@ impl RedactorBuilder {
     }
 
     /// Masks `value` (the value of the variable or secret called `name`) and
-    /// its common encoded forms: JSON-string-escaped, URL-encoded, base64 at
-    /// all three alignments (standard and URL-safe alphabets), and for
-    /// multi-line values each line break as `\n` or as `\r\n`. A value shorter
-    /// than 4 bytes is not masked; one warning per `name` says so. Forms
-    /// longer than [`LONG_SECRET`] are masked as overlapping 128-byte pieces
-    /// (so a partial print of 128 bytes or more is masked too).
+    /// its common encoded forms (see [`variants`]): JSON-string-escaped,
+    /// URL-encoded (fully, `quote()`-style, `quote_plus()`-style and
+    /// `encodeURIComponent`-style, upper and lower hex), base64 at all three
+    /// alignments (standard and URL-safe alphabets), and for multi-line
+    /// values each line break as `\n` or as `\r\n`. Each form matches whole.
+    /// A value shorter than 4 bytes is not masked; one warning per `name`
+    /// says so. Forms longer than [`LONG_SECRET`] are masked as overlapping
+    /// [`PIECE`]-byte pieces; one warning per `name` says so.
     pub fn secret(&mut self, name: &str, value: &[u8]) -> &mut Self {
         if value.is_empty() {
             return self;
@@ -89,10 +105,16 @@ impl RedactorBuilder {
                 self.patterns.push(v);
                 continue;
             }
-            // A long secret (a PEM key, a certificate) is masked as
-            // overlapping pieces: any print of it contains them all, so the
-            // whole of it is masked, and the redactor holds back at most a
-            // piece, not kilobytes.
+            // A huge form would make every stream hold back that much: it is
+            // masked as overlapping pieces (any print of it contains them
+            // all), at the cost that output repeating a piece is masked too.
+            if self.warned.insert(format!("{name}\0long")) {
+                self.warnings.push(format!(
+                    "the value of {name} (or an encoded form of it) is longer than {} KiB: it is masked in run logs as pieces of {} KiB, so other output repeating such a piece is masked too; use a shorter secret (a file, a reference)",
+                    LONG_SECRET >> 10,
+                    PIECE >> 10
+                ));
+            }
             let mut start = 0;
             while start + PIECE < v.len() {
                 self.patterns.push(v[start..start + PIECE].to_vec());
@@ -148,8 +170,11 @@ pub fn variants(value: &[u8]) -> Vec<Vec<u8>> {
                 out.push(inner.to_vec());
             }
         }
-        out.push(url_encode(base, b"0123456789ABCDEF"));
-        out.push(url_encode(base, b"0123456789abcdef"));
+        for hex in [b"0123456789ABCDEF", b"0123456789abcdef"] {
+            for style in &URL_STYLES {
+                out.push(url_encode(base, hex, style));
+            }
+        }
         for align in 0..3 {
             out.push(base64_aligned(
                 &base64::engine::general_purpose::STANDARD_NO_PAD,
@@ -193,11 +218,44 @@ fn to_crlf(lf: &[u8]) -> Vec<u8> {
     out
 }
 
-fn url_encode(value: &[u8], hex: &[u8; 16]) -> Vec<u8> {
+/// A way of percent-encoding: the bytes besides ASCII letters and digits
+/// kept as they are, and whether a space becomes `+`.
+struct UrlStyle {
+    keep: &'static [u8],
+    plus: bool,
+}
+
+/// The percent-encodings in common use: RFC 3986 unreserved only (Go's
+/// `url.PathEscape` of a segment, `curl --data-urlencode`, Python's
+/// `quote(s, safe="")`); Python's `quote()` (keeps `/`);
+/// `quote_plus()`/`urlencode()` and HTML forms (a space is `+`);
+/// JavaScript's `encodeURIComponent` (keeps `!'()*`).
+const URL_STYLES: [UrlStyle; 4] = [
+    UrlStyle {
+        keep: b"-._~",
+        plus: false,
+    },
+    UrlStyle {
+        keep: b"-._~/",
+        plus: false,
+    },
+    UrlStyle {
+        keep: b"-._~",
+        plus: true,
+    },
+    UrlStyle {
+        keep: b"-._~!'()*",
+        plus: false,
+    },
+];
+
+fn url_encode(value: &[u8], hex: &[u8; 16], style: &UrlStyle) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len() * 3);
     for &b in value {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+        if b.is_ascii_alphanumeric() || style.keep.contains(&b) {
             out.push(b);
+        } else if b == b' ' && style.plus {
+            out.push(b'+');
         } else {
             out.push(b'%');
             out.push(hex[usize::from(b >> 4)]);
@@ -219,6 +277,21 @@ fn base64_aligned(engine: &impl base64::Engine, value: &[u8], align: usize) -> V
         return Vec::new();
     }
     encoded.as_bytes()[first..end].to_vec()
+}
+
+/// `text` masked whole with `matcher` (for liftoff's own lines: a failure
+/// reason, an error, a log line of the launcher).
+pub fn mask_text(matcher: &Arc<Matcher>, text: &[u8]) -> Vec<u8> {
+    let mut r = Redactor::new(matcher.clone());
+    let mut out = Vec::with_capacity(text.len());
+    r.write(text, &mut out);
+    r.flush(&mut out);
+    out
+}
+
+/// [`mask_text`] of a string.
+pub fn mask_str(matcher: &Arc<Matcher>, text: &str) -> String {
+    String::from_utf8_lossy(&mask_text(matcher, text.as_bytes())).into_owned()
 }
 
 /// The whole-text meaning of masking, used by tests as the reference: every
@@ -280,12 +353,21 @@ pub struct Matcher {
     prefix2: Vec<u64>,
     prefix3: HashSet<u32, GramHash>,
     max_len: usize,
+    /// The longest pattern of at most [`SHORT_PATTERN`] bytes.
+    short_max: usize,
 }
+
+/// Patterns longer than this (PEM keys, certificates, JSON documents) are
+/// few; far from the end of the input, a live partial match of one is found
+/// from the tested grams, not by trying every position.
+const SHORT_PATTERN: usize = 256;
 
 const GRAM_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The second hash: which two bits of the word.
 const GRAM_MUL2: u64 = 0xC2B2_AE3D_27D4_EB4F;
 const MAX_STRIDE: usize = 32;
+/// How many last bytes of a candidate pattern are compared first.
+const TAIL_CHECK: usize = 8;
 
 /// The Bloom filter word and bits of gram `g`.
 #[inline(always)]
@@ -345,6 +427,7 @@ impl Matcher {
         let mut prefix2 = vec![0u64; 1024];
         let mut prefix3 = HashSet::default();
         let mut max_len = 0;
+        let mut short_max = 0;
         for (id, p) in patterns.iter().enumerate() {
             let id = id as u32;
             for o in 0..stride {
@@ -366,6 +449,9 @@ impl Matcher {
             prefix2[two >> 6] |= 1 << (two & 63);
             prefix3.insert(u32::from_le_bytes([p[0], p[1], p[2], 0]));
             max_len = max_len.max(p.len());
+            if p.len() <= SHORT_PATTERN {
+                short_max = short_max.max(p.len());
+            }
         }
         Matcher {
             patterns,
@@ -387,6 +473,7 @@ impl Matcher {
             prefix2,
             prefix3,
             max_len,
+            short_max,
         }
     }
 
@@ -422,7 +509,13 @@ impl Matcher {
                 continue;
             };
             let p = &self.patterns[id as usize];
-            if buf.get(t..t + p.len()) == Some(&p[..]) {
+            let Some(window) = buf.get(t..t + p.len()) else {
+                continue;
+            };
+            // The last bytes first: a long repetitive secret against
+            // repetitive output fails here, not after its whole length.
+            let tail = p.len().saturating_sub(TAIL_CHECK);
+            if window[tail..] == p[tail..] && window == &p[..] {
                 spans.push((t, t + p.len()));
             }
         }
@@ -471,7 +564,53 @@ impl Matcher {
             return n;
         }
         let from = n.saturating_sub(self.max_len.saturating_sub(1));
-        (from..n).find(|&t| self.live_partial(buf, t)).unwrap_or(n)
+        // Before `near`, what runs to the end is at least as long as every
+        // short pattern and holds a tested gram: only a long pattern can be
+        // live there, found from the grams like a whole match.
+        let reach = self.short_max.max(self.stride + self.gram_len - 1);
+        let near = n.saturating_sub(reach.saturating_sub(1)).max(from);
+        let far = if near > from {
+            if self.gram_len == 8 {
+                self.long_partial::<8>(buf, from, near)
+            } else {
+                self.long_partial::<4>(buf, from, near)
+            }
+        } else {
+            None
+        };
+        far.or_else(|| (near..n).find(|&t| self.live_partial(buf, t)))
+            .unwrap_or(n)
+    }
+
+    /// The first `t` in `from..near` where `buf[t..]` (running to the end,
+    /// at least `stride + K - 1` bytes) is a proper prefix of a pattern:
+    /// such a prefix holds a gram at a multiple of `stride` from `from`,
+    /// at an offset below `stride` in the pattern, which the filter has.
+    fn long_partial<const K: usize>(&self, buf: &[u8], from: usize, near: usize) -> Option<usize> {
+        let n = buf.len();
+        let mut best: Option<usize> = None;
+        let mut j = from;
+        while j < near + self.stride && j + K <= n {
+            let g = gram::<K>(buf, j);
+            if self.gram_hit(g) {
+                if let Some(cands) = self.grams.get(&g) {
+                    for &(id, o) in cands.iter() {
+                        let Some(t) = j.checked_sub(o as usize) else {
+                            continue;
+                        };
+                        if t < from || t >= near || best.is_some_and(|b| b <= t) {
+                            continue;
+                        }
+                        let p = &self.patterns[id as usize];
+                        if p.len() > n - t && p[..n - t] == buf[t..] {
+                            best = Some(t);
+                        }
+                    }
+                }
+            }
+            j += self.stride;
+        }
+        best
     }
 
     #[inline(always)]
@@ -821,12 +960,12 @@ mod tests {
     }
 
     #[test]
-    fn long_secrets_are_masked_whole_with_a_short_hold_back() {
+    fn long_secrets_are_masked_whole() {
         let secret: Vec<u8> = (0..3000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
         let mut b = RedactorBuilder::new();
         b.secret("CERT", &secret);
+        assert!(b.warnings().is_empty());
         let m = b.build();
-        assert!(m.max_len() <= PIECE);
         let mut text = b"before ".to_vec();
         text.extend_from_slice(&secret);
         text.extend_from_slice(b" after ");
@@ -835,18 +974,120 @@ mod tests {
                 .encode(&secret)
                 .as_bytes(),
         );
+        text.extend_from_slice(b" partial ");
+        // A part of the secret is not the secret: it stays.
+        text.extend_from_slice(&secret[..2000]);
         text.extend_from_slice(b" end");
         let mut r = Redactor::new(m);
         let mut out = Vec::new();
         for piece in text.chunks(100) {
             r.write(piece, &mut out);
-            assert!(r.held() < PIECE);
+            assert!(r.held() < secret.len() * 4 / 3 + 4);
         }
         r.flush(&mut out);
         // base64 at offset 0 leaves at most the last, partial group visible.
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("before *** after ***"), "{s}");
-        assert!(s.ends_with(" end") && s.len() < 40, "{s}");
+        let partial = format!(
+            " partial {} end",
+            std::str::from_utf8(&secret[..2000]).unwrap()
+        );
+        assert!(s.ends_with(&partial) && s.len() < 40 + partial.len(), "{s}");
+    }
+
+    /// Issue 12, item 8: a 3,001-byte `aaa…ab` secret turned a long run of
+    /// `a` into `***` (its 128-byte pieces matched on their own).
+    #[test]
+    fn a_repetitive_long_secret_does_not_mask_a_run_of_its_prefix() {
+        let mut secret = vec![b'a'; 3000];
+        secret.push(b'b');
+        let mut b = RedactorBuilder::new();
+        b.secret("REPEAT", &secret);
+        let mut r = Redactor::new(b.build());
+        let run = vec![b'a'; 1 << 20];
+        let mut out = Vec::new();
+        for piece in run.chunks(64 * 1024) {
+            r.write(piece, &mut out);
+        }
+        r.write(b"\n", &mut out);
+        r.flush(&mut out);
+        assert_eq!(out.len(), run.len() + 1, "the run of a was masked");
+        assert!(!out.windows(3).any(|w| w == MASK));
+        // The secret itself, in that run, still is.
+        let mut r = Redactor::new(b.build());
+        let mut out = Vec::new();
+        r.write(&run, &mut out);
+        r.write(&secret, &mut out);
+        r.write(b"!", &mut out);
+        r.flush(&mut out);
+        assert_eq!(out.len(), run.len() + 4);
+        assert!(out.ends_with(b"***!"));
+    }
+
+    /// Issue 12, item 8: a 442-byte JSON secret masked an unrelated public
+    /// line sharing its first keys.
+    #[test]
+    fn a_json_secret_does_not_mask_a_line_sharing_its_keys() {
+        let doc = |key: &str| {
+            format!(
+                r#"{{"type": "service_account", "project_id": "example-project-123456", "client_email": "deployer@example-project-123456.iam.example.com", "auth_uri": "https://accounts.example.com/o/oauth2/auth", "private_key_id": "{key}"}}"#
+            )
+        };
+        let secret = doc(&"k".repeat(442 - doc("").len()));
+        assert_eq!(secret.len(), 442);
+        let public = doc("public-key-id-not-a-secret");
+        let mut b = RedactorBuilder::new();
+        b.secret("GOOGLE_CREDENTIALS", secret.as_bytes());
+        let mut r = Redactor::new(b.build());
+        let mut out = Vec::new();
+        r.write(format!("{public}\n{secret}\n").as_bytes(), &mut out);
+        r.flush(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{public}\n***\n"));
+    }
+
+    #[test]
+    fn huge_forms_are_masked_in_pieces_with_a_warning() {
+        let secret: Vec<u8> = (0..LONG_SECRET as u32 + 10)
+            .map(|i| b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26)
+            .collect();
+        let mut b = RedactorBuilder::new();
+        b.secret("HUGE", &secret);
+        assert_eq!(b.warnings().len(), 1, "{:?}", b.warnings());
+        assert!(b.warnings()[0].contains("HUGE"));
+        let m = b.build();
+        assert!(m.max_len() <= PIECE);
+        let mut r = Redactor::new(m);
+        let mut out = Vec::new();
+        r.write(b"x ", &mut out);
+        r.write(&secret, &mut out);
+        r.write(b" y", &mut out);
+        r.flush(&mut out);
+        assert_eq!(out, b"x *** y");
+    }
+
+    /// Issue 12, item 7: the `quote()` (slashes kept) and `quote_plus()`
+    /// (`+` for a space) percent-encodings, in both hex cases.
+    #[test]
+    fn url_encoding_styles() {
+        let secret = b"p@ss w/rd:x'y!";
+        let mut b = RedactorBuilder::new();
+        b.secret("PW", secret);
+        let m = b.build();
+        for form in [
+            "p%40ss%20w%2Frd%3Ax%27y%21",
+            "p%40ss%20w/rd%3Ax%27y%21",
+            "p%40ss+w%2Frd%3Ax%27y%21",
+            "p%40ss%20w%2Frd%3Ax'y!",
+            "p%40ss%20w%2frd%3ax%27y%21",
+            "p%40ss%20w/rd%3ax%27y%21",
+            "p%40ss+w%2frd%3ax%27y%21",
+        ] {
+            let mut r = Redactor::new(m.clone());
+            let mut out = Vec::new();
+            r.write(format!("a={form}&b").as_bytes(), &mut out);
+            r.flush(&mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), "a=***&b", "{form}");
+        }
     }
 
     #[test]

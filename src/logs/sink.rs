@@ -60,6 +60,11 @@ pub trait Sink: Send {
     fn direct(&self) -> bool {
         false
     }
+    /// True once the sink's disk is full (it kept room for the end of the
+    /// log): the pipeline then stops the job and writes the reason.
+    fn disk_full(&self) -> bool {
+        false
+    }
     /// Delivers one chunk from memory (direct sinks only).
     fn deliver_bytes(&mut self, chunk: &Chunk, bytes: &[u8]) -> Result<(), DeliverError> {
         let _ = bytes;
@@ -174,7 +179,7 @@ impl Sink for PresignedSink {
 
     fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
         let url = self.urls.url(&chunk.run_id, chunk.seq)?;
-        let shown = url.split('?').next().unwrap_or("").to_string();
+        let shown = crate::http::redact_url(&url);
         // `&File` makes ureq send Content-Length (the file's size), never a
         // chunked body, which object storage rejects.
         let response = self
@@ -219,7 +224,17 @@ pub struct FileSink {
     /// time, and a truncate to 0 makes ext4 write the whole file back on
     /// close (its `auto_da_alloc` rule for files replaced by truncation).
     torn: bool,
+    /// Disk blocks are allocated (`fallocate`, size kept) up to here, past
+    /// what is written, so a full disk does not lose the end of the log.
+    reserved_to: u64,
+    /// Allocating room ahead failed for lack of space.
+    disk_full: bool,
 }
+
+/// How far ahead of what is written a [`FileSink`] keeps disk blocks
+/// allocated; it tops them up once less than half is left, so when the disk
+/// fills at least half of this is left for the log's end (the reason line).
+pub const FILE_RESERVE: u64 = 4 << 20;
 
 impl FileSink {
     pub fn create(path: &Path) -> Result<FileSink, String> {
@@ -229,12 +244,40 @@ impl FileSink {
             .truncate(true)
             .open(path)
             .map_err(|e| format!("cannot create the log file {}: {e}", path.display()))?;
-        Ok(FileSink {
+        let mut sink = FileSink {
             path: path.to_path_buf(),
             file,
             committed: 0,
             torn: false,
-        })
+            reserved_to: 0,
+            disk_full: false,
+        };
+        sink.reserve();
+        Ok(sink)
+    }
+
+    /// Keeps [`FILE_RESERVE`] bytes allocated past what is written, topped
+    /// up when less than half is left. A file system without `fallocate`
+    /// gets no reserve; one without space sets `disk_full`.
+    fn reserve(&mut self) {
+        if self.disk_full || self.reserved_to >= self.committed + FILE_RESERVE / 2 {
+            return;
+        }
+        let (Ok(from), Ok(len)) = (i64::try_from(self.committed), i64::try_from(FILE_RESERVE))
+        else {
+            return;
+        };
+        match nix::fcntl::fallocate(
+            &self.file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            from,
+            len,
+        ) {
+            Ok(()) => self.reserved_to = self.committed + FILE_RESERVE,
+            Err(nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT) => self.disk_full = true,
+            // Not supported here: write as before, without a reserve.
+            Err(_) => self.reserved_to = u64::MAX,
+        }
     }
 
     /// Writes one chunk after the delivered ones, first cutting back
@@ -248,6 +291,8 @@ impl FileSink {
             if self.torn {
                 self.file.set_len(self.committed)?;
                 self.file.seek(SeekFrom::Start(self.committed))?;
+                // Cutting back freed the blocks past the end.
+                self.reserved_to = self.reserved_to.min(self.committed);
             }
             self.torn = true;
             write(&mut self.file)?;
@@ -262,6 +307,7 @@ impl FileSink {
             ))
         })?;
         self.committed += chunk.len;
+        self.reserve();
         Ok(())
     }
 }
@@ -292,7 +338,30 @@ impl Sink for FileSink {
         self.append(chunk, |file| file.write_all(bytes))
     }
 
+    fn disk_full(&self) -> bool {
+        self.disk_full
+    }
+
     fn finish(&mut self) -> Result<(), String> {
+        // The reserve past the end is no longer needed: free its blocks.
+        if self.reserved_to > self.committed && self.reserved_to != u64::MAX {
+            if let (Ok(from), Ok(len)) = (
+                i64::try_from(self.committed),
+                i64::try_from(self.reserved_to - self.committed),
+            ) {
+                let _ = nix::fcntl::fallocate(
+                    &self.file,
+                    nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    from,
+                    len,
+                );
+            }
+            // Some file systems free blocks past the end only on a
+            // truncate (ext4, xfs), others only on a punched hole (tmpfs).
+            let _ = self.file.set_len(self.committed);
+            self.reserved_to = self.committed;
+        }
         // No fsync: like a job writing its own file, the page cache has it
         // (an fsync of a 1.4 GB log doubled the end-to-end bench's time).
         self.file
@@ -465,6 +534,32 @@ mod tests {
             .unwrap();
         sink.finish().unwrap();
         assert_eq!(std::fs::read(&log).unwrap(), b"first\nsecond\n");
+    }
+
+    #[test]
+    fn file_sink_keeps_room_ahead_and_frees_it_at_the_end() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut sink = FileSink::create(&log).unwrap();
+        let chunk = Chunk {
+            run_id: "R".into(),
+            seq: 0,
+            len: 6,
+            sha256: [0; 32],
+        };
+        sink.deliver_bytes(&chunk, b"first\n").unwrap();
+        assert!(!sink.disk_full());
+        let during = std::fs::metadata(&log).unwrap();
+        assert_eq!(during.len(), 6);
+        if sink.reserved_to != u64::MAX {
+            // fallocate works here: the room is allocated past the end.
+            assert!(during.blocks() * 512 >= FILE_RESERVE, "{during:?}");
+        }
+        sink.finish().unwrap();
+        let after = std::fs::metadata(&log).unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"first\n");
+        assert!(after.blocks() * 512 < FILE_RESERVE / 2, "{after:?}");
     }
 
     #[test]

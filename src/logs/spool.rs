@@ -11,15 +11,29 @@
 //! killed launcher; a host crash may lose the last seconds, and a chunk the
 //! crash damaged is detected by its SHA-256 and kept aside, not uploaded.
 //!
+//! A full disk does not lose the log: [`Spool::open`] preallocates reserve
+//! files in the run's directory ([`RESERVES`]: one chunk and two small
+//! ones, `fallocate`d so writing into them needs no free space). When a
+//! chunk cannot be written for lack of space, it is written into the
+//! smallest reserve that holds it instead (renamed to the chunk's name), and
+//! [`Spool::disk_full`] turns true: the pipeline then stops the job and
+//! writes its reason, which the remaining reserves hold.
+//!
 //! Call order: [`Spool::open`] (a run's directory), [`Spool::existing`] (chunks
 //! already there), [`Spool::write`] for each new chunk, [`Spool::open_chunk`]
 //! to read one back verified, [`Spool::remove`] once delivered,
-//! [`Spool::close`] at the end (removes the directory when empty). At
+//! [`Spool::release_reserves`] after the last write, [`Spool::close`] at the end (removes the directory when empty). At
 //! start-up, [`runs`] lists the run directories an earlier process left.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Sizes of the reserve files of a run's spool directory: room for one full
+/// chunk, then for the reason line and the launcher's last line.
+pub const RESERVES: [u64; 3] = [super::CHUNK_MAX as u64, 64 * 1024, 64 * 1024];
 
 use aws_lc_rs::digest;
 
@@ -77,19 +91,49 @@ pub fn check_run_id(run_id: &str) -> Result<(), String> {
 pub struct Spool {
     dir: PathBuf,
     run_id: String,
+    /// Reserve files not used yet, with their sizes, smallest first.
+    reserves: Mutex<Vec<(PathBuf, u64)>>,
+    /// A chunk went into a reserve: the disk is full.
+    disk_full: AtomicBool,
 }
 
 impl Spool {
-    /// Opens (creating, mode 0700) `<root>/<run_id>`.
+    /// Opens (creating, mode 0700) `<root>/<run_id>` and preallocates its
+    /// reserve files (as many as there is room for).
     pub fn open(root: &Path, run_id: &str) -> Result<Spool, String> {
         check_run_id(run_id)?;
         let dir = root.join(run_id);
         create_private_dir(root)?;
         create_private_dir(&dir)?;
+        let mut reserves = Vec::new();
+        for (i, &size) in RESERVES.iter().enumerate() {
+            let path = dir.join(format!(".reserve-{i}"));
+            if preallocate(&path, size).is_ok() {
+                reserves.push((path, size));
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        reserves.sort_by_key(|r| r.1);
         Ok(Spool {
             dir,
             run_id: run_id.to_string(),
+            reserves: Mutex::new(reserves),
+            disk_full: AtomicBool::new(false),
         })
+    }
+
+    /// True once a chunk had to go into a reserve file (the disk is full).
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::Relaxed)
+    }
+
+    /// Reserve files not used yet.
+    pub fn reserves_left(&self) -> usize {
+        self.reserves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn dir(&self) -> &Path {
@@ -179,15 +223,47 @@ impl Spool {
                 self.dir.display()
             )
         };
-        let mut f = OpenOptions::new()
+        let written = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)
-            .map_err(fail)?;
-        f.write_all(body).map_err(fail)?;
-        fs::rename(&tmp, self.dir.join(chunk.file_name())).map_err(fail)?;
-        Ok(chunk)
+            .and_then(|mut f| f.write_all(body))
+            .and_then(|()| fs::rename(&tmp, self.dir.join(chunk.file_name())));
+        match written {
+            Ok(()) => Ok(chunk),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                let _ = fs::remove_file(&tmp);
+                match self.write_reserved(&chunk, body) {
+                    Ok(true) => Ok(chunk),
+                    Ok(false) => Err(format!("{}; the log spool's reserve is used up", fail(e))),
+                    Err(r) => Err(format!(
+                        "{}; writing it into the reserve failed too: {r}",
+                        fail(e)
+                    )),
+                }
+            }
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    /// Writes `body` into the smallest reserve file that holds it (its
+    /// blocks are allocated already) and renames it to the chunk's name.
+    /// False when no reserve is left that is large enough.
+    fn write_reserved(&self, chunk: &Chunk, body: &[u8]) -> std::io::Result<bool> {
+        let (path, _) = {
+            let mut reserves = self.reserves.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(i) = reserves.iter().position(|r| r.1 >= body.len() as u64) else {
+                return Ok(false);
+            };
+            reserves.remove(i)
+        };
+        self.disk_full.store(true, Ordering::Relaxed);
+        let mut f = OpenOptions::new().write(true).open(&path)?;
+        f.write_all(body)?;
+        f.set_len(body.len() as u64)?;
+        fs::rename(&path, self.dir.join(chunk.file_name()))?;
+        Ok(true)
     }
 
     /// Opens a chunk for sending: checks its length and SHA-256 and returns
@@ -231,10 +307,36 @@ impl Spool {
         let _ = fs::remove_file(self.dir.join(chunk.file_name()));
     }
 
-    /// Removes the run's directory if nothing is left in it.
+    /// Removes the reserve files that were not used (no more chunks will be
+    /// written).
+    pub fn release_reserves(&self) {
+        let mut reserves = self.reserves.lock().unwrap_or_else(|p| p.into_inner());
+        for (path, _) in reserves.drain(..) {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    /// Removes the reserve files, and the run's directory if nothing else
+    /// is left in it.
     pub fn close(self) {
+        self.release_reserves();
         let _ = fs::remove_dir(&self.dir);
     }
+}
+
+/// Creates `path` with `size` bytes allocated on disk (`fallocate`), so that
+/// writing into it later needs no free space.
+fn preallocate(path: &Path, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    let len = i64::try_from(size).map_err(std::io::Error::other)?;
+    nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, len)?;
+    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), String> {
@@ -319,6 +421,28 @@ mod tests {
         fs::write(spool.dir().join(b.file_name()), b"w0rld").unwrap();
         assert!(spool.open_chunk(&b).unwrap_err().contains("damaged"));
         assert!(Spool::open(dir.path(), "../x").is_err());
+    }
+
+    #[test]
+    fn reserves_are_preallocated_and_released() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), "01RES").unwrap();
+        assert_eq!(spool.reserves_left(), RESERVES.len());
+        let reserve = spool.dir().join(".reserve-0");
+        let m = fs::metadata(&reserve).unwrap();
+        // Allocated on disk, not sparse.
+        assert!(m.blocks() * 512 >= RESERVES[0], "{m:?}");
+        assert!(!spool.disk_full());
+        spool.write(0, b"x").unwrap();
+        assert_eq!(
+            spool.existing().unwrap().0.len(),
+            1,
+            "reserves are not chunks"
+        );
+        spool.release_reserves();
+        assert!(!reserve.exists());
+        spool.close();
     }
 
     #[test]

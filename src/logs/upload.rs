@@ -287,6 +287,8 @@ pub fn recover(
     for run_id in runs(root)? {
         let spool = Spool::open(root, &run_id)?;
         let (chunks, warnings) = spool.existing()?;
+        // Recovery writes no new chunks: no disk-full reserve is needed.
+        spool.release_reserves();
         for w in warnings {
             tracing::warn!("{w}");
         }

@@ -61,6 +61,8 @@ const URL_WAIT: Duration = Duration::from_secs(30);
 
 /// What every run of this launcher shares.
 struct Shared {
+    /// Masks the pool token and key in the launcher's own log.
+    _pool_mask: crate::launcher_log::MaskGuard,
     config: Config,
     launcher_env: Env,
     identity: Option<Arc<Identity>>,
@@ -178,8 +180,18 @@ impl SandboxExecutor {
                 }
             }
         }
+        // The launcher's own log is masked with the pool's secrets while
+        // the executor lives.
+        let pool_mask = {
+            let mut b = RedactorBuilder::new();
+            crate::logs::mask_pool_secrets(&mut b, &config, &|n| {
+                launcher_env.get(n).map(str::to_string)
+            });
+            crate::launcher_log::mask_while(b.build())
+        };
         Ok(SandboxExecutor {
             shared: Arc::new(Shared {
+                _pool_mask: pool_mask,
                 config,
                 launcher_env,
                 identity,
@@ -466,8 +478,16 @@ fn run(
             });
         }) as crate::logs::upload::OnDelivered
     };
-    let mut log = Pipeline::start(opts, builder.build(), sink, Some(on_delivered))
-        .map_err(|e| format!("the run log cannot be started: {e}"))?;
+    let matcher = builder.build();
+    // The launcher's own log lines are masked with the run's secrets too.
+    let _masked = crate::launcher_log::mask_while(matcher.clone());
+    // Every line liftoff writes about the run (the reason of the terminal
+    // event, `liftoff exec --spec`'s last line) is masked like its log.
+    let shown = |reason: String| {
+        crate::logs::redact::mask_str(&matcher, &crate::http::redact_urls(&reason))
+    };
+    let mut log = Pipeline::start(opts, matcher.clone(), sink, Some(on_delivered))
+        .map_err(|e| shown(format!("the run log cannot be started: {e}")))?;
     // Host trouble (CPU steal, memory, disk) is told in the run's log.
     log.attach_notes(shared.host_notes.subscribe());
     for w in builder.warnings() {
@@ -482,7 +502,8 @@ fn run(
     let _dir = RunDir::fresh(run_dir.clone());
     let result = run_logged(
         shared, &spec, &launch, &workspace, &layer, &mut log, events, control,
-    );
+    )
+    .map_err(shown);
     if let Err(reason) = &result {
         let _ = log.line(&format!("liftoff: run failed: {reason}"));
     }
@@ -699,7 +720,7 @@ fn fetch_source(
     owner: Option<(u32, u32)>,
     (run_deadline, run_timeout): (Instant, Duration),
 ) -> Result<(), String> {
-    let shown = url.split('?').next().unwrap_or("");
+    let shown = crate::http::redact_url(url);
     let timed_out = || {
         format!(
             "timed out downloading the source from {shown}: the run timeout ({}) passed; raise timeouts.run or SPACELIFT_LAUNCHER_RUN_TIMEOUT, or make the source faster to fetch",
@@ -750,7 +771,7 @@ fn put<B: ureq::AsSendBody>(
     body: B,
     content_type: &str,
 ) -> Result<(), String> {
-    let shown = url.split('?').next().unwrap_or("");
+    let shown = crate::http::redact_url(url);
     let response = agent
         .put(url)
         .header("Content-Type", content_type)
@@ -836,8 +857,9 @@ struct StepOutcome {
     stdout: Option<Vec<u8>>,
 }
 
-/// The pipeline's handle on the step's tree.
-struct TreeKill(Arc<Mutex<Sandbox>>);
+/// The pipeline's handle on the step's tree: signals, and the exit of its
+/// top process (a copy of its pidfd, so waiting never holds the lock).
+struct TreeKill(Arc<Mutex<Sandbox>>, Option<std::os::fd::OwnedFd>);
 
 impl Kill for TreeKill {
     fn terminate(&mut self) {
@@ -845,6 +867,18 @@ impl Kill for TreeKill {
     }
     fn kill(&mut self) {
         lock(&self.0).kill();
+    }
+    fn wait_exit(&mut self, wait: Duration) -> bool {
+        use std::os::fd::AsFd;
+        match &self.1 {
+            Some(fd) => crate::logs::fd_ready(fd.as_fd(), wait),
+            // No copy of the pidfd: look now and then, never holding the
+            // lock while waiting.
+            None => {
+                std::thread::sleep(wait.min(Duration::from_millis(50)));
+                lock(&self.0).try_wait().map_or(true, |o| o.is_some())
+            }
+        }
     }
 }
 
@@ -899,7 +933,8 @@ fn run_step(
     let Some(merged) = logged else {
         return Err("the step's output pipe is missing".into());
     };
-    let mut kill = TreeKill(sb.clone());
+    let pidfd = lock(&sb).pidfd().try_clone_to_owned().ok();
+    let mut kill = TreeKill(sb.clone(), pidfd);
     let ended = log.pump(merged, &mut kill);
     // The pipe closed (or a timeout killed the tree): wait for the top
     // process, never holding the lock long (cancel needs it).
