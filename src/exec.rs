@@ -596,6 +596,8 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
                 }
             }
         });
+        // The job comes first: the pump's wake-ups do not preempt it.
+        let _batch = sandbox::sched::Batch::enter();
         let r = pipeline.pump(output, &mut TreeKill(sbr));
         if r.is_err() {
             sbr.kill();

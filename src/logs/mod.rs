@@ -590,11 +590,11 @@ impl Pipeline {
     /// (the job is killed then too: its output would be lost).
     ///
     /// `pipe` must be pollable (a pipe, a socket, a terminal); for any other
-    /// reader use [`Pipeline::pump_reader`].
+    /// reader use [`Pipeline::pump_reader`]. Callers that run a job put the
+    /// calling thread under `SCHED_BATCH` for the call
+    /// (`sandbox::sched::Batch`), so the pump's wake-ups never preempt it.
     pub fn pump<P: Read + AsFd>(&mut self, pipe: P, kill: &mut dyn Kill) -> Result<Ended, String> {
         let mut pipe = pipe;
-        // The job comes first: the pump's wake-ups do not preempt it.
-        let _batch = crate::sandbox::sched::Batch::enter();
         let mut buf = vec![0u8; READ_SIZE];
         let pause = coalescing_pause(pipe.as_fd());
         let mut last_output = Instant::now();

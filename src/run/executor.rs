@@ -935,7 +935,11 @@ fn run_step(
     };
     let pidfd = lock(&sb).pidfd().try_clone_to_owned().ok();
     let mut kill = TreeKill(sb.clone(), pidfd);
-    let ended = log.pump(merged, &mut kill);
+    let ended = {
+        // The job comes first: the pump's wake-ups do not preempt it.
+        let _batch = sandbox::sched::Batch::enter();
+        log.pump(merged, &mut kill)
+    };
     // The pipe closed (or a timeout killed the tree): wait for the top
     // process, never holding the lock long (cancel needs it).
     let deadline_kill = Instant::now() + Duration::from_secs(5);

@@ -11,8 +11,9 @@
 //! job went from 1.19 to 1.16 and the CPU time of the whole run from 7.96 s
 //! to 7.81 s: a small gain, in the direction that matters on a small host.
 //!
-//! Call order: [`Batch::enter`] on the pump thread after the job is spawned;
-//! drop the guard when the pump returns. A process or thread started on the
+//! Call order: [`Batch::enter`] on the pump thread after the job is spawned
+//! (`liftoff exec` and the run executor, around `Pipeline::pump`); drop the
+//! guard when the pump returns. A process or thread started on the
 //! thread meanwhile would inherit `SCHED_BATCH` (`SCHED_RESET_ON_FORK` resets
 //! only real-time policies): the pump starts none.
 //!
