@@ -260,9 +260,9 @@ fn main() {
         // The sandbox alone, same configuration and program.
         let ws = d.join(format!("bare-{i}"));
         std::fs::create_dir_all(&ws).unwrap();
-        let args = liftoff::exec::ExecArgs::for_command(argv.clone());
+        let args = liftoff::cli::exec::ExecArgs::for_command(argv.clone());
         let mut spec =
-            liftoff::exec::build_spec(&args, &Env::default(), &config, ws.clone()).unwrap();
+            liftoff::cli::exec::build_spec(&args, &Env::default(), &config, ws.clone()).unwrap();
         spec.stdout = liftoff::sandbox::Stdio::Piped;
         spec.stderr = liftoff::sandbox::Stdio::Null;
         spec.stdin = liftoff::sandbox::Stdio::Null;

@@ -8,7 +8,6 @@
 pub mod beneath;
 pub mod cli;
 pub mod config;
-pub mod exec;
 pub mod hostwatch;
 pub mod http;
 pub mod identity;

@@ -11,8 +11,8 @@ use std::path::Path;
 use clap::Parser;
 use proptest::prelude::*;
 
+use liftoff::cli::exec::{self, ExecArgs};
 use liftoff::config::{self, Config, Env, Network, Runtime, parse, token, vars};
-use liftoff::exec::{self, ExecArgs};
 use liftoff::run::spec::RunSpec;
 
 /// Strings an operator's typo or an attacker might give.

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use liftoff::cli::exec::{self, ExecArgs};
 use liftoff::config::{Config, Env};
-use liftoff::exec::{self, ExecArgs};
 use support::sandbox::{eventually, require_root};
 
 fn env(pairs: &[(&str, &str)]) -> Env {

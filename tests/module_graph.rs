@@ -23,7 +23,6 @@ const LAYERS: &[&[&str]] = &[
     &["run"],
     &["worker"],
     &["launcher"],
-    &["exec"],
     &["cli"],
 ];
 

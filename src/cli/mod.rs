@@ -10,6 +10,7 @@ use crate::config::Env;
 
 pub mod check;
 pub mod config;
+pub mod exec;
 pub mod run;
 
 #[derive(Parser)]
@@ -44,7 +45,7 @@ enum Command {
     /// Print the version, git commit and build target.
     Version,
     /// Run a program in the sandbox: exit status is the job's, 128+N for signal N, 124 on timeout, 125 when liftoff failed.
-    Exec(Box<crate::exec::ExecArgs>),
+    Exec(Box<exec::ExecArgs>),
 }
 
 /// Parses the command line and runs the command; returns the exit status.
@@ -57,7 +58,7 @@ pub fn main() -> i32 {
             variables: true, ..
         } => config::variables(),
         Command::Config { json, .. } => config::show(&env, json),
-        Command::Exec(args) => crate::exec::run(*args, &env),
+        Command::Exec(args) => exec::run(*args, &env),
         Command::Run => run::run(&env),
         Command::Version => {
             println!("liftoff {}", crate::VERSION);
