@@ -321,6 +321,41 @@ fn policy_denial_goes_to_the_log_and_the_event() {
     assert!(!log.contains("STEP-RAN"), "{log}");
 }
 
+/// A policy that loads but cannot be evaluated for this run (two values for
+/// one complete rule, once the input is known) rejects the run: nothing of it runs, and the event is `rejected`,
+/// decided by the error's kind, not by its text.
+#[test]
+fn a_policy_that_fails_to_evaluate_rejects_the_run() {
+    let w = World::new();
+    let policy = w.dir.join("conflict.rego");
+    std::fs::write(
+        &policy,
+        "package spacelift\nx := 1 if { input.run.id != \"01SAMPLE\" }\nx := 2 if { input.run.id != \"01SAMPLE\" }\ndeny contains \"never\" if { x == 3 }\n",
+    )
+    .unwrap();
+    let (mut ex, spki) = w.executor(&[(
+        "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
+        policy.to_str().unwrap(),
+    )]);
+    let id = "01RUNPOLICYERR00000000000A";
+    let evs = run(
+        &mut ex,
+        assign(
+            id,
+            &spki,
+            &spec(id, &w, json!([{"name": "x", "shell": "echo STEP-RAN"}])),
+        ),
+    );
+    match terminal(&evs) {
+        RunEvent::Rejected { reason } => {
+            assert!(reason.contains("failed to evaluate"), "{reason}");
+        }
+        e => panic!("a policy evaluation error must reject the run: {e:?}"),
+    }
+    assert!(!evs.contains(&RunEvent::Started));
+    assert!(!w.log(id).contains("STEP-RAN"));
+}
+
 #[test]
 fn tampered_and_foreign_envelopes_fail_and_the_next_run_works() {
     let w = World::new();

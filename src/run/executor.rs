@@ -47,6 +47,7 @@ use crate::sandbox::{self, BindMount, Sandbox, Stdio};
 
 use super::cache::ProviderCache;
 use super::env::{self, WORKSPACE};
+use super::error::RunError;
 use super::interface::{RunEvent, RunEvents, RunExecutor};
 use super::outputs;
 use super::policy::{self, Policy};
@@ -283,16 +284,20 @@ impl CancelHandle {
     }
 }
 
-/// How a denied run's error starts.
-const REJECTED: &str = "rejected by the run initialization policy: ";
+/// A run that did not finish: why (typed), and the reason as shown
+/// (masked with the run's secrets, URLs without credentials or query).
+struct Ending {
+    error: RunError,
+    reason: String,
+}
 
-/// The terminal event for a run that did not finish: rejected by the policy,
-/// or failed.
-fn ending(reason: String) -> RunEvent {
-    if reason.starts_with(REJECTED) {
-        RunEvent::Rejected { reason }
+/// The terminal event for a run that did not finish: `rejected` when the
+/// policy denied it or could not be evaluated (nothing ran), else `failed`.
+fn ending(e: Ending) -> RunEvent {
+    if e.error.rejected() {
+        RunEvent::Rejected { reason: e.reason }
     } else {
-        RunEvent::Failed { reason }
+        RunEvent::Failed { reason: e.reason }
     }
 }
 
@@ -430,8 +435,12 @@ fn run(
     sink: Option<Box<dyn Sink>>,
     events: &RunEvents,
     control: &Control,
-) -> Result<i32, String> {
-    let spec = spec?;
+) -> Result<i32, Ending> {
+    let spec = spec.map_err(|m| {
+        let error = RunError::State(m);
+        let reason = crate::http::redact_urls(&error.to_string()).into_owned();
+        Ending { error, reason }
+    })?;
     let config = &shared.config;
     let run_dir = config.state_dir.join("runs").join(&spec.run_id);
     let workspace = run_dir.join("workspace");
@@ -483,11 +492,13 @@ fn run(
     let _masked = crate::launcher_log::mask_while(matcher.clone());
     // Every line liftoff writes about the run (the reason of the terminal
     // event, `liftoff exec --spec`'s last line) is masked like its log.
-    let shown = |reason: String| {
-        crate::logs::redact::mask_str(&matcher, &crate::http::redact_urls(&reason))
+    let shown = |error: RunError| {
+        let reason =
+            crate::logs::redact::mask_str(&matcher, &crate::http::redact_urls(&error.to_string()));
+        Ending { error, reason }
     };
     let mut log = Pipeline::start(opts, matcher.clone(), sink, Some(on_delivered))
-        .map_err(|e| shown(format!("the run log cannot be started: {e}")))?;
+        .map_err(|e| shown(RunError::Log(format!("the run log cannot be started: {e}"))))?;
     // Host trouble (CPU steal, memory, disk) is told in the run's log.
     log.attach_notes(shared.host_notes.subscribe());
     for w in builder.warnings() {
@@ -504,8 +515,8 @@ fn run(
         shared, &spec, &launch, &workspace, &layer, &mut log, events, control,
     )
     .map_err(shown);
-    if let Err(reason) = &result {
-        let _ = log.line(&format!("liftoff: run failed: {reason}"));
+    if let Err(e) = &result {
+        let _ = log.line(&format!("liftoff: run failed: {}", e.reason));
     }
     let report = log.finish();
     shared.forget_keys(&spec.run_id);
@@ -533,18 +544,13 @@ fn run_logged(
     log: &mut Pipeline,
     events: &RunEvents,
     control: &Control,
-) -> Result<i32, String> {
+) -> Result<i32, RunError> {
     let config = &shared.config;
     if let Some(policy) = &shared.policy {
         let input = policy::input(spec, crate::VERSION);
-        let decision = match policy.evaluate(&input) {
-            Ok(d) => d,
-            Err(e) => {
-                return Err(format!(
-                    "rejected: the run initialization policy failed to evaluate: {e}"
-                ));
-            }
-        };
+        let decision = policy
+            .evaluate(&input)
+            .map_err(|e| RunError::Policy(e.to_string()))?;
         if decision.sample {
             tracing::info!(
                 run = spec.run_id,
@@ -557,7 +563,7 @@ fn run_logged(
             for m in &decision.deny {
                 let _ = log.line(&format!("liftoff: run initialization policy: deny: {m}"));
             }
-            return Err(format!("{REJECTED}{}", decision.deny.join("; ")));
+            return Err(RunError::Denied(decision.deny));
         }
     }
 
@@ -568,21 +574,22 @@ fn run_logged(
     };
     let host = sandbox::namespaces::host_ids(sandbox::DEFAULT_HOST_ID);
     let owner = root.then_some(host);
-    fs::create_dir_all(workspace)
-        .map_err(|e| format!("cannot create the workspace {}: {e}", workspace.display()))?;
+    let ws_error = |what: &str, p: &Path, e: std::io::Error| {
+        RunError::Workspace(format!("cannot {what} {}: {e}", p.display()))
+    };
+    fs::create_dir_all(workspace).map_err(|e| ws_error("create the workspace", workspace, e))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(workspace, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot chown the workspace {}: {e}", workspace.display()))?;
+            .map_err(|e| ws_error("chown the workspace", workspace, e))?;
     }
     let source_dir = workspace.join("source");
-    fs::create_dir_all(&source_dir)
-        .map_err(|e| format!("cannot create {}: {e}", source_dir.display()))?;
+    fs::create_dir_all(&source_dir).map_err(|e| ws_error("create", &source_dir, e))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&source_dir, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot chown {}: {e}", source_dir.display()))?;
+            .map_err(|e| ws_error("chown", &source_dir, e))?;
     }
     if let Some(src) = &spec.source {
-        let url = source::resolve_url(&src.url, &config.vcs_mappings)?;
+        let url = source::resolve_url(&src.url, &config.vcs_mappings).map_err(RunError::Source)?;
         let run_timeout = spec.run_timeout(config.run_timeout);
         fetch_source(
             &shared.agent,
@@ -590,11 +597,15 @@ fn run_logged(
             &source_dir,
             owner,
             (log.started() + run_timeout, run_timeout),
-        )?;
+        )
+        .map_err(RunError::Source)?;
     }
-    shared.cache.layer(layer, owner)?;
+    shared
+        .cache
+        .layer(layer, owner)
+        .map_err(RunError::Workspace)?;
     if control.cancelled() {
-        return Err("cancelled before the first step".into());
+        return Err(RunError::Cancelled { step: None });
     }
 
     events.send(RunEvent::Started);
@@ -604,7 +615,8 @@ fn run_logged(
     for (i, step) in spec.steps.iter().enumerate() {
         let step_started = Instant::now();
         if control.cancelled() {
-            return Err("cancelled".into());
+            let previous = i.checked_sub(1).map(|p| spec.steps[p].name.clone());
+            return Err(RunError::Cancelled { step: previous });
         }
         let argv = step.command();
         let _ = log.line(&format!(
@@ -616,15 +628,21 @@ fn run_logged(
         if config.debug {
             let _ = log.debug_command(&argv);
         }
-        let sbspec = sandbox_spec(config, spec, launch, workspace, argv)?;
+        let sbspec =
+            sandbox_spec(config, spec, launch, workspace, argv).map_err(RunError::State)?;
         let deadline =
             crate::config::parse::later(log.started(), spec.run_timeout(config.run_timeout));
-        let outcome = run_step(config, &sbspec, step.outputs, log, control, deadline)?;
+        let outcome = run_step(config, &sbspec, step, log, control, deadline)?;
         if control.cancelled() {
-            return Err(format!("cancelled during step {}", step.name));
+            return Err(RunError::Cancelled {
+                step: Some(step.name.clone()),
+            });
         }
         if let Some(reason) = outcome.timed_out {
-            return Err(format!("step {}: {reason}", step.name));
+            return Err(RunError::TimedOut {
+                step: step.name.clone(),
+                reason,
+            });
         }
         if outcome.oom_killed {
             let _ = log.line(&format!(
@@ -638,7 +656,7 @@ fn run_logged(
         ));
         if let Some(out) = outcome.stdout {
             if outcome.exit_code == 0 {
-                upload_outputs(shared, spec, &out, log)?;
+                upload_outputs(shared, spec, &out, log).map_err(RunError::Upload)?;
             }
         }
         exit_code = outcome.exit_code;
@@ -677,7 +695,7 @@ fn run_logged(
         match opened {
             Ok((f, _)) => {
                 put(&shared.agent, &a.url, f, "application/octet-stream")
-                    .map_err(|e| format!("artifact {}: {e}", a.path))?;
+                    .map_err(|e| RunError::Upload(format!("artifact {}: {e}", a.path)))?;
                 let _ = log.line(&format!("liftoff: artifact {} uploaded", a.path));
             }
             Err(e) => {
@@ -885,11 +903,16 @@ impl Kill for TreeKill {
 fn run_step(
     config: &Config,
     sbspec: &sandbox::SandboxSpec,
-    outputs_step: bool,
+    step: &super::spec::Step,
     log: &mut Pipeline,
     control: &Control,
     run_deadline: Instant,
-) -> Result<StepOutcome, String> {
+) -> Result<StepOutcome, RunError> {
+    let outputs_step = step.outputs;
+    let failed = |message: String| RunError::Step {
+        step: step.name.clone(),
+        message,
+    };
     // One pipe for stdout and stderr, in the order the job wrote them;
     // an outputs step keeps stdout apart (captured, never logged).
     let mut sbspec = sbspec.clone();
@@ -899,7 +922,10 @@ fn run_step(
     } else {
         Stdio::Merged
     };
-    let mut sb = sandbox::spawn(&sbspec).map_err(|e| format!("the sandbox did not start: {e}"))?;
+    let mut sb = sandbox::spawn(&sbspec).map_err(|error| RunError::Sandbox {
+        step: step.name.clone(),
+        error,
+    })?;
     for w in std::mem::take(&mut sb.warnings) {
         let _ = log.line(&format!("liftoff: warning: {w}"));
     }
@@ -931,7 +957,7 @@ fn run_step(
         stdout
     };
     let Some(merged) = logged else {
-        return Err("the step's output pipe is missing".into());
+        return Err(failed("the step's output pipe is missing".into()));
     };
     let pidfd = lock(&sb).pidfd().try_clone_to_owned().ok();
     let mut kill = TreeKill(sb.clone(), pidfd);
@@ -963,11 +989,11 @@ fn run_step(
                     lock(&sb).kill();
                 }
             }
-            Err(e) => break Err(format!("waiting for the step: {e}")),
+            Err(e) => break Err(failed(format!("waiting for the step: {e}"))),
         }
     };
     *control.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    let ended = ended?;
+    let ended = ended.map_err(RunError::Log)?;
     let outcome = outcome?;
     let stdout = captured.map(|crx| crx.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
     Ok(StepOutcome {
