@@ -3,8 +3,12 @@
 //! timeouts. Build it once with [`agent`] (or [`agent_from_config`]) and clone
 //! it where needed (clones share the connection pool).
 //!
-//! HTTP statuses are not errors at this level: callers look at the status
-//! (uploads retry 5xx and expired URLs, and give up on other 4xx).
+//! Uploads to pre-signed URLs (log chunks, artifacts, outputs) go through one
+//! function, [`presigned_put`], which sends Content-Length (object storage
+//! refuses chunked bodies) and sorts the answer into a [`PutError`]:
+//! transient (network, 408, 429, 5xx), expired (403: ask for a new URL) or
+//! refused (other 4xx). [`with_retries`] retries with [`Retry`]'s bounded,
+//! jittered backoff; each caller says which errors it retries.
 //!
 //! A URL is never shown as it is: [`redact_url`] (one URL) and
 //! [`redact_urls`] (every URL in a message) remove credentials
@@ -188,9 +192,246 @@ pub fn redact_urls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Retry bound: `attempts` tries per upload, waiting a random time up to
+/// `base * 2^n` (capped at `max`) between them.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    /// 10 tries over about two minutes.
+    fn default() -> Self {
+        Retry {
+            attempts: 10,
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before try `n + 1` (n ≥ 1): "equal jitter", half fixed and
+    /// half random, so waits grow even with bad luck.
+    pub fn backoff(&self, n: u32, rng: &mut u64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
+            .min(self.max);
+        let half = exp / 2;
+        let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let jitter = if nanos == 0 {
+            0
+        } else {
+            next_random(rng) % nanos
+        };
+        half + Duration::from_nanos(jitter)
+    }
+}
+
+/// The next number of a splitmix64 sequence (jitter, not secrets).
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed for the jitter of one delivery thread.
+pub fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// How a PUT to a pre-signed URL failed; the message names the upload and
+/// the URL (redacted) and says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutError {
+    /// Worth trying again: the network, a timeout, HTTP 408, 429 or 5xx.
+    Transient(String),
+    /// HTTP 403: the URL expired or its signature is wrong; a new URL may work.
+    Expired(String),
+    /// Any other answer: the URL or the object store is misconfigured.
+    Refused(String),
+}
+
+impl PutError {
+    pub fn message(&self) -> &str {
+        match self {
+            PutError::Transient(m) | PutError::Expired(m) | PutError::Refused(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for PutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// PUTs `body` to the pre-signed `url` with Content-Length (a `&File` or a
+/// byte slice: never a chunked body) and sorts the answer. `what` names the
+/// upload in messages ("log chunk 3", "artifact plan.json").
+pub fn presigned_put<B: ureq::AsSendBody>(
+    agent: &Agent,
+    url: &str,
+    body: B,
+    content_type: &str,
+    what: &str,
+) -> Result<(), PutError> {
+    let shown = redact_url(url);
+    let response = agent
+        .put(url)
+        .header("Content-Type", content_type)
+        .send(body)
+        .map_err(|e| PutError::Transient(format!("upload of {what} to {shown} failed: {e}")))?;
+    match response.status().as_u16() {
+        200..=299 => Ok(()),
+        403 => Err(PutError::Expired(format!(
+            "upload of {what} to {shown}: HTTP 403 (the pre-signed URL expired or its signature is wrong)"
+        ))),
+        status @ (408 | 429 | 500..=599) => Err(PutError::Transient(format!(
+            "upload of {what} to {shown}: HTTP {status}"
+        ))),
+        status => Err(PutError::Refused(format!(
+            "upload of {what} to {shown} was refused: HTTP {status}; the URL or the object store is misconfigured"
+        ))),
+    }
+}
+
+/// Calls `attempt` (with the try number, from 1) until it succeeds, fails
+/// with an error `retryable` refuses, or `retry.attempts` tries are spent;
+/// sleeps with [`Retry::backoff`] (jitter from `rng`, e.g. [`seed`]) between
+/// tries and tells `on_retry` of each failure it retries. Returns the last
+/// error.
+pub fn with_retries<E>(
+    retry: &Retry,
+    rng: &mut u64,
+    mut attempt: impl FnMut(u32) -> Result<(), E>,
+    retryable: impl Fn(&E) -> bool,
+    mut on_retry: impl FnMut(u32, &E),
+) -> Result<(), E> {
+    let tries = retry.attempts.max(1);
+    let mut n = 1;
+    loop {
+        match attempt(n) {
+            Ok(()) => return Ok(()),
+            Err(e) if n < tries && retryable(&e) => {
+                on_retry(n, &e);
+                std::thread::sleep(retry.backoff(n, rng));
+                n += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let r = Retry {
+            attempts: 5,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let mut rng = 1;
+        for n in 1..40 {
+            let d = r.backoff(n, &mut rng);
+            assert!(d <= Duration::from_secs(1));
+            let exp = Duration::from_millis(100)
+                .saturating_mul(1 << (n - 1).min(20))
+                .min(Duration::from_secs(1));
+            assert!(d >= exp / 2);
+        }
+    }
+
+    /// A tiny HTTP server on 127.0.0.1 answering each request with the next
+    /// status of `statuses`; returns its URL and the count of requests.
+    fn answering(statuses: Vec<u16>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://user:pw@{}/bucket/key?X-Amz-Signature=s",
+            listener.local_addr().unwrap()
+        );
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for (status, stream) in statuses.into_iter().zip(listener.incoming()) {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                )
+                .unwrap();
+            }
+        });
+        (url, count)
+    }
+
+    #[test]
+    fn presigned_puts_sort_answers_and_retry_only_what_may_pass() {
+        let agent = agent(&Proxies::default(), &[], Timeouts::default()).unwrap();
+        let quick = Retry {
+            attempts: 4,
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        };
+        // 503, 429, then 200: retried until it passes.
+        let (url, count) = answering(vec![503, 429, 200]);
+        let r = with_retries(
+            &quick,
+            &mut 1,
+            |_| presigned_put(&agent, &url, &b"abc"[..], "text/plain", "artifact a"),
+            |e| matches!(e, PutError::Transient(_)),
+            |_, _| {},
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // 403 is expired, 404 refused: neither is retried here.
+        for (status, expired) in [(403, true), (404, false)] {
+            let (url, count) = answering(vec![status, 200]);
+            let e = with_retries(
+                &quick,
+                &mut 1,
+                |_| presigned_put(&agent, &url, &b"abc"[..], "text/plain", "artifact a"),
+                |e| matches!(e, PutError::Transient(_)),
+                |_, _| {},
+            )
+            .unwrap_err();
+            assert_eq!(matches!(e, PutError::Expired(_)), expired, "{e}");
+            assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+            let m = e.to_string();
+            assert!(
+                m.contains("artifact a") && m.contains(&status.to_string()),
+                "{m}"
+            );
+            assert!(!m.contains("pw") && !m.contains("Signature"), "{m}");
+        }
+    }
 
     #[test]
     fn urls_are_shown_without_credentials_or_query() {

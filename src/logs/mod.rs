@@ -354,7 +354,7 @@ impl Pipeline {
             let mut sink = sink;
             let mut on_delivered = on_delivered;
             let mut done = Delivered::default();
-            let mut rng = upload::seed();
+            let mut rng = crate::http::seed();
             // What an earlier process left for this run goes first.
             for chunk in leftover {
                 upload::deliver(&spool, sink.as_mut(), &chunk, true, &opts.retry, &mut rng)?;

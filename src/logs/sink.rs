@@ -178,36 +178,26 @@ impl Sink for PresignedSink {
     }
 
     fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
+        use crate::http::PutError;
         let url = self.urls.url(&chunk.run_id, chunk.seq)?;
-        let shown = crate::http::redact_url(&url);
         // `&File` makes ureq send Content-Length (the file's size), never a
         // chunked body, which object storage rejects.
-        let response = self
-            .agent
-            .put(&url)
-            .header("Content-Type", "application/octet-stream")
-            .send(&*body)
-            .map_err(|e| {
-                DeliverError::retry(format!(
-                    "upload of log chunk {} to {shown} failed: {e}",
-                    chunk.seq
-                ))
-            })?;
-        let status = response.status().as_u16();
-        if status == 403 {
-            self.urls.expired(&chunk.run_id, chunk.seq);
-        }
-        match status {
-            200..=299 => Ok(()),
-            // 403: the URL expired; a new one is asked for on the retry.
-            403 | 408 | 429 | 500..=599 => Err(DeliverError::retry(format!(
-                "upload of log chunk {} to {shown}: HTTP {status}",
-                chunk.seq
-            ))),
-            _ => Err(DeliverError::fatal(format!(
-                "upload of log chunk {} to {shown} was refused: HTTP {status}; the URL or the object store is misconfigured",
-                chunk.seq
-            ))),
+        let what = format!("log chunk {}", chunk.seq);
+        match crate::http::presigned_put(
+            &self.agent,
+            &url,
+            &*body,
+            "application/octet-stream",
+            &what,
+        ) {
+            Ok(()) => Ok(()),
+            // The URL expired: a new one is asked for on the retry.
+            Err(PutError::Expired(m)) => {
+                self.urls.expired(&chunk.run_id, chunk.seq);
+                Err(DeliverError::retry(m))
+            }
+            Err(PutError::Transient(m)) => Err(DeliverError::retry(m)),
+            Err(PutError::Refused(m)) => Err(DeliverError::fatal(m)),
         }
     }
 }

@@ -15,64 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use super::sink::{DeliverError, Sink};
 use super::spool::{Chunk, Spool, runs};
 
-/// Retry bound: `attempts` tries per chunk, waiting a random time up to
-/// `base * 2^n` (capped at `max`) between them.
-#[derive(Debug, Clone, Copy)]
-pub struct Retry {
-    pub attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for Retry {
-    /// 10 tries over about two minutes.
-    fn default() -> Self {
-        Retry {
-            attempts: 10,
-            base: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Retry {
-    /// The wait before try `n + 1` (n ≥ 1): "equal jitter", half fixed and
-    /// half random, so waits grow even with bad luck.
-    pub fn backoff(&self, n: u32, rng: &mut u64) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
-            .min(self.max);
-        let half = exp / 2;
-        let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let jitter = if nanos == 0 {
-            0
-        } else {
-            next_random(rng) % nanos
-        };
-        half + Duration::from_nanos(jitter)
-    }
-}
-
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-pub(crate) fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
-}
+pub use crate::http::Retry;
+use crate::http::seed;
 
 /// Delivers one spooled chunk with retries; removes it from the spool once
 /// delivered. `verify`: check its length and SHA-256 first (chunks an earlier
@@ -138,27 +86,22 @@ fn with_retries(
     rng: &mut u64,
     mut attempt: impl FnMut() -> Result<(), DeliverError>,
 ) -> Result<(), Failed> {
-    let mut last = String::new();
-    for n in 1..=retry.attempts.max(1) {
-        if n > 1 {
-            std::thread::sleep(retry.backoff(n - 1, rng));
+    crate::http::with_retries(
+        retry,
+        rng,
+        |_| attempt(),
+        |e| e.retryable,
+        |n, e| {
+            tracing::warn!(run = %chunk.run_id, seq = chunk.seq, attempt = n, "{}; retrying", e.message);
+        },
+    )
+    .map_err(|e| {
+        if e.retryable {
+            Failed::GaveUp(e.message)
+        } else {
+            Failed::Fatal(e.message)
         }
-        match attempt() {
-            Ok(()) => return Ok(()),
-            Err(DeliverError {
-                retryable: true,
-                message,
-            }) => {
-                tracing::warn!(run = %chunk.run_id, seq = chunk.seq, attempt = n, "{message}; retrying");
-                last = message;
-            }
-            Err(DeliverError {
-                retryable: false,
-                message,
-            }) => return Err(Failed::Fatal(message)),
-        }
-    }
-    Err(Failed::GaveUp(last))
+    })
 }
 
 /// What delivery did.
@@ -320,27 +263,4 @@ pub fn recover(
         out.push((run_id, done));
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        let r = Retry {
-            attempts: 5,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        let mut rng = 1;
-        for n in 1..40 {
-            let d = r.backoff(n, &mut rng);
-            assert!(d <= Duration::from_secs(1));
-            let exp = Duration::from_millis(100)
-                .saturating_mul(1 << (n - 1).min(20))
-                .min(Duration::from_secs(1));
-            assert!(d >= exp / 2);
-        }
-    }
 }

@@ -694,8 +694,21 @@ fn run_logged(
             });
         match opened {
             Ok((f, _)) => {
-                put(&shared.agent, &a.url, f, "application/octet-stream")
-                    .map_err(|e| RunError::Upload(format!("artifact {}: {e}", a.path)))?;
+                let what = format!("artifact {}", a.path);
+                let rewind = || {
+                    use std::io::{Seek, SeekFrom};
+                    (&f).seek(SeekFrom::Start(0))
+                        .map(|_| &f)
+                        .map_err(|e| format!("{what}: cannot read it again: {e}"))
+                };
+                put(
+                    &shared.agent,
+                    &a.url,
+                    rewind,
+                    "application/octet-stream",
+                    &what,
+                )
+                .map_err(RunError::Upload)?;
                 let _ = log.line(&format!("liftoff: artifact {} uploaded", a.path));
             }
             Err(e) => {
@@ -783,23 +796,35 @@ fn fetch_source(
 }
 
 /// PUT with Content-Length; a non-2xx answer is an error.
+/// Artifacts and outputs go to URLs from the run spec, which cannot be
+/// renewed: transient failures are retried, an expired URL is not.
+const UPLOAD_RETRY: crate::http::Retry = crate::http::Retry {
+    attempts: 5,
+    base: Duration::from_millis(500),
+    max: Duration::from_secs(8),
+};
+
+/// PUTs what `body` gives (called again for each try) to a pre-signed URL
+/// from the spec, with [`UPLOAD_RETRY`].
 fn put<B: ureq::AsSendBody>(
     agent: &ureq::Agent,
     url: &str,
-    body: B,
+    mut body: impl FnMut() -> Result<B, String>,
     content_type: &str,
+    what: &str,
 ) -> Result<(), String> {
-    let shown = crate::http::redact_url(url);
-    let response = agent
-        .put(url)
-        .header("Content-Type", content_type)
-        .send(body)
-        .map_err(|e| format!("upload to {shown} failed: {e}"))?;
-    let status = response.status().as_u16();
-    if !(200..300).contains(&status) {
-        return Err(format!("upload to {shown}: HTTP {status}"));
-    }
-    Ok(())
+    use crate::http::PutError;
+    crate::http::with_retries(
+        &UPLOAD_RETRY,
+        &mut crate::http::seed(),
+        |_| {
+            let b = body().map_err(PutError::Refused)?;
+            crate::http::presigned_put(agent, url, b, content_type, what)
+        },
+        |e| matches!(e, PutError::Transient(_)),
+        |n, e| tracing::warn!(attempt = n, "{e}; retrying"),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn upload_outputs(
@@ -820,7 +845,13 @@ fn upload_outputs(
         return Ok(());
     };
     let body = serde_json::to_vec(&out.document).map_err(|e| format!("outputs: {e}"))?;
-    put(&shared.agent, url, &body[..], "application/json").map_err(|e| format!("outputs: {e}"))?;
+    put(
+        &shared.agent,
+        url,
+        || Ok(&body[..]),
+        "application/json",
+        "outputs",
+    )?;
     let _ = log.line(&format!(
         "liftoff: outputs uploaded ({} output(s))",
         out.document.as_object().map_or(0, |m| m.len())
