@@ -75,15 +75,19 @@ fn a_policy_without_rules_allows() {
 
 #[test]
 fn bad_policies_fail_to_load_with_the_parser_message() {
+    use liftoff::run::policy::PolicyError;
     let err =
         Policy::from_source("p.rego", "package spacelift\ndeny contains msg if {\n").unwrap_err();
-    assert!(err.contains("does not parse"), "{err}");
+    assert!(matches!(err, PolicyError::Parse(_)), "{err:?}");
+    assert!(err.to_string().contains("does not parse"), "{err}");
     let err = Policy::from_source("p.rego", "package other\n").unwrap_err();
-    assert!(err.contains("package spacelift"), "{err}");
+    assert_eq!(err, PolicyError::Package("other".into()));
+    assert!(err.to_string().contains("package spacelift"), "{err}");
     let err = Policy::from_source("p.rego", "this is not rego").unwrap_err();
-    assert!(err.contains("does not parse"), "{err}");
+    assert!(err.to_string().contains("does not parse"), "{err}");
     let err = Policy::load(std::path::Path::new("/no/such/policy.rego")).unwrap_err();
-    assert!(err.contains("cannot be read"), "{err}");
+    assert!(matches!(err, PolicyError::Read(_)), "{err:?}");
+    assert!(err.to_string().contains("cannot be read"), "{err}");
 }
 
 #[test]

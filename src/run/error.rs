@@ -10,6 +10,8 @@ use std::fmt;
 
 use crate::sandbox;
 
+use super::policy::PolicyError;
+
 /// A run that ended without an exit code of its own.
 #[derive(Debug)]
 pub enum RunError {
@@ -20,7 +22,7 @@ pub enum RunError {
     Denied(Vec<String>),
     /// The run initialization policy could not be evaluated; the run is
     /// rejected rather than run unchecked.
-    Policy(String),
+    Policy(PolicyError),
     /// The run's log pipeline could not be started.
     Log(String),
     /// The workspace or the provider-cache layer could not be prepared.
@@ -89,7 +91,7 @@ mod tests {
     #[test]
     fn only_the_policy_rejects() {
         assert!(RunError::Denied(vec!["no".into()]).rejected());
-        assert!(RunError::Policy("undefined function".into()).rejected());
+        assert!(RunError::Policy(PolicyError::Evaluate("undefined function".into())).rejected());
         for failed in [
             RunError::State("x".into()),
             RunError::Source("rejected: looks like a prefix".into()),

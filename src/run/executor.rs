@@ -548,9 +548,7 @@ fn run_logged(
     let config = &shared.config;
     if let Some(policy) = &shared.policy {
         let input = policy::input(spec, crate::VERSION);
-        let decision = policy
-            .evaluate(&input)
-            .map_err(|e| RunError::Policy(e.to_string()))?;
+        let decision = policy.evaluate(&input).map_err(RunError::Policy)?;
         if decision.sample {
             tracing::info!(
                 run = spec.run_id,

@@ -43,15 +43,48 @@ impl std::fmt::Debug for Policy {
     }
 }
 
+/// Why a policy could not be loaded or evaluated. Loading errors are
+/// configuration errors (the launcher exits 78); an evaluation error
+/// rejects the run it was evaluated for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    /// The policy file cannot be read.
+    Read(String),
+    /// The policy does not parse.
+    Parse(String),
+    /// The policy is not `package spacelift` (the package it is).
+    Package(String),
+    /// Evaluating `deny` or `sample` failed (at load, on a sample input; or
+    /// for one run's input), or ran past its time limit.
+    Evaluate(String),
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyError::Read(m) | PolicyError::Evaluate(m) => f.write_str(m),
+            PolicyError::Parse(e) => {
+                write!(f, "the run initialization policy does not parse: {e}")
+            }
+            PolicyError::Package(p) => write!(
+                f,
+                "the run initialization policy is {p}, but must be `package spacelift`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
 impl Policy {
     /// Reads, parses and test-evaluates the policy at `path`.
-    pub fn load(path: &Path) -> Result<Policy, String> {
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot be read: {e}", path.display()))?;
+            .map_err(|e| PolicyError::Read(format!("{}: cannot be read: {e}", path.display())))?;
         Self::from_source(&path.display().to_string(), &text)
     }
 
-    pub fn from_source(name: &str, rego: &str) -> Result<Policy, String> {
+    pub fn from_source(name: &str, rego: &str) -> Result<Policy, PolicyError> {
         let mut engine = regorus::Engine::new();
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: EVAL_LIMIT,
@@ -59,27 +92,28 @@ impl Policy {
         });
         let package = engine
             .add_policy(name.to_string(), rego.to_string())
-            .map_err(|e| format!("the run initialization policy does not parse: {e}"))?;
+            .map_err(|e| PolicyError::Parse(e.to_string()))?;
         if package != "data.spacelift" {
-            return Err(format!(
-                "the run initialization policy is {}, but must be `package spacelift`",
-                package.trim_start_matches("data.")
+            return Err(PolicyError::Package(
+                package.trim_start_matches("data.").to_string(),
             ));
         }
         let policy = Policy { engine };
         // A trial evaluation catches what parsing does not (unknown functions,
         // type errors in rule heads).
-        policy
-            .evaluate(&sample_input())
-            .map_err(|e| format!("the run initialization policy does not evaluate: {e}"))?;
+        policy.evaluate(&sample_input()).map_err(|e| {
+            PolicyError::Evaluate(format!(
+                "the run initialization policy does not evaluate: {e}"
+            ))
+        })?;
         Ok(policy)
     }
 
     /// Evaluates `deny` and `sample` for one input document.
-    pub fn evaluate(&self, input: &Value) -> Result<Decision, String> {
+    pub fn evaluate(&self, input: &Value) -> Result<Decision, PolicyError> {
         let mut engine = self.engine.clone();
-        let input =
-            regorus::Value::from_json_str(&input.to_string()).map_err(|e| format!("input: {e}"))?;
+        let input = regorus::Value::from_json_str(&input.to_string())
+            .map_err(|e| PolicyError::Evaluate(format!("input: {e}")))?;
         engine.set_input(input);
         let deny = query(&mut engine, "data.spacelift.deny")?;
         let deny = match deny {
@@ -98,10 +132,10 @@ impl Policy {
 }
 
 /// The value of `path`, or Undefined when no rule defines it.
-fn query(engine: &mut regorus::Engine, path: &str) -> Result<regorus::Value, String> {
+fn query(engine: &mut regorus::Engine, path: &str) -> Result<regorus::Value, PolicyError> {
     let results = engine
         .eval_query(path.to_string(), false)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PolicyError::Evaluate(e.to_string()))?;
     Ok(results
         .result
         .into_iter()
