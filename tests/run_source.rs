@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use liftoff::config::VcsMapping;
-use liftoff::run::source::{Limits, extract_tar_gz, resolve_url};
+use liftoff::run::source::{Limits, SourceError, extract_tar_gz, resolve_url};
 
 /// One raw tar entry; names and link targets are written into the header
 /// bytes unchecked, as an attacker would.
@@ -77,7 +77,8 @@ fn extract(
         &root.path().join("ws/source"),
         limits,
         None,
-    );
+    )
+    .map_err(|e| e.to_string());
     (r, root)
 }
 
@@ -249,7 +250,8 @@ fn decompression_bomb_by_size() {
         None,
     )
     .unwrap_err();
-    assert!(err.contains("more than 1048576 bytes"), "{err}");
+    assert!(matches!(err, SourceError::TooLarge(_)), "{err:?}");
+    assert!(err.to_string().contains("more than 1048576 bytes"), "{err}");
 }
 
 #[test]
@@ -267,7 +269,8 @@ fn decompression_bomb_by_file_count() {
         None,
     )
     .unwrap_err();
-    assert!(err.contains("more than 10 entries"), "{err}");
+    assert!(matches!(err, SourceError::TooLarge(_)), "{err:?}");
+    assert!(err.to_string().contains("more than 10 entries"), "{err}");
 }
 
 #[test]
@@ -277,6 +280,8 @@ fn corrupt_and_truncated_archives() {
     let good = tar_gz(&[file("a", &vec![7u8; 100_000])]);
     let err =
         extract_tar_gz(&good[..good.len() / 2], dir.path(), Limits::default(), None).unwrap_err();
+    assert!(matches!(err, SourceError::Corrupt(_)), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.contains("corrupt") || err.contains("truncated"),
         "{err}"
@@ -317,8 +322,10 @@ fn private_vcs_urls() {
         "https://bucket.s3/x.tar.gz?sig=1"
     );
     let err = resolve_url("private://gitlab_pool/x", &maps).unwrap_err();
+    assert!(matches!(err, SourceError::Url(_)), "{err:?}");
     assert!(
-        err.contains("SPACELIFT_PRIVATEVCS_MAPPING_NAME_<N>=gitlab_pool"),
+        err.to_string()
+            .contains("SPACELIFT_PRIVATEVCS_MAPPING_NAME_<N>=gitlab_pool"),
         "{err}"
     );
     assert!(resolve_url("ftp://x", &maps).is_err());
@@ -383,7 +390,8 @@ fn pax_paths_and_link_paths_are_honoured_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let err =
         extract_tar_gz(&archive[..], &dir.path().join("d"), Limits::default(), None).unwrap_err();
-    assert!(err.contains("absolute path or .."), "{err}");
+    assert!(matches!(err, SourceError::Unsafe(_)), "{err:?}");
+    assert!(err.to_string().contains("absolute path or .."), "{err}");
     assert!(!dir.path().join("evil").exists());
 
     // A PAX size that disagrees with the header is refused (two parsers
@@ -394,5 +402,6 @@ fn pax_paths_and_link_paths_are_honoured_and_checked() {
     let archive = b.into_inner().unwrap().finish().unwrap();
     let err =
         extract_tar_gz(&archive[..], &dir.path().join("e"), Limits::default(), None).unwrap_err();
-    assert!(err.contains("PAX size"), "{err}");
+    assert!(matches!(err, SourceError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains("PAX size"), "{err}");
 }

@@ -11,6 +11,7 @@ use std::fmt;
 use crate::sandbox;
 
 use super::policy::PolicyError;
+use super::source::SourceError;
 
 /// A run that ended without an exit code of its own.
 #[derive(Debug)]
@@ -29,7 +30,7 @@ pub enum RunError {
     Workspace(String),
     /// The source could not be resolved, fetched or extracted (or its
     /// download outlived the run timeout).
-    Source(String),
+    Source(SourceError),
     /// A step's sandbox did not start.
     Sandbox { step: String, error: sandbox::Error },
     /// A step could not be run or waited for after its sandbox started.
@@ -57,8 +58,8 @@ impl fmt::Display for RunError {
             RunError::State(m)
             | RunError::Log(m)
             | RunError::Workspace(m)
-            | RunError::Source(m)
             | RunError::Upload(m) => f.write_str(m),
+            RunError::Source(e) => write!(f, "{e}"),
             RunError::Denied(deny) => write!(
                 f,
                 "rejected by the run initialization policy: {}",
@@ -94,7 +95,7 @@ mod tests {
         assert!(RunError::Policy(PolicyError::Evaluate("undefined function".into())).rejected());
         for failed in [
             RunError::State("x".into()),
-            RunError::Source("rejected: looks like a prefix".into()),
+            RunError::Source(SourceError::Unsafe("rejected: looks like a prefix".into())),
             RunError::Cancelled { step: None },
             RunError::Upload("x".into()),
         ] {

@@ -51,7 +51,7 @@ use super::error::RunError;
 use super::interface::{RunEvent, RunEvents, RunExecutor};
 use super::outputs;
 use super::policy::{self, Policy};
-use super::source;
+use super::source::{self, SourceError};
 use super::spec::RunSpec;
 
 /// Largest artifact uploaded (bytes).
@@ -748,13 +748,13 @@ fn fetch_source(
     dest: &Path,
     owner: Option<(u32, u32)>,
     (run_deadline, run_timeout): (Instant, Duration),
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     let shown = crate::http::redact_url(url);
     let timed_out = || {
-        format!(
+        SourceError::TimedOut(format!(
             "timed out downloading the source from {shown}: the run timeout ({}) passed; raise timeouts.run or SPACELIFT_LAUNCHER_RUN_TIMEOUT, or make the source faster to fetch",
             crate::config::parse::format_duration(run_timeout)
-        )
+        ))
     };
     let left = run_deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
@@ -770,13 +770,13 @@ fn fetch_source(
         .call()
         .map_err(|e| match e {
             ureq::Error::Timeout(_) => timed_out(),
-            e => format!("cannot fetch the source from {shown}: {e}"),
+            e => SourceError::Fetch(format!("cannot fetch the source from {shown}: {e}")),
         })?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
-        return Err(format!(
+        return Err(SourceError::Fetch(format!(
             "cannot fetch the source from {shown}: HTTP {status}"
-        ));
+        )));
     }
     let reader = response
         .into_body()
@@ -787,7 +787,7 @@ fn fetch_source(
         if Instant::now() >= run_deadline {
             timed_out()
         } else {
-            format!("the source archive from {shown} was refused: {e}")
+            source::prefix(e, &format!("the source archive from {shown} was refused: "))
         }
     })?;
     Ok(())

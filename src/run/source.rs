@@ -54,29 +54,71 @@ pub struct Extracted {
     pub bytes: u64,
 }
 
+/// Why a source could not be used, by kind; the message names the URL or
+/// the entry and the rule it broke. The run fails with it
+/// (`RunError::Source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceError {
+    /// The URL is neither http(s):// nor private://, or names a VCS agent
+    /// pool no mapping names.
+    Url(String),
+    /// The download failed: the network, or an HTTP status other than 2xx.
+    Fetch(String),
+    /// The download outlived the run timeout.
+    TimedOut(String),
+    /// Not a tar.gz, or corrupt or truncated.
+    Corrupt(String),
+    /// An entry breaks a safety rule: an absolute or `..` path, a link out of
+    /// the tree (by its text or through other links), writing through a link,
+    /// a device, a FIFO, a hard link to anything but an extracted file, a
+    /// name over [`MAX_NAME`].
+    Unsafe(String),
+    /// Over the size or entry-count cap, or a header over its bound
+    /// (decompression bombs, memory bombs).
+    TooLarge(String),
+    /// The host refused a write into the source directory.
+    Write(String),
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceError::Url(m)
+            | SourceError::Fetch(m)
+            | SourceError::TimedOut(m)
+            | SourceError::Corrupt(m)
+            | SourceError::Unsafe(m)
+            | SourceError::TooLarge(m)
+            | SourceError::Write(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {}
+
 /// `private://<pool>/<path>` → `<base endpoint of pool>/<path>`; other http(s)
 /// URLs unchanged.
-pub fn resolve_url(url: &str, mappings: &[VcsMapping]) -> Result<String, String> {
+pub fn resolve_url(url: &str, mappings: &[VcsMapping]) -> Result<String, SourceError> {
     if let Some(rest) = url.strip_prefix("private://") {
         let (pool, path) = rest.split_once('/').unwrap_or((rest, ""));
         if pool.is_empty() {
-            return Err(format!(
+            return Err(SourceError::Url(format!(
                 "source URL {url:?} names no VCS agent pool: expected private://<pool>/<path>"
-            ));
+            )));
         }
         let m = mappings.iter().find(|m| m.name == pool).ok_or_else(|| {
-            format!(
+            SourceError::Url(format!(
                 "source URL {url:?} needs the VCS agent pool {pool:?}, which no {VCS_NAME_PREFIX}<N> names: set {VCS_NAME_PREFIX}<N>={pool} and {VCS_ENDPOINT_PREFIX}<N> to its address"
-            )
+            ))
         })?;
         return Ok(format!("{}/{}", m.base_endpoint, path));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
         return Ok(url.to_string());
     }
-    Err(format!(
+    Err(SourceError::Url(format!(
         "source URL {url:?} is neither http(s):// nor private://<pool>/<path>"
-    ))
+    )))
 }
 
 /// Extracts a gzip-compressed tar stream into `dest` (created if missing).
@@ -88,7 +130,7 @@ pub fn extract_tar_gz(
     dest: &Path,
     limits: Limits,
     owner: Option<(u32, u32)>,
-) -> Result<Extracted, String> {
+) -> Result<Extracted, SourceError> {
     extract_tar(flate2::read::GzDecoder::new(reader), dest, limits, owner)
 }
 
@@ -103,17 +145,21 @@ struct Pending {
 /// Reads an extension header's data (a long name, PAX records), refusing
 /// more than `max` bytes before reading any: a hostile archive cannot make
 /// the launcher hold a huge name.
-fn read_bounded(entry: &mut impl Read, size: u64, max: u64, what: &str) -> Result<Vec<u8>, String> {
+fn read_bounded(
+    entry: &mut impl Read,
+    size: u64,
+    max: u64,
+    what: &str,
+) -> Result<Vec<u8>, SourceError> {
     if size > max {
-        return Err(format!(
+        return Err(SourceError::TooLarge(format!(
             "the source archive has a {what} of {size} bytes (at most {max}): refusing it"
-        ));
+        )));
     }
     let mut data = Vec::with_capacity(size as usize);
-    entry
-        .take(max)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("the source archive is corrupt in a {what}: {e}"))?;
+    entry.take(max).read_to_end(&mut data).map_err(|e| {
+        SourceError::Corrupt(format!("the source archive is corrupt in a {what}: {e}"))
+    })?;
     Ok(data)
 }
 
@@ -124,9 +170,13 @@ fn gnu_name(data: &[u8]) -> PathBuf {
 }
 
 /// PAX records (`path`, `linkpath`, `size`) into `pending`.
-fn parse_pax(data: &[u8], pending: &mut Pending) -> Result<(), String> {
+fn parse_pax(data: &[u8], pending: &mut Pending) -> Result<(), SourceError> {
     for ext in tar::PaxExtensions::new(data) {
-        let ext = ext.map_err(|e| format!("the source archive has a malformed PAX header: {e}"))?;
+        let ext = ext.map_err(|e| {
+            SourceError::Corrupt(format!(
+                "the source archive has a malformed PAX header: {e}"
+            ))
+        })?;
         let value = ext.value_bytes();
         match ext.key_bytes() {
             b"path" => pending.path = Some(PathBuf::from(std::ffi::OsStr::from_bytes(value))),
@@ -135,7 +185,12 @@ fn parse_pax(data: &[u8], pending: &mut Pending) -> Result<(), String> {
                 let size = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or("the source archive has a PAX size that is not a number: refusing it")?;
+                    .ok_or_else(|| {
+                        SourceError::Corrupt(
+                            "the source archive has a PAX size that is not a number: refusing it"
+                                .into(),
+                        )
+                    })?;
                 pending.size = Some(size);
             }
             _ => {}
@@ -155,24 +210,26 @@ pub fn extract_tar(
     dest: &Path,
     limits: Limits,
     owner: Option<(u32, u32)>,
-) -> Result<Extracted, String> {
-    let root = beneath::Root::create(dest).map_err(|e| format!("source directory: {e}"))?;
+) -> Result<Extracted, SourceError> {
+    let root = beneath::Root::create(dest)
+        .map_err(|e| SourceError::Write(format!("source directory: {e}")))?;
     let mut archive = tar::Archive::new(reader);
     let mut done = Extracted::default();
     let entries = archive
         .entries()
-        .map_err(|e| format!("the source archive is not a tar.gz: {e}"))?
+        .map_err(|e| SourceError::Corrupt(format!("the source archive is not a tar.gz: {e}")))?
         .raw(true);
     let mut pending = Pending::default();
     let mut symlinks = Vec::new();
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("the source archive is corrupt: {e}"))?;
+        let mut entry = entry
+            .map_err(|e| SourceError::Corrupt(format!("the source archive is corrupt: {e}")))?;
         done.entries += 1;
         if done.entries > limits.max_entries {
-            return Err(format!(
+            return Err(SourceError::TooLarge(format!(
                 "the source archive has more than {} entries: refusing it (decompression bomb?)",
                 limits.max_entries
-            ));
+            )));
         }
         let kind = entry.header().entry_type();
         let header_size = entry.header().entry_size().unwrap_or(u64::MAX);
@@ -204,36 +261,46 @@ pub fn extract_tar(
         let this = std::mem::take(&mut pending);
         if let Some(size) = this.size {
             if size != header_size {
-                return Err(format!(
+                return Err(SourceError::Corrupt(format!(
                     "the source archive's PAX size ({size}) disagrees with its header ({header_size}): refusing it"
-                ));
+                )));
             }
         }
         let raw = match this.path {
             Some(p) => p,
             None => entry
                 .path()
-                .map_err(|e| format!("an entry has an unreadable path: {e}"))?
+                .map_err(|e| SourceError::Corrupt(format!("an entry has an unreadable path: {e}")))?
                 .into_owned(),
         };
         let shown = beneath::shown(&raw);
         if raw.as_os_str().len() > MAX_NAME {
-            return Err(format!(
+            return Err(SourceError::Unsafe(format!(
                 "entry {shown:?} has a name over {MAX_NAME} bytes: refusing the archive"
-            ));
+            )));
         }
         let Some(rel) = safe_relative(&raw) else {
-            return Err(format!(
+            return Err(SourceError::Unsafe(format!(
                 "entry {shown:?} has an absolute path or ..: refusing the archive"
-            ));
+            )));
         };
         if rel.as_os_str().is_empty() {
             continue; // "./"
         }
-        let in_entry = |e: beneath::Error| format!("entry {shown:?}: {e}");
-        refuse_links_in_parents(&root, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
+        // A host-side failure on the entry: a way out of the tree is unsafe,
+        // anything else is the host refusing the write.
+        let in_entry = |e: beneath::Error| {
+            let m = format!("entry {shown:?}: {e}");
+            if matches!(e, beneath::Error::Escapes { .. }) {
+                SourceError::Unsafe(m)
+            } else {
+                SourceError::Write(m)
+            }
+        };
+        let about = |e: SourceError, what: &str| prefix(e, &format!("{what} {shown:?}: "));
+        refuse_links_in_parents(&root, &rel).map_err(|e| about(e, "entry"))?;
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-        let link_name = |entry: &tar::Entry<_>, what: &str| -> Result<PathBuf, String> {
+        let link_name = |entry: &tar::Entry<_>, what: &str| -> Result<PathBuf, SourceError> {
             match &this.link {
                 Some(l) => Ok(l.clone()),
                 None => entry
@@ -241,7 +308,7 @@ pub fn extract_tar(
                     .ok()
                     .flatten()
                     .map(|l| l.into_owned())
-                    .ok_or_else(|| format!("{what} {shown:?} has no target")),
+                    .ok_or_else(|| SourceError::Corrupt(format!("{what} {shown:?} has no target"))),
             }
         };
         match kind {
@@ -249,9 +316,9 @@ pub fn extract_tar(
                 match root.kind(&rel).map_err(in_entry)? {
                     Some(beneath::Kind::Dir) => {}
                     Some(_) => {
-                        return Err(format!(
+                        return Err(SourceError::Unsafe(format!(
                             "entry {shown:?} is a directory over an existing file or link"
-                        ));
+                        )));
                     }
                     None => root.mkdir_all(&rel, 0o755, owner).map_err(in_entry)?,
                 }
@@ -260,78 +327,82 @@ pub fn extract_tar(
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = header_size;
                 if done.bytes.saturating_add(size) > limits.max_bytes {
-                    return Err(format!(
+                    return Err(SourceError::TooLarge(format!(
                         "the source archive unpacks to more than {} bytes: refusing it (decompression bomb?)",
                         limits.max_bytes
-                    ));
+                    )));
                 }
                 make_parent(&root, &rel, owner).map_err(in_entry)?;
-                remove_non_dir(&root, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
+                remove_non_dir(&root, &rel).map_err(|e| about(e, "entry"))?;
                 let mut file = root.create_file(&rel, 0o600).map_err(in_entry)?;
                 let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(|e| {
-                    format!("entry {shown:?}: the archive is truncated or corrupt: {e}")
+                    SourceError::Corrupt(format!(
+                        "entry {shown:?}: the archive is truncated or corrupt: {e}"
+                    ))
                 })?;
                 done.bytes += copied;
                 file.set_permissions(fs::Permissions::from_mode(mode))
-                    .map_err(|e| format!("entry {shown:?}: {e}"))?;
+                    .map_err(|e| SourceError::Write(format!("entry {shown:?}: {e}")))?;
             }
             tar::EntryType::Symlink => {
                 let link = link_name(&entry, "symlink")?;
                 if link.is_absolute() || !stays_inside(&rel, &link) {
-                    return Err(format!(
+                    return Err(SourceError::Unsafe(format!(
                         "symlink {shown:?} points outside the source directory ({}): refusing the archive",
                         beneath::shown(&link)
-                    ));
+                    )));
                 }
                 make_parent(&root, &rel, owner).map_err(in_entry)?;
-                remove_non_dir(&root, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
+                remove_non_dir(&root, &rel).map_err(|e| about(e, "entry"))?;
                 root.symlink(&rel, &link).map_err(in_entry)?;
                 symlinks.push(rel.clone());
             }
             tar::EntryType::Link => {
                 let link = link_name(&entry, "hard link")?;
                 let Some(link_rel) = safe_relative(&link) else {
-                    return Err(format!(
+                    return Err(SourceError::Unsafe(format!(
                         "hard link {shown:?} points outside the source directory ({}): refusing the archive",
                         beneath::shown(&link)
-                    ));
+                    )));
                 };
-                refuse_links_in_parents(&root, &link_rel)
-                    .map_err(|e| format!("hard link {shown:?}: {e}"))?;
+                refuse_links_in_parents(&root, &link_rel).map_err(|e| about(e, "hard link"))?;
                 if root.kind(&link_rel).ok().flatten() != Some(beneath::Kind::File) {
-                    return Err(format!(
+                    return Err(SourceError::Unsafe(format!(
                         "hard link {shown:?} must point to a regular file extracted before it"
-                    ));
+                    )));
                 }
                 make_parent(&root, &rel, owner).map_err(in_entry)?;
-                remove_non_dir(&root, &rel).map_err(|e| format!("entry {shown:?}: {e}"))?;
+                remove_non_dir(&root, &rel).map_err(|e| about(e, "entry"))?;
                 root.hard_link(&link_rel, &rel).map_err(|e| {
-                    format!(
+                    SourceError::Unsafe(format!(
                         "hard link {shown:?} must point to a regular file extracted before it: {e}"
-                    )
+                    ))
                 })?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
-                return Err(format!(
+                return Err(SourceError::Unsafe(format!(
                     "entry {shown:?} is a device node: refusing the archive"
-                ));
+                )));
             }
             tar::EntryType::Fifo => {
-                return Err(format!("entry {shown:?} is a FIFO: refusing the archive"));
+                return Err(SourceError::Unsafe(format!(
+                    "entry {shown:?} is a FIFO: refusing the archive"
+                )));
             }
             other => {
-                return Err(format!(
+                return Err(SourceError::Unsafe(format!(
                     "entry {shown:?} has an unsupported type {other:?}: refusing the archive"
-                ));
+                )));
             }
         }
         if let Some(owner) = owner {
-            root.chown(&rel, owner)
-                .map_err(|e| format!("entry {shown:?}: cannot give it to the job: {e}"))?;
+            root.chown(&rel, owner).map_err(|e| {
+                SourceError::Write(format!("entry {shown:?}: cannot give it to the job: {e}"))
+            })?;
         }
     }
     if pending.path.is_some() || pending.link.is_some() || pending.size.is_some() {
-        return Err("the source archive ends with a long-name or PAX header that describes no entry: it is corrupt".into());
+        return Err(SourceError::Corrupt("the source archive ends with a long-name or PAX header that describes no entry: it is corrupt".into()));
     }
     // The text of every link stays inside, but a chain of links can still
     // climb out (`a/b -> ..`, then `c -> a/b/..`): resolve each, following
@@ -340,10 +411,10 @@ pub fn extract_tar(
         match root.resolves_inside(&link) {
             Ok(()) => {}
             Err(e @ beneath::Error::Escapes { .. }) => {
-                return Err(format!(
+                return Err(SourceError::Unsafe(format!(
                     "symlink {:?} resolves outside the source directory through other links ({e}): refusing the archive",
                     beneath::shown(&link)
-                ));
+                )));
             }
             // Dangling or looping inside: harmless, liftoff never follows it.
             Err(_) => {}
@@ -388,27 +459,27 @@ fn stays_inside(entry: &Path, link: &Path) -> bool {
 /// No existing ancestor of `rel` under `root` may be a symlink: writing
 /// through one could land anywhere. (The [`beneath`] calls refuse it too;
 /// this says it plainly.)
-fn refuse_links_in_parents(root: &beneath::Root, rel: &Path) -> Result<(), String> {
+fn refuse_links_in_parents(root: &beneath::Root, rel: &Path) -> Result<(), SourceError> {
     let mut cur = PathBuf::new();
     let parents: Vec<_> = rel.components().collect();
     for c in parents.iter().take(parents.len().saturating_sub(1)) {
         cur.push(c);
         match root.kind(&cur) {
             Ok(Some(beneath::Kind::Symlink)) => {
-                return Err(format!(
+                return Err(SourceError::Unsafe(format!(
                     "would be written through the symlink {}: refusing the archive",
                     beneath::shown(&cur)
-                ));
+                )));
             }
             Ok(Some(beneath::Kind::Dir)) => {}
             Ok(Some(_)) => {
-                return Err(format!(
+                return Err(SourceError::Unsafe(format!(
                     "{} is a file, not a directory",
                     beneath::shown(&cur)
-                ));
+                )));
             }
             Ok(None) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(SourceError::Write(e.to_string())),
         }
     }
     Ok(())
@@ -429,10 +500,27 @@ fn make_parent(
 
 /// A later entry replaces an earlier file or link of the same name (never
 /// following it); a directory stays and is an error for the caller.
-fn remove_non_dir(root: &beneath::Root, rel: &Path) -> Result<(), String> {
-    match root.kind(rel).map_err(|e| e.to_string())? {
-        Some(beneath::Kind::Dir) => Err("a directory of that name exists".into()),
-        Some(_) => root.remove(rel).map_err(|e| e.to_string()),
+fn remove_non_dir(root: &beneath::Root, rel: &Path) -> Result<(), SourceError> {
+    let write = |e: beneath::Error| SourceError::Write(e.to_string());
+    match root.kind(rel).map_err(write)? {
+        Some(beneath::Kind::Dir) => Err(SourceError::Unsafe(
+            "a directory of that name exists".into(),
+        )),
+        Some(_) => root.remove(rel).map_err(write),
         None => Ok(()),
+    }
+}
+
+/// The same error with `what` before its message (which entry, which
+/// archive it is about).
+pub fn prefix(e: SourceError, what: &str) -> SourceError {
+    match e {
+        SourceError::Url(m) => SourceError::Url(format!("{what}{m}")),
+        SourceError::Fetch(m) => SourceError::Fetch(format!("{what}{m}")),
+        SourceError::TimedOut(m) => SourceError::TimedOut(format!("{what}{m}")),
+        SourceError::Corrupt(m) => SourceError::Corrupt(format!("{what}{m}")),
+        SourceError::Unsafe(m) => SourceError::Unsafe(format!("{what}{m}")),
+        SourceError::TooLarge(m) => SourceError::TooLarge(format!("{what}{m}")),
+        SourceError::Write(m) => SourceError::Write(format!("{what}{m}")),
     }
 }
