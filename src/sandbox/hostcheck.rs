@@ -206,6 +206,13 @@ pub fn push_checks(report: &mut Report, runtime: Runtime, mode: LandlockMode) {
         }
     }
 
+    // Workspaces and mounts are bound by file descriptor (open_tree) when
+    // the launcher may: then they may sit below private directories.
+    if runtime == Runtime::Liftoff {
+        let (st, msg) = bind_by_fd();
+        report.push("bind by fd", st, host, msg);
+    }
+
     // The runtime runs will get.
     let (st, msg) = match runtime {
         Runtime::Liftoff if userns_ok => (Status::Ok, "liftoff: namespaces, pivot_root, landlock, seccomp, cgroups, rlimits".to_string()),
@@ -215,6 +222,28 @@ pub fn push_checks(report: &mut Report, runtime: Runtime, mode: LandlockMode) {
         Runtime::None => (Status::Warning, "none: runs get NO isolation".to_string()),
     };
     report.push("runtime", st, host, msg);
+}
+
+/// Whether this launcher binds host directories into jobs by file
+/// descriptor: a detached copy of /tmp's mounts is made and dropped.
+fn bind_by_fd() -> (Status, String) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    match super::mounts::open_tree_clone(std::path::Path::new("/tmp")) {
+        Ok(Some(_copy)) => (
+            Status::Ok,
+            "open_tree: workspaces and mounts are bound by file descriptor, so they may sit below private (0700) directories".into(),
+        ),
+        Ok(None) if !root => (
+            Status::Ok,
+            "a launcher that is not root binds by path, as its own uid: workspaces below its own private directories work".into(),
+        ),
+        Ok(None) => (
+            Status::Warning,
+            "open_tree is refused (kernel before 5.2, or no CAP_SYS_ADMIN): workspaces and mounts are bound by path as the job's host id, so every parent directory of LIFTOFF_STATE_DIR and of each mount needs o+x; upgrade the kernel or run the launcher from its unit".into(),
+        ),
+        Err(e) => (Status::Warning, format!("open_tree failed: {e}")),
+    }
 }
 
 #[cfg(test)]
