@@ -650,10 +650,10 @@ fn wrong_kind(e: Error, rel: &Path, wanted: &'static str) -> Error {
 /// not root's (`setfsuid`/`setfsgid` are per thread). `None`, or a launcher
 /// that is not root: `f` runs here, as is. Files opened there stay usable
 /// after it returns.
-pub fn as_identity<T: Send>(
+pub fn as_identity<T: Send, E: Send + From<Error>>(
     owner: Option<(u32, u32)>,
-    f: impl FnOnce() -> Result<T> + Send,
-) -> Result<T> {
+    f: impl FnOnce() -> std::result::Result<T, E> + Send,
+) -> std::result::Result<T, E> {
     let Some((uid, gid)) = owner else {
         return f();
     };
@@ -674,18 +674,20 @@ pub fn as_identity<T: Send>(
                     nix::unistd::setfsgid(gid.into()),
                 );
                 if u.as_raw() != uid || g.as_raw() != gid {
-                    return Err(Error::Io {
+                    return Err(E::from(Error::Io {
                         op: "switch the filesystem identity to",
                         path: format!("{uid}:{gid}"),
                         source: io::Error::from(io::ErrorKind::PermissionDenied),
-                    });
+                    }));
                 }
                 f()
             })
-            .map_err(|e| Error::Io {
-                op: "start a thread acting with",
-                path: shown_ids,
-                source: e,
+            .map_err(|e| {
+                E::from(Error::Io {
+                    op: "start a thread acting with",
+                    path: shown_ids,
+                    source: e,
+                })
             })?;
         match worker.join() {
             Ok(v) => v,

@@ -482,6 +482,39 @@ fn implicit_parent_directories_belong_to_the_job() {
     }
 }
 
+/// Extraction writes with the job's filesystem identity: a directory in
+/// the tree that the job may not write to (root's, 0755) stops it, where
+/// root's identity would have written through. Files it does write are the
+/// job's.
+#[test]
+fn extraction_runs_with_the_jobs_identity() {
+    support::sandbox::require_root();
+    let t = scratch();
+    let dest = t.path().join("source");
+    std::fs::create_dir_all(dest.join("roots")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dest.join("roots"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let job = Some((4242, 4343));
+    let ok = raw_tar_gz(&[("mine.tf", tar::EntryType::Regular, "", b"x")]);
+    extract_tar_gz(&ok[..], &dest, Limits::default(), job).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dest.join("mine.tf")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (4242, 4343));
+
+    let into_roots = raw_tar_gz(&[("roots/planted.tf", tar::EntryType::Regular, "", b"x")]);
+    let err = extract_tar_gz(&into_roots[..], &dest, Limits::default(), job).unwrap_err();
+    assert!(
+        matches!(err, liftoff::run::source::SourceError::Write(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    assert!(!dest.join("roots/planted.tf").exists());
+    // Root's identity (no job given) writes there: the refusal above came
+    // from the job's identity, not from the archive.
+    extract_tar_gz(&into_roots[..], &dest, Limits::default(), None).unwrap();
+    assert!(dest.join("roots/planted.tf").exists());
+}
+
 /// A GNU long-name entry of `len` bytes (then a small file): 64 MiB of one
 /// letter gzips to about 65 KB.
 fn long_name_archive(len: usize, pax: bool) -> Vec<u8> {

@@ -96,6 +96,18 @@ impl std::fmt::Display for SourceError {
 
 impl std::error::Error for SourceError {}
 
+impl From<beneath::Error> for SourceError {
+    /// A host-side failure: a way out of the tree is unsafe, anything else
+    /// is the host refusing the write.
+    fn from(e: beneath::Error) -> Self {
+        if matches!(e, beneath::Error::Escapes { .. }) {
+            SourceError::Unsafe(e.to_string())
+        } else {
+            SourceError::Write(e.to_string())
+        }
+    }
+}
+
 /// `private://<pool>/<path>` → `<base endpoint of pool>/<path>`; other http(s)
 /// URLs unchanged.
 pub fn resolve_url(url: &str, mappings: &[VcsMapping]) -> Result<String, SourceError> {
@@ -126,7 +138,7 @@ pub fn resolve_url(url: &str, mappings: &[VcsMapping]) -> Result<String, SourceE
 /// archive makes (implicit parents included), when the launcher can chown
 /// (root). The error says which entry broke which rule.
 pub fn extract_tar_gz(
-    reader: impl Read,
+    reader: impl Read + Send,
     dest: &Path,
     limits: Limits,
     owner: Option<(u32, u32)>,
@@ -206,13 +218,35 @@ fn parse_pax(data: &[u8], pending: &mut Pending) -> Result<(), SourceError> {
 /// names and PAX headers are read by liftoff itself in raw mode, bounded by
 /// [`MAX_NAME`] and [`MAX_PAX`], and names are cut in messages.
 pub fn extract_tar(
-    reader: impl Read,
+    reader: impl Read + Send,
     dest: &Path,
     limits: Limits,
     owner: Option<(u32, u32)>,
 ) -> Result<Extracted, SourceError> {
     let root = beneath::Root::create(dest)
         .map_err(|e| SourceError::Write(format!("source directory: {e}")))?;
+    // The source directory is the job's; everything below it is written
+    // with the job's filesystem identity (a root launcher switches its
+    // fsuid/fsgid on the extracting thread), so the kernel checks every
+    // create, link and chmod against the job's rights, not root's.
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&root, Some(uid), Some(gid)).map_err(|e| {
+            SourceError::Write(format!(
+                "source directory {}: cannot give it to the job: {e}",
+                dest.display()
+            ))
+        })?;
+    }
+    beneath::as_identity(owner, || extract_entries(reader, &root, limits, owner))
+}
+
+/// The entries of the archive into `root`, as [`extract_tar`] describes.
+fn extract_entries(
+    reader: impl Read,
+    root: &beneath::Root,
+    limits: Limits,
+    owner: Option<(u32, u32)>,
+) -> Result<Extracted, SourceError> {
     let mut archive = tar::Archive::new(reader);
     let mut done = Extracted::default();
     let entries = archive
@@ -298,7 +332,7 @@ pub fn extract_tar(
             }
         };
         let about = |e: SourceError, what: &str| prefix(e, &format!("{what} {shown:?}: "));
-        refuse_links_in_parents(&root, &rel).map_err(|e| about(e, "entry"))?;
+        refuse_links_in_parents(root, &rel).map_err(|e| about(e, "entry"))?;
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
         let link_name = |entry: &tar::Entry<_>, what: &str| -> Result<PathBuf, SourceError> {
             match &this.link {
@@ -332,8 +366,8 @@ pub fn extract_tar(
                         limits.max_bytes
                     )));
                 }
-                make_parent(&root, &rel, owner).map_err(in_entry)?;
-                remove_non_dir(&root, &rel).map_err(|e| about(e, "entry"))?;
+                make_parent(root, &rel, owner).map_err(in_entry)?;
+                remove_non_dir(root, &rel).map_err(|e| about(e, "entry"))?;
                 let mut file = root.create_file(&rel, 0o600).map_err(in_entry)?;
                 let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(|e| {
                     SourceError::Corrupt(format!(
@@ -352,8 +386,8 @@ pub fn extract_tar(
                         beneath::shown(&link)
                     )));
                 }
-                make_parent(&root, &rel, owner).map_err(in_entry)?;
-                remove_non_dir(&root, &rel).map_err(|e| about(e, "entry"))?;
+                make_parent(root, &rel, owner).map_err(in_entry)?;
+                remove_non_dir(root, &rel).map_err(|e| about(e, "entry"))?;
                 root.symlink(&rel, &link).map_err(in_entry)?;
                 symlinks.push(rel.clone());
             }
@@ -365,14 +399,14 @@ pub fn extract_tar(
                         beneath::shown(&link)
                     )));
                 };
-                refuse_links_in_parents(&root, &link_rel).map_err(|e| about(e, "hard link"))?;
+                refuse_links_in_parents(root, &link_rel).map_err(|e| about(e, "hard link"))?;
                 if root.kind(&link_rel).ok().flatten() != Some(beneath::Kind::File) {
                     return Err(SourceError::Unsafe(format!(
                         "hard link {shown:?} must point to a regular file extracted before it"
                     )));
                 }
-                make_parent(&root, &rel, owner).map_err(in_entry)?;
-                remove_non_dir(&root, &rel).map_err(|e| about(e, "entry"))?;
+                make_parent(root, &rel, owner).map_err(in_entry)?;
+                remove_non_dir(root, &rel).map_err(|e| about(e, "entry"))?;
                 root.hard_link(&link_rel, &rel).map_err(|e| {
                     SourceError::Unsafe(format!(
                         "hard link {shown:?} must point to a regular file extracted before it: {e}"
