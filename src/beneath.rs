@@ -382,14 +382,7 @@ impl Root {
             flags |= OFlag::O_NOFOLLOW;
         }
         let fd = self.resolve(&parts, flags, follow)?;
-        let st = nix::sys::stat::fstat(&fd).map_err(|e| Error::io("stat", &shown(rel), e))?;
-        if Kind::of(&st) != Kind::File {
-            return Err(Error::WrongKind {
-                path: shown(rel),
-                wanted: "a regular file",
-                found: Kind::name(&st),
-            });
-        }
+        let st = regular(&fd, rel)?;
         let size = st.st_size as u64;
         if size > max {
             return Err(Error::TooLarge {
@@ -431,14 +424,7 @@ impl Root {
             Mode::from_bits_truncate(0o644),
         )
         .map_err(|e| Error::io("create", &shown(rel), e))?;
-        let st = nix::sys::stat::fstat(&fd).map_err(|e| Error::io("stat", &shown(rel), e))?;
-        if Kind::of(&st) != Kind::File {
-            return Err(Error::WrongKind {
-                path: shown(rel),
-                wanted: "a regular file",
-                found: Kind::name(&st),
-            });
-        }
+        regular(&fd, rel)?;
         nix::sys::stat::futimens(&fd, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_NOW)
             .map_err(|e| Error::io("touch", &shown(rel), e))
     }
@@ -643,6 +629,20 @@ fn wrong_kind(e: Error, rel: &Path, wanted: &'static str) -> Error {
         }
         e => e,
     }
+}
+
+/// The `fstat` of an opened `rel`, which must be a regular file (not a FIFO,
+/// a socket or a device, whatever the name promised).
+fn regular(fd: &OwnedFd, rel: &Path) -> Result<nix::sys::stat::FileStat> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| Error::io("stat", &shown(rel), e))?;
+    if Kind::of(&st) != Kind::File {
+        return Err(Error::WrongKind {
+            path: shown(rel),
+            wanted: "a regular file",
+            found: Kind::name(&st),
+        });
+    }
+    Ok(st)
 }
 
 /// Runs `f` on a thread of its own whose filesystem uid and gid are the

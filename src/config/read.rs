@@ -289,12 +289,8 @@ pub(super) fn policy(v: &str, c: &mut Config, r: &mut Reader<'_>) -> Result<(), 
 /// ([`parse::mount_risk`], which needs the state directory) is an error, or
 /// a warning when `allow_unsafe`. The table reads `LIFTOFF_STATE_DIR` and
 /// `LIFTOFF_ALLOW_UNSAFE_MOUNTS` before the mount lists.
-pub(super) fn mounts(
-    v: &str,
-    state_dir: &Path,
-    allow_unsafe: bool,
-    r: &mut Reader<'_>,
-) -> Vec<Mount> {
+pub(super) fn mounts(v: &str, c: &Config, r: &mut Reader<'_>) -> Vec<Mount> {
+    let (state_dir, allow_unsafe) = (&c.state_dir, c.allow_unsafe_mounts);
     let mut out = Vec::new();
     for item in parse::mount_list(v) {
         match parse::mount(item) {

@@ -209,10 +209,8 @@ pub const VARIABLES: &[Var] = &[
         alias: None,
         help: "Mounts for every run: /host/path:/sandbox/path[:ro|:rw], comma-separated; write `:`, `,` or `\\` inside a path as `\\:`, `\\,`, `\\\\`. Not over /mnt/workspace, /proc, /sys or /dev.",
         read: |v, c, r| {
-            set(
-                &mut c.extra_mounts,
-                Ok(read::mounts(v, &c.state_dir, c.allow_unsafe_mounts, r)),
-            )
+            c.extra_mounts = read::mounts(v, c, r);
+            Ok(())
         },
         show: |c| mounts(&c.extra_mounts),
     },
@@ -223,10 +221,8 @@ pub const VARIABLES: &[Var] = &[
         alias: None,
         help: "Mounts for read-only (proposed) runs only.",
         read: |v, c, r| {
-            set(
-                &mut c.ro_extra_mounts,
-                Ok(read::mounts(v, &c.state_dir, c.allow_unsafe_mounts, r)),
-            )
+            c.ro_extra_mounts = read::mounts(v, c, r);
+            Ok(())
         },
         show: |c| mounts(&c.ro_extra_mounts),
     },
@@ -237,10 +233,8 @@ pub const VARIABLES: &[Var] = &[
         alias: None,
         help: "Mounts for write (tracked) runs only.",
         read: |v, c, r| {
-            set(
-                &mut c.wo_extra_mounts,
-                Ok(read::mounts(v, &c.state_dir, c.allow_unsafe_mounts, r)),
-            )
+            c.wo_extra_mounts = read::mounts(v, c, r);
+            Ok(())
         },
         show: |c| mounts(&c.wo_extra_mounts),
     },

@@ -321,17 +321,8 @@ fn extract_entries(
         if rel.as_os_str().is_empty() {
             continue; // "./"
         }
-        // A host-side failure on the entry: a way out of the tree is unsafe,
-        // anything else is the host refusing the write.
-        let in_entry = |e: beneath::Error| {
-            let m = format!("entry {shown:?}: {e}");
-            if matches!(e, beneath::Error::Escapes { .. }) {
-                SourceError::Unsafe(m)
-            } else {
-                SourceError::Write(m)
-            }
-        };
         let about = |e: SourceError, what: &str| prefix(e, &format!("{what} {shown:?}: "));
+        let in_entry = |e: beneath::Error| about(e.into(), "entry");
         refuse_links_in_parents(root, &rel).map_err(|e| about(e, "entry"))?;
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
         let link_name = |entry: &tar::Entry<_>, what: &str| -> Result<PathBuf, SourceError> {
@@ -547,14 +538,16 @@ fn remove_non_dir(root: &beneath::Root, rel: &Path) -> Result<(), SourceError> {
 
 /// The same error with `what` before its message (which entry, which
 /// archive it is about).
-pub fn prefix(e: SourceError, what: &str) -> SourceError {
-    match e {
-        SourceError::Url(m) => SourceError::Url(format!("{what}{m}")),
-        SourceError::Fetch(m) => SourceError::Fetch(format!("{what}{m}")),
-        SourceError::TimedOut(m) => SourceError::TimedOut(format!("{what}{m}")),
-        SourceError::Corrupt(m) => SourceError::Corrupt(format!("{what}{m}")),
-        SourceError::Unsafe(m) => SourceError::Unsafe(format!("{what}{m}")),
-        SourceError::TooLarge(m) => SourceError::TooLarge(format!("{what}{m}")),
-        SourceError::Write(m) => SourceError::Write(format!("{what}{m}")),
-    }
+pub fn prefix(mut e: SourceError, what: &str) -> SourceError {
+    let m = match &mut e {
+        SourceError::Url(m)
+        | SourceError::Fetch(m)
+        | SourceError::TimedOut(m)
+        | SourceError::Corrupt(m)
+        | SourceError::Unsafe(m)
+        | SourceError::TooLarge(m)
+        | SourceError::Write(m) => m,
+    };
+    m.insert_str(0, what);
+    e
 }
