@@ -16,7 +16,8 @@
 //! - `publish` queues (never blocks); `in_flight` counts what is queued or
 //!   being sent until its batch is answered `2xx`;
 //! - `next` waits for a command or for either thread to report the
-//!   connection [`Lost`] (failed request, bad answer, timeout);
+//!   connection [`Lost`] (failed request, bad answer, timeout), or for the
+//!   session's [`Waker`] (something to send: no idle tick delays it);
 //! - `disconnect` lets the last batch (`bye`) go, then `DELETE …/session`.
 //!
 //! Every request of a connection checks one stop flag, so an old
@@ -35,14 +36,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ureq::Agent;
 
 use super::probe::{self, ProbeErrorKind};
-use super::session::{ConnectError, Lost, PublishError, Transport};
+use super::session::{ConnectError, Lost, PublishError, Transport, Waker};
 use crate::config::{Config, Endpoint};
 use crate::identity::Identity;
 
@@ -436,9 +437,13 @@ pub fn parse_poll_answer(body: &[u8]) -> Result<PollAnswer, String> {
     })
 }
 
+/// What the connection threads (and the waker) tell `next`, tagged with
+/// the connection it belongs to: one channel lives as long as the
+/// transport, and `next` drops what an older connection left in it.
 enum Inbound {
-    Command(Vec<u8>),
-    Lost(String),
+    Command(u64, Vec<u8>),
+    Lost(u64, String),
+    Wake,
 }
 
 /// What `publish` queued, shared with the sender thread.
@@ -457,7 +462,8 @@ struct Outgoing {
 /// One live connection.
 struct Conn {
     region: usize,
-    inbound: Receiver<Inbound>,
+    /// Tags this connection's [`Inbound`] messages.
+    generation: u64,
     outgoing: Arc<Outgoing>,
     stop: Arc<AtomicBool>,
 }
@@ -476,14 +482,21 @@ pub struct PollTransport {
     /// connections, regions and failovers.
     cursor: Arc<Mutex<Option<String>>>,
     conn: Option<Conn>,
+    generation: u64,
+    inbound_tx: Sender<Inbound>,
+    inbound: Receiver<Inbound>,
 }
 
 impl PollTransport {
     pub fn new(settings: PollSettings) -> PollTransport {
+        let (inbound_tx, inbound) = mpsc::channel();
         PollTransport {
             client: Arc::new(Client::new(settings)),
             cursor: Arc::new(Mutex::new(None)),
             conn: None,
+            generation: 0,
+            inbound_tx,
+            inbound,
         }
     }
 
@@ -535,20 +548,25 @@ impl Transport for PollTransport {
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
         });
-        // Bounded: the poller waits for the session to take commands.
-        let (tx, inbound) = mpsc::sync_channel(64);
+        self.generation += 1;
+        let generation = self.generation;
         let poller = {
             let (client, cursor, stop, tx) = (
                 self.client.clone(),
                 self.cursor.clone(),
                 stop.clone(),
-                tx.clone(),
+                self.inbound_tx.clone(),
             );
-            move || poll_loop(&client, region, &cursor, &stop, &tx)
+            move || poll_loop(&client, region, generation, &cursor, &stop, &tx)
         };
         let sender = {
-            let (client, outgoing, stop) = (self.client.clone(), outgoing.clone(), stop.clone());
-            move || send_loop(&client, region, &outgoing, &stop, &tx)
+            let (client, outgoing, stop, tx) = (
+                self.client.clone(),
+                outgoing.clone(),
+                stop.clone(),
+                self.inbound_tx.clone(),
+            );
+            move || send_loop(&client, region, generation, &outgoing, &stop, &tx)
         };
         for (name, f) in [
             ("liftoff-poll", Box::new(poller) as Box<dyn FnOnce() + Send>),
@@ -567,7 +585,7 @@ impl Transport for PollTransport {
         }
         self.conn = Some(Conn {
             region,
-            inbound,
+            generation,
             outgoing,
             stop,
         });
@@ -596,17 +614,33 @@ impl Transport for PollTransport {
     }
 
     fn next(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, Lost> {
-        let Some(c) = self.conn.as_ref() else {
+        let Some(current) = self.conn.as_ref().map(|c| c.generation) else {
             return Err(Lost("not connected".into()));
         };
-        match c.inbound.recv_timeout(timeout) {
-            Ok(Inbound::Command(bytes)) => Ok(Some(bytes)),
-            Ok(Inbound::Lost(reason)) => Err(self.drop_conn(reason)),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(self.drop_conn("the long-poll threads stopped".into()))
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.inbound.recv_timeout(left) {
+                Ok(Inbound::Command(g, bytes)) if g == current => return Ok(Some(bytes)),
+                Ok(Inbound::Lost(g, reason)) if g == current => {
+                    return Err(self.drop_conn(reason));
+                }
+                Ok(Inbound::Wake) => return Ok(None),
+                // an older connection's leftovers
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.drop_conn("the long-poll channel closed".into()));
+                }
             }
         }
+    }
+
+    fn waker(&self) -> Option<Waker> {
+        let tx = Mutex::new(self.inbound_tx.clone());
+        Some(Arc::new(move || {
+            let _ = lock(&tx).send(Inbound::Wake);
+        }))
     }
 
     fn disconnect(&mut self) {
@@ -673,9 +707,10 @@ fn pause(d: Duration, stop: &AtomicBool) {
 fn poll_loop(
     client: &Client,
     region: usize,
+    generation: u64,
     cursor: &Mutex<Option<String>>,
     stop: &AtomicBool,
-    tx: &SyncSender<Inbound>,
+    tx: &Sender<Inbound>,
 ) {
     let s = &client.settings;
     let wait = s.wait.as_secs().clamp(1, 50);
@@ -699,13 +734,13 @@ fn poll_loop(
         let answer = match answer {
             Ok(a) => a,
             Err(reason) => {
-                let _ = tx.send(Inbound::Lost(reason));
+                let _ = tx.send(Inbound::Lost(generation, reason));
                 return;
             }
         };
         let empty = answer.commands.is_empty();
         for c in answer.commands {
-            if tx.send(Inbound::Command(c)).is_err() {
+            if tx.send(Inbound::Command(generation, c)).is_err() {
                 return;
             }
         }
@@ -723,9 +758,10 @@ fn poll_loop(
 fn send_loop(
     client: &Client,
     region: usize,
+    generation: u64,
     outgoing: &Outgoing,
     stop: &AtomicBool,
-    tx: &SyncSender<Inbound>,
+    tx: &Sender<Inbound>,
 ) {
     let s = &client.settings;
     let path = s.worker_path("messages");
@@ -766,7 +802,10 @@ fn send_loop(
             Err(e) => {
                 stop.store(true, Ordering::SeqCst);
                 outgoing.changed.notify_all();
-                let _ = tx.send(Inbound::Lost(format!("sending a batch failed: {e}")));
+                let _ = tx.send(Inbound::Lost(
+                    generation,
+                    format!("sending a batch failed: {e}"),
+                ));
                 return;
             }
         }

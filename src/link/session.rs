@@ -119,7 +119,20 @@ pub trait Transport: Send {
     /// a thread of its own while connected elsewhere: true when the region
     /// would take a connection now.
     fn probe(&self, region: usize) -> Box<dyn FnOnce() -> bool + Send>;
+
+    /// A handle that makes a blocked [`next`](Transport::next) return
+    /// `Ok(None)` at once, callable from any thread: the session calls it
+    /// when the worker hands it something to send, so an idle connection
+    /// does not delay outgoing messages. `None` (the default) when the
+    /// transport cannot be woken: the session then sends within its idle
+    /// tick (200 ms).
+    fn waker(&self) -> Option<Waker> {
+        None
+    }
 }
+
+/// See [`Transport::waker`].
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// Session tuning. [`SessionOptions::new`] gives production defaults.
 #[derive(Debug, Clone)]
@@ -210,6 +223,7 @@ enum Request {
 pub struct Session {
     outbox: Arc<Mutex<Outbox>>,
     tx: Sender<Request>,
+    waker: Option<Waker>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -227,6 +241,7 @@ impl Session {
         hello: WorkerMsg,
     ) -> Result<(Session, smol::channel::Receiver<SessionEvent>), StartError> {
         let regions = transport.regions();
+        let waker = transport.waker();
         if regions.is_empty() {
             return Err(StartError::NoRegion);
         }
@@ -242,6 +257,7 @@ impl Session {
             Session {
                 outbox,
                 tx,
+                waker,
                 thread: Some(thread),
             },
             events_rx,
@@ -256,7 +272,7 @@ impl Session {
         let mut env = Envelope::new(msg);
         if env.msg.durable() {
             lock(&self.outbox).push(&mut env)?;
-            let _ = self.tx.send(Request::Wake);
+            self.request(Request::Wake);
             Ok(env.id)
         } else if let WorkerMsg::Status { .. } = env.msg {
             let id = env.id.clone();
@@ -270,7 +286,15 @@ impl Session {
     /// Records the current status and publishes it now if connected; it is
     /// also published after `hello` on every connection.
     pub fn status(&self, status: WorkerMsg) {
-        let _ = self.tx.send(Request::Status(status));
+        self.request(Request::Status(status));
+    }
+
+    /// Hands a request to the session thread and wakes it.
+    fn request(&self, r: Request) {
+        let _ = self.tx.send(r);
+        if let Some(w) = &self.waker {
+            w();
+        }
     }
 
     /// Runs named by events still waiting for the plane's ack, oldest

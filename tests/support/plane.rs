@@ -60,8 +60,10 @@ impl Consumer {
 
 /// What a plane double received, and the queries tests make on it (both
 /// doubles, MQTT here and long-poll in `poll_plane.rs`, record into one).
+/// Waiters sleep on a condition variable that every new message wakes, so
+/// a wait returns within microseconds of the arrival (latency benches).
 #[derive(Clone, Default)]
-pub struct Record(pub Arc<Mutex<Seen>>);
+pub struct Record(pub Arc<(Mutex<Seen>, std::sync::Condvar)>);
 
 impl Record {
     /// Records one message from `worker` received in `region`; true when it
@@ -70,10 +72,12 @@ impl Record {
         let Some(id) = v["id"].as_str().map(str::to_string) else {
             return false;
         };
-        let mut s = self.0.lock().unwrap();
+        let mut s = self.0.0.lock().unwrap();
         s.arrivals.push((region.to_string(), v.clone()));
         *s.copies.entry(id.clone()).or_default() += 1;
         if !s.ids.insert(id) {
+            drop(s);
+            self.0.1.notify_all();
             return false;
         }
         if v.get("seq").is_some() {
@@ -83,6 +87,8 @@ impl Record {
                 .offer(v.clone());
         }
         s.unique.push((region.to_string(), v));
+        drop(s);
+        self.0.1.notify_all();
         true
     }
 }
@@ -208,6 +214,7 @@ impl Record {
     /// Unique messages so far.
     pub fn events(&self) -> Vec<Value> {
         self.0
+            .0
             .lock()
             .unwrap()
             .unique
@@ -218,17 +225,18 @@ impl Record {
 
     /// Every message as it arrived, re-sends included, with its region.
     pub fn arrivals(&self) -> Vec<(String, Value)> {
-        self.0.lock().unwrap().arrivals.clone()
+        self.0.0.lock().unwrap().arrivals.clone()
     }
 
     /// Unique messages with the region each first came from.
     pub fn events_with_region(&self) -> Vec<(String, Value)> {
-        self.0.lock().unwrap().unique.clone()
+        self.0.0.lock().unwrap().unique.clone()
     }
 
     /// The durable events the plane's consumer got from `worker`, in order.
     pub fn delivered(&self, worker: &str) -> Vec<Value> {
         self.0
+            .0
             .lock()
             .unwrap()
             .consumer
@@ -302,22 +310,20 @@ impl Record {
     }
 
     pub fn copies(&self, id: &str) -> usize {
-        self.0.lock().unwrap().copies.get(id).copied().unwrap_or(0)
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .copies
+            .get(id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Waits (bounded) for a unique message matching `pred`, newest first
     /// not required: returns the first match in arrival order.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
-                return Some(v);
-            }
-            if Instant::now() > end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_after(0, timeout, pred)
     }
 
     /// Waits for a match among messages after the first `skip`.
@@ -328,14 +334,16 @@ impl Record {
         pred: impl Fn(&Value) -> bool,
     ) -> Option<Value> {
         let end = Instant::now() + timeout;
+        let mut seen = self.0.0.lock().unwrap();
         loop {
-            if let Some(v) = self.events().into_iter().skip(skip).find(|v| pred(v)) {
-                return Some(v);
+            if let Some((_, v)) = seen.unique.iter().skip(skip).find(|(_, v)| pred(v)) {
+                return Some(v.clone());
             }
-            if Instant::now() > end {
+            let now = Instant::now();
+            if now > end {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            seen = self.0.1.wait_timeout(seen, end - now).unwrap().0;
         }
     }
 }
