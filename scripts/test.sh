@@ -12,10 +12,11 @@ step() { printf '\n==> %s\n' "$*"; }
 # Debian packages the tests use: mosquitto (real MQTT brokers), openssl (keys,
 # CSRs, CAs as the seed tells users), bubblewrap (benchmark peer), musl-tools
 # (static build), rpm (package inspection), iproute2 (network namespaces),
-# util-linux/passwd (unprivileged test user), binutils (readelf), socat (a
-# relay process to kill or freeze in front of the long-poll test plane),
-# tinyproxy (a real HTTP CONNECT proxy).
-packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps socat tinyproxy)
+# util-linux/passwd (unprivileged test user), binutils (readelf), procps,
+# time (GNU time: peak RSS in benches/exec_logs.sh), socat (a relay process
+# to kill or freeze in front of the long-poll test plane), tinyproxy (a real
+# HTTP CONNECT proxy).
+packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps time socat tinyproxy)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -62,6 +63,8 @@ if readelf -d "$bin" 2>/dev/null | grep -q NEEDED || readelf -l "$bin" | grep -q
 fi
 "$bin" version
 echo "static binary: $bin, $(stat -c %s "$bin") bytes"
+step "static binary size (limit 8 MiB)"
+sh benches/binary_size.sh "$bin"
 
 # The suites that run the binary (sandbox, exec, run) again, against the
 # shipped static musl build instead of the debug glibc one. run_source,
@@ -70,6 +73,9 @@ echo "static binary: $bin, $(stat -c %s "$bin") bytes"
 step "sandbox, exec and run suites against the static musl binary"
 LIFTOFF_TEST_BIN="$PWD/$bin" cargo test --test sandbox_run --test sandbox_escape \
     --test sandbox_unprivileged --test exec_logs --test exec_validate --test run_e2e
+
+step "logs bench, smoke mode (static binary; byte-identical masked output)"
+LIFTOFF_BENCH_BIN="$PWD/$bin" sh benches/exec_logs.sh smoke
 
 # The offline advisory database beside the checkout when there is one (the
 # shared build host); otherwise cargo audit fetches its own copy.

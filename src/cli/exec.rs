@@ -18,8 +18,6 @@
 //! plane's cancel does (SIGTERM to the job's tree, the kill grace, SIGKILL);
 //! the run's directory and cgroups are removed and the exit status is 128+N.
 
-use std::fs::File;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +27,7 @@ use clap::Args;
 use crate::config::{Config, Env, Network, parse};
 use crate::logs::Pipeline;
 use crate::logs::redact::{Matcher, RedactorBuilder};
-use crate::logs::sink::{DeliverError, FileSink, Sink, StdoutSink};
-use crate::logs::spool::Chunk;
+use crate::logs::sink::{FileSink, Sink, StdoutSink, TerminalSink};
 use crate::sandbox::cancel::{CancelSignals, Event, wait_event};
 use crate::sandbox::{self, BindMount, Exit, SandboxSpec, Stdio};
 
@@ -515,22 +512,6 @@ struct PipedRun {
 /// Effectively no limit, and still safe to add to an `Instant`.
 const NO_LIMIT: Duration = Duration::from_secs(10 * 365 * 86_400);
 
-/// The masked raw output on the terminal.
-struct TerminalSink;
-
-impl Sink for TerminalSink {
-    fn describe(&self) -> String {
-        "the terminal".into()
-    }
-
-    fn deliver(&mut self, _chunk: &Chunk, body: &mut File) -> Result<(), DeliverError> {
-        let mut out = std::io::stdout().lock();
-        std::io::copy(body, &mut out)
-            .and_then(|_| out.flush())
-            .map_err(|e| DeliverError::fatal(format!("cannot write to standard output: {e}")))
-    }
-}
-
 /// SIGTERM / SIGKILL of the job's tree, and its exit (the top process's
 /// pidfd), for the pipeline's watchdog.
 struct TreeKill<'a>(&'a sandbox::Sandbox);
@@ -560,7 +541,10 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
             Err(e) => return fail(e),
         },
         (None, true) => Box::new(StdoutSink::stdout(&run_id)),
-        (None, false) => Box::new(TerminalSink),
+        (None, false) => match TerminalSink::stdout() {
+            Ok(t) => Box::new(t),
+            Err(e) => return fail(e),
+        },
     };
     let opts = crate::logs::Options {
         logs_timeout: run.logs_timeout.unwrap_or(NO_LIMIT),
@@ -685,7 +669,10 @@ fn run_spec(path: &std::path::Path, log_file: Option<&std::path::Path>, env: &En
             Err(e) => return fail(e),
         },
         None if config.run_logs_on_stdout => Box::new(StdoutSink::stdout(&spec.run_id)),
-        None => Box::new(TerminalSink),
+        None => match TerminalSink::stdout() {
+            Ok(t) => Box::new(t),
+            Err(e) => return fail(e),
+        },
     };
     // Blocked before any thread starts, so every thread inherits the mask
     // and the signals wait in the signalfd.
