@@ -103,6 +103,10 @@ fn build(
     client: Option<ClientCert>,
     timeouts: Timeouts,
 ) -> Result<Agent, String> {
+    // The link keeps two connections open for the life of the process;
+    // ureq's 128 KiB buffers per connection are far more than its small
+    // requests and answers need (bodies stream through them anyway).
+    let buffer = if client.is_some() { 16 * 1024 } else { 128 * 1024 };
     crate::identity::install_crypto_provider();
     let mut roots: Vec<Certificate<'static>> = if primary_roots.is_empty() {
         rustls_native_certs::load_native_certs()
@@ -141,6 +145,8 @@ fn build(
         .timeout_connect(Some(timeouts.connect))
         .timeout_global(Some(timeouts.call))
         .max_redirects(0)
+        .input_buffer_size(buffer)
+        .output_buffer_size(buffer)
         .user_agent(format!("liftoff/{}", env!("CARGO_PKG_VERSION")))
         .build();
     Ok(Agent::new_with_config(config))

@@ -122,10 +122,10 @@ impl Endpoint {
         loop {
             let mut child = Command::new("socat")
                 .arg(format!(
-                    "TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork",
+                    "TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,nodelay",
                     self.port
                 ))
-                .arg(format!("TCP:127.0.0.1:{}", self.backend))
+                .arg(format!("TCP:127.0.0.1:{},nodelay", self.backend))
                 .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -472,15 +472,20 @@ fn read_request(r: &mut impl BufRead) -> Option<Request> {
     })
 }
 
+/// One write per answer (head and body together), on a socket with
+/// TCP_NODELAY: no Nagle delay between them.
 fn respond(w: &mut impl Write, status: u16, extra: &str, body: &[u8]) -> bool {
-    let head = format!(
+    let mut answer = format!(
         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n",
         body.len()
-    );
-    w.write_all(head.as_bytes()).is_ok() && w.write_all(body).is_ok() && w.flush().is_ok()
+    )
+    .into_bytes();
+    answer.extend_from_slice(body);
+    w.write_all(&answer).is_ok() && w.flush().is_ok()
 }
 
 fn serve(conn: TcpStream, tls: Arc<rustls::ServerConfig>, sh: &Shared, ep: usize, region: &str) {
+    let _ = conn.set_nodelay(true);
     let Ok(server) = rustls::ServerConnection::new(tls) else {
         return;
     };
