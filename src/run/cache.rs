@@ -32,6 +32,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::beneath;
+use crate::metrics::launcher::PROVIDER_CACHE;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -126,6 +127,7 @@ impl ProviderCache {
             let mut bytes = 0;
             copy_tree_readonly(&layer_root, &rel, &tmp, self.max_bytes, &mut bytes)?;
             fs::rename(&tmp, &dest).map_err(|e| err("cannot move into place", &dest, e))?;
+            PROVIDER_CACHE.misses.inc();
             stats.packages += 1;
             stats.bytes += bytes;
         }
@@ -166,6 +168,11 @@ impl ProviderCache {
             };
             if cache.kind(&pkg).ok().flatten() != Some(beneath::Kind::Dir) {
                 continue;
+            }
+            // Marked before: it was in the cache before this run (a hit);
+            // a package this run downloaded was counted a miss by `merge`.
+            if cache.kind(&pkg.join(USED_MARK)).ok().flatten().is_some() {
+                PROVIDER_CACHE.hits.inc();
             }
             if let Err(e) = cache.touch(&pkg.join(USED_MARK)) {
                 tracing::warn!("provider cache: cannot mark a package used: {e}");
@@ -212,6 +219,7 @@ impl ProviderCache {
             removed.packages += 1;
             removed.bytes += size;
         }
+        PROVIDER_CACHE.size_bytes.set(total as f64);
         Ok(removed)
     }
 }

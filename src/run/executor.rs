@@ -951,10 +951,14 @@ fn run_step(
     } else {
         Stdio::Merged
     };
+    let spawn_started = Instant::now();
     let mut sb = sandbox::spawn(&sbspec).map_err(|error| RunError::Sandbox {
         step: step.name.clone(),
         error,
     })?;
+    crate::metrics::LAUNCHER
+        .sandbox_start
+        .observe_duration(spawn_started.elapsed());
     for w in std::mem::take(&mut sb.warnings) {
         let _ = log.line(&format!("liftoff: warning: {w}"));
     }
