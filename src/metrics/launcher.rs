@@ -423,7 +423,7 @@ impl Launcher {
         e.single(
             "liftoff_slots",
             g,
-            "Runs this worker takes at once (SPACELIFT_LAUNCHER_WORKERS).",
+            "Runs this worker takes at once (LIFTOFF_WORKERS).",
             self.slots.get(),
         );
         e.single(

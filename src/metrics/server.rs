@@ -24,7 +24,7 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 /// A request head must arrive within this long.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 16;
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// What a path answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +94,7 @@ pub fn serve(listener: TcpListener, name: &str, handler: Handler) -> Result<Join
                 let (h, a) = (handler.clone(), active.clone());
                 let spawned = std::thread::Builder::new()
                     .name("liftoff-http".into())
+                    .stack_size(128 * 1024)
                     .spawn(move || {
                         connection(stream, &*h);
                         a.fetch_sub(1, Ordering::AcqRel);
