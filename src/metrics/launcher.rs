@@ -568,17 +568,17 @@ impl Launcher {
             ),
             (
                 "liftoff_host_cpu_pressure_ratio",
-                "CPU pressure (PSI some avg10, 0-1).",
+                "CPU pressure (PSI some avg60, 0-1).",
                 host.cpu_pressure_ratio,
             ),
             (
                 "liftoff_host_memory_pressure_ratio",
-                "Memory pressure (PSI some avg10, 0-1).",
+                "Memory pressure (PSI some avg60, 0-1).",
                 host.memory_pressure_ratio,
             ),
             (
                 "liftoff_host_io_pressure_ratio",
-                "I/O pressure (PSI some avg10, 0-1).",
+                "I/O pressure (PSI some avg60, 0-1).",
                 host.io_pressure_ratio,
             ),
             (
