@@ -142,8 +142,9 @@ impl ProviderCache {
     /// `<sandbox_cache_path>/` and exactly [`PACKAGE_DEPTH`] plain names
     /// (no `..`, `.`, or hidden name); the mark is then touched through
     /// [`beneath::Root::touch`] from the cache root's fd, so it can never be
-    /// created or truncated anywhere else.
-    pub fn mark_used(&self, workspace: &Path, sandbox_cache_path: &Path) {
+    /// created or truncated anywhere else. Returns how many packages were
+    /// marked.
+    pub fn mark_used(&self, workspace: &Path, sandbox_cache_path: &Path) -> u64 {
         let mut found = Vec::new();
         match beneath::Root::open(workspace) {
             Ok(ws) => {
@@ -152,16 +153,17 @@ impl ProviderCache {
             }
             Err(e) => {
                 tracing::warn!("provider cache: cannot read the workspace for used packages: {e}");
-                return;
+                return 0;
             }
         }
         let cache = match beneath::Root::open(&self.dir) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("provider cache: {e}");
-                return;
+                return 0;
             }
         };
+        let mut marked = std::collections::BTreeSet::new();
         for target in found {
             let Some(pkg) = package_of(&target, sandbox_cache_path) else {
                 continue;
@@ -169,15 +171,14 @@ impl ProviderCache {
             if cache.kind(&pkg).ok().flatten() != Some(beneath::Kind::Dir) {
                 continue;
             }
-            // Marked before: it was in the cache before this run (a hit);
-            // a package this run downloaded was counted a miss by `merge`.
-            if cache.kind(&pkg.join(USED_MARK)).ok().flatten().is_some() {
-                PROVIDER_CACHE.hits.inc();
-            }
-            if let Err(e) = cache.touch(&pkg.join(USED_MARK)) {
-                tracing::warn!("provider cache: cannot mark a package used: {e}");
+            match cache.touch(&pkg.join(USED_MARK)) {
+                Ok(()) => {
+                    marked.insert(pkg);
+                }
+                Err(e) => tracing::warn!("provider cache: cannot mark a package used: {e}"),
             }
         }
+        marked.len() as u64
     }
 
     /// Total size of the shared cache.
