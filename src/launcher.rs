@@ -2,8 +2,9 @@
 //! start-up and handed down. Nothing here decides anything at run time.
 //!
 //! Call order in [`run_from_env`]: configuration (errors: exit 78) → the
-//! launcher's own log → the metrics listener (`LIFTOFF_METRICS_ADDR`) → pool identity → worker id ([`worker_id`]) → link
-//! (transport chosen from the configuration) → outbox → the host-notes board
+//! launcher's own log → the metrics listener (`LIFTOFF_METRICS_ADDR`; a
+//! taken address is exit 78) → pool identity → worker id ([`worker_id`]) →
+//! link (transport chosen from the configuration) → outbox → the host-notes board
 //! → run executor (+ the development executor in debug builds) → `hello`
 //! (with [`host_facts`]) → signals → stale cgroups swept → [`Worker::run`]
 //! until the worker leaves → exit code.

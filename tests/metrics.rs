@@ -324,3 +324,40 @@ fn scrape_floods_and_half_open_clients_leave_heartbeats_and_runs_alone() {
     assert_eq!(get(&a, "/healthz").0, 200);
     promtool_check(&get(&a, "/metrics").1);
 }
+
+/// The same figures over the HTTPS long-poll transport (the poll plane
+/// double: a real HTTPS server behind socat relays).
+#[test]
+fn the_long_poll_transport_is_labelled_and_counted() {
+    use support::poll_plane::PollPlane;
+    let dir = support::runs::open_tempdir();
+    let pool = support::pki::Pool::new(&dir.path().join("pki"), 2048, &[]);
+    let plane = PollPlane::start(&pool, &dir.path().join("plane"));
+    let token = plane.token(&pool);
+    let a = addr();
+    let l = plane::launch_with(
+        &token,
+        &pool.key_base64(),
+        &dir.path().join("state"),
+        &[("LIFTOFF_METRICS_ADDR", &a)],
+    );
+    let wid = l.worker_id();
+    wait(&a, "/readyz", T, "ready over long-poll", |s, _| s == 200);
+    let connected = "liftoff_link_connected{region=\"eu-west-1\",transport=\"poll\"}";
+    let text = wait_metric(&a, connected, T, |v| v == 1.0);
+    promtool_check(&text);
+    plane.send(&wid, &assign("P1", "true"));
+    plane
+        .wait_for(T, |v| is_run(v, "P1", "finished"))
+        .unwrap_or_else(|| panic!("no finished: {}", l.stderr()));
+    wait_metric(&a, "liftoff_runs_total{result=\"finished\"}", T, |v| {
+        v == 1.0
+    });
+    wait_metric(
+        &a,
+        "liftoff_commands_received_total{type=\"assign\"}",
+        T,
+        |v| v == 1.0,
+    );
+    wait_metric(&a, "liftoff_outbox_pending_events", T, |v| v == 0.0);
+}
