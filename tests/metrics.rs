@@ -361,3 +361,64 @@ fn the_long_poll_transport_is_labelled_and_counted() {
     );
     wait_metric(&a, "liftoff_outbox_pending_events", T, |v| v == 0.0);
 }
+
+/// The state directory's filesystem over `SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD`
+/// (a real 8 MiB tmpfs, filled and emptied): 503 "disk threshold", then
+/// ready again. Needs root to mount the tmpfs.
+#[test]
+fn a_full_disk_is_not_ready_until_it_has_room_again() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts a tmpfs and needs root: run the suite as root (CI does)"
+    );
+    let dir = support::runs::open_tempdir();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount -t tmpfs failed");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let b = Brokers::start(dir.path());
+    let plane = Plane::start(&b);
+    let a = addr();
+    let l = plane::launch(
+        &b,
+        &state,
+        &[
+            ("LIFTOFF_METRICS_ADDR", &a),
+            (
+                "LIFTOFF_PROVIDER_CACHE_DIR",
+                dir.path().join("p").to_str().unwrap(),
+            ),
+        ],
+    );
+    plane.wait_for(T, |v| is_type(v, "hello")).expect("hello");
+    wait(&a, "/readyz", T, "ready", |s, _| s == 200);
+    let fill = state.join("fill");
+    std::fs::write(&fill, vec![7u8; 7800 * 1024]).unwrap();
+    let why = wait(&a, "/readyz", T, "not ready on a full disk", |s, _| {
+        s == 503
+    });
+    assert!(why.contains("disk threshold"), "{why}");
+    let text = wait_metric(&a, "liftoff_host_disk_used_ratio{disk=\"state\"}", T, |v| {
+        v > 0.9
+    });
+    assert_eq!(
+        value(&text, "liftoff_worker_state{state=\"drained\"}"),
+        Some(1.0)
+    );
+    std::fs::remove_file(&fill).unwrap();
+    wait(&a, "/readyz", T, "ready once there is room", |s, _| {
+        s == 200
+    });
+    drop(l);
+}
