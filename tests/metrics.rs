@@ -1,9 +1,10 @@
 //! `LIFTOFF_METRICS_ADDR` end to end, with real mosquitto brokers, the MQTT
-//! plane double and the launcher binary: `/healthz`, `/readyz` and
-//! `/metrics` (checked by `promtool check metrics`) as a worker takes runs,
-//! is drained, fails over and back, loses every region, keeps events
-//! unacknowledged, and leaves; a taken address is exit 78; and a flood of
-//! scrapes and half-open clients leaves heartbeats and runs alone.
+//! plane double (and the long-poll one) and the launcher binary:
+//! `/healthz`, `/readyz` and `/metrics` (checked by `promtool check
+//! metrics`) as a worker takes runs, is drained, fails over and back, loses
+//! every region, keeps events unacknowledged, fills its disk (a real tmpfs),
+//! is reset, and leaves; a taken or invalid address is exit 78; and a flood
+//! of scrapes and half-open clients leaves heartbeats and runs alone.
 
 mod support;
 
