@@ -2,8 +2,9 @@
 //! start-up and handed down. Nothing here decides anything at run time.
 //!
 //! Call order in [`run_from_env`]: configuration (errors: exit 78) → the
-//! launcher's own log → pool identity → worker id ([`worker_id`]) → link
-//! (transport chosen from the configuration) → outbox → the host-notes board
+//! launcher's own log → the metrics listener (`LIFTOFF_METRICS_ADDR`; a
+//! taken address is exit 78) → pool identity → worker id ([`worker_id`]) →
+//! link (transport chosen from the configuration) → outbox → the host-notes board
 //! → run executor (+ the development executor in debug builds) → `hello`
 //! (with [`host_facts`]) → signals → stale cgroups swept → [`Worker::run`]
 //! until the worker leaves → exit code.
@@ -95,6 +96,10 @@ pub fn run_from_env(env: &Env) -> i32 {
         eprintln!("liftoff: error: {m}");
         crate::EXIT_CONFIG
     };
+    let metrics = crate::metrics::LAUNCHER.start(config.metrics_addr, config.workers);
+    if let Err(e) = metrics {
+        return fail(format!("LIFTOFF_METRICS_ADDR: {e}"));
+    }
     let (Some(token), Some(key)) = (&config.token, &config.private_key) else {
         return fail("SPACELIFT_TOKEN and SPACELIFT_POOL_PRIVATE_KEY must be set".into());
     };
@@ -163,6 +168,7 @@ pub fn run_from_env(env: &Env) -> i32 {
         Err(e) => return fail(e),
     };
     let region_hint = link.primary_region().to_string();
+    crate::metrics::LAUNCHER.link_transport(link.transport_name());
     let (link, rx) = match link.start(outbox, hello) {
         Ok(l) => l,
         Err(e) => return fail(e),

@@ -15,6 +15,7 @@ pub mod launcher;
 pub mod launcher_log;
 pub mod link;
 pub mod logs;
+pub mod metrics;
 pub mod notify;
 pub mod report;
 pub mod run;

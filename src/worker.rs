@@ -118,7 +118,8 @@ pub struct Worker<E: RunExecutor> {
     run_tx: smol::channel::Sender<(String, RunEvent)>,
     run_rx: smol::channel::Receiver<(String, RunEvent)>,
     signals: smol::channel::Receiver<i32>,
-    runs: BTreeMap<String, ()>,
+    /// Running runs and when each was accepted.
+    runs: BTreeMap<String, Instant>,
     drain: bool,
     leaving: Option<(Leaving, Instant)>,
     commands: Seen,
@@ -244,8 +245,19 @@ impl<E: RunExecutor> Worker<E> {
         self.notify_status();
     }
 
-    /// Tells systemd the state (STATUS=).
+    /// Tells systemd the state (STATUS=), and the metrics.
     fn notify_status(&self) {
+        use crate::metrics::launcher::NotReady;
+        let not_ready = if self.leaving.is_some() {
+            NotReady::Leaving
+        } else if self.drain {
+            NotReady::Drained
+        } else if self.disk_full.is_some() {
+            NotReady::Disk
+        } else {
+            NotReady::None
+        };
+        crate::metrics::LAUNCHER.worker_state(self.state() as usize, self.runs.len(), not_ready);
         let runs: Vec<&str> = self.runs.keys().map(String::as_str).collect();
         let status = match self.state() {
             WorkerState::Idle => format!("IDLE (via {})", self.region),
@@ -266,6 +278,20 @@ impl<E: RunExecutor> Worker<E> {
             tracing::warn!("{}", w.line);
             self.opts.host_notes.publish(&w.line);
         }
+        let f = self.hostwatch.figures();
+        let ratio = |v: Option<f64>| v.map(|p| p / 100.0);
+        crate::metrics::LAUNCHER.host(crate::metrics::launcher::Host {
+            cpu_steal_ratio: ratio(f.cpu_steal_pct),
+            cpu_pressure_ratio: ratio(f.cpu_pressure_pct),
+            memory_pressure_ratio: ratio(f.memory_pressure_pct),
+            io_pressure_ratio: ratio(f.io_pressure_pct),
+            memory_available_bytes: f.memory_available_bytes.map(|b| b as f64),
+            disk_used_ratio: f
+                .disk_used_pct
+                .iter()
+                .map(|(d, p)| (d.clone(), p / 100.0))
+                .collect(),
+        });
         if let Some((_, path, used)) = sample.disks.first() {
             match self.disk_gate.observe(path, *used) {
                 Some(crate::hostwatch::GateChange::Close(why)) => {
@@ -360,6 +386,7 @@ impl<E: RunExecutor> Worker<E> {
             .unwrap_or(Duration::from_secs(3600));
         let mut next_watchdog = Instant::now();
         loop {
+            crate::metrics::LAUNCHER.worker_beat();
             let now = Instant::now();
             if now >= next_watchdog {
                 self.notifier.watchdog();
@@ -395,7 +422,12 @@ impl<E: RunExecutor> Worker<E> {
                         Leaving::Cancelled | Leaving::Cycle => {
                             tracing::warn!("runs did not end in time: killing them");
                             self.executor.kill_all();
-                            for run in std::mem::take(&mut self.runs).into_keys() {
+                            for (run, t) in std::mem::take(&mut self.runs) {
+                                crate::metrics::LAUNCHER.run_ended(
+                                    "failed",
+                                    None,
+                                    Some(t.elapsed()),
+                                );
                                 self.run_event(
                                     &run,
                                     RunPhase::Failed,
@@ -482,6 +514,8 @@ impl<E: RunExecutor> Worker<E> {
             }
             SessionEvent::CertificateRejected { detail } => {
                 tracing::error!(detail, "{RESET_MESSAGE}");
+                let reset = crate::metrics::launcher::NotReady::Reset;
+                crate::metrics::LAUNCHER.worker_state(2, self.runs.len(), reset);
                 eprintln!("liftoff: {RESET_MESSAGE} ({detail})");
                 self.cancel_all();
                 return Some(Outcome::Reset);
@@ -523,6 +557,7 @@ impl<E: RunExecutor> Worker<E> {
                 };
                 if let Some(reason) = refuse {
                     tracing::info!(run = a.run_id, "rejecting a run: {reason}");
+                    crate::metrics::LAUNCHER.run_ended("rejected", None, None);
                     self.run_event(
                         &a.run_id,
                         RunPhase::Rejected,
@@ -536,12 +571,12 @@ impl<E: RunExecutor> Worker<E> {
                 self.assigned.insert(&run_id);
                 tracing::info!(run = run_id, "run accepted");
                 self.run_event(&run_id, RunPhase::Accepted, None, None, Some(c.id));
-                self.runs.insert(run_id.clone(), ());
+                self.runs.insert(run_id.clone(), Instant::now());
                 self.report_status();
                 let events = RunEvents::new(&run_id, self.run_tx.clone());
                 if let Err(e) = self.executor.start(a, events) {
                     tracing::error!(run = run_id, "run failed to start: {e}");
-                    self.runs.remove(&run_id);
+                    self.ended(&run_id, "failed", None);
                     self.run_event(&run_id, RunPhase::Failed, None, Some(e), None);
                     self.report_status();
                 }
@@ -593,13 +628,13 @@ impl<E: RunExecutor> Worker<E> {
             }),
             RunEvent::Finished { exit_code } => {
                 tracing::info!(run, exit_code, "run finished");
-                self.runs.remove(&run);
+                self.ended(&run, "finished", Some(exit_code));
                 self.run_event(&run, RunPhase::Finished, Some(exit_code), None, None);
                 self.report_status();
             }
             RunEvent::Failed { reason } => {
                 tracing::info!(run, reason, "run failed");
-                self.runs.remove(&run);
+                self.ended(&run, "failed", None);
                 self.run_event(&run, RunPhase::Failed, None, Some(reason), None);
                 self.report_status();
             }
@@ -611,11 +646,17 @@ impl<E: RunExecutor> Worker<E> {
             }
             RunEvent::Rejected { reason } => {
                 tracing::info!(run, reason, "run rejected by the initialization policy");
-                self.runs.remove(&run);
+                self.ended(&run, "rejected", None);
                 self.run_event(&run, RunPhase::Rejected, None, Some(reason), None);
                 self.report_status();
             }
         }
+    }
+
+    /// A run ended: it leaves its slot; the metrics count it.
+    fn ended(&mut self, run: &str, result: &str, exit_code: Option<i32>) {
+        let took = self.runs.remove(run).map(|t| t.elapsed());
+        crate::metrics::LAUNCHER.run_ended(result, exit_code, took);
     }
 
     fn on_signal(&mut self, sig: i32) {

@@ -15,7 +15,7 @@ use std::path::Path;
 /// Rooms by layer, lowest first. A room imports only rooms of lower layers.
 const LAYERS: &[&[&str]] = &[
     &["time", "report", "beneath"],
-    &["config"],
+    &["config", "metrics"],
     &["identity", "notify"],
     &["http"],
     &["sandbox", "logs"],

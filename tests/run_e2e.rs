@@ -487,8 +487,11 @@ fn a_second_run_finds_the_providers_the_first_cached() {
     );
 
     let id2 = "01RUNCACHE200000000000000A";
+    // As `tofu init` does, the second run links the cached package.
+    let cache = &liftoff::metrics::launcher::PROVIDER_CACHE;
+    let hits0 = cache.hits.get();
     let steps = json!([{"name": "init", "shell": format!(
-        "cat \"$TF_PLUGIN_CACHE_DIR/{pkg}/terraform-provider-null\" && echo cache-hit"
+        "cat \"$TF_PLUGIN_CACHE_DIR/{pkg}/terraform-provider-null\" && echo cache-hit && d=.terraform/providers/registry.opentofu.org/hashicorp/null/3.2.0 && mkdir -p $d && ln -s \"$TF_PLUGIN_CACHE_DIR/{pkg}\" $d/linux_amd64"
     )}]);
     let evs = run(&mut ex, assign(id2, &spki, &spec(id2, &w, steps)));
     assert_eq!(
@@ -499,6 +502,22 @@ fn a_second_run_finds_the_providers_the_first_cached() {
     );
     let log = w.log(id2);
     assert!(log.contains("provider\ncache-hit"), "{log}");
+    // The metrics (this process's): a hit, the first run's miss, the sandbox starts
+    // and the log bytes uploaded (other tests here may add to them).
+    assert!(cache.hits.get() > hits0, "no provider cache hit counted");
+    assert!(
+        cache.misses.get() >= 1,
+        "the first run's download was not a miss"
+    );
+    let m = &liftoff::metrics::LAUNCHER;
+    assert!(m.sandbox_start.count() >= 2);
+    assert!(m.log_uploaded_bytes.get() > 0);
+    let text = m.render();
+    assert!(
+        text.contains("liftoff_cache_size_bytes{cache=\"provider\"} "),
+        "{text}"
+    );
+    support::scrape::promtool_check(&text);
 }
 
 #[test]

@@ -332,6 +332,9 @@ pub struct Config {
     pub comms_url: Option<String>,
     /// `LIFTOFF_POLL_WAIT`: how long the plane may hold a long poll.
     pub poll_wait: Duration,
+    /// `LIFTOFF_METRICS_ADDR`: where `/healthz`, `/readyz` and `/metrics`
+    /// are served; `None`: not served.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Link timing (`LIFTOFF_MQTT_KEEPALIVE`, ...).
     pub mqtt_keepalive: Duration,
     pub heartbeat_interval: Duration,

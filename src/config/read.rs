@@ -142,6 +142,7 @@ fn blank() -> Config {
         comms_protocol: None,
         comms_url: None,
         poll_wait: Duration::ZERO,
+        metrics_addr: None,
         mqtt_keepalive: Duration::ZERO,
         heartbeat_interval: Duration::ZERO,
         probe_interval: Duration::ZERO,

@@ -372,6 +372,15 @@ pub const VARIABLES: &[Var] = &[
         show: show_log_format,
     },
     Var {
+        name: "LIFTOFF_METRICS_ADDR",
+        default: "",
+        secret: false,
+        alias: None,
+        help: "Address and port (e.g. 127.0.0.1:9464) serving /healthz, /readyz and Prometheus /metrics (docs/operations.md). Unset: not served.",
+        read: |v, c, _| set(&mut c.metrics_addr, metrics_addr(v).map(Some)),
+        show: |c| c.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+    },
+    Var {
         name: "LIFTOFF_SHUTDOWN_GRACE",
         default: "10m",
         secret: false,
@@ -516,6 +525,12 @@ fn comms_protocol(v: &str) -> Result<CommsProtocol, String> {
         "poll" => Ok(CommsProtocol::Poll),
         _ => Err("expected mqtt or poll (HTTPS long-poll)".into()),
     }
+}
+
+fn metrics_addr(v: &str) -> Result<std::net::SocketAddr, String> {
+    v.parse().map_err(|_| {
+        "is not an IP address and port; expected e.g. 127.0.0.1:9464 or [::1]:9464".to_string()
+    })
 }
 
 fn poll_wait(v: &str) -> Result<Duration, String> {

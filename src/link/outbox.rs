@@ -202,6 +202,17 @@ impl Outbox {
         self.pending.contains_key(&seq)
     }
 
+    /// When the oldest pending event was made: its envelope's `ts`
+    /// (milliseconds since the epoch).
+    pub fn oldest_ts_ms(&self) -> Option<u64> {
+        #[derive(Deserialize)]
+        struct Ts {
+            ts: u64,
+        }
+        let p = self.pending.values().next()?;
+        serde_json::from_slice::<Ts>(&p.payload).ok().map(|t| t.ts)
+    }
+
     /// Whether `id` is still waiting for an ack.
     pub fn contains(&self, id: &str) -> bool {
         self.by_id.contains_key(id)

@@ -331,6 +331,20 @@ pub enum CommandBody {
     Uploads { run_id: String, urls: Vec<Upload> },
 }
 
+impl CommandBody {
+    /// The command's `type`, as the protocol names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CommandBody::Assign(_) => "assign",
+            CommandBody::Cancel { .. } => "cancel",
+            CommandBody::Drain { .. } => "drain",
+            CommandBody::Cycle => "cycle",
+            CommandBody::Ack { .. } => "ack",
+            CommandBody::Uploads { .. } => "uploads",
+        }
+    }
+}
+
 /// A validated plane command with its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {

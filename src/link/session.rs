@@ -231,6 +231,11 @@ fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
     outbox.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The outbox's figures for the metrics (after every push and ack).
+fn outbox_metrics(ob: &Outbox) {
+    crate::metrics::LAUNCHER.outbox(ob.len(), ob.oldest_ts_ms());
+}
+
 impl Session {
     /// Starts the session thread over `transport`. `hello` is published
     /// first on every connection (its `region` filled in).
@@ -246,6 +251,8 @@ impl Session {
             return Err(StartError::NoRegion);
         }
         let (events, events_rx) = smol::channel::unbounded();
+        crate::metrics::LAUNCHER.link_regions(&regions);
+        outbox_metrics(&outbox);
         let outbox = Arc::new(Mutex::new(outbox));
         let (tx, rx) = mpsc::channel();
         let state = SessionThread::new(opts, regions, transport, outbox.clone(), hello, events, rx);
@@ -271,7 +278,10 @@ impl Session {
     pub fn emit(&self, msg: WorkerMsg) -> Result<String, String> {
         let mut env = Envelope::new(msg);
         if env.msg.durable() {
-            lock(&self.outbox).push(&mut env)?;
+            let mut ob = lock(&self.outbox);
+            ob.push(&mut env)?;
+            outbox_metrics(&ob);
+            drop(ob);
             self.request(Request::Wake);
             Ok(env.id)
         } else if let WorkerMsg::Status { .. } = env.msg {
@@ -475,6 +485,7 @@ impl SessionThread {
 
     fn run(mut self) {
         loop {
+            crate::metrics::LAUNCHER.link_beat();
             let busy = self.transport.in_flight() > 0 || self.closing.is_some();
             let tick = if busy {
                 Duration::from_millis(20)
@@ -570,6 +581,7 @@ impl SessionThread {
         }
         self.transport.disconnect();
         self.conn = None;
+        crate::metrics::LAUNCHER.link_down();
         let _ = closing.done.send(());
         true
     }
@@ -600,6 +612,7 @@ impl SessionThread {
                 self.rejected_by.iter_mut().for_each(|r| *r = false);
                 self.primary_healthy_since = None;
                 self.next_probe = now + self.opts.probe_every;
+                crate::metrics::LAUNCHER.link_up(index);
                 tracing::info!(region, "connected");
                 // hello, then status, then (in flush) the outbox
                 let hello = in_region(self.hello.clone(), &region, Some(&will_id), &self.outbox);
@@ -623,6 +636,7 @@ impl SessionThread {
     fn failed(&mut self, index: usize, reason: String, rejected: bool) {
         let region = self.regions[index].clone();
         tracing::warn!(region, reason, "cannot connect");
+        crate::metrics::LAUNCHER.connect_failures.inc();
         if rejected {
             self.rejected_by[index] = true;
             self.rejections += 1;
@@ -661,6 +675,7 @@ impl SessionThread {
     /// The transport dropped the connection (the peer may publish the will).
     fn lost(&mut self, reason: String) {
         if let Some(c) = self.conn.take() {
+            crate::metrics::LAUNCHER.link_down();
             let region = self.regions[c.region].clone();
             tracing::warn!(region, reason, "connection lost");
             self.send(SessionEvent::Disconnected { region, reason });
@@ -689,14 +704,22 @@ impl SessionThread {
     }
 
     fn inbound(&mut self, payload: &[u8]) {
-        match protocol::parse_command(payload) {
+        let parsed = protocol::parse_command(payload);
+        crate::metrics::LAUNCHER.command(match &parsed {
+            Ok(c) => c.body.kind(),
+            Err(_) => "invalid",
+        });
+        match parsed {
             Ok(Command {
                 body: CommandBody::Ack { ids },
                 ..
             }) => {
-                if let Err(e) = lock(&self.outbox).ack(&ids) {
+                let mut ob = lock(&self.outbox);
+                if let Err(e) = ob.ack(&ids) {
                     tracing::error!("{e}");
                 }
+                outbox_metrics(&ob);
+                drop(ob);
                 if let Some(c) = self.conn.as_mut() {
                     // acked entries no longer need re-sending
                     let ob = lock(&self.outbox);
@@ -793,6 +816,8 @@ impl SessionThread {
             .is_none_or(|t| now.duration_since(t) >= self.opts.min_connect_interval);
         if healthy_long && quiet && spaced {
             if let Some(c) = self.conn.take() {
+                crate::metrics::LAUNCHER.link_down();
+                crate::metrics::LAUNCHER.failbacks.inc();
                 let region = self.regions[c.region].clone();
                 tracing::info!(
                     from = region,

@@ -230,6 +230,11 @@ impl Spool {
             .open(&tmp)
             .and_then(|mut f| f.write_all(body))
             .and_then(|()| fs::rename(&tmp, self.dir.join(chunk.file_name())));
+        if written.is_ok() {
+            crate::metrics::LAUNCHER
+                .spool_bytes
+                .add(body.len() as f64, true);
+        }
         match written {
             Ok(()) => Ok(chunk),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
@@ -304,7 +309,11 @@ impl Spool {
 
     /// Removes a delivered chunk.
     pub fn remove(&self, chunk: &Chunk) {
-        let _ = fs::remove_file(self.dir.join(chunk.file_name()));
+        if fs::remove_file(self.dir.join(chunk.file_name())).is_ok() {
+            crate::metrics::LAUNCHER
+                .spool_bytes
+                .add(-(chunk.len as f64), true);
+        }
     }
 
     /// Removes the reserve files that were not used (no more chunks will be

@@ -45,6 +45,7 @@ pub fn deliver(
     match tried {
         Ok(()) => {
             spool.remove(chunk);
+            crate::metrics::LAUNCHER.log_uploaded_bytes.add(chunk.len);
             Ok(())
         }
         Err(Failed::Fatal(message)) => Err(message),
@@ -92,6 +93,7 @@ fn with_retries(
         |_| attempt(),
         |e| e.retryable,
         |n, e| {
+            crate::metrics::LAUNCHER.log_upload_retries.inc();
             tracing::warn!(run = %chunk.run_id, seq = chunk.seq, attempt = n, "{}; retrying", e.message);
         },
     )

@@ -32,6 +32,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::beneath;
+use crate::metrics::launcher::PROVIDER_CACHE;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -126,6 +127,7 @@ impl ProviderCache {
             let mut bytes = 0;
             copy_tree_readonly(&layer_root, &rel, &tmp, self.max_bytes, &mut bytes)?;
             fs::rename(&tmp, &dest).map_err(|e| err("cannot move into place", &dest, e))?;
+            PROVIDER_CACHE.misses.inc();
             stats.packages += 1;
             stats.bytes += bytes;
         }
@@ -140,8 +142,9 @@ impl ProviderCache {
     /// `<sandbox_cache_path>/` and exactly [`PACKAGE_DEPTH`] plain names
     /// (no `..`, `.`, or hidden name); the mark is then touched through
     /// [`beneath::Root::touch`] from the cache root's fd, so it can never be
-    /// created or truncated anywhere else.
-    pub fn mark_used(&self, workspace: &Path, sandbox_cache_path: &Path) {
+    /// created or truncated anywhere else. Returns how many packages were
+    /// marked.
+    pub fn mark_used(&self, workspace: &Path, sandbox_cache_path: &Path) -> u64 {
         let mut found = Vec::new();
         match beneath::Root::open(workspace) {
             Ok(ws) => {
@@ -150,16 +153,17 @@ impl ProviderCache {
             }
             Err(e) => {
                 tracing::warn!("provider cache: cannot read the workspace for used packages: {e}");
-                return;
+                return 0;
             }
         }
         let cache = match beneath::Root::open(&self.dir) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("provider cache: {e}");
-                return;
+                return 0;
             }
         };
+        let mut marked = std::collections::BTreeSet::new();
         for target in found {
             let Some(pkg) = package_of(&target, sandbox_cache_path) else {
                 continue;
@@ -167,10 +171,14 @@ impl ProviderCache {
             if cache.kind(&pkg).ok().flatten() != Some(beneath::Kind::Dir) {
                 continue;
             }
-            if let Err(e) = cache.touch(&pkg.join(USED_MARK)) {
-                tracing::warn!("provider cache: cannot mark a package used: {e}");
+            match cache.touch(&pkg.join(USED_MARK)) {
+                Ok(()) => {
+                    marked.insert(pkg);
+                }
+                Err(e) => tracing::warn!("provider cache: cannot mark a package used: {e}"),
             }
         }
+        marked.len() as u64
     }
 
     /// Total size of the shared cache.
@@ -212,6 +220,7 @@ impl ProviderCache {
             removed.packages += 1;
             removed.bytes += size;
         }
+        PROVIDER_CACHE.size_bytes.set(total as f64);
         Ok(removed)
     }
 }

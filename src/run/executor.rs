@@ -716,19 +716,26 @@ fn run_logged(
     }
 
     if exit_code == 0 {
-        match shared.cache.merge(layer) {
+        let merged = match shared.cache.merge(layer) {
             Ok(s) if s.packages > 0 => {
                 let _ = log.line(&format!(
                     "liftoff: provider cache: {} new package(s) kept for later runs",
                     s.packages
                 ));
+                s.packages
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(run = spec.run_id, "{e}"),
-        }
-        shared
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::warn!(run = spec.run_id, "{e}");
+                0
+            }
+        };
+        let used = shared
             .cache
             .mark_used(workspace, &config.provider_cache_dir);
+        // Used packages it did not download itself were in the cache: hits.
+        let hits = used.saturating_sub(merged);
+        crate::metrics::launcher::PROVIDER_CACHE.hits.add(hits);
         if let Err(e) = shared.cache.prune() {
             tracing::warn!(run = spec.run_id, "{e}");
         }
@@ -951,10 +958,14 @@ fn run_step(
     } else {
         Stdio::Merged
     };
+    let spawn_started = Instant::now();
     let mut sb = sandbox::spawn(&sbspec).map_err(|error| RunError::Sandbox {
         step: step.name.clone(),
         error,
     })?;
+    crate::metrics::LAUNCHER
+        .sandbox_start
+        .observe_duration(spawn_started.elapsed());
     for w in std::mem::take(&mut sb.warnings) {
         let _ = log.line(&format!("liftoff: warning: {w}"));
     }

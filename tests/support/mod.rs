@@ -9,6 +9,7 @@ pub mod plane;
 pub mod poll_plane;
 pub mod runs;
 pub mod sandbox;
+pub mod scrape;
 
 use std::path::PathBuf;
 
