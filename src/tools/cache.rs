@@ -72,9 +72,8 @@ fn err(what: &str, p: &Path, e: impl std::fmt::Display) -> String {
 }
 
 impl Cache {
+    /// Nothing is created until the first install.
     pub fn open(root: &Path, max_bytes: u64) -> Result<Cache, String> {
-        fs::create_dir_all(root.join(".locks")).map_err(|e| err("create", root, e))?;
-        let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o755));
         Ok(Cache {
             root: root.to_path_buf(),
             max_bytes,
@@ -127,6 +126,9 @@ impl Cache {
     /// The exclusive lock under which one version is downloaded and
     /// installed (blocks while another run holds it).
     pub fn install_lock(&self, tool: ToolName, v: &Version) -> Result<Flock<File>, String> {
+        let locks = self.root.join(".locks");
+        fs::create_dir_all(&locks).map_err(|e| err("create", &locks, e))?;
+        let _ = fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755));
         let path = self
             .root
             .join(".locks")
