@@ -8,6 +8,7 @@ pub mod pki;
 pub mod plane;
 pub mod runs;
 pub mod sandbox;
+pub mod tool_release;
 
 use std::path::PathBuf;
 
