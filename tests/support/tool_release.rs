@@ -94,6 +94,11 @@ impl Gpg {
         ok(gpg(&self.home).args(["--armor", "--export", &self.fpr]))
     }
 
+    /// The public key, binary.
+    pub fn export_binary(&self) -> Vec<u8> {
+        ok(gpg(&self.home).args(["--export", &self.fpr]))
+    }
+
     /// A binary detached signature of `data` with `digest` (SHA256,
     /// SHA512), by the subkey when `by_subkey`.
     pub fn sign(&self, data: &[u8], digest: &str, by_subkey: bool) -> Vec<u8> {
