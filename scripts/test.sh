@@ -12,8 +12,9 @@ step() { printf '\n==> %s\n' "$*"; }
 # Debian packages the tests use: mosquitto (real MQTT brokers), openssl (keys,
 # CSRs, CAs as the seed tells users), bubblewrap (benchmark peer), musl-tools
 # (static build), rpm (package inspection), iproute2 (network namespaces),
-# util-linux/passwd (unprivileged test user), binutils (readelf).
-packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps)
+# util-linux/passwd (unprivileged test user), binutils (readelf), gnupg
+# (OpenPGP keys and signatures for the tool-release tests).
+packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps gnupg)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -102,11 +102,12 @@ fn a_step_runs_the_verified_tool_from_path() {
         &ex,
         "tool-run-1",
         "~> 1.8",
-        "tofu version; command -v tofu; echo \"PATH=$PATH\"; if echo x > /mnt/tools/bin/tofu; then echo WRITABLE; else echo read-only; fi",
+        "tofu version; terraform version; command -v tofu; echo \"PATH=$PATH\"; if echo x > /mnt/tools/bin/tofu; then echo WRITABLE; else echo read-only; fi",
     );
     assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
     assert!(log.contains("tofu v1.9.1 (liftoff test build) version"), "{log}");
     assert!(log.contains("/mnt/tools/bin/tofu"), "{log}");
+    assert_eq!(log.matches("tofu v1.9.1 (liftoff test build) version").count(), 2, "{log}");
     assert!(log.contains("PATH=/mnt/tools/bin:"), "{log}");
     assert!(log.contains("read-only") && !log.contains("WRITABLE"), "{log}");
     assert!(log.contains("signature and SHA-256 verified"), "{log}");

@@ -1,6 +1,7 @@
 //! The verified-tool cache: one directory per tool, version and platform,
-//! `<root>/<tool>/<version>/<os>_<arch>/` holding `bin/<binary>` and an
-//! `.in-use` file, shared by every run of this host.
+//! `<root>/<tool>/<version>/<os>_<arch>/` holding `bin/<binary>` (for
+//! OpenTofu also `bin/terraform`, a link to `tofu`, for runs written for
+//! Terraform) and an `.in-use` file, shared by every run of this host.
 //!
 //! Call order: [`Cache::open`]; per run [`Cache::lease`] (a shared `flock`
 //! on `.in-use`, held until the run ends, and its mtime touched: that is
@@ -168,6 +169,10 @@ impl Cache {
             f.write_all(binary)?;
             f.set_permissions(fs::Permissions::from_mode(0o755))?;
             f.sync_all()?;
+            if tool == ToolName::OpenTofu {
+                // Runs written for Terraform call `terraform`.
+                std::os::unix::fs::symlink(tool.binary(), tmp.join("bin").join("terraform"))?;
+            }
             File::create(tmp.join(".in-use"))?.sync_all()?;
             for d in [tmp.clone(), tmp.join("bin")] {
                 fs::set_permissions(&d, fs::Permissions::from_mode(0o755))?;
