@@ -22,7 +22,10 @@ use liftoff::tools::cache::Cache;
 use liftoff::tools::version::Version;
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// Runs one spec; returns nanoseconds from the call to the step's `date`.
@@ -39,7 +42,11 @@ fn one(ex: &SandboxExecutor, dir: &Path, run: &str, tool: bool) -> u128 {
     let events = RunEvents::new(run, tx);
     let log = dir.join(format!("{run}.log"));
     let start = now_ns();
-    ex.run_plain(spec, Some(Box::new(FileSink::create(&log).unwrap())), events);
+    ex.run_plain(
+        spec,
+        Some(Box::new(FileSink::create(&log).unwrap())),
+        events,
+    );
     let mut ok = false;
     while let Ok((_, ev)) = rx.try_recv() {
         ok |= ev == RunEvent::Finished { exit_code: 0 };
@@ -97,5 +104,8 @@ fn main() {
         with.push(one(&ex, d, &format!("tool-{i}"), true));
     }
     let (a, b) = (median(without), median(with));
-    println!("run start, median of {n} (ms): without tool {a:.2}   with cached tool {b:.2}   difference {:+.2} (target <= 2 ms)", b - a);
+    println!(
+        "run start, median of {n} (ms): without tool {a:.2}   with cached tool {b:.2}   difference {:+.2} (target <= 2 ms)",
+        b - a
+    );
 }

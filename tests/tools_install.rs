@@ -15,7 +15,7 @@ use liftoff::tools::openpgp::PgpError;
 use liftoff::tools::zip::ZipError;
 use liftoff::tools::{Problem, Settings, ToolError, ToolName, Tools};
 use support::tool_release::{
-    Signing, ToolServer, keys, lay_out, release, serve_releases, serve_tofudl,
+    Files, Signing, ToolServer, keys, lay_out, release, serve_releases, serve_tofudl,
 };
 
 struct World {
@@ -27,7 +27,10 @@ impl World {
     fn new() -> World {
         let dir = support::runs::open_tempdir();
         let path = dir.path().to_path_buf();
-        World { _dir: dir, dir: path }
+        World {
+            _dir: dir,
+            dir: path,
+        }
     }
 
     fn tools(&self, dir: Option<&Path>, mirror: Option<String>, keys: Option<PathBuf>) -> Tools {
@@ -41,12 +44,9 @@ impl World {
         keys: Option<PathBuf>,
         max: u64,
     ) -> Tools {
-        let agent = liftoff::http::agent(
-            &Default::default(),
-            &[],
-            liftoff::http::Timeouts::default(),
-        )
-        .unwrap();
+        let agent =
+            liftoff::http::agent(&Default::default(), &[], liftoff::http::Timeouts::default())
+                .unwrap();
         Tools::open(
             Settings {
                 dir: dir.map(Path::to_path_buf),
@@ -93,19 +93,31 @@ fn a_local_directory_serves_flat_and_per_version_releases() {
     let w = World::new();
     let rel = w.dir.join("releases");
     for (v, per_version) in [("1.7.3", false), ("1.8.5", true), ("1.9.0-rc1", false)] {
-        lay_out(&rel, v, &release("tofu", v, None, Some(signing(false, "SHA256"))), per_version);
+        lay_out(
+            &rel,
+            v,
+            &release("tofu", v, None, Some(signing(false, "SHA256"))),
+            per_version,
+        );
     }
     let t = w.tools(Some(&rel), None, Some(trust_a(&w)));
     let lease = provide(&t, ToolName::OpenTofu, "1.7.3").unwrap();
     assert!(run_binary(&lease.binary).contains("tofu v1.7.3"));
     let lease = provide(&t, ToolName::OpenTofu, "~> 1.7").unwrap();
-    assert_eq!(lease.version.to_string(), "1.8.5", "pre-releases are not picked by a range");
+    assert_eq!(
+        lease.version.to_string(),
+        "1.8.5",
+        "pre-releases are not picked by a range"
+    );
     assert!(run_binary(&lease.binary).contains("tofu v1.8.5"));
     let lease = provide(&t, ToolName::OpenTofu, "1.9.0-rc1").unwrap();
     assert!(run_binary(&lease.binary).contains("v1.9.0-rc1"));
     // Installed read-only for everyone but the owner, executable by all.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&lease.binary).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&lease.binary)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o755);
 }
 
@@ -120,17 +132,34 @@ fn a_tofudl_mirror_with_redirects_and_both_keys_and_digests() {
         &s,
         "/tofu",
         &[
-            ("1.8.5", release("tofu", "1.8.5", None, Some(signing(false, "SHA256")))),
-            ("1.9.1", release("tofu", "1.9.1", None, Some(signing(true, "SHA512")))),
-            ("2.0.0", release("tofu", "2.0.0", None, Some(signing(false, "SHA512")))),
+            (
+                "1.8.5",
+                release("tofu", "1.8.5", None, Some(signing(false, "SHA256"))),
+            ),
+            (
+                "1.9.1",
+                release("tofu", "1.9.1", None, Some(signing(true, "SHA512"))),
+            ),
+            (
+                "2.0.0",
+                release("tofu", "2.0.0", None, Some(signing(false, "SHA512"))),
+            ),
         ],
     );
-    let mirror = format!("{} {}", s.url("/tofu/api.json"), s.url("/r/tofu/v{{ .Version }}/{{ .Artifact }}"));
+    let mirror = format!(
+        "{} {}",
+        s.url("/tofu/api.json"),
+        s.url("/r/tofu/v{{ .Version }}/{{ .Artifact }}")
+    );
     let t = w.tools(None, Some(mirror), Some(trust_a(&w)));
     let lease = provide(&t, ToolName::OpenTofu, ">= 1.6, < 2.0").unwrap();
     assert_eq!(lease.version.to_string(), "1.9.1");
     assert!(run_binary(&lease.binary).contains("tofu v1.9.1"));
-    assert_eq!(s.count("/r/tofu/v1.9.1/tofu_1.9.1_linux_amd64.zip"), 1, "through the redirect");
+    assert_eq!(
+        s.count("/r/tofu/v1.9.1/tofu_1.9.1_linux_amd64.zip"),
+        1,
+        "through the redirect"
+    );
     let lease = provide(&t, ToolName::OpenTofu, "1.8.5").unwrap();
     assert!(run_binary(&lease.binary).contains("tofu v1.8.5"));
     // Cached: the second time nothing is downloaded.
@@ -149,8 +178,14 @@ fn a_releases_layout_mirror_serves_terraform() {
         "/hc",
         "terraform",
         &[
-            ("1.5.7", release("terraform", "1.5.7", None, Some(signing(true, "SHA512")))),
-            ("1.6.0", release("terraform", "1.6.0", None, Some(signing(true, "SHA256")))),
+            (
+                "1.5.7",
+                release("terraform", "1.5.7", None, Some(signing(true, "SHA512"))),
+            ),
+            (
+                "1.6.0",
+                release("terraform", "1.6.0", None, Some(signing(true, "SHA256"))),
+            ),
         ],
     );
     let t = w.tools(None, Some(s.url("/hc")), Some(trust_a(&w)));
@@ -161,6 +196,9 @@ fn a_releases_layout_mirror_serves_terraform() {
     let lease = provide(&t, ToolName::Terraform, "1.6.0").unwrap();
     assert!(run_binary(&lease.binary).contains("terraform v1.6.0"));
 }
+
+/// Whether a problem is the expected one.
+type Is = fn(&Problem) -> bool;
 
 fn expect(r: Result<liftoff::tools::cache::Lease, ToolError>) -> ToolError {
     match r {
@@ -226,44 +264,101 @@ fn bad_inputs_fail_clearly_and_install_nothing() {
         }),
     );
     let _ = sums;
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, fn(&Problem) -> bool)> = vec![
-        ("tampered", with(".zip", Some(flipped)), |p| matches!(p, Problem::Checksum { .. })),
-        ("truncated", with(".zip", Some(truncated)), |p| matches!(p, Problem::Checksum { .. })),
-        ("unsigned", with(".gpgsig", None), |p| matches!(p, Problem::Unsigned(_))),
+    let cases: Vec<(&str, Files, Is)> = vec![
+        ("tampered", with(".zip", Some(flipped)), |p| {
+            matches!(p, Problem::Checksum { .. })
+        }),
+        ("truncated", with(".zip", Some(truncated)), |p| {
+            matches!(p, Problem::Checksum { .. })
+        }),
+        ("unsigned", with(".gpgsig", None), |p| {
+            matches!(p, Problem::Unsigned(_))
+        }),
         ("stranger", by_stranger, |p| {
-            matches!(p, Problem::Signature { error: PgpError::UnknownSigner(_), .. })
+            matches!(
+                p,
+                Problem::Signature {
+                    error: PgpError::UnknownSigner(_),
+                    ..
+                }
+            )
         }),
-        ("garbage-sig", with(".gpgsig", Some(b"not a signature".to_vec())), |p| {
-            matches!(p, Problem::Signature { error: PgpError::Malformed(_), .. })
-        }),
-        ("changed-sums", with("SHA256SUMS", Some(format!("{}  tofu_1.8.5_linux_amd64.zip\n", "1".repeat(64)).into_bytes())), |p| {
-            matches!(p, Problem::Signature { error: PgpError::BadSignature(_), .. })
-        }),
+        (
+            "garbage-sig",
+            with(".gpgsig", Some(b"not a signature".to_vec())),
+            |p| {
+                matches!(
+                    p,
+                    Problem::Signature {
+                        error: PgpError::Malformed(_),
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "changed-sums",
+            with(
+                "SHA256SUMS",
+                Some(format!("{}  tofu_1.8.5_linux_amd64.zip\n", "1".repeat(64)).into_bytes()),
+            ),
+            |p| {
+                matches!(
+                    p,
+                    Problem::Signature {
+                        error: PgpError::BadSignature(_),
+                        ..
+                    }
+                )
+            },
+        ),
         ("escape", escaping, |p| {
-            matches!(p, Problem::Archive { error: ZipError::PathEscape(_), .. })
+            matches!(
+                p,
+                Problem::Archive {
+                    error: ZipError::PathEscape(_),
+                    ..
+                }
+            )
         }),
         ("no-binary", empty, |p| {
-            matches!(p, Problem::Archive { error: ZipError::Missing(_), .. })
+            matches!(
+                p,
+                Problem::Archive {
+                    error: ZipError::Missing(_),
+                    ..
+                }
+            )
         }),
     ];
     let keys_file = trust_a(&w);
     for (name, files, is) in cases {
         serve_releases(&s, &format!("/{name}"), "tofu", &[("1.8.5", files)]);
-        let t = w.tools(None, Some(s.url(&format!("/{name}"))), Some(keys_file.clone()));
+        let t = w.tools(
+            None,
+            Some(s.url(&format!("/{name}"))),
+            Some(keys_file.clone()),
+        );
         let e = expect(provide(&t, ToolName::OpenTofu, "1.8.5"));
         assert!(is(&e.problem), "{name}: {e:?}");
         named(&e, "1.8.5", &s.url(&format!("/{name}")));
-        assert!(t.cache().list().is_empty(), "{name}: something was installed");
+        assert!(
+            t.cache().list().is_empty(),
+            "{name}: something was installed"
+        );
     }
 
     // A version not in the list; a constraint nothing matches.
     serve_releases(&s, "/ok", "tofu", &[("1.8.5", good.clone())]);
     let t = w.tools(None, Some(s.url("/ok")), Some(keys_file.clone()));
     let e = expect(provide(&t, ToolName::OpenTofu, "1.8.4"));
-    assert_eq!(e.problem, Problem::NotFound);
+    assert_eq!(*e.problem, Problem::NotFound);
     named(&e, "1.8.4", &s.url("/ok"));
     let e = expect(provide(&t, ToolName::OpenTofu, "~> 1.9"));
-    assert!(matches!(&e.problem, Problem::NoMatch(l) if l == &vec!["1.8.5".to_string()]), "{e:?}");
+    assert!(
+        matches!(&*e.problem, Problem::NoMatch(l) if l == &vec!["1.8.5".to_string()]),
+        "{e:?}"
+    );
     named(&e, "~> 1.9", &s.url("/ok"));
 
     // A mirror that is down; one that answers garbage.
@@ -273,14 +368,26 @@ fn bad_inputs_fail_clearly_and_install_nothing() {
     };
     let t = w.tools(None, Some(down.clone()), None);
     let e = expect(provide(&t, ToolName::OpenTofu, "1.8.5"));
-    assert!(matches!(e.problem, Problem::Source(liftoff::tools::source::SourceError::Down(_))), "{e:?}");
+    assert!(
+        matches!(
+            *e.problem,
+            Problem::Source(liftoff::tools::source::SourceError::Down(_))
+        ),
+        "{e:?}"
+    );
     named(&e, "1.8.5", &down);
     let e = expect(provide(&t, ToolName::OpenTofu, "~> 1.8"));
-    assert!(matches!(e.problem, Problem::Source(_)), "{e:?}");
+    assert!(matches!(*e.problem, Problem::Source(_)), "{e:?}");
     s.put("/junk/api.json", b"<html>captive portal</html>".to_vec());
     let t = w.tools(None, Some(s.url("/junk/api.json")), None);
     let e = expect(provide(&t, ToolName::OpenTofu, "~> 1.8"));
-    assert!(matches!(e.problem, Problem::Source(liftoff::tools::source::SourceError::Garbage(_))), "{e:?}");
+    assert!(
+        matches!(
+            *e.problem,
+            Problem::Source(liftoff::tools::source::SourceError::Garbage(_))
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("api.json"), "{e}");
     assert!(t.cache().list().is_empty());
 }
@@ -291,10 +398,24 @@ fn bad_inputs_fail_clearly_and_install_nothing() {
 fn operator_keys_are_needed_for_a_self_signed_mirror() {
     let w = World::new();
     let rel = w.dir.join("releases");
-    lay_out(&rel, "1.8.5", &release("tofu", "1.8.5", None, Some(signing(false, "SHA512"))), false);
+    lay_out(
+        &rel,
+        "1.8.5",
+        &release("tofu", "1.8.5", None, Some(signing(false, "SHA512"))),
+        false,
+    );
     let t = w.tools(Some(&rel), None, None);
     let e = expect(provide(&t, ToolName::OpenTofu, "1.8.5"));
-    assert!(matches!(e.problem, Problem::Signature { error: PgpError::UnknownSigner(_), .. }), "{e:?}");
+    assert!(
+        matches!(
+            *e.problem,
+            Problem::Signature {
+                error: PgpError::UnknownSigner(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains(&keys().a.fpr), "{e}");
     assert!(e.to_string().contains("LIFTOFF_TOOLS_KEYS"), "{e}");
     let t = w.tools(Some(&rel), None, Some(trust_a(&w)));
@@ -322,7 +443,15 @@ fn operator_keys_are_needed_for_a_self_signed_mirror() {
 fn concurrent_installs_download_once() {
     let w = World::new();
     let s = ToolServer::start();
-    serve_releases(&s, "/m", "tofu", &[("1.8.5", release("tofu", "1.8.5", None, Some(signing(true, "SHA512"))))]);
+    serve_releases(
+        &s,
+        "/m",
+        "tofu",
+        &[(
+            "1.8.5",
+            release("tofu", "1.8.5", None, Some(signing(true, "SHA512"))),
+        )],
+    );
     let t = w.tools(None, Some(s.url("/m")), Some(trust_a(&w)));
     std::thread::scope(|sc| {
         let runs: Vec<_> = (0..4)
@@ -343,7 +472,12 @@ fn prune_is_lru_and_keeps_leased_versions() {
     let w = World::new();
     let rel = w.dir.join("releases");
     for v in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
-        lay_out(&rel, v, &release("tofu", v, None, Some(signing(false, "SHA256"))), true);
+        lay_out(
+            &rel,
+            v,
+            &release("tofu", v, None, Some(signing(false, "SHA256"))),
+            true,
+        );
     }
     let one = release("tofu", "1.0.0", None, None)[0].1.len() as u64;
     let _ = one;
@@ -359,17 +493,33 @@ fn prune_is_lru_and_keeps_leased_versions() {
     drop(provide(&t, ToolName::OpenTofu, "1.2.0").unwrap());
     drop(provide(&t, ToolName::OpenTofu, "1.3.0").unwrap());
     let left: Vec<String> = t.cache().list().into_iter().map(|i| i.version).collect();
-    assert!(left.contains(&"1.0.0".to_string()), "held version pruned: {left:?}");
+    assert!(
+        left.contains(&"1.0.0".to_string()),
+        "held version pruned: {left:?}"
+    );
     assert!(left.contains(&"1.3.0".to_string()), "{left:?}");
     assert!(!left.contains(&"1.1.0".to_string()), "{left:?}");
     assert!(left.len() <= 3, "{left:?}");
-    let in_use: Vec<bool> = t.cache().list().iter().filter(|i| i.version == "1.0.0").map(|i| i.in_use).collect();
+    let in_use: Vec<bool> = t
+        .cache()
+        .list()
+        .iter()
+        .filter(|i| i.version == "1.0.0")
+        .map(|i| i.in_use)
+        .collect();
     assert_eq!(in_use, vec![true]);
-    let err = t.cache().remove(ToolName::OpenTofu, &held.version).unwrap_err();
+    let err = t
+        .cache()
+        .remove(ToolName::OpenTofu, &held.version)
+        .unwrap_err();
     assert!(err.contains("in use"), "{err}");
     assert!(run_binary(&held.binary).contains("v1.0.0"));
     drop(held);
-    assert!(t.cache().remove(ToolName::OpenTofu, &"1.0.0".parse_version()).unwrap());
+    assert!(
+        t.cache()
+            .remove(ToolName::OpenTofu, &"1.0.0".parse_version())
+            .unwrap()
+    );
 }
 
 trait ParseVersion {
@@ -387,7 +537,12 @@ impl ParseVersion for &str {
 fn the_tool_command_installs_lists_and_removes() {
     let w = World::new();
     let rel = w.dir.join("releases");
-    lay_out(&rel, "1.8.5", &release("terraform", "1.8.5", None, Some(signing(true, "SHA512"))), false);
+    lay_out(
+        &rel,
+        "1.8.5",
+        &release("terraform", "1.8.5", None, Some(signing(true, "SHA512"))),
+        false,
+    );
     let keys_file = trust_a(&w);
     let liftoff = |args: &[&str]| {
         let out = Command::new(support::liftoff_bin())
@@ -416,7 +571,10 @@ fn the_tool_command_installs_lists_and_removes() {
     assert_eq!(v[0]["version"], "1.8.5");
     let (code, _, err) = liftoff(&["tool", "install", "terraform", "9.9.9"]);
     assert_eq!(code, 1);
-    assert!(err.contains("terraform 9.9.9 not found in directory"), "{err}");
+    assert!(
+        err.contains("terraform 9.9.9 not found in directory"),
+        "{err}"
+    );
     let (code, _, err) = liftoff(&["tool", "install", "pulumi", "1.0.0"]);
     assert_eq!(code, 78, "{err}");
     let (code, out, _) = liftoff(&["tool", "rm", "terraform", "1.8.5"]);

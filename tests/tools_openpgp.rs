@@ -22,7 +22,10 @@ fn fixture(name: &str) -> Vec<u8> {
 fn real_vendor_signatures_verify_with_the_compiled_in_keys() {
     let ring = keys::vendors().unwrap();
     let tofu = ring
-        .verify_detached(&fixture("tofu_1.8.5_SHA256SUMS"), &fixture("tofu_1.8.5_SHA256SUMS.gpgsig"))
+        .verify_detached(
+            &fixture("tofu_1.8.5_SHA256SUMS"),
+            &fixture("tofu_1.8.5_SHA256SUMS.gpgsig"),
+        )
         .unwrap();
     assert_eq!(tofu, keys::OPENTOFU_FPR);
     let tf = ring
@@ -41,10 +44,16 @@ fn tampered_documents_and_wrong_pairings_are_refused() {
     let sig = fixture("terraform_1.9.8_SHA256SUMS.sig");
     let mut changed = doc.clone();
     changed[0] = b'c';
-    assert!(matches!(ring.verify_detached(&changed, &sig), Err(PgpError::BadSignature(_))));
+    assert!(matches!(
+        ring.verify_detached(&changed, &sig),
+        Err(PgpError::BadSignature(_))
+    ));
     let mut longer = doc.clone();
     longer.push(b'\n');
-    assert!(matches!(ring.verify_detached(&longer, &sig), Err(PgpError::BadSignature(_))));
+    assert!(matches!(
+        ring.verify_detached(&longer, &sig),
+        Err(PgpError::BadSignature(_))
+    ));
     // Each vendor's genuine signature over the other's document.
     let tofu_doc = fixture("tofu_1.8.5_SHA256SUMS");
     let tofu_sig = fixture("tofu_1.8.5_SHA256SUMS.gpgsig");
@@ -54,7 +63,10 @@ fn tampered_documents_and_wrong_pairings_are_refused() {
     let mut bad = sig.clone();
     let last = bad.len() - 3;
     bad[last] ^= 0x40;
-    assert!(matches!(ring.verify_detached(&doc, &bad), Err(PgpError::BadSignature(_))));
+    assert!(matches!(
+        ring.verify_detached(&doc, &bad),
+        Err(PgpError::BadSignature(_))
+    ));
     // A cut signature packet.
     assert!(matches!(
         ring.verify_detached(&doc, &sig[..sig.len() / 2]),
@@ -79,14 +91,26 @@ fn gpg_made_keys_and_signatures_verify() {
     assert_eq!(ring.certs[0].fingerprint(), k.a.fpr);
     assert_eq!(ring.certs[0].subkeys.len(), 1);
     let data = b"0123  tofu_1.8.5_linux_amd64.zip\n";
-    for (digest, by_subkey) in [("SHA256", false), ("SHA512", false), ("SHA256", true), ("SHA512", true)] {
+    for (digest, by_subkey) in [
+        ("SHA256", false),
+        ("SHA512", false),
+        ("SHA256", true),
+        ("SHA512", true),
+    ] {
         let sig = k.a.sign(data, digest, by_subkey);
-        assert_eq!(ring.verify_detached(data, &sig).unwrap(), k.a.fpr, "{digest} {by_subkey}");
+        assert_eq!(
+            ring.verify_detached(data, &sig).unwrap(),
+            k.a.fpr,
+            "{digest} {by_subkey}"
+        );
         assert!(ring.verify_detached(b"other", &sig).is_err());
     }
     // Key b (RSA 2048) is unknown to a's ring, and verifies in its own.
     let sig = k.b.sign(data, "SHA512", false);
-    assert!(matches!(ring.verify_detached(data, &sig), Err(PgpError::UnknownSigner(_))));
+    assert!(matches!(
+        ring.verify_detached(data, &sig),
+        Err(PgpError::UnknownSigner(_))
+    ));
     let mut both = ring.clone();
     both.extend(Keyring::parse(&k.b.export()).unwrap());
     assert_eq!(both.verify_detached(data, &sig).unwrap(), k.b.fpr);
@@ -106,13 +130,25 @@ fn packets(mut data: &[u8]) -> Vec<(u8, Vec<u8>)> {
             match o {
                 0..=191 => (h & 0x3F, o, 2),
                 192..=223 => (h & 0x3F, ((o - 192) << 8) + data[2] as usize + 192, 3),
-                _ => (h & 0x3F, u32::from_be_bytes(data[2..6].try_into().unwrap()) as usize, 6),
+                _ => (
+                    h & 0x3F,
+                    u32::from_be_bytes(data[2..6].try_into().unwrap()) as usize,
+                    6,
+                ),
             }
         } else {
             match h & 3 {
                 0 => ((h >> 2) & 15, data[1] as usize, 2),
-                1 => ((h >> 2) & 15, u16::from_be_bytes([data[1], data[2]]) as usize, 3),
-                _ => ((h >> 2) & 15, u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize, 5),
+                1 => (
+                    (h >> 2) & 15,
+                    u16::from_be_bytes([data[1], data[2]]) as usize,
+                    3,
+                ),
+                _ => (
+                    (h >> 2) & 15,
+                    u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize,
+                    5,
+                ),
             }
         };
         out.push((tag, data[hl..hl + len].to_vec()));
@@ -159,7 +195,10 @@ fn a_grafted_subkey_is_not_trusted() {
         }
         let ring = Keyring::parse(&key).unwrap();
         assert_eq!(ring.certs[0].fingerprint(), k.a.fpr);
-        assert!(ring.certs[0].subkeys.is_empty(), "grafted subkey kept (binding: {with_binding})");
+        assert!(
+            ring.certs[0].subkeys.is_empty(),
+            "grafted subkey kept (binding: {with_binding})"
+        );
         assert!(ring.verify_detached(b"x", &sig).is_err());
     }
     // The genuine key, rebuilt from its packets, keeps its subkey.

@@ -76,7 +76,13 @@ impl World {
         SandboxExecutor::new(config, env, None).unwrap()
     }
 
-    fn run(&self, ex: &SandboxExecutor, run: &str, version: &str, shell: &str) -> (RunEvent, String) {
+    fn run(
+        &self,
+        ex: &SandboxExecutor,
+        run: &str,
+        version: &str,
+        shell: &str,
+    ) -> (RunEvent, String) {
         let spec = json!({
             "run_id": run, "run_type": "proposed",
             "tool": {"name": "opentofu", "version": version},
@@ -105,11 +111,22 @@ fn a_step_runs_the_verified_tool_from_path() {
         "tofu version; terraform version; command -v tofu; echo \"PATH=$PATH\"; if echo x > /mnt/tools/bin/tofu; then echo WRITABLE; else echo read-only; fi",
     );
     assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
-    assert!(log.contains("tofu v1.9.1 (liftoff test build) version"), "{log}");
+    assert!(
+        log.contains("tofu v1.9.1 (liftoff test build) version"),
+        "{log}"
+    );
     assert!(log.contains("/mnt/tools/bin/tofu"), "{log}");
-    assert_eq!(log.matches("tofu v1.9.1 (liftoff test build) version").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("tofu v1.9.1 (liftoff test build) version")
+            .count(),
+        2,
+        "{log}"
+    );
     assert!(log.contains("PATH=/mnt/tools/bin:"), "{log}");
-    assert!(log.contains("read-only") && !log.contains("WRITABLE"), "{log}");
+    assert!(
+        log.contains("read-only") && !log.contains("WRITABLE"),
+        "{log}"
+    );
     assert!(log.contains("signature and SHA-256 verified"), "{log}");
     // The next run uses the cache.
     let (end, log) = w.run(&ex, "tool-run-2", "1.9.1", "tofu version");
@@ -146,7 +163,12 @@ fn a_tampered_release_fails_the_run_before_any_step() {
     let (end, log) = w.run(&ex, "tool-bad", "1.7.0", "echo STEP-RAN");
     match end {
         RunEvent::Failed { reason } => {
-            for needle in ["opentofu 1.7.0", "tofu_1.7.0_linux_amd64.zip", "tampered", "release mirror"] {
+            for needle in [
+                "opentofu 1.7.0",
+                "tofu_1.7.0_linux_amd64.zip",
+                "tampered",
+                "release mirror",
+            ] {
                 assert!(reason.contains(needle), "{needle:?} not in {reason}");
             }
         }

@@ -131,7 +131,10 @@ fn run_inner(cmd: ToolCommand, env: &Env) -> Result<(), i32> {
             match tools.cache().remove(tool, &v) {
                 Ok(true) => println!("{} {v} removed", tool.name()),
                 Ok(false) => {
-                    eprintln!("liftoff: error: {} {v} is not cached (see liftoff tool ls)", tool.name());
+                    eprintln!(
+                        "liftoff: error: {} {v} is not cached (see liftoff tool ls)",
+                        tool.name()
+                    );
                     return Err(1);
                 }
                 Err(e) => {

@@ -349,7 +349,12 @@ pub const VARIABLES: &[Var] = &[
         alias: None,
         help: "A local directory of OpenTofu/Terraform release files (zip, SHA256SUMS, signature; flat or one subdirectory per version): the first source of a run's `tool` (air-gapped hosts).",
         read: |v, c, _| set(&mut c.tools_dir, read::path(v).map(Some)),
-        show: |c| c.tools_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        show: |c| {
+            c.tools_dir
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        },
     },
     Var {
         name: "LIFTOFF_TOOLS_MIRROR",
@@ -364,7 +369,12 @@ pub const VARIABLES: &[Var] = &[
             c.tools_mirror = Some(v.to_string());
             Ok(())
         },
-        show: |c| c.tools_mirror.as_deref().map(redact_userinfo).unwrap_or_default(),
+        show: |c| {
+            c.tools_mirror
+                .as_deref()
+                .map(redact_userinfo)
+                .unwrap_or_default()
+        },
     },
     Var {
         name: "LIFTOFF_TOOLS_KEYS",
@@ -373,7 +383,12 @@ pub const VARIABLES: &[Var] = &[
         alias: None,
         help: "A file of armored OpenPGP public keys trusted, besides the compiled-in OpenTofu and HashiCorp keys, to sign a mirror's SHA256SUMS.",
         read: |v, c, _| set(&mut c.tools_keys, read::path(v).map(Some)),
-        show: |c| c.tools_keys.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        show: |c| {
+            c.tools_keys
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        },
     },
     Var {
         name: "LIFTOFF_TOOLS_CACHE_DIR",

@@ -130,10 +130,10 @@ impl Cache {
         let locks = self.root.join(".locks");
         fs::create_dir_all(&locks).map_err(|e| err("create", &locks, e))?;
         let _ = fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755));
-        let path = self
-            .root
-            .join(".locks")
-            .join(format!("{}-{v}-{}.lock", tool.name(), platform()));
+        let path =
+            self.root
+                .join(".locks")
+                .join(format!("{}-{v}-{}.lock", tool.name(), platform()));
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -151,12 +151,9 @@ impl Cache {
         for d in [self.root.join(tool.name()), parent.to_path_buf()] {
             let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
         }
-        let tmp = self.root.join(format!(
-            ".tmp-{}-{}-{}",
-            tool.name(),
-            v,
-            std::process::id()
-        ));
+        let tmp = self
+            .root
+            .join(format!(".tmp-{}-{}-{}", tool.name(), v, std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let write = || -> std::io::Result<()> {
             fs::create_dir_all(tmp.join("bin"))?;

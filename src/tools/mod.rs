@@ -81,9 +81,7 @@ impl ToolName {
         match text {
             "opentofu" | "tofu" => Ok(ToolName::OpenTofu),
             "terraform" => Ok(ToolName::Terraform),
-            other => Err(format!(
-                "unknown tool {other:?}: use opentofu or terraform"
-            )),
+            other => Err(format!("unknown tool {other:?}: use opentofu or terraform")),
         }
     }
 }
@@ -100,11 +98,18 @@ pub enum Problem {
     /// `SHA256SUMS` has no signature next to it.
     Unsigned(String),
     /// The signature did not verify.
-    Signature { file: String, error: openpgp::PgpError },
+    Signature {
+        file: String,
+        error: openpgp::PgpError,
+    },
     /// The checksum list is malformed or lacks this platform's archive.
     Checksums(String),
     /// The archive's SHA-256 is not the signed one.
-    Checksum { file: String, got: String, want: String },
+    Checksum {
+        file: String,
+        got: String,
+        want: String,
+    },
     /// The archive is damaged, escapes, or lacks the binary.
     Archive { file: String, error: zip::ZipError },
     /// The cache could not be written.
@@ -119,13 +124,13 @@ pub struct ToolError {
     pub version: String,
     /// Where it was looked for.
     pub source: String,
-    pub problem: Problem,
+    pub problem: Box<Problem>,
 }
 
 impl fmt::Display for ToolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (t, v, s) = (self.tool.name(), &self.version, &self.source);
-        match &self.problem {
+        match &*self.problem {
             Problem::NotFound => write!(
                 f,
                 "{t} {v} not found in {s}: check the version, or add its release files there"
@@ -243,7 +248,7 @@ impl Tools {
             tool,
             version: version.to_string(),
             source,
-            problem,
+            problem: Box::new(problem),
         };
         let constraint = Constraint::parse(wanted)
             .map_err(|e| fail(wanted, "the run spec".into(), Problem::Checksums(e)))?;
@@ -255,7 +260,7 @@ impl Tools {
                     // Sources unreachable: a cached match still serves.
                     let cached = self.cache.versions(tool);
                     match constraint.newest(&cached) {
-                        Some(v) if matches!(e.problem, Problem::Source(_)) => {
+                        Some(v) if matches!(*e.problem, Problem::Source(_)) => {
                             note(&format!("{e}; using the cached {} {v}", tool.name()));
                             (v.clone(), None)
                         }
@@ -272,10 +277,13 @@ impl Tools {
             return Ok(lease);
         }
         let v = version.to_string();
-        let _lock = self
-            .cache
-            .install_lock(tool, &version)
-            .map_err(|m| fail(&v, self.cache.root().display().to_string(), Problem::Cache(m)))?;
+        let _lock = self.cache.install_lock(tool, &version).map_err(|m| {
+            fail(
+                &v,
+                self.cache.root().display().to_string(),
+                Problem::Cache(m),
+            )
+        })?;
         if let Some(lease) = self.cache.lease(tool, &version) {
             note(&format!(
                 "{} {version} (installed by another run meanwhile)",
@@ -319,7 +327,7 @@ impl Tools {
                         tool,
                         version: c.to_string(),
                         source: s.to_string(),
-                        problem: Problem::Source(e),
+                        problem: Box::new(Problem::Source(e)),
                     });
                 }
             };
@@ -332,7 +340,7 @@ impl Tools {
             tool,
             version: c.to_string(),
             source: self.all_sources(tool),
-            problem: Problem::NoMatch(listed),
+            problem: Box::new(Problem::NoMatch(listed)),
         })
     }
 
@@ -348,7 +356,7 @@ impl Tools {
             tool,
             version: version.to_string(),
             source: s.to_string(),
-            problem,
+            problem: Box::new(problem),
         };
         let fetch = |file: &str, max| {
             s.fetch(&self.agent, tool, version, file, max)
@@ -362,14 +370,12 @@ impl Tools {
         let sig_name = format!("{sums_name}{}", tool.signature_suffix());
         let sig = fetch(&sig_name, openpgp::MAX_INPUT as u64)?
             .ok_or_else(|| fail(Problem::Unsigned(sig_name.clone())))?;
-        self.keys
-            .verify_detached(&sums, &sig)
-            .map_err(|error| {
-                fail(Problem::Signature {
-                    file: sig_name.clone(),
-                    error,
-                })
-            })?;
+        self.keys.verify_detached(&sums, &sig).map_err(|error| {
+            fail(Problem::Signature {
+                file: sig_name.clone(),
+                error,
+            })
+        })?;
         let archive = format!("{p}_{version}_{}.zip", cache::platform());
         let want = checksum_for(&sums, &archive).map_err(|m| fail(Problem::Checksums(m)))?;
         let zip_bytes = fetch(&archive, source::MAX_ARCHIVE)?.ok_or_else(|| {
@@ -377,7 +383,8 @@ impl Tools {
                 "{archive} is listed in the signed SHA256SUMS but missing from the source"
             )))
         })?;
-        let got = hex_lower(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &zip_bytes).as_ref());
+        let got =
+            hex_lower(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &zip_bytes).as_ref());
         if got != want {
             return Err(fail(Problem::Checksum {
                 file: archive,
@@ -414,7 +421,10 @@ pub fn checksum_for(sums: &[u8], file: &str) -> Result<String, String> {
             if line.trim().is_empty() {
                 continue;
             }
-            return Err(format!("the line {:?} is not \"HASH  FILE\"", line.chars().take(80).collect::<String>()));
+            return Err(format!(
+                "the line {:?} is not \"HASH  FILE\"",
+                line.chars().take(80).collect::<String>()
+            ));
         };
         if name.trim_start_matches('*') == file {
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -443,7 +453,11 @@ mod tests {
             checksum_for(sums, "tofu_1.8.5_linux_amd64.zip").unwrap(),
             "b".repeat(64)
         );
-        assert!(checksum_for(sums, "tofu_1.8.5_linux_arm64.zip").unwrap_err().contains("lists no"));
+        assert!(
+            checksum_for(sums, "tofu_1.8.5_linux_arm64.zip")
+                .unwrap_err()
+                .contains("lists no")
+        );
         assert!(checksum_for(b"garbage", "x").unwrap_err().contains("not"));
         assert!(checksum_for(b"\xff\xfe", "x").is_err());
     }
@@ -451,7 +465,11 @@ mod tests {
     #[test]
     fn tool_names() {
         assert_eq!(ToolName::parse("tofu").unwrap(), ToolName::OpenTofu);
-        assert!(ToolName::parse("pulumi").unwrap_err().contains("opentofu or terraform"));
+        assert!(
+            ToolName::parse("pulumi")
+                .unwrap_err()
+                .contains("opentofu or terraform")
+        );
         let t: ToolName = serde_json::from_str("\"opentofu\"").unwrap();
         assert_eq!(t.binary(), "tofu");
     }

@@ -134,7 +134,9 @@ fn dearmor(text: &[u8]) -> Result<Option<Vec<Vec<u8>>>, PgpError> {
             }
         }
         if !ended {
-            return Err(malformed(format!("armor block BEGIN PGP {kind} has no END line")));
+            return Err(malformed(format!(
+                "armor block BEGIN PGP {kind} has no END line"
+            )));
         }
         let data = base64::engine::general_purpose::STANDARD
             .decode(body.as_bytes())
@@ -187,7 +189,9 @@ fn packets(mut data: &[u8]) -> Result<Vec<Packet<'_>>, PgpError> {
                     (tag, ((o as usize - 192) << 8) + o2 as usize + 192, 3)
                 }
                 255 => {
-                    let b = data.get(2..6).ok_or_else(|| malformed("cut packet header"))?;
+                    let b = data
+                        .get(2..6)
+                        .ok_or_else(|| malformed("cut packet header"))?;
                     (
                         tag,
                         u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
@@ -205,18 +209,26 @@ fn packets(mut data: &[u8]) -> Result<Vec<Packet<'_>>, PgpError> {
                     2,
                 ),
                 1 => {
-                    let b = data.get(1..3).ok_or_else(|| malformed("cut packet header"))?;
+                    let b = data
+                        .get(1..3)
+                        .ok_or_else(|| malformed("cut packet header"))?;
                     (tag, u16::from_be_bytes([b[0], b[1]]) as usize, 3)
                 }
                 2 => {
-                    let b = data.get(1..5).ok_or_else(|| malformed("cut packet header"))?;
+                    let b = data
+                        .get(1..5)
+                        .ok_or_else(|| malformed("cut packet header"))?;
                     (
                         tag,
                         u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
                         5,
                     )
                 }
-                _ => return Err(malformed("indeterminate-length packets are not expected here")),
+                _ => {
+                    return Err(malformed(
+                        "indeterminate-length packets are not expected here",
+                    ));
+                }
             }
         };
         let end = header
@@ -448,12 +460,10 @@ impl Signature {
                     id.copy_from_slice(b);
                     self.issuer_id = Some(id);
                 }
-                33 => {
-                    if data.first() == Some(&4) && data.len() == 21 {
-                        let mut f = [0u8; 20];
-                        f.copy_from_slice(&data[1..]);
-                        self.issuer_fpr = Some(f);
-                    }
+                33 if data.first() == Some(&4) && data.len() == 21 => {
+                    let mut f = [0u8; 20];
+                    f.copy_from_slice(&data[1..]);
+                    self.issuer_fpr = Some(f);
                 }
                 32 => {
                     // The back-signature: a packet body of its own.
@@ -475,10 +485,7 @@ impl Signature {
     /// the signature's own fields).
     fn check(&self, key: &Key, data: &[u8]) -> Result<(), PgpError> {
         let (n, e) = key.rsa.as_ref().ok_or_else(|| {
-            PgpError::Unsupported(format!(
-                "key {} is not an RSA key",
-                hex(&key.fingerprint)
-            ))
+            PgpError::Unsupported(format!("key {} is not an RSA key", hex(&key.fingerprint)))
         })?;
         if !matches!(self.pk_algo, 1 | 3) {
             return Err(PgpError::Unsupported(format!(
@@ -568,7 +575,11 @@ impl Keyring {
                         p.tag
                     )));
                 }
-                _ => groups.last_mut().unwrap_or(&mut Vec::new()).push(p),
+                _ => {
+                    if let Some(g) = groups.last_mut() {
+                        g.push(p);
+                    }
+                }
             }
         }
         for group in groups {
@@ -610,7 +621,9 @@ impl Keyring {
                         let Ok(sig) = Signature::parse(p.body) else {
                             continue;
                         };
-                        if sig.issuer_fpr.is_some_and(|f| f != cert.primary.fingerprint)
+                        if sig
+                            .issuer_fpr
+                            .is_some_and(|f| f != cert.primary.fingerprint)
                             || sig.issuer_id.is_some_and(|i| i != cert.primary.key_id())
                         {
                             continue;
@@ -618,10 +631,8 @@ impl Keyring {
                         let mut data = Vec::new();
                         cert.primary.hash_into(&mut data);
                         match (sig.sig_type, &subkey, uid) {
-                            (0x20, _, _) => {
-                                if sig.check(&cert.primary, &data).is_ok() {
-                                    revoked = true;
-                                }
+                            (0x20, _, _) if sig.check(&cert.primary, &data).is_ok() => {
+                                revoked = true;
                             }
                             (0x10..=0x13, None, Some(id)) => {
                                 data.push(0xB4);
@@ -702,7 +713,7 @@ impl Keyring {
                 if p.tag != 2 {
                     continue;
                 }
-                let s = Signature::parse(&p.body)?;
+                let s = Signature::parse(p.body)?;
                 match self.verify_one(&s, data) {
                     Ok(fpr) => return Ok(fpr),
                     Err(e) => last = Some(e),

@@ -67,9 +67,14 @@ impl std::fmt::Display for SourceError {
 pub enum Source {
     Dir(PathBuf),
     /// TofuDL: the `api.json` URL and the download URL template.
-    TofuDl { api: String, template: String },
+    TofuDl {
+        api: String,
+        template: String,
+    },
     /// releases.hashicorp.com's layout under `base`.
-    Releases { base: String },
+    Releases {
+        base: String,
+    },
 }
 
 /// The sources for `tool`, in order (see the module doc).
@@ -157,16 +162,19 @@ impl std::fmt::Display for Source {
 
 impl Source {
     /// The versions this source offers for `tool`.
-    pub fn versions(&self, agent: &ureq::Agent, tool: ToolName) -> Result<Vec<Version>, SourceError> {
+    pub fn versions(
+        &self,
+        agent: &ureq::Agent,
+        tool: ToolName,
+    ) -> Result<Vec<Version>, SourceError> {
         let p = tool.product();
         let mut out = Vec::new();
         match self {
             Source::Dir(d) => {
                 let suffix = "_SHA256SUMS";
                 let mut names = Vec::new();
-                let entries = std::fs::read_dir(d).map_err(|e| {
-                    SourceError::Down(format!("cannot read {}: {e}", d.display()))
-                })?;
+                let entries = std::fs::read_dir(d)
+                    .map_err(|e| SourceError::Down(format!("cannot read {}: {e}", d.display())))?;
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if e.path().is_dir() {
@@ -197,8 +205,9 @@ impl Source {
                         crate::http::redact_url(api)
                     )));
                 }
-                let body = get(agent, api, MAX_LIST)?
-                    .ok_or_else(|| SourceError::Garbage(format!("{} answered 404", crate::http::redact_url(api))))?;
+                let body = get(agent, api, MAX_LIST)?.ok_or_else(|| {
+                    SourceError::Garbage(format!("{} answered 404", crate::http::redact_url(api)))
+                })?;
                 let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
                     SourceError::Garbage(format!(
                         "{} is not a TofuDL api.json: {e}",
@@ -334,7 +343,9 @@ pub fn get(agent: &ureq::Agent, url: &str, max: u64) -> Result<Option<Vec<u8>>, 
                     .reader()
                     .read_to_end(&mut data)
                     .map_err(|e| {
-                        SourceError::Down(format!("reading {shown} failed (cut short, or more than {max} bytes): {e}"))
+                        SourceError::Down(format!(
+                            "reading {shown} failed (cut short, or more than {max} bytes): {e}"
+                        ))
                     })?;
                 return Ok(Some(data));
             }
@@ -344,7 +355,9 @@ pub fn get(agent: &ureq::Agent, url: &str, max: u64) -> Result<Option<Vec<u8>>, 
                     .get("location")
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| {
-                        SourceError::Garbage(format!("{shown} redirects (HTTP {status}) without a Location"))
+                        SourceError::Garbage(format!(
+                            "{shown} redirects (HTTP {status}) without a Location"
+                        ))
                     })?;
                 let next = join(&url, location);
                 if url.starts_with("https://") && !next.starts_with("https://") {
@@ -423,7 +436,12 @@ mod tests {
                 base: "https://m/releases".into()
             }
         );
-        for bad in ["ftp://x", "https://m/api.json https://d/{version}", "https://m x", "https://m/api.json a b"] {
+        for bad in [
+            "ftp://x",
+            "https://m/api.json https://d/{version}",
+            "https://m x",
+            "https://m/api.json a b",
+        ] {
             assert!(parse_mirror(bad).is_err(), "{bad}");
         }
     }

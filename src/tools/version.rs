@@ -72,14 +72,14 @@ impl fmt::Display for Version {
 
 impl Ord for Version {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.nums.cmp(&other.nums).then_with(|| {
-            match (self.pre.is_empty(), other.pre.is_empty()) {
+        self.nums
+            .cmp(&other.nums)
+            .then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
                 (true, true) => Ordering::Equal,
                 (true, false) => Ordering::Greater,
                 (false, true) => Ordering::Less,
                 (false, false) => self.pre.cmp(&other.pre),
-            }
-        })
+            })
     }
 }
 
@@ -178,11 +178,13 @@ impl Constraint {
     /// when it is that simple: no version list is needed then.
     pub fn exact(&self) -> Option<&Version> {
         match &self.terms[..] {
-            [Term {
-                op: Op::Eq,
-                v,
-                given: 3,
-            }] => Some(v),
+            [
+                Term {
+                    op: Op::Eq,
+                    v,
+                    given: 3,
+                },
+            ] => Some(v),
             _ => None,
         }
     }
@@ -234,17 +236,33 @@ mod tests {
         assert_eq!(v("v1.8.5").to_string(), "1.8.5");
         assert!(v("1.10.0") > v("1.9.9"));
         assert!(v("1.9.0") > v("1.9.0-rc1"));
-        for bad in ["1.8", "1.8.x", "", "1..2", "1.2.3-", "1.2.3-a b", "01234567890.1.1"] {
+        for bad in [
+            "1.8",
+            "1.8.x",
+            "",
+            "1..2",
+            "1.2.3-",
+            "1.2.3-a b",
+            "01234567890.1.1",
+        ] {
             assert!(Version::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn constraints_pick_the_newest_match() {
-        let list: Vec<Version> = ["1.6.2", "1.7.8", "1.8.0", "1.8.5", "1.9.0-rc1", "1.9.1", "2.0.0"]
-            .iter()
-            .map(|s| v(s))
-            .collect();
+        let list: Vec<Version> = [
+            "1.6.2",
+            "1.7.8",
+            "1.8.0",
+            "1.8.5",
+            "1.9.0-rc1",
+            "1.9.1",
+            "2.0.0",
+        ]
+        .iter()
+        .map(|s| v(s))
+        .collect();
         let newest = |c: &str| {
             Constraint::parse(c)
                 .unwrap()

@@ -39,7 +39,9 @@ impl fmt::Display for ZipError {
                 "the zip archive holds the path {p:?}, which is outside the archive: refused"
             ),
             ZipError::Missing(n) => write!(f, "the zip archive holds no file named {n:?}"),
-            ZipError::Unsupported(m) => write!(f, "the zip archive uses {m}, which is not supported"),
+            ZipError::Unsupported(m) => {
+                write!(f, "the zip archive uses {m}, which is not supported")
+            }
         }
     }
 }
@@ -73,12 +75,13 @@ struct Entry {
 
 /// True when `name` stays inside the archive's directory.
 fn safe_path(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('/')
-        && !name.contains('\\')
-        && !name.contains('\0')
-        && !name.split('/').any(|c| c == "..")
-        && !(name.len() >= 2 && name.as_bytes()[1] == b':')
+    let drive = name.len() >= 2 && name.as_bytes()[1] == b':';
+    !(name.is_empty()
+        || drive
+        || name.starts_with('/')
+        || name.contains('\\')
+        || name.contains('\0')
+        || name.split('/').any(|c| c == ".."))
 }
 
 fn directory(zip: &[u8]) -> Result<Vec<Entry>, ZipError> {

@@ -188,6 +188,9 @@ pub fn executable(product: &str, version: &str) -> Vec<u8> {
     format!("#!/bin/sh\necho \"{product} v{version} (liftoff test build) $*\"\n").into_bytes()
 }
 
+/// A release's files: (name, bytes).
+pub type Files = Vec<(String, Vec<u8>)>;
+
 /// This host's platform as the vendors name it.
 pub fn platform() -> String {
     let arch = match std::env::consts::ARCH {
@@ -298,7 +301,9 @@ impl ToolServer {
 
     fn serve(&self, conn: TcpStream) {
         let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-        let Ok(mut out) = conn.try_clone() else { return };
+        let Ok(mut out) = conn.try_clone() else {
+            return;
+        };
         let mut reader = BufReader::new(conn);
         loop {
             let mut line = String::new();
@@ -340,7 +345,7 @@ impl ToolServer {
 
 /// Serves releases in OpenTofu's TofuDL layout under `prefix`:
 /// `<prefix>/api.json` and `<prefix>/v<version>/<file>`.
-pub fn serve_tofudl(server: &ToolServer, prefix: &str, releases: &[(&str, Vec<(String, Vec<u8>)>)]) {
+pub fn serve_tofudl(server: &ToolServer, prefix: &str, releases: &[(&str, Files)]) {
     let versions: Vec<serde_json::Value> = releases
         .iter()
         .map(|(v, files)| {
@@ -349,7 +354,9 @@ pub fn serve_tofudl(server: &ToolServer, prefix: &str, releases: &[(&str, Vec<(S
         .collect();
     server.put(
         &format!("{prefix}/api.json"),
-        serde_json::json!({ "versions": versions }).to_string().into_bytes(),
+        serde_json::json!({ "versions": versions })
+            .to_string()
+            .into_bytes(),
     );
     for (v, files) in releases {
         for (name, data) in files {
@@ -360,12 +367,7 @@ pub fn serve_tofudl(server: &ToolServer, prefix: &str, releases: &[(&str, Vec<(S
 
 /// Serves releases in releases.hashicorp.com's layout under `base`:
 /// `<base>/<product>/index.json` and `<base>/<product>/<version>/<file>`.
-pub fn serve_releases(
-    server: &ToolServer,
-    base: &str,
-    product: &str,
-    releases: &[(&str, Vec<(String, Vec<u8>)>)],
-) {
+pub fn serve_releases(server: &ToolServer, base: &str, product: &str, releases: &[(&str, Files)]) {
     let mut versions = serde_json::Map::new();
     for (v, files) in releases {
         versions.insert(
