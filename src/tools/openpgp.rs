@@ -374,6 +374,12 @@ pub struct Signature {
 
 impl Signature {
     pub fn parse(body: &[u8]) -> Result<Signature, PgpError> {
+        Self::parse_nested(body, false)
+    }
+
+    /// `embedded`: this is a back-signature inside another signature, which
+    /// may not embed one again (bounded recursion).
+    fn parse_nested(body: &[u8], embedded: bool) -> Result<Signature, PgpError> {
         match body.first() {
             Some(4) => {}
             Some(v) => {
@@ -419,12 +425,17 @@ impl Signature {
         if matches!(sig.pk_algo, 1 | 3) {
             sig.value = mpi(&body[unhashed_end + 2..])?.0.to_vec();
         }
-        sig.subpackets(hashed_area, true)?;
-        sig.subpackets(unhashed_area, false)?;
+        sig.subpackets(hashed_area, true, embedded)?;
+        sig.subpackets(unhashed_area, false, embedded)?;
         Ok(sig)
     }
 
-    fn subpackets(&mut self, mut area: &[u8], hashed: bool) -> Result<(), PgpError> {
+    fn subpackets(
+        &mut self,
+        mut area: &[u8],
+        hashed: bool,
+        embedded: bool,
+    ) -> Result<(), PgpError> {
         while !area.is_empty() {
             let o = area[0] as usize;
             let (len, skip) = match o {
@@ -465,9 +476,12 @@ impl Signature {
                     f.copy_from_slice(&data[1..]);
                     self.issuer_fpr = Some(f);
                 }
+                32 if embedded => {
+                    return Err(malformed("an embedded signature embeds another"));
+                }
                 32 => {
                     // The back-signature: a packet body of its own.
-                    self.embedded = Some(Box::new(Signature::parse(data)?));
+                    self.embedded = Some(Box::new(Signature::parse_nested(data, true)?));
                 }
                 4..=7 | 10..=12 | 20..=26 | 28..=31 | 34..=40 => {}
                 _ if critical && hashed => {
@@ -731,6 +745,9 @@ impl Keyring {
             )));
         }
         params(s.hash_algo)?;
+        if s.expired(now()) {
+            return Err(PgpError::BadSignature("the signature has expired".into()));
+        }
         let matches = |k: &Key| {
             s.issuer_fpr.map_or_else(
                 || s.issuer_id.is_none_or(|id| id == k.key_id()),
@@ -796,6 +813,45 @@ mod tests {
         // RFC 4880's CRC-24 of the empty input is its initial value.
         assert_eq!(crc24(b""), 0xB704CE);
         assert_ne!(crc24(b"a"), crc24(b"b"));
+    }
+
+    /// A v4 RSA signature body with `hashed` as its hashed subpackets.
+    fn sig_with(hashed: &[u8]) -> Vec<u8> {
+        let mut s = vec![4, 0x00, 1, 8];
+        s.extend_from_slice(&(hashed.len() as u16).to_be_bytes());
+        s.extend_from_slice(hashed);
+        s.extend_from_slice(&[0, 0, 0xAB, 0xCD, 0, 8, 0x5A]);
+        s
+    }
+
+    fn subpacket(kind: u8, data: &[u8]) -> Vec<u8> {
+        let mut s = vec![255];
+        s.extend_from_slice(&(data.len() as u32 + 1).to_be_bytes());
+        s.push(kind);
+        s.extend_from_slice(data);
+        s
+    }
+
+    /// A back-signature may not embed another: no unbounded recursion on a
+    /// crafted packet.
+    #[test]
+    fn nested_embedded_signatures_are_refused() {
+        let one = sig_with(&subpacket(32, &sig_with(&[])));
+        assert!(Signature::parse(&one).unwrap().embedded.is_some());
+        let mut deep = sig_with(&[]);
+        for _ in 0..3 {
+            deep = sig_with(&subpacket(32, &deep));
+        }
+        assert!(matches!(
+            Signature::parse(&deep),
+            Err(PgpError::Malformed(_))
+        ));
+        // An unknown critical subpacket in the hashed area is refused.
+        let critical = sig_with(&subpacket(0x80 | 100, b"x"));
+        assert!(matches!(
+            Signature::parse(&critical),
+            Err(PgpError::Unsupported(_))
+        ));
     }
 
     #[test]
