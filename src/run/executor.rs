@@ -13,7 +13,10 @@
 //!    run fails as rejected; `sample` → input and decision to stderr);
 //! 4. the workspace `<state dir>/runs/<run id>/workspace`, the source
 //!    (resolved through the VCS mappings, fetched with the one agent, safely
-//!    extracted into `<workspace>/source`), the run's provider-cache layer;
+//!    extracted into `<workspace>/source`), the run's provider-cache layer,
+//!    the run's `tool` ([`crate::tools::Tools::provide`]: cached, or
+//!    downloaded and verified; leased until the run ends, bound read-only
+//!    at `/mnt/tools/bin`, first on PATH);
 //! 5. [`RunEvent::Started`], then each step in its own sandbox (cwd
 //!    `/mnt/workspace/source`), output masked into the log; a step marked
 //!    `outputs` is not logged: its stdout is filtered and PUT to the outputs
