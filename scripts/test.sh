@@ -15,8 +15,9 @@ step() { printf '\n==> %s\n' "$*"; }
 # util-linux/passwd (unprivileged test user), binutils (readelf), procps,
 # time (GNU time: peak RSS in benches/exec_logs.sh), socat (a relay process
 # to kill or freeze in front of the long-poll test plane), tinyproxy (a real
-# HTTP CONNECT proxy), prometheus (promtool checks the launcher's /metrics).
-packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps time socat tinyproxy prometheus)
+# HTTP CONNECT proxy), prometheus (promtool checks the launcher's /metrics),
+# gnupg (OpenPGP keys and signatures for the tool-release tests).
+packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps time socat tinyproxy prometheus gnupg)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

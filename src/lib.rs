@@ -21,6 +21,7 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod time;
+pub mod tools;
 pub mod worker;
 
 /// Exit status for configuration errors (EX_CONFIG): systemd's unit does not

@@ -1,5 +1,5 @@
 //! The `liftoff` command line: one file per command (`check`, `config`,
-//! `exec`, `run`), parsed here with clap and dispatched by [`main`], which
+//! `exec`, `run`, `tool`), parsed here with clap and dispatched by [`main`], which
 //! returns the process exit status. Exit statuses are decided in one place
 //! per command: 78 (`crate::EXIT_CONFIG`) for configuration errors
 //! everywhere; `exec` adds the job's own status, 124 and 125.
@@ -12,6 +12,7 @@ pub mod check;
 pub mod config;
 pub mod exec;
 pub mod run;
+pub mod tool;
 
 #[derive(Parser)]
 #[command(name = "liftoff", version = crate::VERSION, about = "A lightweight launcher for private worker pools: sandboxed runs without Docker.")]
@@ -49,6 +50,9 @@ enum Command {
     Version,
     /// Run a program in the sandbox: exit status is the job's, 128+N for signal N, 124 on timeout, 125 when liftoff failed.
     Exec(Box<exec::ExecArgs>),
+    /// OpenTofu/Terraform versions for runs: install (download and verify), ls, rm.
+    #[command(subcommand)]
+    Tool(tool::ToolCommand),
 }
 
 /// Parses the command line and runs the command; returns the exit status.
@@ -69,6 +73,7 @@ pub fn main() -> i32 {
         Command::Config { json, .. } => config::show(&env, json),
         Command::Exec(args) => exec::run(*args, &env),
         Command::Run => run::run(&env),
+        Command::Tool(cmd) => tool::run(cmd, &env),
         Command::Version => {
             println!("liftoff {}", crate::VERSION);
             0

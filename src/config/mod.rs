@@ -314,6 +314,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub provider_cache_dir: PathBuf,
     pub provider_cache_max_bytes: u64,
+    /// OpenTofu/Terraform for runs (`LIFTOFF_TOOLS_*`).
+    pub tools_dir: Option<PathBuf>,
+    pub tools_mirror: Option<String>,
+    pub tools_keys: Option<PathBuf>,
+    pub tools_cache_dir: PathBuf,
+    pub tools_cache_max_bytes: u64,
     pub workers: u16,
     pub log_filter: String,
     pub log_format: LogFormat,

@@ -345,6 +345,72 @@ pub const VARIABLES: &[Var] = &[
         show: |c| c.provider_cache_max_bytes.to_string(),
     },
     Var {
+        name: "LIFTOFF_TOOLS_DIR",
+        default: "",
+        secret: false,
+        alias: None,
+        help: "A local directory of OpenTofu/Terraform release files (zip, SHA256SUMS, signature; flat or one subdirectory per version): the first source of a run's `tool` (air-gapped hosts).",
+        read: |v, c, _| set(&mut c.tools_dir, read::path(v).map(Some)),
+        show: |c| {
+            c.tools_dir
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        },
+    },
+    Var {
+        name: "LIFTOFF_TOOLS_MIRROR",
+        default: "",
+        secret: false,
+        alias: None,
+        help: "A mirror of tool releases: `https://host/path` in releases.hashicorp.com's layout, or a TofuDL `https://host/path/api.json` optionally followed by a download URL template with {version} and {artifact}. With this or LIFTOFF_TOOLS_DIR set, upstream is never contacted.",
+        read: |v, c, _| {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err("expected an http:// or https:// URL".into());
+            }
+            c.tools_mirror = Some(v.to_string());
+            Ok(())
+        },
+        show: |c| {
+            c.tools_mirror
+                .as_deref()
+                .map(redact_userinfo)
+                .unwrap_or_default()
+        },
+    },
+    Var {
+        name: "LIFTOFF_TOOLS_KEYS",
+        default: "",
+        secret: false,
+        alias: None,
+        help: "A file of armored OpenPGP public keys trusted, besides the compiled-in OpenTofu and HashiCorp keys, to sign a mirror's SHA256SUMS.",
+        read: |v, c, _| set(&mut c.tools_keys, read::path(v).map(Some)),
+        show: |c| {
+            c.tools_keys
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        },
+    },
+    Var {
+        name: "LIFTOFF_TOOLS_CACHE_DIR",
+        default: "/var/cache/liftoff/tools",
+        secret: false,
+        alias: None,
+        help: "Where verified OpenTofu/Terraform binaries are kept, one directory per tool, version and platform, shared by runs.",
+        read: |v, c, _| set(&mut c.tools_cache_dir, read::path(v)),
+        show: |c| c.tools_cache_dir.display().to_string(),
+    },
+    Var {
+        name: "LIFTOFF_TOOLS_CACHE_MAX_BYTES",
+        default: "2GiB",
+        secret: false,
+        alias: None,
+        help: "Prune the tool cache to this size after an install, least recently used first; versions a run is using are kept.",
+        read: |v, c, _| set(&mut c.tools_cache_max_bytes, parse::byte_size(v)),
+        show: |c| c.tools_cache_max_bytes.to_string(),
+    },
+    Var {
         name: "LIFTOFF_WORKERS",
         default: "1",
         secret: false,

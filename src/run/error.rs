@@ -31,6 +31,9 @@ pub enum RunError {
     /// The source could not be resolved, fetched or extracted (or its
     /// download outlived the run timeout).
     Source(SourceError),
+    /// The run's OpenTofu/Terraform could not be provided (found, verified,
+    /// cached).
+    Tool(crate::tools::ToolError),
     /// A step's sandbox did not start.
     Sandbox { step: String, error: sandbox::Error },
     /// A step could not be run or waited for after its sandbox started.
@@ -60,6 +63,7 @@ impl fmt::Display for RunError {
             | RunError::Workspace(m)
             | RunError::Upload(m) => f.write_str(m),
             RunError::Source(e) => write!(f, "{e}"),
+            RunError::Tool(e) => write!(f, "{e}"),
             RunError::Denied(deny) => write!(
                 f,
                 "rejected by the run initialization policy: {}",

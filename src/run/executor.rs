@@ -13,7 +13,10 @@
 //!    run fails as rejected; `sample` → input and decision to stderr);
 //! 4. the workspace `<state dir>/runs/<run id>/workspace`, the source
 //!    (resolved through the VCS mappings, fetched with the one agent, safely
-//!    extracted into `<workspace>/source`), the run's provider-cache layer;
+//!    extracted into `<workspace>/source`), the run's provider-cache layer,
+//!    the run's `tool` ([`crate::tools::Tools::provide`]: cached, or
+//!    downloaded and verified; leased until the run ends, bound read-only
+//!    at `/mnt/tools/bin`, first on PATH);
 //! 5. [`RunEvent::Started`], then each step in its own sandbox (cwd
 //!    `/mnt/workspace/source`), output masked into the log; a step marked
 //!    `outputs` is not logged: its stdout is filtered and PUT to the outputs
@@ -70,6 +73,7 @@ struct Shared {
     policy: Option<Policy>,
     agent: ureq::Agent,
     cache: ProviderCache,
+    tools: crate::tools::Tools,
     urls: Arc<UrlQueue>,
     /// Host warnings for running runs' logs (see [`SandboxExecutor::with_host_notes`]).
     host_notes: Arc<crate::hostwatch::Board>,
@@ -155,6 +159,8 @@ impl SandboxExecutor {
             ProviderCache::open(&config.provider_cache_dir, config.provider_cache_max_bytes)
                 .map_err(|e| format!("LIFTOFF_PROVIDER_CACHE_DIR: {e}"))?;
         let agent = crate::http::agent_from_config(&config)?;
+        let tools =
+            crate::tools::Tools::open(crate::tools::Settings::from_config(&config), agent.clone())?;
         fs::create_dir_all(config.state_dir.join("runs")).map_err(|e| {
             format!(
                 "cannot create {}: {e}; LIFTOFF_STATE_DIR must be a writable directory",
@@ -199,6 +205,7 @@ impl SandboxExecutor {
                 policy,
                 agent,
                 cache,
+                tools,
                 urls: UrlQueue::new(URL_WAIT),
                 host_notes: Arc::default(),
                 keys: Arc::default(),
@@ -602,6 +609,18 @@ fn run_logged(
         .cache
         .layer(layer, owner)
         .map_err(RunError::Workspace)?;
+    // The run's tool, leased (kept in the cache) until the run ends.
+    let tool = match &spec.tool {
+        Some(t) => Some(
+            shared
+                .tools
+                .provide(t.name, &t.version, &mut |m| {
+                    let _ = log.line(&format!("liftoff: tool: {m}"));
+                })
+                .map_err(RunError::Tool)?,
+        ),
+        None => None,
+    };
     if control.cancelled() {
         return Err(RunError::Cancelled { step: None });
     }
@@ -626,8 +645,8 @@ fn run_logged(
         if config.debug {
             let _ = log.debug_command(&argv);
         }
-        let sbspec =
-            sandbox_spec(config, spec, launch, workspace, argv).map_err(RunError::State)?;
+        let sbspec = sandbox_spec(config, spec, launch, workspace, argv, tool.as_ref())
+            .map_err(RunError::State)?;
         let deadline =
             crate::config::parse::later(log.started(), spec.run_timeout(config.run_timeout));
         let outcome = run_step(config, &sbspec, step, log, control, deadline)?;
@@ -872,6 +891,7 @@ fn sandbox_spec(
     launch: &env::Launch,
     workspace: &Path,
     argv: Vec<String>,
+    tool: Option<&crate::tools::cache::Lease>,
 ) -> Result<sandbox::SandboxSpec, String> {
     let mut s = sandbox::SandboxSpec::from_config(config, workspace, argv);
     if let Some(r) = &spec.runner.root {
@@ -894,6 +914,19 @@ fn sandbox_spec(
             writable: !m.read_only,
         })
         .collect();
+    if let Some(t) = tool {
+        // Read-only, first on PATH.
+        s.mounts.push(BindMount {
+            source: t.bin_dir.clone(),
+            target: crate::tools::JOB_BIN_DIR.into(),
+            writable: false,
+        });
+        for (k, v) in &mut s.env {
+            if k == "PATH" {
+                *v = format!("{}:{v}", crate::tools::JOB_BIN_DIR);
+            }
+        }
+    }
     s.cwd = Some(PathBuf::from(WORKSPACE).join("source"));
     s.hostname = "spacelift".into();
     s.stdin = Stdio::Null;

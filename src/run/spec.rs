@@ -146,6 +146,16 @@ pub struct Runner {
     pub image: Option<String>,
 }
 
+/// The OpenTofu or Terraform the run's steps call: verified, mounted
+/// read-only and on PATH (`crate::tools`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    pub name: crate::tools::ToolName,
+    /// A version (`1.8.5`) or a constraint (`~> 1.8`), newest match.
+    pub version: String,
+}
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +183,8 @@ pub struct RunSpec {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub runner: Runner,
+    #[serde(default)]
+    pub tool: Option<Tool>,
 }
 
 /// Most steps a run may have.
@@ -306,6 +318,10 @@ impl RunSpec {
         }
         if let Some(root) = &self.runner.root {
             parse::image_root(root).map_err(|e| format!("run spec: runner.root {e}"))?;
+        }
+        if let Some(t) = &self.tool {
+            crate::tools::version::Constraint::parse(&t.version)
+                .map_err(|e| format!("run spec: tool.{e}"))?;
         }
         if let Some(src) = &self.source {
             loggable("source.url", &src.url, 8192)?;

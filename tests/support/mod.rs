@@ -10,6 +10,7 @@ pub mod poll_plane;
 pub mod runs;
 pub mod sandbox;
 pub mod scrape;
+pub mod tool_release;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,185 @@
+//! A run spec with `tool`: the verified binary is mounted read-only into the
+//! job at /mnt/tools/bin, first on PATH, and the step runs `tofu version`
+//! (the test executable, from a test release signed with a gpg-made key);
+//! two concurrent runs of an uncached version download it once; a release
+//! that fails verification fails the run before any step, naming the tool,
+//! version and source. Needs root (CI runs as root): the sandbox maps the
+//! job to an unprivileged host id.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use liftoff::config::{Config, Env};
+use liftoff::logs::sink::FileSink;
+use liftoff::run::RunEvent;
+use liftoff::run::executor::SandboxExecutor;
+use liftoff::run::spec::RunSpec;
+use serde_json::json;
+use support::runs::{events, open_tempdir, until_end};
+use support::tool_release::{Signing, ToolServer, keys, release, serve_releases};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct World {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    server: ToolServer,
+}
+
+impl World {
+    fn new() -> World {
+        support::sandbox::require_root();
+        let dir = open_tempdir();
+        let path = dir.path().to_path_buf();
+        let server = ToolServer::start();
+        let sign = Signing {
+            key: &keys().a,
+            digest: "SHA512",
+            by_subkey: true,
+        };
+        let mut tampered = release("tofu", "1.7.0", None, Some(sign));
+        let last = tampered[0].1.len() - 30;
+        tampered[0].1[last] ^= 0xFF;
+        serve_releases(
+            &server,
+            "/m",
+            "tofu",
+            &[
+                ("1.7.0", tampered),
+                ("1.8.5", release("tofu", "1.8.5", None, Some(sign))),
+                ("1.9.1", release("tofu", "1.9.1", None, Some(sign))),
+            ],
+        );
+        std::fs::write(path.join("keys.asc"), keys().a.export()).unwrap();
+        World {
+            _dir: dir,
+            dir: path,
+            server,
+        }
+    }
+
+    fn executor(&self) -> SandboxExecutor {
+        let d = |s: &str| self.dir.join(s).display().to_string();
+        let env: Env = [
+            ("LIFTOFF_STATE_DIR".to_string(), d("state")),
+            ("LIFTOFF_PROVIDER_CACHE_DIR".into(), d("providers")),
+            ("LIFTOFF_TOOLS_CACHE_DIR".into(), d("tools")),
+            ("LIFTOFF_TOOLS_KEYS".into(), d("keys.asc")),
+            ("LIFTOFF_TOOLS_MIRROR".into(), self.server.url("/m")),
+            ("LIFTOFF_JOB_MEMORY".into(), "512MiB".into()),
+        ]
+        .into_iter()
+        .collect();
+        let config = Config::load(&env).config;
+        SandboxExecutor::new(config, env, None).unwrap()
+    }
+
+    fn run(
+        &self,
+        ex: &SandboxExecutor,
+        run: &str,
+        version: &str,
+        shell: &str,
+    ) -> (RunEvent, String) {
+        let spec = json!({
+            "run_id": run, "run_type": "proposed",
+            "tool": {"name": "opentofu", "version": version},
+            "steps": [{"name": "version", "shell": shell}],
+        });
+        let spec = RunSpec::from_json(spec.to_string().as_bytes()).unwrap();
+        let (ev, rx) = events(run);
+        let out = self.dir.join(format!("{run}.log"));
+        ex.run_plain(spec, Some(Box::new(FileSink::create(&out).unwrap())), ev);
+        let evs = until_end(&rx, LIMIT);
+        (
+            evs.last().unwrap().clone(),
+            std::fs::read_to_string(&out).unwrap_or_default(),
+        )
+    }
+}
+
+#[test]
+fn a_step_runs_the_verified_tool_from_path() {
+    let w = World::new();
+    let ex = w.executor();
+    let (end, log) = w.run(
+        &ex,
+        "tool-run-1",
+        "~> 1.8",
+        "tofu version; terraform version; command -v tofu; echo \"PATH=$PATH\"; if echo x > /mnt/tools/bin/tofu; then echo WRITABLE; else echo read-only; fi",
+    );
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert!(
+        log.contains("tofu v1.9.1 (liftoff test build) version"),
+        "{log}"
+    );
+    assert!(log.contains("/mnt/tools/bin/tofu"), "{log}");
+    assert_eq!(
+        log.matches("tofu v1.9.1 (liftoff test build) version")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("PATH=/mnt/tools/bin:"), "{log}");
+    assert!(
+        log.contains("read-only") && !log.contains("WRITABLE"),
+        "{log}"
+    );
+    assert!(log.contains("signature and SHA-256 verified"), "{log}");
+    // The next run uses the cache.
+    let (end, log) = w.run(&ex, "tool-run-2", "1.9.1", "tofu version");
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert!(log.contains("cached"), "{log}");
+    assert_eq!(w.server.count("tofu_1.9.1_linux_amd64.zip"), 1);
+}
+
+#[test]
+fn two_concurrent_runs_download_once() {
+    let w = World::new();
+    let ex = w.executor();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = ["tool-c-1", "tool-c-2"]
+            .into_iter()
+            .map(|id| {
+                let (w, ex) = (&w, &ex);
+                s.spawn(move || w.run(ex, id, "1.8.5", "tofu version"))
+            })
+            .collect();
+        for r in runs {
+            let (end, log) = r.join().unwrap();
+            assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+            assert!(log.contains("tofu v1.8.5"), "{log}");
+        }
+    });
+    assert_eq!(w.server.count("tofu_1.8.5_linux_amd64.zip"), 1);
+}
+
+#[test]
+fn a_tampered_release_fails_the_run_before_any_step() {
+    let w = World::new();
+    let ex = w.executor();
+    let (end, log) = w.run(&ex, "tool-bad", "1.7.0", "echo STEP-RAN");
+    match end {
+        RunEvent::Failed { reason } => {
+            for needle in [
+                "opentofu 1.7.0",
+                "tofu_1.7.0_linux_amd64.zip",
+                "tampered",
+                "release mirror",
+            ] {
+                assert!(reason.contains(needle), "{needle:?} not in {reason}");
+            }
+        }
+        e => panic!("{e:?}\n{log}"),
+    }
+    assert!(!log.contains("STEP-RAN"), "{log}");
+    // A constraint that is not one is refused with the spec.
+    let bad = json!({"run_id": "x", "run_type": "proposed", "tool": {"name": "opentofu", "version": "~> one"}, "steps": [{"name": "s", "argv": ["true"]}]});
+    let err = RunSpec::from_json(bad.to_string().as_bytes()).unwrap_err();
+    assert!(err.contains("tool.version"), "{err}");
+    let bad = json!({"run_id": "x", "run_type": "proposed", "tool": {"name": "pulumi", "version": "1.0.0"}, "steps": [{"name": "s", "argv": ["true"]}]});
+    let err = RunSpec::from_json(bad.to_string().as_bytes()).unwrap_err();
+    assert!(err.contains("unknown variant"), "{err}");
+}
