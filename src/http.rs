@@ -107,6 +107,9 @@ fn build(
     // ureq's 128 KiB buffers per connection are far more than its small
     // requests and answers need (bodies stream through them anyway).
     let buffer = if client.is_some() { 16 * 1024 } else { 128 * 1024 };
+    // The link's batch connection is idle between heartbeats (30 s): keep
+    // it, rather than a full mutual-TLS handshake per heartbeat.
+    let idle = Duration::from_secs(if client.is_some() { 300 } else { 15 });
     crate::identity::install_crypto_provider();
     let mut roots: Vec<Certificate<'static>> = if primary_roots.is_empty() {
         rustls_native_certs::load_native_certs()
@@ -145,6 +148,7 @@ fn build(
         .timeout_connect(Some(timeouts.connect))
         .timeout_global(Some(timeouts.call))
         .max_redirects(0)
+        .max_idle_age(idle)
         .input_buffer_size(buffer)
         .output_buffer_size(buffer)
         .user_agent(format!("liftoff/{}", env!("CARGO_PKG_VERSION")))
