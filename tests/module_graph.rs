@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["identity", "notify"],
     &["http"],
-    &["sandbox", "logs"],
+    &["sandbox", "logs", "image"],
     &["hostwatch", "link", "launcher_log"],
     &["run"],
     &["worker"],
