@@ -1,5 +1,5 @@
 //! The `liftoff` command line: one file per command (`check`, `config`,
-//! `exec`, `run`), parsed here with clap and dispatched by [`main`], which
+//! `exec`, `image`, `run`), parsed here with clap and dispatched by [`main`], which
 //! returns the process exit status. Exit statuses are decided in one place
 //! per command: 78 (`crate::EXIT_CONFIG`) for configuration errors
 //! everywhere; `exec` adds the job's own status, 124 and 125.
@@ -11,6 +11,7 @@ use crate::config::Env;
 pub mod check;
 pub mod config;
 pub mod exec;
+pub mod image;
 pub mod run;
 
 #[derive(Parser)]
@@ -46,6 +47,9 @@ enum Command {
     Version,
     /// Run a program in the sandbox: exit status is the job's, 128+N for signal N, 124 on timeout, 125 when liftoff failed.
     Exec(Box<exec::ExecArgs>),
+    /// Runner images: pull, import, ls, rm, prune the cache.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// Parses the command line and runs the command; returns the exit status.
@@ -60,6 +64,7 @@ pub fn main() -> i32 {
         Command::Config { json, .. } => config::show(&env, json),
         Command::Exec(args) => exec::run(*args, &env),
         Command::Run => run::run(&env),
+        Command::Image(cmd) => image::run(cmd, &env),
         Command::Version => {
             println!("liftoff {}", crate::VERSION);
             0
