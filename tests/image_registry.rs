@@ -17,11 +17,25 @@ use liftoff::image::{Error, Store};
 use support::registry::{Registry, build_image, run};
 use support::runs::open_tempdir;
 
-fn setup(dir: &Path, reg: &Registry, cache: &str, extra: &[(&str, String)]) -> (Store, ureq::Agent, Vec<(String, String)>) {
+fn setup(
+    dir: &Path,
+    reg: &Registry,
+    cache: &str,
+    extra: &[(&str, String)],
+) -> (Store, ureq::Agent, Vec<(String, String)>) {
     let mut pairs: Vec<(String, String)> = vec![
-        ("LIFTOFF_STATE_DIR".into(), dir.join("state").display().to_string()),
-        ("LIFTOFF_IMAGE_CACHE_DIR".into(), dir.join(cache).display().to_string()),
-        ("ADDITIONAL_ROOT_CAS".into(), reg.ca.cert_path().display().to_string()),
+        (
+            "LIFTOFF_STATE_DIR".into(),
+            dir.join("state").display().to_string(),
+        ),
+        (
+            "LIFTOFF_IMAGE_CACHE_DIR".into(),
+            dir.join(cache).display().to_string(),
+        ),
+        (
+            "ADDITIONAL_ROOT_CAS".into(),
+            reg.ca.cert_path().display().to_string(),
+        ),
     ];
     for (k, v) in extra {
         pairs.push((k.to_string(), v.clone()));
@@ -46,10 +60,20 @@ fn names(dir: &Path) -> Vec<String> {
 
 fn check_root(root: &Path) {
     assert!(root.join("bin/busybox").is_file());
-    assert_eq!(std::fs::read_to_string(root.join("etc/image-marker")).unwrap(), "from the test image\n");
-    assert_eq!(std::fs::read_to_string(root.join("layer2.txt")).unwrap(), "layer two\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/image-marker")).unwrap(),
+        "from the test image\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("layer2.txt")).unwrap(),
+        "layer two\n"
+    );
     assert!(!root.join("to-delete").exists(), "the whiteout removed it");
-    assert_eq!(names(&root.join("opq")), ["new"], "the opaque directory hides the lower layer's files");
+    assert_eq!(
+        names(&root.join("opq")),
+        ["new"],
+        "the opaque directory hides the lower layer's files"
+    );
 }
 
 fn liftoff(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
@@ -88,7 +112,9 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
                 let (store, agent, reference, said) = (&store, &agent, &reference, said.clone());
                 s.spawn(move || {
                     store
-                        .ensure(agent, reference, false, &mut |m| said.lock().unwrap().push(m.to_string()))
+                        .ensure(agent, reference, false, &mut |m| {
+                            said.lock().unwrap().push(m.to_string())
+                        })
                         .unwrap()
                 })
             })
@@ -96,13 +122,22 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let said = said.lock().unwrap().clone();
-    assert_eq!(said.iter().filter(|m| m.ends_with(": pulling")).count(), 1, "{said:?}");
+    assert_eq!(
+        said.iter().filter(|m| m.ends_with(": pulling")).count(),
+        1,
+        "{said:?}"
+    );
     assert_eq!(leases[0].id(), leases[1].id());
     assert_eq!(leases[0].root(), leases[1].root());
     check_root(leases[0].root());
     let manifest: serde_json::Value = serde_json::from_str(&run(
         "skopeo",
-        &["inspect", "--raw", "--tls-verify=false", &format!("docker://{reference}")],
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
     ))
     .unwrap();
     let layers = manifest["layers"].as_array().unwrap();
@@ -115,21 +150,50 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
     drop(leases);
 
     // Cached: no registry needed; by digest; through the index; zstd.
-    let cached = store.ensure(&agent, &reference, false, &mut |_| {}).unwrap();
+    let cached = store
+        .ensure(&agent, &reference, false, &mut |_| {})
+        .unwrap();
     assert_eq!(cached.id(), id);
     let digest = reg.digest("test/app:v1");
-    let by_digest = store.ensure(&agent, &format!("{host}/test/app@{digest}"), false, &mut |_| {}).unwrap();
+    let by_digest = store
+        .ensure(
+            &agent,
+            &format!("{host}/test/app@{digest}"),
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
     assert_eq!(by_digest.id(), id);
-    let multi = store.ensure(&agent, &format!("{host}/test/app:multi"), false, &mut |_| {}).unwrap();
+    let multi = store
+        .ensure(
+            &agent,
+            &format!("{host}/test/app:multi"),
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
     assert_eq!(multi.id(), id, "the index resolves to this host's platform");
     let zraw: serde_json::Value = serde_json::from_str(&run(
         "skopeo",
-        &["inspect", "--raw", "--tls-verify=false", &format!("docker://{host}/test/app:zstd")],
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/test/app:zstd"),
+        ],
     ))
     .unwrap();
-    assert!(zraw["layers"][0]["mediaType"].as_str().unwrap().ends_with("zstd"), "{zraw}");
+    assert!(
+        zraw["layers"][0]["mediaType"]
+            .as_str()
+            .unwrap()
+            .ends_with("zstd"),
+        "{zraw}"
+    );
     let (zstore, _, _) = setup(d.path(), &reg, "cache-zstd", &[]);
-    let z = zstore.ensure(&agent, &format!("{host}/test/app:zstd"), false, &mut |_| {}).unwrap();
+    let z = zstore
+        .ensure(&agent, &format!("{host}/test/app:zstd"), false, &mut |_| {})
+        .unwrap();
     check_root(z.root());
     drop(z);
 
@@ -145,7 +209,16 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
     let port = support::brokers::free_ports(1)[0];
     let e = err(format!("127.0.0.1:{port}/test/app:v1"));
-    assert!(matches!(e, Error::Registry { transient: true, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Registry {
+                transient: true,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = err("Bad/Ref".into());
     assert!(matches!(e, Error::BadReference { .. }), "{e}");
 
@@ -153,12 +226,20 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
     let (code, out, errs) = liftoff(&env, &["image", "ls"]);
     assert_eq!(code, 0, "{errs}");
     assert!(out.contains(&id) && out.contains(&reference), "{out}");
-    let in_use = store.ensure(&agent, &reference, false, &mut |_| {}).unwrap();
+    let in_use = store
+        .ensure(&agent, &reference, false, &mut |_| {})
+        .unwrap();
     let (code, _, errs) = liftoff(&env, &["image", "prune", "--max-bytes", "0"]);
     assert_eq!(code, 0, "{errs}");
-    assert!(in_use.root().join("bin/busybox").is_file(), "an image in use is never pruned");
+    assert!(
+        in_use.root().join("bin/busybox").is_file(),
+        "an image in use is never pruned"
+    );
     drop((in_use, cached, by_digest, multi));
-    for name in [format!("{host}/test/app:multi"), format!("{host}/test/app@{digest}")] {
+    for name in [
+        format!("{host}/test/app:multi"),
+        format!("{host}/test/app@{digest}"),
+    ] {
         let (code, _, errs) = liftoff(&env, &["image", "rm", &name]);
         assert_eq!(code, 0, "{errs}");
     }
@@ -172,7 +253,11 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
     assert!(errs.contains("not in the cache"), "{errs}");
     let leftovers: Vec<PathBuf> = ["roots", "tmp", "blobs/sha256", "refs"]
         .iter()
-        .flat_map(|s| std::fs::read_dir(store.dir.join(s)).unwrap().map(|e| e.unwrap().path()))
+        .flat_map(|s| {
+            std::fs::read_dir(store.dir.join(s))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -182,11 +267,17 @@ fn an_htpasswd_registry_wants_the_config_json_credentials() {
     let d = open_tempdir();
     let reg = Registry::start(&d.path().join("registry"), Some(("puller", "s3cret-pw")));
     let layout = build_image(d.path());
-    reg.push(&format!("oci:{}:v1", layout.display()), "private/app:v1", &[]);
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "private/app:v1",
+        &[],
+    );
     let reference = format!("{}/private/app:v1", reg.host);
 
     let (store, agent, _) = setup(d.path(), &reg, "cache", &[]);
-    let e = store.ensure(&agent, &reference, false, &mut |_| {}).unwrap_err();
+    let e = store
+        .ensure(&agent, &reference, false, &mut |_| {})
+        .unwrap_err();
     assert!(matches!(e, Error::Auth { .. }), "{e}");
     assert!(e.to_string().contains("config.json"), "{e}");
 
@@ -197,17 +288,25 @@ fn an_htpasswd_registry_wants_the_config_json_credentials() {
         let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
         std::fs::write(
             docker.join("config.json"),
-            serde_json::json!({"auths": {format!("https://{}", reg.host): {"auth": auth}}}).to_string(),
+            serde_json::json!({"auths": {format!("https://{}", reg.host): {"auth": auth}}})
+                .to_string(),
         )
         .unwrap();
     };
     let extra = [("SPACELIFT_DOCKER_CONFIG_DIR", docker.display().to_string())];
     write("puller", "wrong");
     let (store, agent, _) = setup(d.path(), &reg, "cache", &extra);
-    let e = store.ensure(&agent, &reference, false, &mut |_| {}).unwrap_err();
+    let e = store
+        .ensure(&agent, &reference, false, &mut |_| {})
+        .unwrap_err();
     assert!(matches!(e, Error::Auth { .. }), "{e}");
-    assert!(!e.to_string().contains("wrong"), "no password in messages: {e}");
+    assert!(
+        !e.to_string().contains("wrong"),
+        "no password in messages: {e}"
+    );
     write("puller", "s3cret-pw");
-    let lease = store.ensure(&agent, &reference, false, &mut |_| {}).unwrap();
+    let lease = store
+        .ensure(&agent, &reference, false, &mut |_| {})
+        .unwrap();
     check_root(lease.root());
 }

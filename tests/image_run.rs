@@ -35,12 +35,22 @@ fn an_imported_image_is_the_root_of_a_run_without_any_registry() {
             &format!("oci-archive:{}:offline/app:v1", archive.display()),
         ],
     );
-    let pool = Pool::new(&d.path().join("pki"), 2048, &[("eu-west-1", "mqtts://127.0.0.1:1")]);
+    let pool = Pool::new(
+        &d.path().join("pki"),
+        2048,
+        &[("eu-west-1", "mqtts://127.0.0.1:1")],
+    );
     let base: Vec<(String, String)> = vec![
         ("SPACELIFT_TOKEN".into(), pool.token.clone()),
         ("SPACELIFT_POOL_PRIVATE_KEY".into(), pool.key_base64()),
-        ("LIFTOFF_STATE_DIR".into(), d.path().join("state").display().to_string()),
-        ("LIFTOFF_PROVIDER_CACHE_DIR".into(), d.path().join("providers").display().to_string()),
+        (
+            "LIFTOFF_STATE_DIR".into(),
+            d.path().join("state").display().to_string(),
+        ),
+        (
+            "LIFTOFF_PROVIDER_CACHE_DIR".into(),
+            d.path().join("providers").display().to_string(),
+        ),
         ("LIFTOFF_JOB_MEMORY".into(), "512MiB".into()),
         // Nothing listens there: any registry access (docker.io) would
         // fail the run; the log server on 127.0.0.1 bypasses it.
@@ -54,18 +64,30 @@ fn an_imported_image_is_the_root_of_a_run_without_any_registry() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with("docker.io/offline/app:v1 sha256:"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("docker.io/offline/app:v1 sha256:"),
+        "{stdout}"
+    );
 
     let server = FileServer::start();
     let step = "cat /etc/image-marker; echo uid=$(id -u); if touch /bin/x 2>/dev/null; then echo root-writable; else echo root-read-only; fi; ls /opq";
-    for (run_id, image, default) in [("img-1", Some("offline/app:v1"), None), ("img-2", None, Some("offline/app:v1"))] {
+    for (run_id, image, default) in [
+        ("img-1", Some("offline/app:v1"), None),
+        ("img-2", None, Some("offline/app:v1")),
+    ] {
         let mut pairs = base.clone();
         if let Some(dflt) = default {
             pairs.push(("SPACELIFT_DEFAULT_RUNNER_IMAGE".into(), dflt.into()));
         }
         let env: Env = pairs.into_iter().collect();
-        let config = Config::load(&env).into_result().unwrap_or_else(|e| panic!("{e:?}"));
+        let config = Config::load(&env)
+            .into_result()
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let key = config.private_key.as_ref().unwrap();
         let id = Identity::new(
             config.token.as_ref().unwrap(),
@@ -77,7 +99,9 @@ fn an_imported_image_is_the_root_of_a_run_without_any_registry() {
         .0;
         let spki = id.cert.spki_der.clone();
         let mut ex = SandboxExecutor::new(config, env, Some(Arc::new(id))).unwrap();
-        let logs: Vec<String> = (0..8).map(|i| server.url(&format!("/logs/{run_id}/{i:04}"))).collect();
+        let logs: Vec<String> = (0..8)
+            .map(|i| server.url(&format!("/logs/{run_id}/{i:04}")))
+            .collect();
         let mut spec = json!({
             "run_id": run_id, "run_type": "proposed",
             "steps": [{"name": "look", "shell": step}],
@@ -101,14 +125,23 @@ fn an_imported_image_is_the_root_of_a_run_without_any_registry() {
         let evs = until_end(&rx, Duration::from_secs(120));
         let mut chunks = server.puts(&format!("/logs/{run_id}/"));
         chunks.sort_by(|a, b| a.0.cmp(&b.0));
-        let log: String = chunks.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
+        let log: String = chunks
+            .iter()
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect();
         assert!(
             matches!(evs.last(), Some(RunEvent::Finished { exit_code: 0 })),
             "{evs:?}\n{log}"
         );
         for want in ["from the test image", "uid=1983", "root-read-only", "new"] {
-            assert!(log.contains(want), "{want:?} missing from the log of {run_id}:\n{log}");
+            assert!(
+                log.contains(want),
+                "{want:?} missing from the log of {run_id}:\n{log}"
+            );
         }
-        assert!(!log.contains("old1") && !log.contains("root-writable"), "{log}");
+        assert!(
+            !log.contains("old1") && !log.contains("root-writable"),
+            "{log}"
+        );
     }
 }

@@ -113,30 +113,78 @@ fn outside_untouched(img: &Image) {
 #[test]
 fn hostile_layers_are_refused_and_write_nothing_outside() {
     let cases: Vec<(&str, Box<dyn Fn(&Image) -> Vec<u8>>, &str)> = vec![
-        ("dot-dot", Box::new(|_| layer(&[E::File("../outside/pwned", b"x", 0o644, 0)])), "`..`"),
-        ("nested dot-dot", Box::new(|_| layer(&[E::Dir("a"), E::File("a/../../outside/pwned", b"x", 0o644, 0)])), "`..`"),
-        ("absolute", Box::new(|img| {
-            let p = format!("{}/pwned", img.outside.display());
-            layer(&[E::File(Box::leak(p.into_boxed_str()), b"x", 0o644, 0)])
-        }), "absolute"),
-        ("symlink then through it", Box::new(|img| {
-            let t = img.outside.display().to_string();
-            layer(&[E::Symlink("link", Box::leak(t.into_boxed_str())), E::File("link/pwned", b"x", 0o644, 0)])
-        }), "symlink"),
-        ("relative symlink then through it", Box::new(|_| {
-            layer(&[E::Symlink("up", "../outside"), E::File("up/pwned", b"x", 0o644, 0)])
-        }), "symlink"),
-        ("symlinked directory then a dir through it", Box::new(|_| {
-            layer(&[E::Symlink("up", "../outside"), E::Dir("up/sub")])
-        }), "symlink"),
-        ("hard link out by ..", Box::new(|_| layer(&[E::Hard("stolen", "../outside/secret")])), "`..`"),
-        ("hard link out by an absolute name", Box::new(|img| {
-            let t = format!("{}/secret", img.outside.display());
-            layer(&[E::Hard("stolen", Box::leak(t.into_boxed_str()))])
-        }), "absolute"),
-        ("hard link through a symlink", Box::new(|_| {
-            layer(&[E::Symlink("up", "../outside"), E::Hard("stolen", "up/secret")])
-        }), "symlink"),
+        (
+            "dot-dot",
+            Box::new(|_| layer(&[E::File("../outside/pwned", b"x", 0o644, 0)])),
+            "`..`",
+        ),
+        (
+            "nested dot-dot",
+            Box::new(|_| {
+                layer(&[
+                    E::Dir("a"),
+                    E::File("a/../../outside/pwned", b"x", 0o644, 0),
+                ])
+            }),
+            "`..`",
+        ),
+        (
+            "absolute",
+            Box::new(|img| {
+                let p = format!("{}/pwned", img.outside.display());
+                layer(&[E::File(Box::leak(p.into_boxed_str()), b"x", 0o644, 0)])
+            }),
+            "absolute",
+        ),
+        (
+            "symlink then through it",
+            Box::new(|img| {
+                let t = img.outside.display().to_string();
+                layer(&[
+                    E::Symlink("link", Box::leak(t.into_boxed_str())),
+                    E::File("link/pwned", b"x", 0o644, 0),
+                ])
+            }),
+            "symlink",
+        ),
+        (
+            "relative symlink then through it",
+            Box::new(|_| {
+                layer(&[
+                    E::Symlink("up", "../outside"),
+                    E::File("up/pwned", b"x", 0o644, 0),
+                ])
+            }),
+            "symlink",
+        ),
+        (
+            "symlinked directory then a dir through it",
+            Box::new(|_| layer(&[E::Symlink("up", "../outside"), E::Dir("up/sub")])),
+            "symlink",
+        ),
+        (
+            "hard link out by ..",
+            Box::new(|_| layer(&[E::Hard("stolen", "../outside/secret")])),
+            "`..`",
+        ),
+        (
+            "hard link out by an absolute name",
+            Box::new(|img| {
+                let t = format!("{}/secret", img.outside.display());
+                layer(&[E::Hard("stolen", Box::leak(t.into_boxed_str()))])
+            }),
+            "absolute",
+        ),
+        (
+            "hard link through a symlink",
+            Box::new(|_| {
+                layer(&[
+                    E::Symlink("up", "../outside"),
+                    E::Hard("stolen", "up/secret"),
+                ])
+            }),
+            "symlink",
+        ),
     ];
     for (name, make, why) in cases {
         let img = image();
@@ -169,7 +217,13 @@ fn a_wrong_diff_id_is_refused() {
     let img = image();
     let tar = layer(&[E::File("f", b"data", 0o644, 0)]);
     let wrong = sha256(b"something else");
-    let err = apply(&img.root, Cursor::new(tar), &wrong, &mut Budget::new(1 << 30)).unwrap_err();
+    let err = apply(
+        &img.root,
+        Cursor::new(tar),
+        &wrong,
+        &mut Budget::new(1 << 30),
+    )
+    .unwrap_err();
     assert!(err.contains("diff_id") && err.contains(&wrong), "{err}");
 }
 
@@ -200,8 +254,15 @@ fn whiteouts_and_opaque_directories_follow_the_image_spec() {
             ]),
         )
         .unwrap();
-        let mut second = vec![E::File("a/new", b"n", 0o644, 0), E::File("a/sub2/w", b"w", 0o644, 0)];
-        let marks = [E::File("a/.wh..wh..opq", b"", 0o644, 0), E::File(".wh.gone", b"", 0o644, 0), E::File(".wh.b", b"", 0o644, 0)];
+        let mut second = vec![
+            E::File("a/new", b"n", 0o644, 0),
+            E::File("a/sub2/w", b"w", 0o644, 0),
+        ];
+        let marks = [
+            E::File("a/.wh..wh..opq", b"", 0o644, 0),
+            E::File(".wh.gone", b"", 0o644, 0),
+            E::File(".wh.b", b"", 0o644, 0),
+        ];
         if opaque_last {
             second.extend(marks);
         } else {
@@ -210,9 +271,20 @@ fn whiteouts_and_opaque_directories_follow_the_image_spec() {
             second = m;
         }
         apply_tar(&img, layer(&second)).unwrap();
-        assert_eq!(names(&img.rootfs.join("a")), ["new", "sub2"], "opaque last: {opaque_last}");
-        assert_eq!(names(&img.rootfs), ["a", "keep"], "opaque last: {opaque_last}");
-        assert_eq!(std::fs::read_to_string(img.rootfs.join("a/sub2/w")).unwrap(), "w");
+        assert_eq!(
+            names(&img.rootfs.join("a")),
+            ["new", "sub2"],
+            "opaque last: {opaque_last}"
+        );
+        assert_eq!(
+            names(&img.rootfs),
+            ["a", "keep"],
+            "opaque last: {opaque_last}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(img.rootfs.join("a/sub2/w")).unwrap(),
+            "w"
+        );
     }
 }
 
@@ -234,12 +306,32 @@ fn devices_and_setuid_are_dropped_and_ownership_is_squashed() {
     )
     .unwrap();
     assert!(!img.rootfs.join("dev-null").exists() && !img.rootfs.join("fifo").exists());
-    let mode = |n: &str| std::fs::symlink_metadata(img.rootfs.join(n)).unwrap().permissions().mode() & 0o7777;
+    let mode = |n: &str| {
+        std::fs::symlink_metadata(img.rootfs.join(n))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
     assert_eq!(mode("suid"), 0o755);
-    assert_eq!(mode("job-only") & 0o004, 0o004, "the job's own file is readable to it");
-    assert_eq!(mode("root-only") & 0o044, 0, "root's private file stays private");
-    assert_eq!(std::fs::read_to_string(img.rootfs.join("b")).unwrap(), "same");
-    assert_eq!(std::fs::read_link(img.rootfs.join("s")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(
+        mode("job-only") & 0o004,
+        0o004,
+        "the job's own file is readable to it"
+    );
+    assert_eq!(
+        mode("root-only") & 0o044,
+        0,
+        "root's private file stays private"
+    );
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs.join("b")).unwrap(),
+        "same"
+    );
+    assert_eq!(
+        std::fs::read_link(img.rootfs.join("s")).unwrap(),
+        Path::new("/etc/passwd")
+    );
 }
 
 #[test]
@@ -251,10 +343,16 @@ fn gzip_and_multi_frame_zstd_layers_unpack() {
     let gz = gz.finish().unwrap();
     let (a, b) = tar.split_at(100_000);
     let mut zst = ruzstd::encoding::compress_to_vec(a, ruzstd::encoding::CompressionLevel::Fastest);
-    zst.extend(ruzstd::encoding::compress_to_vec(b, ruzstd::encoding::CompressionLevel::Fastest));
+    zst.extend(ruzstd::encoding::compress_to_vec(
+        b,
+        ruzstd::encoding::CompressionLevel::Fastest,
+    ));
     for blob in [gz, zst, tar.clone()] {
         let img = image();
         apply(&img.root, Cursor::new(blob), &id, &mut Budget::new(1 << 30)).unwrap();
-        assert_eq!(std::fs::read(img.rootfs.join("d/f")).unwrap().len(), 300_000);
+        assert_eq!(
+            std::fs::read(img.rootfs.join("d/f")).unwrap().len(),
+            300_000
+        );
     }
 }

@@ -72,12 +72,18 @@ fn image_cache(config: &Config, report: &mut Report) {
             Ok(Some(l)) => (Status::Ok, format!("{r} is cached as {}", l.id())),
             Ok(None) => (
                 Status::Warning,
-                format!("{r} is not cached: the first run pulls it (or run `liftoff image pull {r}`, or `liftoff image import` on an air-gapped host)"),
+                format!(
+                    "{r} is not cached: the first run pulls it (or run `liftoff image pull {r}`, or `liftoff image import` on an air-gapped host)"
+                ),
             ),
             Err(e) => (Status::Warning, e.to_string()),
         },
     };
-    let area = if status == Status::Error { Area::Config } else { Area::Host };
+    let area = if status == Status::Error {
+        Area::Config
+    } else {
+        Area::Host
+    };
     report.push("SPACELIFT_DEFAULT_RUNNER_IMAGE", status, area, &message);
 }
 

@@ -70,10 +70,16 @@ pub fn run(cmd: ImageCommand, env: &Env) -> i32 {
         }
         ImageCommand::Ls { json } => store.list().map(|list| {
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
                 return;
             }
-            println!("{:<73} {:>12} {:>11} {:>6}  NAMES", "ID", "SIZE", "LAST USED", "IN USE");
+            println!(
+                "{:<73} {:>12} {:>11} {:>6}  NAMES",
+                "ID", "SIZE", "LAST USED", "IN USE"
+            );
             for e in list {
                 println!(
                     "{:<73} {:>12} {:>11} {:>6}  {}",

@@ -566,7 +566,8 @@ pub(super) fn warn_unknown(r: &mut Reader<'_>) {
 /// `SPACELIFT_DEFAULT_RUNNER_IMAGE`: an image reference (checked fully when
 /// it is pulled; here: no scheme, no space or control character).
 pub(super) fn image_reference(v: &str) -> Result<String, String> {
-    if v.len() > 512 || v.contains("://") || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if v.len() > 512 || v.contains("://") || v.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err("expected an image reference such as public.ecr.aws/spacelift/runner-terraform:latest (no scheme, no spaces)".into());
     }
     Ok(v.to_string())

@@ -271,7 +271,12 @@ pub const VARIABLES: &[Var] = &[
         secret: false,
         alias: None,
         help: "Runner image of runs whose spec names none (pulled and cached by liftoff); unset: the host's /usr.",
-        read: |v, c, _| set(&mut c.default_runner_image, read::image_reference(v).map(Some)),
+        read: |v, c, _| {
+            set(
+                &mut c.default_runner_image,
+                read::image_reference(v).map(Some),
+            )
+        },
         show: |c| c.default_runner_image.clone().unwrap_or_default(),
     },
     Var {

@@ -106,7 +106,11 @@ fn unique() -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    format!("{}-{t}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{t}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Store {
@@ -138,7 +142,9 @@ impl Store {
     }
 
     fn ref_file(&self, r: &str) -> PathBuf {
-        self.dir.join("refs").join(hex(&super::sha256(r.as_bytes())))
+        self.dir
+            .join("refs")
+            .join(hex(&super::sha256(r.as_bytes())))
     }
 
     /// Creates the layout (the top directory 0700).
@@ -169,7 +175,9 @@ impl Store {
     /// Pulls and imports hold this shared; prune and rm exclusively.
     pub(crate) fn shared(&self) -> Result<Flock<File>, Error> {
         self.open()?;
-        Ok(self.flock("cache.lock", FlockArg::LockShared)?.expect("blocking lock"))
+        Ok(self
+            .flock("cache.lock", FlockArg::LockShared)?
+            .expect("blocking lock"))
     }
 
     /// A lease on image `id` if it is cached.
@@ -276,7 +284,12 @@ impl Store {
         Ok(lease)
     }
 
-    fn pull(&self, agent: &ureq::Agent, r: &Reference, log: &mut dyn FnMut(&str)) -> Result<Lease, Error> {
+    fn pull(
+        &self,
+        agent: &ureq::Agent,
+        r: &Reference,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Lease, Error> {
         let shown = r.to_string();
         let malformed = |detail: String| Error::Malformed {
             image: shown.clone(),
@@ -335,12 +348,22 @@ impl Store {
             fetch(l)?;
         }
         let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
-        self.build(&shown, &config.digest, &digests, &parsed.rootfs.diff_ids, &[(shown.clone(), digest)])
+        self.build(
+            &shown,
+            &config.digest,
+            &digests,
+            &parsed.rootfs.diff_ids,
+            &[(shown.clone(), digest)],
+        )
     }
 
     /// Stores a blob read from `from`; checks `expected` when given.
     /// Returns its digest.
-    pub(crate) fn put_blob(&self, from: &mut dyn Read, expected: Option<&str>) -> Result<String, Error> {
+    pub(crate) fn put_blob(
+        &self,
+        from: &mut dyn Read,
+        expected: Option<&str>,
+    ) -> Result<String, Error> {
         let tmp = self.dir.join("tmp").join(format!("blob-{}", unique()));
         let result = (|| {
             let mut f = File::options()
@@ -409,11 +432,13 @@ impl Store {
         let result = (|| {
             let rootfs = tmp.join("rootfs");
             fs::create_dir_all(&rootfs).map_err(|e| self.err(&rootfs, e))?;
-            fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755)).map_err(|e| self.err(&rootfs, e))?;
+            fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
+                .map_err(|e| self.err(&rootfs, e))?;
             let lock_path = tmp.join("lock");
             let lock = File::create(&lock_path).map_err(|e| self.err(&lock_path, e))?;
             // Leased before it is visible: no prune can take it.
-            let lock = Flock::lock(lock, FlockArg::LockShared).map_err(|(_, e)| self.err(&lock_path, e))?;
+            let lock = Flock::lock(lock, FlockArg::LockShared)
+                .map_err(|(_, e)| self.err(&lock_path, e))?;
             let root = crate::beneath::Root::open(&rootfs).map_err(|e| self.err(&rootfs, e))?;
             let mut budget = Budget::new(self.max_image);
             for (l, d) in layers.iter().zip(diff_ids) {
@@ -441,7 +466,9 @@ impl Store {
                     _lock: lock,
                 })),
                 // Built meanwhile under another name: use that one.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => Ok(None),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
+                    Ok(None)
+                }
                 Err(e) => Err(self.err(&dst, e)),
             }
         })();
@@ -463,7 +490,10 @@ impl Store {
         let mut refs: Vec<RefFile> = Vec::new();
         if let Ok(rd) = fs::read_dir(self.dir.join("refs")) {
             for e in rd.flatten() {
-                if let Some(r) = fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                if let Some(r) = fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                {
                     refs.push(r);
                 }
             }
@@ -487,7 +517,11 @@ impl Store {
                 Ok(f) => Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err(),
                 Err(_) => false,
             };
-            let mut references: Vec<String> = refs.iter().filter(|r| r.id == id).map(|r| r.reference.clone()).collect();
+            let mut references: Vec<String> = refs
+                .iter()
+                .filter(|r| r.id == id)
+                .map(|r| r.reference.clone())
+                .collect();
             references.sort();
             out.push(Entry {
                 id,
@@ -503,7 +537,10 @@ impl Store {
 
     /// Bytes the cache holds: roots as unpacked plus stored blobs.
     pub fn usage(&self) -> u64 {
-        let roots: u64 = self.list().map(|l| l.iter().map(|e| e.size).sum()).unwrap_or(0);
+        let roots: u64 = self
+            .list()
+            .map(|l| l.iter().map(|e| e.size).sum())
+            .unwrap_or(0);
         roots + self.blob_sizes().iter().map(|(_, s)| s).sum::<u64>()
     }
 
@@ -587,7 +624,11 @@ impl Store {
     /// Returns the bytes freed.
     pub fn prune(&self, budget: u64, wait: bool) -> Result<u64, Error> {
         self.open()?;
-        let arg = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
+        let arg = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
         let Some(_all) = self.flock("cache.lock", arg)? else {
             return Ok(0);
         };
@@ -618,7 +659,9 @@ impl Store {
         // Names of images gone.
         if let Ok(rd) = fs::read_dir(self.dir.join("refs")) {
             for e in rd.flatten() {
-                let rf: Option<RefFile> = fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                let rf: Option<RefFile> = fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
                 if rf.is_none_or(|r| !self.root_dir(&r.id).exists()) {
                     let _ = fs::remove_file(e.path());
                 }

@@ -78,8 +78,8 @@ const MAX_LAYERS: usize = 256;
 
 /// Parses a manifest or index; the error says what is wrong.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
-    let d: Document =
-        serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not valid JSON: {e}"))?;
+    let d: Document = serde_json::from_slice(bytes)
+        .map_err(|e| format!("the manifest is not valid JSON: {e}"))?;
     if d.schema_version != 2 {
         return Err(format!(
             "schemaVersion {} is not supported (only 2: OCI and Docker v2 schema 2; push the image again with a current tool)",
@@ -241,11 +241,19 @@ mod tests {
         let (arch, _) = host_platform();
         let entries = vec![d("s390x"), d(arch)];
         assert_eq!(
-            pick(&entries).unwrap().platform.as_ref().unwrap().architecture,
+            pick(&entries)
+                .unwrap()
+                .platform
+                .as_ref()
+                .unwrap()
+                .architecture,
             arch
         );
         let (want, have) = pick(&entries[..1]).unwrap_err();
-        assert!(want.contains(arch) && have.contains("s390x"), "{want} {have}");
+        assert!(
+            want.contains(arch) && have.contains("s390x"),
+            "{want} {have}"
+        );
     }
 
     #[test]

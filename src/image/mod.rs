@@ -29,7 +29,10 @@ pub use reference::Reference;
 #[derive(Debug)]
 pub enum Error {
     /// The reference cannot be parsed.
-    BadReference { reference: String, why: String },
+    BadReference {
+        reference: String,
+        why: String,
+    },
     /// The registry could not be reached or answered an error; `transient`
     /// when trying again may help (network, 429, 5xx).
     Registry {
@@ -38,9 +41,15 @@ pub enum Error {
         transient: bool,
     },
     /// 401/403: credentials missing, wrong or without access.
-    Auth { image: String, detail: String },
+    Auth {
+        image: String,
+        detail: String,
+    },
     /// 404: no such repository, tag or blob.
-    NotFound { image: String, detail: String },
+    NotFound {
+        image: String,
+        detail: String,
+    },
     /// The index has no manifest for this host's platform.
     Platform {
         image: String,
@@ -48,7 +57,10 @@ pub enum Error {
         have: String,
     },
     /// A manifest, index or config is not what the image spec says.
-    Malformed { image: String, detail: String },
+    Malformed {
+        image: String,
+        detail: String,
+    },
     /// A blob (or the manifest) does not hash to its digest.
     Digest {
         image: String,
@@ -63,12 +75,22 @@ pub enum Error {
         detail: String,
     },
     /// The cache directory failed (a full disk, permissions).
-    Cache { path: String, detail: String },
+    Cache {
+        path: String,
+        detail: String,
+    },
     /// An archive to import is not an OCI layout or `docker save` output.
-    Archive { file: String, detail: String },
+    Archive {
+        file: String,
+        detail: String,
+    },
     /// `liftoff image rm` of an image that is not cached, or one in use.
-    NotCached { reference: String },
-    InUse { reference: String },
+    NotCached {
+        reference: String,
+    },
+    InUse {
+        reference: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -143,7 +165,9 @@ impl std::error::Error for Error {}
 /// `sha256:<64 lowercase hex>`, the only digest algorithm accepted.
 pub fn valid_digest(d: &str) -> bool {
     d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

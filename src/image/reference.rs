@@ -38,7 +38,11 @@ impl Reference {
         }
         let (rest, digest) = match text.split_once('@') {
             Some((r, d)) if valid_digest(d) => (r, Some(d.to_string())),
-            Some(_) => return Err(bad("the digest must be sha256: and 64 lowercase hex digits")),
+            Some(_) => {
+                return Err(bad(
+                    "the digest must be sha256: and 64 lowercase hex digits",
+                ));
+            }
             None => (text, None),
         };
         // A tag is after the last `:` that follows the last `/`.
@@ -51,8 +55,7 @@ impl Reference {
             let ok = !t.is_empty()
                 && t.len() <= 128
                 && !t.starts_with(['.', '-'])
-                && t
-                    .bytes()
+                && t.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
             if !ok {
                 return Err(bad(
@@ -61,24 +64,26 @@ impl Reference {
             }
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, rest))
-                if first.contains(['.', ':']) || first == "localhost" =>
-            {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
                 (first.to_string(), rest.to_string())
             }
             _ => (HUB.to_string(), name.to_string()),
         };
-        let host_ok = registry.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
-        });
+        let host_ok = registry
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
         if !host_ok || registry.is_empty() {
-            return Err(bad("the registry must be a host name with an optional :port"));
+            return Err(bad(
+                "the registry must be a host name with an optional :port",
+            ));
         }
         let repo_ok = !repository.is_empty()
             && repository.split('/').all(|c| {
                 !c.is_empty()
                     && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'.' | b'_' | b'-')
                     })
                     && c.as_bytes()[0].is_ascii_alphanumeric()
             });

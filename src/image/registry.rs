@@ -132,7 +132,9 @@ impl<'a> Client<'a> {
             if got > size {
                 return Err(Error::Malformed {
                     image: self.shown.clone(),
-                    detail: format!("blob {digest} is longer than the {size} bytes the manifest says"),
+                    detail: format!(
+                        "blob {digest} is longer than the {size} bytes the manifest says"
+                    ),
                 });
             }
             hash.update(&buf[..k]);
@@ -181,7 +183,12 @@ impl<'a> Client<'a> {
         }
     }
 
-    fn get_once(&mut self, path: &str, accept: &str, long: bool) -> Result<Response<ureq::Body>, Error> {
+    fn get_once(
+        &mut self,
+        path: &str,
+        accept: &str,
+        long: bool,
+    ) -> Result<Response<ureq::Body>, Error> {
         let r = self.reference;
         let mut url = format!("https://{}/v2/{}/{path}", r.api_host(), r.repository);
         let origin = origin(&url).to_string();
@@ -212,17 +219,22 @@ impl<'a> Client<'a> {
                 301 | 302 | 303 | 307 | 308 => {
                     hops += 1;
                     let Some(loc) = header("location") else {
-                        return Err(self.refused(format!("HTTP {status} without a Location from {shown_url}")));
+                        return Err(self.refused(format!(
+                            "HTTP {status} without a Location from {shown_url}"
+                        )));
                     };
                     if hops > MAX_HOPS {
-                        return Err(self.refused(format!("more than {MAX_HOPS} redirects from {shown_url}")));
+                        return Err(self
+                            .refused(format!("more than {MAX_HOPS} redirects from {shown_url}")));
                     }
                     url = if loc.starts_with("https://") || loc.starts_with("http://") {
                         loc
                     } else if loc.starts_with('/') {
                         format!("{}{loc}", self.origin_of(&url))
                     } else {
-                        return Err(self.refused(format!("a relative redirect {loc:?} from {shown_url}")));
+                        return Err(
+                            self.refused(format!("a relative redirect {loc:?} from {shown_url}"))
+                        );
                     };
                 }
                 401 if home && !answered_401 => {
@@ -277,7 +289,10 @@ impl<'a> Client<'a> {
         };
         if scheme.eq_ignore_ascii_case("basic") {
             self.auth = Some(basic.ok_or_else(|| {
-                denied("the registry wants a user name and password and config.json has none for it".into())
+                denied(
+                    "the registry wants a user name and password and config.json has none for it"
+                        .into(),
+                )
             })?);
             return Ok(());
         }
@@ -286,15 +301,27 @@ impl<'a> Client<'a> {
                 "the registry asks for authentication scheme {scheme:?}, which liftoff does not speak"
             )));
         }
-        let param = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
-        let realm = param("realm").filter(|r| r.starts_with("https://") || r.starts_with("http://"));
+        let param = |k: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
+        };
+        let realm =
+            param("realm").filter(|r| r.starts_with("https://") || r.starts_with("http://"));
         let Some(realm) = realm else {
-            return Err(denied("the registry's Bearer challenge names no http(s) realm".into()));
+            return Err(denied(
+                "the registry's Bearer challenge names no http(s) realm".into(),
+            ));
         };
         let scope = param("scope")
             .map(str::to_string)
             .unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
-        let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, encode(&scope));
+        let mut url = format!(
+            "{realm}{}scope={}",
+            if realm.contains('?') { '&' } else { '?' },
+            encode(&scope)
+        );
         if let Some(s) = param("service") {
             url.push_str(&format!("&service={}", encode(s)));
         }
@@ -311,10 +338,18 @@ impl<'a> Client<'a> {
             s @ (401 | 403) => {
                 return Err(denied(format!(
                     "the token service {shown_url} answered HTTP {s}{}",
-                    if basic.is_some() { " to the credentials in config.json" } else { " to an anonymous request" }
+                    if basic.is_some() {
+                        " to the credentials in config.json"
+                    } else {
+                        " to an anonymous request"
+                    }
                 )));
             }
-            s => return Err(self.transient(format!("the token service {shown_url} answered HTTP {s}"))),
+            s => {
+                return Err(
+                    self.transient(format!("the token service {shown_url} answered HTTP {s}"))
+                );
+            }
         }
         let body = resp
             .body_mut()
@@ -329,7 +364,9 @@ impl<'a> Client<'a> {
             .and_then(|t| t.as_str())
             .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()));
         let Some(token) = token else {
-            return Err(self.refused(format!("the token service {shown_url} answered without a token")));
+            return Err(self.refused(format!(
+                "the token service {shown_url} answered without a token"
+            )));
         };
         self.auth = Some(format!("Bearer {token}"));
         Ok(())
@@ -390,7 +427,12 @@ fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
 }
 
 /// The names Docker Hub's credentials may be stored under.
-const HUB_KEYS: &[&str] = &["https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io"];
+const HUB_KEYS: &[&str] = &[
+    "https://index.docker.io/v1/",
+    "index.docker.io",
+    "docker.io",
+    "registry-1.docker.io",
+];
 
 /// `https://host/v1/` → `host`.
 fn key_host(k: &str) -> &str {
@@ -427,16 +469,24 @@ pub fn credentials(dir: &Path, registry: &str) -> Result<Option<(String, String)
         return helper_get(helper, server).map(Some);
     }
     if let Some(entry) = find("auths") {
-        let field = |k: &str| entry.get(k).and_then(|x| x.as_str()).filter(|s| !s.is_empty());
+        let field = |k: &str| {
+            entry
+                .get(k)
+                .and_then(|x| x.as_str())
+                .filter(|s| !s.is_empty())
+        };
         if let Some(auth) = field("auth") {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
                 .map_err(|_| format!("{}: auths.{registry}.auth is not base64", path.display()))?;
             let raw = String::from_utf8(raw)
                 .map_err(|_| format!("{}: auths.{registry}.auth is not text", path.display()))?;
-            let (u, p) = raw
-                .split_once(':')
-                .ok_or_else(|| format!("{}: auths.{registry}.auth is not user:password", path.display()))?;
+            let (u, p) = raw.split_once(':').ok_or_else(|| {
+                format!(
+                    "{}: auths.{registry}.auth is not user:password",
+                    path.display()
+                )
+            })?;
             return Ok(Some((u.into(), p.into())));
         }
         if let (Some(u), Some(p)) = (field("username"), field("password")) {
@@ -488,7 +538,10 @@ fn helper_get(helper: &str, server: &str) -> Result<(String, String), String> {
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            return Err(format!("{program} did not answer within {}s", HELPER_TIME.as_secs()));
+            return Err(format!(
+                "{program} did not answer within {}s",
+                HELPER_TIME.as_secs()
+            ));
         }
     };
     if !out.status.success() {
@@ -504,7 +557,9 @@ fn helper_get(helper: &str, server: &str) -> Result<(String, String), String> {
     let get = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
     let (u, s) = (get("Username"), get("Secret"));
     if u == "<token>" {
-        return Err(format!("{program} returned an identity token, which liftoff does not support yet"));
+        return Err(format!(
+            "{program} returned an identity token, which liftoff does not support yet"
+        ));
     }
     Ok((u, s))
 }
@@ -519,10 +574,16 @@ mod tests {
             r#"Bearer realm="https://auth.example/token?a=b",service="reg,istry",scope="repository:x:pull""#,
         );
         assert_eq!(s, "Bearer");
-        assert_eq!(p[0], ("realm".into(), "https://auth.example/token?a=b".into()));
+        assert_eq!(
+            p[0],
+            ("realm".into(), "https://auth.example/token?a=b".into())
+        );
         assert_eq!(p[1], ("service".into(), "reg,istry".into()));
         assert_eq!(p[2].1, "repository:x:pull");
-        assert_eq!(parse_challenge("Basic realm=x").1, vec![("realm".into(), "x".into())]);
+        assert_eq!(
+            parse_challenge("Basic realm=x").1,
+            vec![("realm".into(), "x".into())]
+        );
         assert_eq!(origin("https://h:5/v2/x"), "https://h:5");
         assert_eq!(encode("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
     }
@@ -535,11 +596,24 @@ mod tests {
             r#"{"auths": {"https://reg.example:5000": {"auth": "dTpw"}, "https://index.docker.io/v1/": {"username": "h", "password": "q"}}}"#,
         )
         .unwrap();
-        assert_eq!(credentials(d.path(), "reg.example:5000").unwrap(), Some(("u".into(), "p".into())));
-        assert_eq!(credentials(d.path(), "docker.io").unwrap(), Some(("h".into(), "q".into())));
+        assert_eq!(
+            credentials(d.path(), "reg.example:5000").unwrap(),
+            Some(("u".into(), "p".into()))
+        );
+        assert_eq!(
+            credentials(d.path(), "docker.io").unwrap(),
+            Some(("h".into(), "q".into()))
+        );
         assert_eq!(credentials(d.path(), "other.example").unwrap(), None);
-        std::fs::write(d.path().join("config.json"), r#"{"credHelpers": {"x.example": "no-such-helper-liftoff"}}"#).unwrap();
+        std::fs::write(
+            d.path().join("config.json"),
+            r#"{"credHelpers": {"x.example": "no-such-helper-liftoff"}}"#,
+        )
+        .unwrap();
         let e = credentials(d.path(), "x.example").unwrap_err();
-        assert!(e.contains("docker-credential-no-such-helper-liftoff"), "{e}");
+        assert!(
+            e.contains("docker-credential-no-such-helper-liftoff"),
+            "{e}"
+        );
     }
 }

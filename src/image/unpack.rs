@@ -48,7 +48,12 @@ impl Budget {
 }
 
 /// Applies the layer read from `blob` to `root`; checks the diff_id.
-pub fn apply(root: &Root, blob: impl Read + 'static, diff_id: &str, budget: &mut Budget) -> Result<(), String> {
+pub fn apply(
+    root: &Root,
+    blob: impl Read + 'static,
+    diff_id: &str,
+    budget: &mut Budget,
+) -> Result<(), String> {
     let stream = decompress(BufReader::with_capacity(256 << 10, blob))
         .map_err(|e| format!("cannot read the layer: {e}"))?;
     let mut counted = Counted {
@@ -80,18 +85,29 @@ pub fn apply(root: &Root, blob: impl Read + 'static, diff_id: &str, budget: &mut
 }
 
 fn over(max: u64) -> String {
-    format!("the image unpacks to more than LIFTOFF_IMAGE_MAX_BYTES ({max} bytes): a decompression bomb, or raise the bound")
+    format!(
+        "the image unpacks to more than LIFTOFF_IMAGE_MAX_BYTES ({max} bytes): a decompression bomb, or raise the bound"
+    )
 }
 
-fn entries<R: Read>(root: &Root, stream: &mut Counted<R>, budget: &mut Budget) -> Result<(), String> {
+fn entries<R: Read>(
+    root: &Root,
+    stream: &mut Counted<R>,
+    budget: &mut Budget,
+) -> Result<(), String> {
     let mut archive = tar::Archive::new(stream);
     // Paths this layer put in place (and their parents): an opaque
     // directory or a whiteout never removes them.
     let mut mine: HashSet<PathBuf> = HashSet::new();
-    let entries = archive.entries().map_err(|e| format!("not a tar archive: {e}"))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("bad tar entry: {e}"))?;
-        let raw = entry.path().map_err(|e| format!("bad entry name: {e}"))?.into_owned();
+        let raw = entry
+            .path()
+            .map_err(|e| format!("bad entry name: {e}"))?
+            .into_owned();
         let Some(rel) = relative(&raw)? else { continue };
         let shown = crate::beneath::shown(&rel);
         let ctx = |e: crate::beneath::Error| format!("entry {shown:?}: {e}");
@@ -128,7 +144,10 @@ fn entries<R: Read>(root: &Root, stream: &mut Counted<R>, budget: &mut Budget) -
             perm |= (perm >> 3) & 0o7;
         }
         use tar::EntryType as T;
-        let keep = matches!(kind, T::Directory | T::Regular | T::Continuous | T::GNUSparse | T::Symlink | T::Link);
+        let keep = matches!(
+            kind,
+            T::Directory | T::Regular | T::Continuous | T::GNUSparse | T::Symlink | T::Link
+        );
         if !keep {
             // Device nodes, FIFOs, sockets and anything else: dropped.
             continue;
@@ -151,7 +170,8 @@ fn entries<R: Read>(root: &Root, stream: &mut Counted<R>, budget: &mut Budget) -
             T::Directory => {
                 root.mkdir_all(&rel, 0o755, None).map_err(ctx)?;
                 // Sticky kept (/tmp); the launcher may always enter and clean.
-                root.chmod(&rel, perm | 0o700 | (mode & 0o1000)).map_err(ctx)?;
+                root.chmod(&rel, perm | 0o700 | (mode & 0o1000))
+                    .map_err(ctx)?;
             }
             T::Symlink => {
                 let target = link(&entry, "symlink")?;
@@ -163,7 +183,10 @@ fn entries<R: Read>(root: &Root, stream: &mut Counted<R>, budget: &mut Budget) -
                     return Err(format!("entry {shown:?}: a hard link to the image's root"));
                 };
                 root.hard_link(&target, &rel).map_err(|e| {
-                    format!("entry {shown:?}: a hard link to {:?}: {e}", crate::beneath::shown(&target))
+                    format!(
+                        "entry {shown:?}: a hard link to {:?}: {e}",
+                        crate::beneath::shown(&target)
+                    )
                 })?;
             }
             _ => {
@@ -228,7 +251,10 @@ pub(crate) fn decompress<R: BufRead + 'static>(mut r: R) -> io::Result<Box<dyn R
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(r))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(Zstd { dec: None, src: Some(r) })
+        Box::new(Zstd {
+            dec: None,
+            src: Some(r),
+        })
     } else {
         Box::new(r)
     })
@@ -253,7 +279,9 @@ impl<R: BufRead> Read for Zstd<R> {
                 }
                 self.src = self.dec.take().map(|d| d.into_inner());
             }
-            let Some(src) = self.src.as_mut() else { return Ok(0) };
+            let Some(src) = self.src.as_mut() else {
+                return Ok(0);
+            };
             if src.fill_buf()?.is_empty() {
                 return Ok(0);
             }

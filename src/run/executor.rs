@@ -871,7 +871,11 @@ fn runner_image(
     log: &mut Pipeline,
 ) -> Result<Option<crate::image::Lease>, RunError> {
     let config = &shared.config;
-    let named = spec.runner.image.as_ref().or(config.default_runner_image.as_ref());
+    let named = spec
+        .runner
+        .image
+        .as_ref()
+        .or(config.default_runner_image.as_ref());
     let (None, Some(name)) = (&spec.runner.root, named) else {
         return Ok(None);
     };

@@ -38,14 +38,35 @@ impl Registry {
     pub fn start(dir: &Path, creds: Option<(&str, &str)>) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
         let ca = TestCa::new(&dir.join("ca"), "registry-ca");
-        openssl(dir, &["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
         ca.sign(&dir.join("server.csr"), &dir.join("server.crt"), 30);
         let port = super::brokers::free_ports(1)[0];
         let host = format!("127.0.0.1:{port}");
         let auth = match creds {
             Some((u, p)) => {
-                run("htpasswd", &["-Bbc", dir.join("htpasswd").to_str().unwrap(), u, p]);
-                format!("auth:\n  htpasswd:\n    realm: liftoff-test\n    path: {}\n", dir.join("htpasswd").display())
+                run(
+                    "htpasswd",
+                    &["-Bbc", dir.join("htpasswd").to_str().unwrap(), u, p],
+                );
+                format!(
+                    "auth:\n  htpasswd:\n    realm: liftoff-test\n    path: {}\n",
+                    dir.join("htpasswd").display()
+                )
             }
             None => String::new(),
         };
@@ -77,7 +98,11 @@ impl Registry {
             if let Ok(Some(status)) = r.child.try_wait() {
                 panic!("docker-registry exited ({status}): {}", r.log());
             }
-            assert!(Instant::now() < deadline, "docker-registry did not listen within 30s: {}", r.log());
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen within 30s: {}",
+                r.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         r
@@ -111,7 +136,11 @@ impl Registry {
 
     /// The manifest digest of `repo:tag` here.
     pub fn digest(&self, repo_tag: &str) -> String {
-        let mut args = vec!["inspect".to_string(), "--raw".into(), "--tls-verify=false".into()];
+        let mut args = vec![
+            "inspect".to_string(),
+            "--raw".into(),
+            "--tls-verify=false".into(),
+        ];
         if let Some((u, p)) = &self.creds {
             args.extend(["--creds".into(), format!("{u}:{p}")]);
         }
@@ -120,7 +149,9 @@ impl Registry {
         let raw = run("skopeo", &a);
         let f = self.dir.join("manifest.raw");
         std::fs::write(&f, raw).unwrap();
-        run("skopeo", &["manifest-digest", f.to_str().unwrap()]).trim().to_string()
+        run("skopeo", &["manifest-digest", f.to_str().unwrap()])
+            .trim()
+            .to_string()
     }
 }
 
@@ -132,7 +163,9 @@ impl Drop for Registry {
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    liftoff::image::sha256(b).trim_start_matches("sha256:").to_string()
+    liftoff::image::sha256(b)
+        .trim_start_matches("sha256:")
+        .to_string()
 }
 
 /// Writes a blob into an OCI layout; returns its descriptor fields.
@@ -155,12 +188,16 @@ pub fn build_image(dir: &Path) -> PathBuf {
     run("umoci", &["new", "--image", &format!("{l}:v1")]);
     let bundle = dir.join("bundle1");
     let b = bundle.to_str().unwrap();
-    run("umoci", &["unpack", "--rootless", "--image", &format!("{l}:v1"), b]);
+    run(
+        "umoci",
+        &["unpack", "--rootless", "--image", &format!("{l}:v1"), b],
+    );
     let rootfs = bundle.join("rootfs");
     for d in ["bin", "etc", "opq", "tmp"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed (/bin/busybox)");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("busybox-static is installed (/bin/busybox)");
     for applet in ["sh", "cat", "id", "touch", "test", "ls", "echo"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
@@ -171,7 +208,10 @@ pub fn build_image(dir: &Path) -> PathBuf {
     run("umoci", &["repack", "--image", &format!("{l}:v1"), b]);
     let bundle2 = dir.join("bundle2");
     let b2 = bundle2.to_str().unwrap();
-    run("umoci", &["unpack", "--rootless", "--image", &format!("{l}:v1"), b2]);
+    run(
+        "umoci",
+        &["unpack", "--rootless", "--image", &format!("{l}:v1"), b2],
+    );
     std::fs::remove_file(bundle2.join("rootfs/to-delete")).unwrap();
     std::fs::write(bundle2.join("rootfs/layer2.txt"), "layer two\n").unwrap();
     run("umoci", &["repack", "--image", &format!("{l}:v1"), b2]);
@@ -186,9 +226,19 @@ pub fn build_image(dir: &Path) -> PathBuf {
     }
     let layer3 = dir.join("layer3.tar");
     std::fs::write(&layer3, t.into_inner().unwrap()).unwrap();
-    run("umoci", &["raw", "add-layer", "--image", &format!("{l}:v1"), layer3.to_str().unwrap()]);
+    run(
+        "umoci",
+        &[
+            "raw",
+            "add-layer",
+            "--image",
+            &format!("{l}:v1"),
+            layer3.to_str().unwrap(),
+        ],
+    );
     // The two-platform index.
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let v1 = index["manifests"]
         .as_array()
         .unwrap()
@@ -196,10 +246,22 @@ pub fn build_image(dir: &Path) -> PathBuf {
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
         .unwrap()
         .clone();
-    let hexd = v1["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&hexd)).unwrap()).unwrap();
-    let chex = manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&chex)).unwrap()).unwrap();
+    let hexd = v1["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&hexd)).unwrap())
+            .unwrap();
+    let chex = manifest["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&chex)).unwrap())
+            .unwrap();
     let arch = config["architecture"].as_str().unwrap().to_string();
     config["architecture"] = "s390x".into();
     let (cd, cs) = put_blob(&layout, &serde_json::to_vec(&config).unwrap());
@@ -216,11 +278,18 @@ pub fn build_image(dir: &Path) -> PathBuf {
     // the gzip blobs it already pushed rather than recompress them).
     let mut zmanifest = manifest.clone();
     for layer in zmanifest["layers"].as_array_mut().unwrap() {
-        let h = layer["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let h = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
         let gz = std::fs::read(layout.join("blobs/sha256").join(&h)).unwrap();
         let mut tar = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
-        let z = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+        let z = ruzstd::encoding::compress_to_vec(
+            &tar[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
         let (d, s) = put_blob(&layout, &z);
         layer["digest"] = d.into();
         layer["size"] = s.into();
@@ -230,7 +299,17 @@ pub fn build_image(dir: &Path) -> PathBuf {
     manifests.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": zd, "size": zs,
         "annotations": {"org.opencontainers.image.ref.name": "zstd"}}));
     for (tag, entries) in [
-        ("multi", vec![entry(&td, ts, "s390x"), entry(v1["digest"].as_str().unwrap(), v1["size"].as_u64().unwrap() as usize, &arch)]),
+        (
+            "multi",
+            vec![
+                entry(&td, ts, "s390x"),
+                entry(
+                    v1["digest"].as_str().unwrap(),
+                    v1["size"].as_u64().unwrap() as usize,
+                    &arch,
+                ),
+            ],
+        ),
         ("s390x", vec![entry(&td, ts, "s390x")]),
     ] {
         let idx = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
@@ -240,6 +319,10 @@ pub fn build_image(dir: &Path) -> PathBuf {
     }
     let mut index = index;
     index["manifests"] = manifests.into();
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
     layout
 }
