@@ -112,7 +112,8 @@ fn outside_untouched(img: &Image) {
 
 #[test]
 fn hostile_layers_are_refused_and_write_nothing_outside() {
-    let cases: Vec<(&str, Box<dyn Fn(&Image) -> Vec<u8>>, &str)> = vec![
+    type Make = Box<dyn Fn(&Image) -> Vec<u8>>;
+    let cases: Vec<(&str, Make, &str)> = vec![
         (
             "dot-dot",
             Box::new(|_| layer(&[E::File("../outside/pwned", b"x", 0o644, 0)])),

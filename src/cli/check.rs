@@ -57,7 +57,7 @@ fn image_cache(config: &Config, report: &mut Report) {
         "image cache",
         Status::Ok,
         Area::Host,
-        &format!(
+        format!(
             "{} holds {used} bytes of {} allowed (LIFTOFF_IMAGE_CACHE_MAX_BYTES)",
             store.dir.display(),
             store.budget
@@ -84,7 +84,7 @@ fn image_cache(config: &Config, report: &mut Report) {
     } else {
         Area::Host
     };
-    report.push("SPACELIFT_DEFAULT_RUNNER_IMAGE", status, area, &message);
+    report.push("SPACELIFT_DEFAULT_RUNNER_IMAGE", status, area, message);
 }
 
 /// Checks configuration and identity. Returns the report and, when they are

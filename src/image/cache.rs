@@ -531,7 +531,7 @@ impl Store {
                 in_use,
             });
         }
-        out.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        out.sort_by_key(|e| std::cmp::Reverse(e.last_used));
         Ok(out)
     }
 
