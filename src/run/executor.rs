@@ -13,7 +13,10 @@
 //!    run fails as rejected; `sample` → input and decision to stderr);
 //! 4. the workspace `<state dir>/runs/<run id>/workspace`, the source
 //!    (resolved through the VCS mappings, fetched with the one agent, safely
-//!    extracted into `<workspace>/source`), the run's provider-cache layer;
+//!    extracted into `<workspace>/source`), the run's provider-cache layer,
+//!    the runner image (`runner.image` or `SPACELIFT_DEFAULT_RUNNER_IMAGE`,
+//!    from [`crate::image`]'s cache, pulled when missing, leased until the
+//!    run ends);
 //! 5. [`RunEvent::Started`], then each step in its own sandbox (cwd
 //!    `/mnt/workspace/source`), output masked into the log; a step marked
 //!    `outputs` is not logged: its stdout is filtered and PUT to the outputs
