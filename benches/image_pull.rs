@@ -38,7 +38,10 @@ fn build_big(dir: &Path) -> String {
     for layer in 0..5 {
         let bundle = dir.join(format!("bundle{layer}"));
         let b = bundle.display().to_string();
-        run("umoci", &["unpack", "--rootless", "--image", &format!("{l}:v1"), &b]);
+        run(
+            "umoci",
+            &["unpack", "--rootless", "--image", &format!("{l}:v1"), &b],
+        );
         let d = bundle.join(format!("rootfs/layer{layer}"));
         std::fs::create_dir_all(&d).unwrap();
         if layer == 0 {
@@ -54,7 +57,9 @@ fn build_big(dir: &Path) -> String {
                 data.extend_from_slice(&x.to_le_bytes());
             }
             while data.len() < 256 << 10 {
-                data.extend_from_slice(format!("line {f} of layer {layer}: some text\n").as_bytes());
+                data.extend_from_slice(
+                    format!("line {f} of layer {layer}: some text\n").as_bytes(),
+                );
             }
             std::fs::write(d.join(format!("f{f}")), &data).unwrap();
         }
@@ -87,7 +92,11 @@ fn main() {
             .output()
             .unwrap();
         ours.push(t.elapsed().as_secs_f64());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if i + 1 < rounds {
             std::fs::remove_dir_all(&cache).unwrap();
         }
@@ -95,11 +104,26 @@ fn main() {
         let t = Instant::now();
         run(
             "skopeo",
-            &["copy", "--quiet", "--src-tls-verify=false", &format!("docker://{reference}"), &format!("oci:{}:v1", oci.display())],
+            &[
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &format!("docker://{reference}"),
+                &format!("oci:{}:v1", oci.display()),
+            ],
         );
         run(
             "umoci",
-            &["unpack", "--rootless", "--image", &format!("{}:v1", oci.display()), &d.path().join(format!("peer-bundle{i}")).display().to_string()],
+            &[
+                "unpack",
+                "--rootless",
+                "--image",
+                &format!("{}:v1", oci.display()),
+                &d.path()
+                    .join(format!("peer-bundle{i}"))
+                    .display()
+                    .to_string(),
+            ],
         );
         peer.push(t.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&oci);
@@ -114,13 +138,21 @@ fn main() {
     // 2: start on the cached image vs on the host root.
     let cache = d.path().join(format!("cache{}", rounds - 1));
     let env: Env = [
-        ("LIFTOFF_IMAGE_CACHE_DIR".to_string(), cache.display().to_string()),
-        ("LIFTOFF_STATE_DIR".to_string(), d.path().join("state").display().to_string()),
+        (
+            "LIFTOFF_IMAGE_CACHE_DIR".to_string(),
+            cache.display().to_string(),
+        ),
+        (
+            "LIFTOFF_STATE_DIR".to_string(),
+            d.path().join("state").display().to_string(),
+        ),
         ("LIFTOFF_JOB_MEMORY".to_string(), "256MiB".to_string()),
     ]
     .into_iter()
     .collect();
-    let config = Config::load(&env).into_result().unwrap_or_else(|e| panic!("{e:?}"));
+    let config = Config::load(&env)
+        .into_result()
+        .unwrap_or_else(|e| panic!("{e:?}"));
     let store = liftoff::image::Store::from_config(&config);
     let parsed = liftoff::image::Reference::parse(&reference).unwrap();
     let n = if full { 50 } else { 2 };
@@ -132,8 +164,13 @@ fn main() {
             std::fs::create_dir_all(&ws).unwrap();
             let args = liftoff::cli::exec::ExecArgs::for_command(argv.clone());
             let t = Instant::now();
-            let lease = if on_image { store.lease(&parsed).unwrap() } else { None };
-            let mut spec = liftoff::cli::exec::build_spec(&args, &Env::default(), &config, ws).unwrap();
+            let lease = if on_image {
+                store.lease(&parsed).unwrap()
+            } else {
+                None
+            };
+            let mut spec =
+                liftoff::cli::exec::build_spec(&args, &Env::default(), &config, ws).unwrap();
             spec.root = lease.as_ref().map(|l| l.root().to_path_buf());
             spec.stdin = liftoff::sandbox::Stdio::Null;
             spec.stdout = liftoff::sandbox::Stdio::Null;

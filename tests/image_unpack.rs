@@ -357,3 +357,36 @@ fn gzip_and_multi_frame_zstd_layers_unpack() {
         );
     }
 }
+
+#[test]
+fn long_names_are_read_bounded() {
+    let img = image();
+    let mut b = tar::Builder::new(Vec::new());
+    let long = format!("{}/f", "d".repeat(250));
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(2);
+    b.append_data(&mut h, &long, &b"ok"[..]).unwrap();
+    let link = format!("{}/l", "d".repeat(250));
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, &link, "x".repeat(300)).unwrap();
+    apply_tar(&img, b.into_inner().unwrap()).unwrap();
+    assert_eq!(std::fs::read(img.rootfs.join(&long)).unwrap(), b"ok");
+    assert_eq!(
+        std::fs::read_link(img.rootfs.join(&link)).unwrap(),
+        Path::new(&"x".repeat(300))
+    );
+
+    let img = image();
+    let mut b = tar::Builder::new(Vec::new());
+    let huge = "a/".repeat(8 << 20);
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(0);
+    b.append_data(&mut h, format!("{huge}f"), &b""[..]).unwrap();
+    let err = apply_tar(&img, b.into_inner().unwrap()).unwrap_err();
+    assert!(err.contains("long name"), "{err}");
+    assert!(names(&img.rootfs).is_empty());
+}

@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -99,15 +100,48 @@ fn entries<R: Read>(
     // Paths this layer put in place (and their parents): an opaque
     // directory or a whiteout never removes them.
     let mut mine: HashSet<PathBuf> = HashSet::new();
+    // Raw mode: long names and PAX headers are read here, bounded.
     let entries = archive
         .entries()
-        .map_err(|e| format!("not a tar archive: {e}"))?;
+        .map_err(|e| format!("not a tar archive: {e}"))?
+        .raw(true);
+    let (mut long_name, mut long_link): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("bad tar entry: {e}"))?;
-        let raw = entry
-            .path()
-            .map_err(|e| format!("bad entry name: {e}"))?
-            .into_owned();
+        use tar::EntryType as T;
+        match entry.header().entry_type() {
+            T::GNULongName => long_name = Some(meta(&mut entry, MAX_NAME)?),
+            T::GNULongLink => long_link = Some(meta(&mut entry, MAX_NAME)?),
+            T::XHeader => {
+                let data = meta(&mut entry, MAX_PAX)?;
+                for (k, v) in pax(&data) {
+                    match k {
+                        b"path" => long_name = Some(v.to_vec()),
+                        b"linkpath" => long_link = Some(v.to_vec()),
+                        _ => {}
+                    }
+                }
+            }
+            T::XGlobalHeader => drop(meta(&mut entry, MAX_PAX)?),
+            _ => {}
+        }
+        if entry.header().entry_type().is_gnu_longname()
+            || entry.header().entry_type().is_gnu_longlink()
+            || entry.header().entry_type().is_pax_local_extensions()
+            || entry.header().entry_type().is_pax_global_extensions()
+        {
+            continue;
+        }
+        let name_bytes = long_name
+            .take()
+            .unwrap_or_else(|| entry.header().path_bytes().into_owned());
+        let link_bytes = long_link
+            .take()
+            .or_else(|| entry.header().link_name_bytes().map(|l| l.into_owned()));
+        if name_bytes.len() > MAX_NAME {
+            return Err(format!("an entry name is over {MAX_NAME} bytes"));
+        }
+        let raw = PathBuf::from(std::ffi::OsString::from_vec(name_bytes));
         let Some(rel) = relative(&raw)? else { continue };
         let shown = crate::beneath::shown(&rel);
         let ctx = |e: crate::beneath::Error| format!("entry {shown:?}: {e}");
@@ -143,7 +177,6 @@ fn entries<R: Read>(
         if gid == JOB_ID {
             perm |= (perm >> 3) & 0o7;
         }
-        use tar::EntryType as T;
         let keep = matches!(
             kind,
             T::Directory | T::Regular | T::Continuous | T::GNUSparse | T::Symlink | T::Link
@@ -159,12 +192,13 @@ fn entries<R: Read>(
         if !top {
             root.mkdir_all(&parent, 0o755, None).map_err(ctx)?;
         }
-        let link = |entry: &tar::Entry<'_, _>, what: &str| -> Result<PathBuf, String> {
-            Ok(entry
-                .link_name()
-                .map_err(|e| format!("entry {shown:?}: bad link target: {e}"))?
-                .ok_or_else(|| format!("entry {shown:?}: a {what} without a target"))?
-                .into_owned())
+        let link = |_: &tar::Entry<'_, _>, what: &str| -> Result<PathBuf, String> {
+            match &link_bytes {
+                Some(l) if !l.is_empty() => {
+                    Ok(PathBuf::from(std::ffi::OsString::from_vec(l.clone())))
+                }
+                _ => Err(format!("entry {shown:?}: a {what} without a target")),
+            }
         };
         match kind {
             T::Directory => {
@@ -209,6 +243,52 @@ fn entries<R: Read>(
         }
     }
     Ok(())
+}
+
+/// Longest entry name or link target.
+const MAX_NAME: usize = 4096;
+/// Largest PAX header.
+const MAX_PAX: u64 = 64 << 10;
+
+/// The data of a long-name or PAX entry, at most `max` bytes (trailing NULs
+/// dropped).
+fn meta<R: Read>(entry: &mut tar::Entry<'_, R>, max: impl TryInto<u64>) -> Result<Vec<u8>, String> {
+    let max: u64 = max.try_into().unwrap_or(0);
+    if entry.size() > max {
+        return Err(format!(
+            "a long name or PAX header of {} bytes (at most {max} are accepted)",
+            entry.size()
+        ));
+    }
+    let mut v = Vec::new();
+    entry
+        .read_to_end(&mut v)
+        .map_err(|e| format!("cannot read a tar header: {e}"))?;
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+    Ok(v)
+}
+
+/// The `key=value` records of a PAX header (`<len> key=value\n` each).
+fn pax(mut data: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::new();
+    while let Some(sp) = data.iter().position(|&b| b == b' ') {
+        let len: usize = match std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
+            Some(n) if n > sp && n <= data.len() => n,
+            _ => break,
+        };
+        let record = &data[sp + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Some(eq) = record.iter().position(|&b| b == b'=') {
+            out.push((&record[..eq], &record[eq + 1..]));
+        }
+        data = &data[len..];
+    }
+    out
 }
 
 /// A tar name as a plain relative path (`./` dropped); `None` for the
