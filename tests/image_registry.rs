@@ -102,8 +102,14 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
     reg.push(&format!("oci:{l}:s390x"), "test/app:s390x", &["--all"]);
     let host = reg.host.clone();
 
-    // Two first pulls at once: one pulls, the other waits and uses it.
+    // A crash mid-pull left a half-unpacked root in tmp/: never used, and
+    // removed by the prune after the next pull.
     let (store, agent, env) = setup(d.path(), &reg, "cache", &[]);
+    store.open().unwrap();
+    let crashed = store.dir.join("tmp/root-crashed/rootfs/bin");
+    std::fs::create_dir_all(&crashed).unwrap();
+
+    // Two first pulls at once: one pulls, the other waits and uses it.
     let reference = format!("{host}/test/app:v1");
     let said = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let leases: Vec<_> = std::thread::scope(|s| {
@@ -147,6 +153,10 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
         assert_eq!(reg.blob_gets(digest), 1, "blob {digest} fetched once");
     }
     let id = leases[0].id().to_string();
+    assert!(
+        !store.dir.join("tmp/root-crashed").exists(),
+        "the crash's leftover was pruned"
+    );
     drop(leases);
 
     // Cached: no registry needed; by digest; through the index; zstd.

@@ -74,6 +74,25 @@ fn an_imported_image_is_the_root_of_a_run_without_any_registry() {
         "{stdout}"
     );
 
+    // `liftoff check` says whether the default image is cached.
+    for (image, want) in [
+        ("offline/app:v1", "is cached as sha256:"),
+        ("offline/other:v1", "is not cached"),
+    ] {
+        let out = std::process::Command::new(support::liftoff_bin())
+            .env_clear()
+            .envs(base.iter().cloned())
+            .env("SPACELIFT_DEFAULT_RUNNER_IMAGE", image)
+            .args(["check", "--offline", "--json"])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains(want) && report.contains("image cache"),
+            "{report}"
+        );
+    }
+
     let server = FileServer::start();
     let step = "cat /etc/image-marker; echo uid=$(id -u); if touch /bin/x 2>/dev/null; then echo root-writable; else echo root-read-only; fi; ls /opq";
     for (run_id, image, default) in [

@@ -30,8 +30,11 @@ pub fn run(env: &Env, json: bool, offline: bool) -> i32 {
         }
     };
     crate::sandbox::hostcheck::push_checks(&mut report, runtime, landlock);
+    match &config {
+        Some(c) => image_cache(c, &mut report),
+        None => image_cache(&Config::load(env).config, &mut report),
+    }
     if let Some(c) = &config {
-        image_cache(c, &mut report);
         crate::launcher_log::init(c.log_format, &c.log_filter);
         if let (false, Some(id)) = (offline, &identity) {
             connectivity(c, id, &mut report);
