@@ -1,6 +1,7 @@
 //! Runs on an image, offline: a busybox image built with umoci is written
 //! as an oci-archive with skopeo, imported with `liftoff image import` (no
-//! registry exists anywhere in this test), and runs through the real
+//! registry exists anywhere in this test; `docker save` output is imported
+//! too), and runs through the real
 //! executor name it (`runner.image`, then `SPACELIFT_DEFAULT_RUNNER_IMAGE`):
 //! the steps see the image's files, run as uid 1983 and cannot write the
 //! root. Needs root (the sandbox maps the job to an unprivileged host id).
@@ -71,6 +72,43 @@ fn an_imported_image_is_the_root_of_a_run_without_any_registry() {
     );
     assert!(
         stdout.starts_with("docker.io/offline/app:v1 sha256:"),
+        "{stdout}"
+    );
+
+    // `docker save` output (skopeo's docker-archive is the same format).
+    let saved = d.path().join("saved.tar");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker-archive:{}:saved/app:v2", saved.display()),
+        ],
+    );
+    let out = std::process::Command::new(support::liftoff_bin())
+        .env_clear()
+        .envs(base.iter().cloned())
+        .args(["image", "import", saved.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("docker.io/saved/app:v2 sha256:"),
+        "{stdout}"
+    );
+    let root = stdout.split_whitespace().nth(2).unwrap();
+    assert!(
+        std::path::Path::new(root).join("opq/new").is_file(),
+        "{stdout}"
+    );
+    assert!(
+        !std::path::Path::new(root).join("opq/old1").exists(),
         "{stdout}"
     );
 
