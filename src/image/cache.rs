@@ -94,6 +94,9 @@ pub struct Store {
     /// `LIFTOFF_IMAGE_CACHE_MAX_BYTES`.
     pub budget: u64,
     pub docker_config: Option<PathBuf>,
+    /// When a pull must have ended (a run's timeout); `None`: no bound
+    /// beyond each request's own.
+    pub deadline: Option<std::time::Instant>,
 }
 
 fn hex(digest: &str) -> &str {
@@ -123,6 +126,7 @@ impl Store {
             max_image: c.image_max_bytes,
             budget: c.image_cache_max_bytes,
             docker_config: c.docker_config_dir.clone(),
+            deadline: None,
         }
     }
 
@@ -296,6 +300,7 @@ impl Store {
             detail,
         };
         let mut client = Client::new(agent, r, self.docker_config.as_deref())?;
+        client.deadline = self.deadline;
         let (bytes, mut digest) = client.manifest(r.manifest_ref())?;
         let (config, layers) = match manifest::parse(&bytes).map_err(&malformed)? {
             Parsed::Image { config, layers } => (config, layers),

@@ -32,6 +32,8 @@ const MAX_HOPS: usize = 5;
 const TRIES: u32 = 3;
 /// Longest one blob download may take.
 const BLOB_TIME: Duration = Duration::from_secs(1800);
+/// Longest a manifest or token request may take.
+const CALL_TIME: Duration = Duration::from_secs(120);
 /// Longest a credential helper may take.
 const HELPER_TIME: Duration = Duration::from_secs(30);
 
@@ -43,6 +45,8 @@ pub struct Client<'a> {
     creds: Option<(String, String)>,
     /// The Authorization header won by the last 401.
     auth: Option<String>,
+    /// When every request must have ended (a run's timeout).
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl<'a> Client<'a> {
@@ -65,6 +69,7 @@ impl<'a> Client<'a> {
             shown,
             creds,
             auth: None,
+            deadline: None,
         })
     }
 
@@ -200,9 +205,16 @@ impl<'a> Client<'a> {
             if let (true, Some(a)) = (home, &self.auth) {
                 req = req.header("Authorization", a);
             }
-            if long {
-                req = req.config().timeout_global(Some(BLOB_TIME)).build();
+            let mut budget = if long { BLOB_TIME } else { CALL_TIME };
+            if let Some(d) = self.deadline {
+                budget = budget.min(d.saturating_duration_since(std::time::Instant::now()));
+                if budget.is_zero() {
+                    return Err(
+                        self.refused("the run's timeout ran out while pulling the image".into())
+                    );
+                }
             }
+            req = req.config().timeout_global(Some(budget)).build();
             let shown_url = crate::http::redact_url(&url);
             let resp = req
                 .call()

@@ -882,7 +882,8 @@ fn runner_image(
     let (None, Some(name)) = (&spec.runner.root, named) else {
         return Ok(None);
     };
-    let store = crate::image::Store::from_config(config);
+    let mut store = crate::image::Store::from_config(config);
+    store.deadline = Some(log.started() + spec.run_timeout(config.run_timeout));
     let mut say = |m: &str| {
         let _ = log.line(&format!("liftoff: {m}"));
     };
