@@ -16,8 +16,10 @@ step() { printf '\n==> %s\n' "$*"; }
 # time (GNU time: peak RSS in benches/exec_logs.sh), socat (a relay process
 # to kill or freeze in front of the long-poll test plane), tinyproxy (a real
 # HTTP CONNECT proxy), prometheus (promtool checks the launcher's /metrics),
-# gnupg (OpenPGP keys and signatures for the tool-release tests).
-packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps time socat tinyproxy prometheus gnupg)
+# gnupg (OpenPGP keys and signatures for the tool-release tests),
+# docker-registry/skopeo/umoci/busybox-static/apache2-utils (runner images:
+# a local registry, image building and pushing, htpasswd).
+packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps time socat tinyproxy prometheus gnupg docker-registry skopeo umoci busybox-static apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -106,7 +106,11 @@ fn build(
     // The link keeps two connections open for the life of the process;
     // ureq's 128 KiB buffers per connection are far more than its small
     // requests and answers need (bodies stream through them anyway).
-    let buffer = if client.is_some() { 16 * 1024 } else { 128 * 1024 };
+    let buffer = if client.is_some() {
+        16 * 1024
+    } else {
+        128 * 1024
+    };
     // The link's batch connection is idle between heartbeats (30 s): keep
     // it, rather than a full mutual-TLS handshake per heartbeat.
     let idle = Duration::from_secs(if client.is_some() { 300 } else { 15 });

@@ -11,6 +11,7 @@ pub mod config;
 pub mod hostwatch;
 pub mod http;
 pub mod identity;
+pub mod image;
 pub mod launcher;
 pub mod launcher_log;
 pub mod link;

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["config", "metrics"],
     &["identity", "notify"],
     &["http"],
-    &["sandbox", "logs", "tools"],
+    &["sandbox", "logs", "image", "tools"],
     &["hostwatch", "link", "launcher_log"],
     &["run"],
     &["worker"],

@@ -7,7 +7,7 @@
 //! configuration error, 1 for other failures.
 //!
 //! Order: [`configuration`] (variables, [`state_dir`], identity), then the
-//! sandbox's host checks, then [`connectivity`] unless `--offline`.
+//! sandbox's host checks, the image cache, then [`connectivity`] unless `--offline`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -30,6 +30,10 @@ pub fn run(env: &Env, json: bool, offline: bool) -> i32 {
         }
     };
     crate::sandbox::hostcheck::push_checks(&mut report, runtime, landlock);
+    match &config {
+        Some(c) => image_cache(c, &mut report),
+        None => image_cache(&Config::load(env).config, &mut report),
+    }
     if let Some(c) = &config {
         crate::launcher_log::init(c.log_format, &c.log_filter);
         if let (false, Some(id)) = (offline, &identity) {
@@ -45,6 +49,45 @@ pub fn run(env: &Env, json: bool, offline: bool) -> i32 {
         }
     );
     report.exit_code()
+}
+
+/// The image cache: its size against its budget, and whether
+/// `SPACELIFT_DEFAULT_RUNNER_IMAGE` is cached (else the first run pulls it).
+fn image_cache(config: &Config, report: &mut Report) {
+    let store = crate::image::Store::from_config(config);
+    let used = store.usage();
+    report.push(
+        "image cache",
+        Status::Ok,
+        Area::Host,
+        format!(
+            "{} holds {used} bytes of {} allowed (LIFTOFF_IMAGE_CACHE_MAX_BYTES)",
+            store.dir.display(),
+            store.budget
+        ),
+    );
+    let Some(name) = &config.default_runner_image else {
+        return;
+    };
+    let (status, message) = match crate::image::Reference::parse(name) {
+        Err(e) => (Status::Error, e.to_string()),
+        Ok(r) => match store.lease(&r) {
+            Ok(Some(l)) => (Status::Ok, format!("{r} is cached as {}", l.id())),
+            Ok(None) => (
+                Status::Warning,
+                format!(
+                    "{r} is not cached: the first run pulls it (or run `liftoff image pull {r}`, or `liftoff image import` on an air-gapped host)"
+                ),
+            ),
+            Err(e) => (Status::Warning, e.to_string()),
+        },
+    };
+    let area = if status == Status::Error {
+        Area::Config
+    } else {
+        Area::Host
+    };
+    report.push("SPACELIFT_DEFAULT_RUNNER_IMAGE", status, area, message);
 }
 
 /// Checks configuration and identity. Returns the report and, when they are

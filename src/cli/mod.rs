@@ -1,5 +1,5 @@
 //! The `liftoff` command line: one file per command (`check`, `config`,
-//! `exec`, `run`, `tool`), parsed here with clap and dispatched by [`main`], which
+//! `exec`, `image`, `run`, `tool`), parsed here with clap and dispatched by [`main`], which
 //! returns the process exit status. Exit statuses are decided in one place
 //! per command: 78 (`crate::EXIT_CONFIG`) for configuration errors
 //! everywhere; `exec` adds the job's own status, 124 and 125.
@@ -11,6 +11,7 @@ use crate::config::Env;
 pub mod check;
 pub mod config;
 pub mod exec;
+pub mod image;
 pub mod run;
 pub mod tool;
 
@@ -53,6 +54,9 @@ enum Command {
     /// OpenTofu/Terraform versions for runs: install (download and verify), ls, rm.
     #[command(subcommand)]
     Tool(tool::ToolCommand),
+    /// Runner images: pull, import, ls, rm, prune the cache.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// Parses the command line and runs the command; returns the exit status.
@@ -74,6 +78,7 @@ pub fn main() -> i32 {
         Command::Exec(args) => exec::run(*args, &env),
         Command::Run => run::run(&env),
         Command::Tool(cmd) => tool::run(cmd, &env),
+        Command::Image(cmd) => image::run(cmd, &env),
         Command::Version => {
             println!("liftoff {}", crate::VERSION);
             0

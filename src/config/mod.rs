@@ -305,6 +305,12 @@ pub struct Config {
     pub network: Network,
     pub runtime: Runtime,
     pub docker_config_dir: Option<PathBuf>,
+    /// `SPACELIFT_DEFAULT_RUNNER_IMAGE`: the image of runs whose spec names none.
+    pub default_runner_image: Option<String>,
+    /// `LIFTOFF_IMAGE_CACHE_DIR` (`None`: `<state dir>/images`).
+    pub image_cache_dir: Option<PathBuf>,
+    pub image_max_bytes: u64,
+    pub image_cache_max_bytes: u64,
     pub metadata: BTreeMap<String, String>,
     pub vcs_mappings: Vec<VcsMapping>,
     pub run_logs_on_stdout: bool,

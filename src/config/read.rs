@@ -121,6 +121,10 @@ fn blank() -> Config {
         network: Network::None,
         runtime: Runtime::Liftoff,
         docker_config_dir: None,
+        default_runner_image: None,
+        image_cache_dir: None,
+        image_max_bytes: 0,
+        image_cache_max_bytes: 0,
         metadata: BTreeMap::new(),
         vcs_mappings: Vec::new(),
         run_logs_on_stdout: false,
@@ -566,4 +570,14 @@ pub(super) fn warn_unknown(r: &mut Reader<'_>) {
         };
         r.warn_on(&name, message);
     }
+}
+
+/// `SPACELIFT_DEFAULT_RUNNER_IMAGE`: an image reference (checked fully when
+/// it is pulled; here: no scheme, no space or control character).
+pub(super) fn image_reference(v: &str) -> Result<String, String> {
+    if v.len() > 512 || v.contains("://") || v.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("expected an image reference such as public.ecr.aws/spacelift/runner-terraform:latest (no scheme, no spaces)".into());
+    }
+    Ok(v.to_string())
 }

@@ -268,6 +268,47 @@ pub const VARIABLES: &[Var] = &[
         show: |c| opt_path(&c.docker_config_dir),
     },
     Var {
+        name: "SPACELIFT_DEFAULT_RUNNER_IMAGE",
+        default: "",
+        secret: false,
+        alias: None,
+        help: "Runner image of runs whose spec names none (pulled and cached by liftoff); unset: the host's /usr.",
+        read: |v, c, _| {
+            set(
+                &mut c.default_runner_image,
+                read::image_reference(v).map(Some),
+            )
+        },
+        show: |c| c.default_runner_image.clone().unwrap_or_default(),
+    },
+    Var {
+        name: "LIFTOFF_IMAGE_CACHE_DIR",
+        default: "",
+        secret: false,
+        alias: None,
+        help: "The runner image cache (blobs and unpacked roots); default <LIFTOFF_STATE_DIR>/images.",
+        read: |v, c, _| set(&mut c.image_cache_dir, read::path(v).map(Some)),
+        show: |c| opt_path(&c.image_cache_dir),
+    },
+    Var {
+        name: "LIFTOFF_IMAGE_MAX_BYTES",
+        default: "16GiB",
+        secret: false,
+        alias: None,
+        help: "Largest a runner image may unpack to; a bigger one (or a decompression bomb) fails its pull.",
+        read: |v, c, _| set(&mut c.image_max_bytes, parse::byte_size(v)),
+        show: |c| c.image_max_bytes.to_string(),
+    },
+    Var {
+        name: "LIFTOFF_IMAGE_CACHE_MAX_BYTES",
+        default: "32GiB",
+        secret: false,
+        alias: None,
+        help: "Prune the image cache to this size after each pull, least recently used images first (never one in use).",
+        read: |v, c, _| set(&mut c.image_cache_max_bytes, parse::byte_size(v)),
+        show: |c| c.image_cache_max_bytes.to_string(),
+    },
+    Var {
         name: "SPACELIFT_RUN_LOGS_ON_STANDARD_OUTPUT_ENABLED",
         default: "false",
         secret: false,

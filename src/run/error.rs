@@ -28,6 +28,8 @@ pub enum RunError {
     Log(String),
     /// The workspace or the provider-cache layer could not be prepared.
     Workspace(String),
+    /// The runner image could not be pulled, verified or unpacked.
+    Image(crate::image::Error),
     /// The source could not be resolved, fetched or extracted (or its
     /// download outlived the run timeout).
     Source(SourceError),
@@ -64,6 +66,7 @@ impl fmt::Display for RunError {
             | RunError::Upload(m) => f.write_str(m),
             RunError::Source(e) => write!(f, "{e}"),
             RunError::Tool(e) => write!(f, "{e}"),
+            RunError::Image(e) => write!(f, "{e}"),
             RunError::Denied(deny) => write!(
                 f,
                 "rejected by the run initialization policy: {}",

@@ -14,6 +14,9 @@
 //! 4. the workspace `<state dir>/runs/<run id>/workspace`, the source
 //!    (resolved through the VCS mappings, fetched with the one agent, safely
 //!    extracted into `<workspace>/source`), the run's provider-cache layer,
+//!    the runner image (`runner.image` or `SPACELIFT_DEFAULT_RUNNER_IMAGE`,
+//!    from [`crate::image`]'s cache, pulled when missing, leased until the
+//!    run ends);
 //!    the run's `tool` ([`crate::tools::Tools::provide`]: cached, or
 //!    downloaded and verified; leased until the run ends, bound read-only
 //!    at `/mnt/tools/bin`, first on PATH);
@@ -609,6 +612,7 @@ fn run_logged(
         .cache
         .layer(layer, owner)
         .map_err(RunError::Workspace)?;
+    let image = runner_image(shared, spec, log)?;
     // The run's tool, leased (kept in the cache) until the run ends.
     let tool = match &spec.tool {
         Some(t) => Some(
@@ -645,8 +649,11 @@ fn run_logged(
         if config.debug {
             let _ = log.debug_command(&argv);
         }
-        let sbspec = sandbox_spec(config, spec, launch, workspace, argv, tool.as_ref())
+        let mut sbspec = sandbox_spec(config, spec, launch, workspace, argv, tool.as_ref())
             .map_err(RunError::State)?;
+        if let Some(lease) = &image {
+            sbspec.root = Some(lease.root().to_path_buf());
+        }
         let deadline =
             crate::config::parse::later(log.started(), spec.run_timeout(config.run_timeout));
         let outcome = run_step(config, &sbspec, step, log, control, deadline)?;
@@ -881,6 +888,36 @@ fn upload_outputs(
         out.document.as_object().map_or(0, |m| m.len())
     ));
     Ok(())
+}
+
+/// The run's image (`runner.image`, else `SPACELIFT_DEFAULT_RUNNER_IMAGE`)
+/// from the image cache, pulled when missing; `None` when the spec gives a
+/// `runner.root` or no image is named (the host's /usr). The lease keeps
+/// the image in the cache until the run ends.
+fn runner_image(
+    shared: &Shared,
+    spec: &RunSpec,
+    log: &mut Pipeline,
+) -> Result<Option<crate::image::Lease>, RunError> {
+    let config = &shared.config;
+    let named = spec
+        .runner
+        .image
+        .as_ref()
+        .or(config.default_runner_image.as_ref());
+    let (None, Some(name)) = (&spec.runner.root, named) else {
+        return Ok(None);
+    };
+    let mut store = crate::image::Store::from_config(config);
+    store.deadline = Some(log.started() + spec.run_timeout(config.run_timeout));
+    let mut say = |m: &str| {
+        let _ = log.line(&format!("liftoff: {m}"));
+    };
+    let lease = store
+        .ensure(&shared.agent, name, false, &mut say)
+        .map_err(RunError::Image)?;
+    say(&format!("image {name}: {} as the root", lease.id()));
+    Ok(Some(lease))
 }
 
 /// The sandbox spec of one step, from the configuration as `liftoff exec`
