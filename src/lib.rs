@@ -16,6 +16,7 @@ pub mod launcher_log;
 pub mod link;
 pub mod logs;
 pub mod notify;
+pub mod plane;
 pub mod report;
 pub mod run;
 pub mod sandbox;
