@@ -20,7 +20,10 @@ pub fn handle(plane: &Plane, req: &Request) -> Response {
 }
 
 fn authorize(plane: &Plane, req: &Request) -> Result<()> {
-    let Some(given) = req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")) else {
+    let Some(given) = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+    else {
         return Err(Error::Unauthorized(
             "no admin token: send Authorization: Bearer <token> (DATA/admin-token)".into(),
         ));
@@ -28,7 +31,11 @@ fn authorize(plane: &Plane, req: &Request) -> Result<()> {
     let want = plane.data.admin_token.as_bytes();
     let given = given.trim().as_bytes();
     let same = given.len() == want.len()
-        && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !same {
         return Err(Error::Forbidden("wrong admin token".into()));
     }
@@ -68,7 +75,11 @@ fn worker_json(w: &WorkerRow) -> Value {
 }
 
 fn route(plane: &Plane, req: &Request) -> Result<Response> {
-    let parts: Vec<&str> = req.path.trim_start_matches("/admin/v1/").split('/').collect();
+    let parts: Vec<&str> = req
+        .path
+        .trim_start_matches("/admin/v1/")
+        .split('/')
+        .collect();
     match (req.method.as_str(), parts.as_slice()) {
         ("GET", ["pools"]) => {
             let workers = plane.store.workers()?;
@@ -193,7 +204,11 @@ fn route(plane: &Plane, req: &Request) -> Result<Response> {
                 "drain" => plane.drain(id, true)?,
                 "undrain" => plane.drain(id, false)?,
                 "cycle" => plane.cycle_worker(id)?,
-                _ => return Err(Error::NotFound(format!("no worker action {action:?}: drain, undrain or cycle"))),
+                _ => {
+                    return Err(Error::NotFound(format!(
+                        "no worker action {action:?}: drain, undrain or cycle"
+                    )));
+                }
             };
             ok(worker_json(&w))
         }

@@ -26,7 +26,8 @@ const MAX_BATCH: usize = 32;
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Answers one binding request. `cert_pool`: the pool of the client
@@ -43,22 +44,29 @@ fn route(plane: &Plane, req: &Request, cert_pool: Option<&str>) -> Result<Respon
     // v1 pools {pool} ...
     let pool = parts.get(2).copied().unwrap_or_default();
     let Some(cert_pool) = cert_pool else {
-        return Err(Error::Unauthorized("no client certificate: present the pool certificate from the pool token".into()));
+        return Err(Error::Unauthorized(
+            "no client certificate: present the pool certificate from the pool token".into(),
+        ));
     };
     if cert_pool != pool {
-        return Err(Error::Forbidden(format!("this certificate belongs to another pool than {pool:?}")));
+        return Err(Error::Forbidden(format!(
+            "this certificate belongs to another pool than {pool:?}"
+        )));
     }
     match (req.method.as_str(), &parts[3..]) {
         ("GET", ["ping"]) => Ok(Response::json(200, &json!({"pool": pool}))),
         (method, ["workers", worker, what]) => {
             if !valid_id(worker) {
-                return Err(Error::BadInput(format!("{worker:?} is not a valid worker id")));
+                return Err(Error::BadInput(format!(
+                    "{worker:?} is not a valid worker id"
+                )));
             }
             plane.hub.seen(worker);
             match (method, *what) {
                 ("POST", "session") => {
-                    let will: Value = serde_json::from_slice(&req.body)
-                        .map_err(|e| Error::BadInput(format!("the session body (the will) is not JSON: {e}")))?;
+                    let will: Value = serde_json::from_slice(&req.body).map_err(|e| {
+                        Error::BadInput(format!("the session body (the will) is not JSON: {e}"))
+                    })?;
                     plane.open_session(pool, worker, &will)?;
                     Ok(Response::json(200, &json!({})))
                 }
@@ -67,10 +75,14 @@ fn route(plane: &Plane, req: &Request, cert_pool: Option<&str>) -> Result<Respon
                     Ok(Response::json(200, &json!({})))
                 }
                 ("POST", "messages") => {
-                    let batch: Vec<Value> = serde_json::from_slice(&req.body)
-                        .map_err(|e| Error::BadInput(format!("the batch is not a JSON array: {e}")))?;
+                    let batch: Vec<Value> = serde_json::from_slice(&req.body).map_err(|e| {
+                        Error::BadInput(format!("the batch is not a JSON array: {e}"))
+                    })?;
                     if batch.is_empty() || batch.len() > MAX_BATCH {
-                        return Err(Error::BadInput(format!("a batch holds 1–{MAX_BATCH} messages, not {}", batch.len())));
+                        return Err(Error::BadInput(format!(
+                            "a batch holds 1–{MAX_BATCH} messages, not {}",
+                            batch.len()
+                        )));
                     }
                     let region = plane
                         .data
@@ -98,7 +110,10 @@ fn poll(plane: &Plane, req: &Request, worker: &str) -> Result<Response> {
         .unwrap_or(50)
         .clamp(1, 50);
     // A cursor this plane did not make reads as none.
-    let cursor: i64 = req.param("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let cursor: i64 = req
+        .param("cursor")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let slot = plane.hub.slot(worker);
     let my_gen = {
         let mut st = slot.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,7 +134,10 @@ fn poll(plane: &Plane, req: &Request, worker: &str) -> Result<Response> {
         }
         let st = slot.0.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if st.poll_gen != my_gen || now >= end || plane.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        if st.poll_gen != my_gen
+            || now >= end
+            || plane.stopping.load(std::sync::atomic::Ordering::Relaxed)
+        {
             break Ok(Vec::new());
         }
         if st.notify_gen == seen {
@@ -140,5 +158,8 @@ fn poll(plane: &Plane, req: &Request, worker: &str) -> Result<Response> {
         .iter()
         .filter_map(|c| serde_json::from_str(&c.body).ok())
         .collect();
-    Ok(Response::json(200, &json!({"cursor": next.to_string(), "commands": commands})))
+    Ok(Response::json(
+        200,
+        &json!({"cursor": next.to_string(), "commands": commands}),
+    ))
 }

@@ -48,9 +48,16 @@ struct Conn {
 impl Conn {
     fn client(&self) -> Result<Client> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let data = self.data.clone().or_else(|| env("LIFTOFF_PLANE_DATA").map(PathBuf::from));
+        let data = self
+            .data
+            .clone()
+            .or_else(|| env("LIFTOFF_PLANE_DATA").map(PathBuf::from));
         let token = self.token.clone().or_else(|| env("LIFTOFF_PLANE_TOKEN"));
-        let data = if self.url.is_some() && self.data.is_none() { None } else { data };
+        let data = if self.url.is_some() && self.data.is_none() {
+            None
+        } else {
+            data
+        };
         match (&data, &self.url) {
             (Some(d), None) => Client::from_data(d),
             (None, Some(u)) => {
@@ -151,9 +158,13 @@ enum PoolCmd {
         csr: PathBuf,
     },
     /// Send the self-destruct to every worker of the pool.
-    Cycle { name: String },
+    Cycle {
+        name: String,
+    },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,14 +190,18 @@ enum RunCmd {
         #[arg(long)]
         all: bool,
     },
-    Show { run: String },
+    Show {
+        run: String,
+    },
     /// The run's log as the worker uploaded it.
     Logs {
         run: String,
         #[arg(long, short)]
         follow: bool,
     },
-    Cancel { run: String },
+    Cancel {
+        run: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,27 +240,57 @@ fn print(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) {
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::BadInput(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| Error::BadInput(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Init { data, names, listen, urls, region, cert, key, brokers } => {
+        Cmd::Init {
+            data,
+            names,
+            listen,
+            urls,
+            region,
+            cert,
+            key,
+            brokers,
+        } => {
             let brokers = brokers
                 .iter()
                 .map(|b| {
                     b.split_once('=')
-                        .map(|(r, u)| super::config::BrokerUrl { region: r.into(), url: u.into() })
-                        .ok_or_else(|| Error::BadInput(format!("--broker {b:?} is not REGION=mqtts://host:port")))
+                        .map(|(r, u)| super::config::BrokerUrl {
+                            region: r.into(),
+                            url: u.into(),
+                        })
+                        .ok_or_else(|| {
+                            Error::BadInput(format!(
+                                "--broker {b:?} is not REGION=mqtts://host:port"
+                            ))
+                        })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let opts = super::config::InitOptions { names, listen, urls, region, cert, key, brokers };
+            let opts = super::config::InitOptions {
+                names,
+                listen,
+                urls,
+                region,
+                cert,
+                key,
+                brokers,
+            };
             let d = super::config::init(&data, &opts)?;
             println!(
                 "initialised {}\n  listen:    {}\n  endpoints: {}\n  admin token in {}\nstart it with: liftoff-plane serve --data {}",
                 data.display(),
                 d.config.listen,
-                d.config.endpoints.iter().map(|e| format!("{} {}", e.region, e.url)).collect::<Vec<_>>().join(", "),
+                d.config
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{} {}", e.region, e.url))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 data.join("admin-token").display(),
                 data.display()
             );
@@ -277,7 +322,8 @@ pub fn serve(data: &Path) -> Result<i32> {
         .map_err(|e| Error::Config(format!("cannot handle signals: {e}")))?;
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
-            stop.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             notifier.stopping();
             tracing::info!("liftoff-plane stopping");
             // Every state change is committed before it is answered.
@@ -318,18 +364,28 @@ fn pool(cmd: PoolCmd, conn: &Conn) -> Result<i32> {
         }
         PoolCmd::Cycle { name } => {
             let v = c.post(&format!("pools/{name}/cycle"), &json!({}))?;
-            print(conn.json, &v, |v| format!("cycling {} worker(s)", v["cycled"].as_array().map_or(0, Vec::len)));
+            print(conn.json, &v, |v| {
+                format!(
+                    "cycling {} worker(s)",
+                    v["cycled"].as_array().map_or(0, Vec::len)
+                )
+            });
         }
         PoolCmd::List => {
             let v = c.get("pools")?;
             print(conn.json, &v, |v| {
-                let mut s = format!("{:<20} {:<26} {:>7} {:>7} {:>7}", "NAME", "ID", "WORKERS", "RUNNING", "QUEUED");
+                let mut s = format!(
+                    "{:<20} {:<26} {:>7} {:>7} {:>7}",
+                    "NAME", "ID", "WORKERS", "RUNNING", "QUEUED"
+                );
                 for p in v["pools"].as_array().into_iter().flatten() {
                     s.push_str(&format!(
                         "\n{:<20} {:<26} {:>7} {:>7} {:>7}",
                         p["name"].as_str().unwrap_or(""),
                         p["id"].as_str().unwrap_or(""),
-                        p["workers"].to_string(), p["running"].to_string(), p["queued"].to_string()
+                        p["workers"].to_string(),
+                        p["running"].to_string(),
+                        p["queued"].to_string()
                     ));
                 }
                 s
@@ -342,7 +398,14 @@ fn pool(cmd: PoolCmd, conn: &Conn) -> Result<i32> {
                     "pool {} ({})\nused by: {}\nworkers:",
                     v["pool"]["name"].as_str().unwrap_or(""),
                     v["pool"]["id"].as_str().unwrap_or(""),
-                    v["used_by"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+                    v["used_by"]
+                        .as_array()
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
                 );
                 for w in v["workers"].as_array().into_iter().flatten() {
                     s.push_str(&format!("\n  {}", worker_line(w)));
@@ -372,17 +435,39 @@ fn ago(ms: &Value) -> String {
 }
 
 fn worker_line(w: &Value) -> String {
-    let health = w["health"].as_array().map(|h| h.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; ")).unwrap_or_default();
+    let health = w["health"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
     format!(
         "{:<26} {:<10} {:<9} {:<12} {:<5} {:<12} {}{}",
         w["id"].as_str().unwrap_or(""),
-        w["pool_id"].as_str().unwrap_or("").chars().take(10).collect::<String>(),
+        w["pool_id"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(10)
+            .collect::<String>(),
         w["state"].as_str().unwrap_or(""),
         w["region"].as_str().unwrap_or(""),
         w["transport"].as_str().unwrap_or(""),
-        w["version"].as_str().unwrap_or("").split(' ').next().unwrap_or(""),
+        w["version"]
+            .as_str()
+            .unwrap_or("")
+            .split(' ')
+            .next()
+            .unwrap_or(""),
         ago(&w["last_seen_ms"]),
-        if health.is_empty() { String::new() } else { format!("  [{health}]") }
+        if health.is_empty() {
+            String::new()
+        } else {
+            format!("  [{health}]")
+        }
     )
 }
 
@@ -392,11 +477,12 @@ fn source_archive(path: &Path) -> Result<Vec<u8>> {
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
         tar.follow_symlinks(false);
-        tar.append_dir_all(".", path)
-            .map_err(|e| Error::BadInput(format!("cannot pack --source {}: {e}", path.display())))?;
-        let gz = tar
-            .into_inner()
-            .map_err(|e| Error::BadInput(format!("cannot pack --source {}: {e}", path.display())))?;
+        tar.append_dir_all(".", path).map_err(|e| {
+            Error::BadInput(format!("cannot pack --source {}: {e}", path.display()))
+        })?;
+        let gz = tar.into_inner().map_err(|e| {
+            Error::BadInput(format!("cannot pack --source {}: {e}", path.display()))
+        })?;
         return gz
             .finish()
             .map_err(|e| Error::BadInput(format!("cannot pack --source {}: {e}", path.display())));
@@ -412,12 +498,20 @@ fn source_archive(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The body of a `POST runs`.
-pub fn submit_body(pool: &str, spec: &Path, source: Option<&Path>, stack: Option<&str>, key: Option<&str>) -> Result<Value> {
+pub fn submit_body(
+    pool: &str,
+    spec: &Path,
+    source: Option<&Path>,
+    stack: Option<&str>,
+    key: Option<&str>,
+) -> Result<Value> {
     let spec = read_file(spec, "the run spec")?;
-    let spec = String::from_utf8(spec).map_err(|_| Error::BadInput("the run spec is not UTF-8".into()))?;
+    let spec =
+        String::from_utf8(spec).map_err(|_| Error::BadInput("the run spec is not UTF-8".into()))?;
     let mut body = json!({"pool": pool, "spec": spec});
     if let Some(s) = source {
-        body["source_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(source_archive(s)?));
+        body["source_b64"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(source_archive(s)?));
     }
     if let Some(s) = stack {
         body["stack"] = json!(s);
@@ -438,7 +532,13 @@ fn run_line(r: &Value) -> String {
         r["run_type"].as_str().unwrap_or(""),
         r["stack"].as_str().unwrap_or(""),
         r["worker_id"].as_str().unwrap_or(""),
-        if !wait.is_empty() { format!("  ({wait})") } else if !reason.is_empty() { format!("  ({reason})") } else { String::new() }
+        if !wait.is_empty() {
+            format!("  ({wait})")
+        } else if !reason.is_empty() {
+            format!("  ({reason})")
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -454,7 +554,13 @@ pub fn print_logs(c: &Client, run: &str, follow: bool) -> Result<Option<Value>> 
     let mut settle = 0;
     loop {
         let (bytes, headers) = c.get_bytes(&format!("runs/{run}/logs?from={next}"))?;
-        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
         let _ = out.write_all(&bytes);
         let _ = out.flush();
         next = header("x-next-chunk").parse().unwrap_or(next);
@@ -471,20 +577,40 @@ pub fn print_logs(c: &Client, run: &str, follow: bool) -> Result<Option<Value>> 
                 }
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(if settle > 0 { 150 } else { 50 }));
+        std::thread::sleep(std::time::Duration::from_millis(if settle > 0 {
+            150
+        } else {
+            50
+        }));
     }
 }
 
 fn runs(cmd: RunCmd, conn: &Conn) -> Result<i32> {
     let c = conn.client()?;
     match cmd {
-        RunCmd::Submit { pool, spec, source, stack, idempotency_key } => {
-            let body = submit_body(&pool, &spec, source.as_deref(), stack.as_deref(), idempotency_key.as_deref())?;
+        RunCmd::Submit {
+            pool,
+            spec,
+            source,
+            stack,
+            idempotency_key,
+        } => {
+            let body = submit_body(
+                &pool,
+                &spec,
+                source.as_deref(),
+                stack.as_deref(),
+                idempotency_key.as_deref(),
+            )?;
             let v = c.post("runs", &body)?;
             print(conn.json, &v, |v| {
                 format!(
                     "{} run {} ({}, stack {})",
-                    if v["created"] == true { "queued" } else { "already submitted:" },
+                    if v["created"] == true {
+                        "queued"
+                    } else {
+                        "already submitted:"
+                    },
                     v["id"].as_str().unwrap_or(""),
                     v["run_type"].as_str().unwrap_or(""),
                     v["stack"].as_str().unwrap_or("")
@@ -494,7 +620,10 @@ fn runs(cmd: RunCmd, conn: &Conn) -> Result<i32> {
         RunCmd::List { all } => {
             let v = c.get(if all { "runs?all=1" } else { "runs" })?;
             print(conn.json, &v, |v| {
-                let mut s = format!("{:<26} {:<9} {:<8} {:<16} {:<26}", "RUN", "PHASE", "TYPE", "STACK", "WORKER");
+                let mut s = format!(
+                    "{:<26} {:<9} {:<8} {:<16} {:<26}",
+                    "RUN", "PHASE", "TYPE", "STACK", "WORKER"
+                );
                 for r in v["runs"].as_array().into_iter().flatten() {
                     s.push_str(&format!("\n{}", run_line(r)));
                 }
@@ -516,7 +645,9 @@ fn runs(cmd: RunCmd, conn: &Conn) -> Result<i32> {
                     v["run_type"].as_str().unwrap_or(""),
                     v["stack"].as_str().unwrap_or(""),
                     v["worker_id"].as_str().unwrap_or("-"),
-                    v["exit_code"].as_i64().map_or("-".into(), |c| c.to_string()),
+                    v["exit_code"]
+                        .as_i64()
+                        .map_or("-".into(), |c| c.to_string()),
                     ago(&v["submitted_ms"]),
                     ago(&v["started_ms"]),
                     ago(&v["ended_ms"]),
@@ -539,7 +670,13 @@ fn runs(cmd: RunCmd, conn: &Conn) -> Result<i32> {
         }
         RunCmd::Cancel { run } => {
             let v = c.post(&format!("runs/{run}/cancel"), &json!({}))?;
-            print(conn.json, &v, |v| format!("run {}: {}", v["id"].as_str().unwrap_or(""), v["phase"].as_str().unwrap_or("")));
+            print(conn.json, &v, |v| {
+                format!(
+                    "run {}: {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["phase"].as_str().unwrap_or("")
+                )
+            });
         }
     }
     Ok(0)
@@ -560,7 +697,10 @@ fn worker(cmd: WorkerCmd, conn: &Conn) -> Result<i32> {
         WorkerCmd::List => {
             let v = c.get("workers")?;
             print(conn.json, &v, |v| {
-                let mut s = format!("{:<26} {:<10} {:<9} {:<12} {:<5} {:<12} LAST SEEN", "ID", "POOL", "STATE", "REGION", "VIA", "VERSION");
+                let mut s = format!(
+                    "{:<26} {:<10} {:<9} {:<12} {:<5} {:<12} LAST SEEN",
+                    "ID", "POOL", "STATE", "REGION", "VIA", "VERSION"
+                );
                 for w in v["workers"].as_array().into_iter().flatten() {
                     s.push_str(&format!("\n{}", worker_line(w)));
                 }
@@ -573,6 +713,8 @@ fn worker(cmd: WorkerCmd, conn: &Conn) -> Result<i32> {
         WorkerCmd::Cycle { id } => ("cycle", id),
     };
     let v = c.post(&format!("workers/{id}/{action}"), &json!({}))?;
-    print(conn.json, &v, |v| format!("worker {}: {action} sent", v["id"].as_str().unwrap_or("")));
+    print(conn.json, &v, |v| {
+        format!("worker {}: {action} sent", v["id"].as_str().unwrap_or(""))
+    });
     Ok(0)
 }

@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use super::{Error, Result};
 
+/// An answer's body and headers (names lowercased).
+pub type Answer = (Vec<u8>, Vec<(String, String)>);
+
 pub struct Client {
     agent: ureq::Agent,
     base: String,
@@ -49,7 +52,12 @@ impl Client {
         Client::new(&data.config.admin_url, &data.admin_token, &data.ca.cert)
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(Vec<u8>, Vec<(String, String)>)> {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer> {
         let url = format!("{}/admin/v1/{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let unreachable = |e: ureq::Error| {
@@ -72,7 +80,12 @@ impl Client {
         let headers: Vec<(String, String)> = resp
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").to_string()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or("").to_string(),
+                )
+            })
             .collect();
         let bytes = resp
             .into_body()
@@ -91,8 +104,11 @@ impl Client {
     }
 
     fn json(bytes: &[u8]) -> Result<Value> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::Unavailable(format!("the plane answered something that is not JSON: {e}")))
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::Unavailable(format!(
+                "the plane answered something that is not JSON: {e}"
+            ))
+        })
     }
 
     pub fn get(&self, path: &str) -> Result<Value> {
@@ -104,7 +120,7 @@ impl Client {
     }
 
     /// Raw bytes and the answer's headers (lowercased names).
-    pub fn get_bytes(&self, path: &str) -> Result<(Vec<u8>, Vec<(String, String)>)> {
+    pub fn get_bytes(&self, path: &str) -> Result<Answer> {
         self.call("GET", path, None)
     }
 }

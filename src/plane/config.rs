@@ -259,8 +259,16 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Data> {
     write_file(&dir.join("ca.crt"), ca.cert.as_bytes(), 0o644)?;
     write_file(&dir.join("server.key"), server.key.as_bytes(), 0o600)?;
     write_file(&dir.join("server.crt"), server.cert.as_bytes(), 0o644)?;
-    write_file(&dir.join("admin-token"), format!("{token}\n").as_bytes(), 0o600)?;
-    write_file(&dir.join("object-key"), format!("{object_key}\n").as_bytes(), 0o600)?;
+    write_file(
+        &dir.join("admin-token"),
+        format!("{token}\n").as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &dir.join("object-key"),
+        format!("{object_key}\n").as_bytes(),
+        0o600,
+    )?;
     // Last: its presence marks a complete data directory.
     write_file(&dir.join("plane.json"), json.as_bytes(), 0o600)?;
     Data::open(dir)

@@ -81,7 +81,10 @@ pub fn run(spec: &Path, source: Option<&Path>) -> Result<i32> {
         .map_err(|e| Error::Config(format!("cannot handle signals: {e}")))?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            on_signal.lock().unwrap_or_else(|e| e.into_inner()).cleanup();
+            on_signal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cleanup();
             std::process::exit(128 + sig);
         }
     });
@@ -101,7 +104,11 @@ pub fn run(spec: &Path, source: Option<&Path>) -> Result<i32> {
 }
 
 fn go(scratch: &Arc<Mutex<Scratch>>, body: &serde_json::Value) -> Result<i32> {
-    let dir = scratch.lock().unwrap_or_else(|e| e.into_inner()).dir.clone();
+    let dir = scratch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .dir
+        .clone();
     let listener = super::server::bind("127.0.0.1:0")?;
     let port = listener
         .local_addr()
@@ -162,14 +169,21 @@ fn go(scratch: &Arc<Mutex<Scratch>>, body: &serde_json::Value) -> Result<i32> {
         })?;
     scratch.lock().unwrap_or_else(|e| e.into_inner()).worker = Some(child);
 
-    let spec = body["spec"].as_str().unwrap_or_default().as_bytes().to_vec();
+    let spec = body["spec"]
+        .as_str()
+        .unwrap_or_default()
+        .as_bytes()
+        .to_vec();
     let source = body["source_b64"]
         .as_str()
         .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
         .transpose()
         .map_err(|_| Error::BadInput("the packed source is not base64".into()))?;
     let (run, _) = plane.submit("dev", None, &spec, source.as_deref(), None)?;
-    eprintln!("liftoff-plane dev: run {} queued; waiting for the worker", run.id);
+    eprintln!(
+        "liftoff-plane dev: run {} queued; waiting for the worker",
+        run.id
+    );
 
     let mut next = 0;
     let mut out = std::io::stdout();
@@ -189,10 +203,18 @@ fn go(scratch: &Arc<Mutex<Scratch>>, body: &serde_json::Value) -> Result<i32> {
                         "liftoff-plane dev: run {} {}{}{}",
                         now.id,
                         now.phase,
-                        now.exit_code.map(|c| format!(" with exit code {c}")).unwrap_or_default(),
-                        if now.reason.is_empty() { String::new() } else { format!(": {}", now.reason) }
+                        now.exit_code
+                            .map(|c| format!(" with exit code {c}"))
+                            .unwrap_or_default(),
+                        if now.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", now.reason)
+                        }
                     );
-                    return Ok(super::cli::exit_of(&serde_json::to_value(&now).unwrap_or_default()));
+                    return Ok(super::cli::exit_of(
+                        &serde_json::to_value(&now).unwrap_or_default(),
+                    ));
                 }
             }
         }

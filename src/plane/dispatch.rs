@@ -80,7 +80,10 @@ impl Hub {
     /// Notes a request from `worker`.
     pub fn seen(&self, worker: &str) {
         let slot = self.slot(worker);
-        slot.0.lock().unwrap_or_else(|e| e.into_inner()).last_seen_ms = now_ms();
+        slot.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_seen_ms = now_ms();
     }
 
     /// True while a poll is held or the last request is within `grace_ms`.
@@ -177,7 +180,14 @@ impl Plane {
     /// de-duplicated by id and applied; durable ones are acked (also
     /// duplicates: the first ack may have been lost). Malformed messages
     /// are logged and skipped, never fatal to the batch.
-    pub fn record(&self, pool: &str, worker: &str, transport: &str, region: &str, batch: &[Value]) -> Result<()> {
+    pub fn record(
+        &self,
+        pool: &str,
+        worker: &str,
+        transport: &str,
+        region: &str,
+        batch: &[Value],
+    ) -> Result<()> {
         let _g = self.lock();
         let mut acks = Vec::new();
         for raw in batch {
@@ -190,7 +200,11 @@ impl Plane {
             };
             if let Some(w) = msg_worker(&env.msg) {
                 if w != worker {
-                    tracing::warn!(worker, claimed = w, "skipped a message naming another worker");
+                    tracing::warn!(
+                        worker,
+                        claimed = w,
+                        "skipped a message naming another worker"
+                    );
                     continue;
                 }
             }
@@ -244,7 +258,14 @@ impl Plane {
         Ok(())
     }
 
-    fn apply(&self, pool: &str, worker: &str, transport: &str, region: &str, env: &Envelope) -> Result<()> {
+    fn apply(
+        &self,
+        pool: &str,
+        worker: &str,
+        transport: &str,
+        region: &str,
+        env: &Envelope,
+    ) -> Result<()> {
         let mut w = self.worker_or_new(pool, worker)?;
         w.pool_id = pool.to_string();
         w.last_seen_ms = now_ms();
@@ -252,7 +273,14 @@ impl Plane {
             w.region = region.to_string();
         }
         match &env.msg {
-            WorkerMsg::Hello { version, region, slots, host, will_id, .. } => {
+            WorkerMsg::Hello {
+                version,
+                region,
+                slots,
+                host,
+                will_id,
+                ..
+            } => {
                 w.version = version.clone();
                 w.region = region.clone();
                 w.slots = u32::from(*slots);
@@ -268,7 +296,15 @@ impl Plane {
                 }
                 self.store.put_worker(&w)
             }
-            WorkerMsg::Status { state, drain, runs, region, health, last_seq, .. } => {
+            WorkerMsg::Status {
+                state,
+                drain,
+                runs,
+                region,
+                health,
+                last_seq,
+                ..
+            } => {
                 w.state = format!("{state:?}").to_uppercase();
                 w.drain = *drain;
                 w.runs = runs.clone();
@@ -284,10 +320,22 @@ impl Plane {
                 }
                 self.store.put_worker(&w)
             }
-            WorkerMsg::Run { run_id, phase, exit_code, reason, command_id, duration_ms, steps } => {
+            WorkerMsg::Run {
+                run_id,
+                phase,
+                exit_code,
+                reason,
+                command_id,
+                duration_ms,
+                steps,
+            } => {
                 self.store.put_worker(&w)?;
                 let Some(mut run) = self.store.run(run_id)? else {
-                    tracing::warn!(worker, run_id, "a run event for a run this plane does not know");
+                    tracing::warn!(
+                        worker,
+                        run_id,
+                        "a run event for a run this plane does not know"
+                    );
                     return Ok(());
                 };
                 if run.worker_id != worker || run.is_final() {
@@ -301,7 +349,8 @@ impl Plane {
                         }
                     }
                     RunPhase::Rejected if command_id.is_some() => {
-                        if run.phase == "assigned" && command_id.as_deref() == Some(&run.assign_cmd) {
+                        if run.phase == "assigned" && command_id.as_deref() == Some(&run.assign_cmd)
+                        {
                             requeue(&mut run, &format!("worker {worker} refused it: {reason}"));
                         }
                     }
@@ -326,18 +375,34 @@ impl Plane {
                         end(&mut run, "finished", "", env.ts);
                     }
                     RunPhase::Failed => {
-                        let phase = if run.cancel_cmd.is_empty() { "failed" } else { "cancelled" };
+                        let phase = if run.cancel_cmd.is_empty() {
+                            "failed"
+                        } else {
+                            "cancelled"
+                        };
                         end(&mut run, phase, &reason, env.ts);
                     }
                 }
                 self.store.put_run(&run)
             }
-            WorkerMsg::Log { run_id, chunk, key, bytes } => {
+            WorkerMsg::Log {
+                run_id,
+                chunk,
+                key,
+                bytes,
+            } => {
                 self.store.put_worker(&w)?;
                 let Some(mut run) = self.store.run(run_id)? else {
                     return Ok(());
                 };
-                self.store.add_chunk(run_id, &ChunkRow { chunk: *chunk, key: key.clone(), bytes: *bytes })?;
+                self.store.add_chunk(
+                    run_id,
+                    &ChunkRow {
+                        chunk: *chunk,
+                        key: key.clone(),
+                        bytes: *bytes,
+                    },
+                )?;
                 if !run.is_final() && chunk + LOG_URL_BATCH / 2 >= run.log_urls {
                     let from = run.log_urls;
                     run.log_urls += LOG_URL_BATCH;
@@ -345,12 +410,25 @@ impl Plane {
                         .map(|c| json!({"chunk": c, "url": self.objects.put_url(&log_key(run_id, c)), "expires_ms": now_ms() + super::objects::URL_TTL_MS}))
                         .collect();
                     self.store.put_run(&run)?;
-                    self.send(&w, &command("uploads", &ulid(), json!({"run_id": run_id, "urls": urls})))?;
+                    self.send(
+                        &w,
+                        &command("uploads", &ulid(), json!({"run_id": run_id, "urls": urls})),
+                    )?;
                 }
                 Ok(())
             }
-            WorkerMsg::Error { ref_id, code, message } => {
-                tracing::warn!(worker, ?ref_id, code, message, "the worker refused a command");
+            WorkerMsg::Error {
+                ref_id,
+                code,
+                message,
+            } => {
+                tracing::warn!(
+                    worker,
+                    ?ref_id,
+                    code,
+                    message,
+                    "the worker refused a command"
+                );
                 self.store.put_worker(&w)
             }
             WorkerMsg::Bye { reason, .. } => {
@@ -397,7 +475,18 @@ impl Plane {
                 // afresh by the re-send.
                 ("assigned", true) => continue,
                 ("assigned" | "accepted", _) => {
-                    requeue(&mut run, &format!("worker {} {} before starting it", w.id, if running.is_some() { "restarted" } else { &w.gone_reason }));
+                    requeue(
+                        &mut run,
+                        &format!(
+                            "worker {} {} before starting it",
+                            w.id,
+                            if running.is_some() {
+                                "restarted"
+                            } else {
+                                &w.gone_reason
+                            }
+                        ),
+                    );
                 }
                 _ => {
                     let why = if running.is_some() {
@@ -453,7 +542,10 @@ impl Plane {
             let mut changed = false;
             if let Some(on) = w.want_drain {
                 if !w.drain_cmd.is_empty() && w.drain != on && w.resend_ms + resend <= now {
-                    self.send(w, &command("drain", &w.drain_cmd.clone(), json!({"on": on})))?;
+                    self.send(
+                        w,
+                        &command("drain", &w.drain_cmd.clone(), json!({"on": on})),
+                    )?;
                     w.resend_ms = now;
                     changed = true;
                 }
@@ -469,7 +561,9 @@ impl Plane {
         }
         let by_id: HashMap<&str, &WorkerRow> = workers.iter().map(|w| (w.id.as_str(), w)).collect();
         for run in &runs {
-            let Some(w) = by_id.get(run.worker_id.as_str()) else { continue };
+            let Some(w) = by_id.get(run.worker_id.as_str()) else {
+                continue;
+            };
             if w.gone || run.resend_ms + resend > now {
                 continue;
             }
@@ -482,7 +576,14 @@ impl Plane {
             } else if run.is_active() && !run.cancel_cmd.is_empty() {
                 run.resend_ms = now;
                 self.store.put_run(&run)?;
-                self.send(w, &command("cancel", &run.cancel_cmd, json!({"run_id": run.id, "reason": run.cancel_reason})))?;
+                self.send(
+                    w,
+                    &command(
+                        "cancel",
+                        &run.cancel_cmd,
+                        json!({"run_id": run.id, "reason": run.cancel_reason}),
+                    ),
+                )?;
             }
         }
         self.dispatch(&workers, &runs, now)
@@ -515,7 +616,12 @@ impl Plane {
                 .iter()
                 .filter(|w| eligible(w) && w.pool_id == run.pool_id)
                 .filter(|w| load.get(w.id.as_str()).copied().unwrap_or(0) < w.slots)
-                .min_by_key(|w| (load.get(w.id.as_str()).copied().unwrap_or(0), w.last_seen_ms));
+                .min_by_key(|w| {
+                    (
+                        load.get(w.id.as_str()).copied().unwrap_or(0),
+                        w.last_seen_ms,
+                    )
+                });
             let Some(w) = best else { continue };
             let mut run = run.clone();
             run.phase = "assigned".into();
@@ -529,7 +635,8 @@ impl Plane {
                 self.store.put_run(&run)?;
                 self.send(w, &body)?;
             } else {
-                self.store.put_run_and_enqueue(&run, &w.id, &body.to_string())?;
+                self.store
+                    .put_run_and_enqueue(&run, &w.id, &body.to_string())?;
                 self.hub.notify(&w.id);
             }
             *load.entry(w.id.as_str()).or_default() += 1;
@@ -559,7 +666,11 @@ impl Plane {
         let plain = spec.to_string();
         let state = crate::identity::seal_run_state(&pool.spki, &run.id, plain.as_bytes())
             .map_err(|e| Error::Config(format!("cannot seal the run state of {}: {e}", run.id)))?;
-        let run_type = if run.run_type == "tracked" { "write" } else { "read" };
+        let run_type = if run.run_type == "tracked" {
+            "write"
+        } else {
+            "read"
+        };
         Ok(command(
             "assign",
             &run.assign_cmd,
@@ -571,21 +682,34 @@ impl Plane {
 
     /// Queues a run. `spec`: the run spec JSON (its `run_id` is replaced by
     /// the plane's); `source`: a tar.gz to serve to the worker.
-    pub fn submit(&self, pool: &str, stack: Option<&str>, spec: &[u8], source: Option<&[u8]>, idempotency_key: Option<&str>) -> Result<(RunRow, bool)> {
-        let pool = self
-            .store
-            .pool(pool)?
-            .ok_or_else(|| Error::NotFound(format!("no pool {pool:?}: `liftoff-plane pool list` shows the pools")))?;
+    pub fn submit(
+        &self,
+        pool: &str,
+        stack: Option<&str>,
+        spec: &[u8],
+        source: Option<&[u8]>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(RunRow, bool)> {
+        let pool = self.store.pool(pool)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no pool {pool:?}: `liftoff-plane pool list` shows the pools"
+            ))
+        })?;
         let mut doc: Value = serde_json::from_slice(spec)
             .map_err(|e| Error::BadInput(format!("the run spec is not JSON: {e}")))?;
         let Some(obj) = doc.as_object_mut() else {
             return Err(Error::BadInput("the run spec is not a JSON object".into()));
         };
         if obj.contains_key("uploads") {
-            return Err(Error::BadInput("the run spec has `uploads`: the plane signs its own upload URLs; remove the field".into()));
+            return Err(Error::BadInput(
+                "the run spec has `uploads`: the plane signs its own upload URLs; remove the field"
+                    .into(),
+            ));
         }
         if source.is_some() && obj.contains_key("source") {
-            return Err(Error::BadInput("the run spec has a `source` and --source was given: use one".into()));
+            return Err(Error::BadInput(
+                "the run spec has a `source` and --source was given: use one".into(),
+            ));
         }
         let id = ulid();
         obj.insert("run_id".into(), json!(id));
@@ -604,15 +728,26 @@ impl Plane {
             .map_err(Error::BadInput)?;
         if let Some(key) = idempotency_key {
             if key.is_empty() || key.len() > 128 {
-                return Err(Error::BadInput("the idempotency key must be 1–128 characters".into()));
+                return Err(Error::BadInput(
+                    "the idempotency key must be 1–128 characters".into(),
+                ));
             }
         }
-        let stack = if parsed.stack.id.is_empty() { "default".to_string() } else { parsed.stack.id.clone() };
+        let stack = if parsed.stack.id.is_empty() {
+            "default".to_string()
+        } else {
+            parsed.stack.id.clone()
+        };
         let run = RunRow {
             id: id.clone(),
             pool_id: pool.id.clone(),
             stack,
-            run_type: if parsed.run_type.read_only() { "proposed" } else { "tracked" }.into(),
+            run_type: if parsed.run_type.read_only() {
+                "proposed"
+            } else {
+                "tracked"
+            }
+            .into(),
             idempotency_key: idempotency_key.map(str::to_string),
             spec: doc.to_string(),
             has_source: source.is_some(),
@@ -622,7 +757,12 @@ impl Plane {
         };
         let _g = self.lock();
         if let Some(key) = idempotency_key {
-            if let Some(existing) = self.store.runs(false)?.into_iter().find(|r| r.idempotency_key.as_deref() == Some(key)) {
+            if let Some(existing) = self
+                .store
+                .runs(false)?
+                .into_iter()
+                .find(|r| r.idempotency_key.as_deref() == Some(key))
+            {
                 return Ok((existing, false));
             }
         }
@@ -639,9 +779,16 @@ impl Plane {
         let _g = self.lock();
         let mut run = self.run(run_id)?;
         if run.is_final() {
-            return Err(Error::Conflict(format!("run {run_id} is already {}", run.phase)));
+            return Err(Error::Conflict(format!(
+                "run {run_id} is already {}",
+                run.phase
+            )));
         }
-        run.cancel_reason = if reason.is_empty() { "cancelled by a user".into() } else { reason.to_string() };
+        run.cancel_reason = if reason.is_empty() {
+            "cancelled by a user".into()
+        } else {
+            reason.to_string()
+        };
         if run.phase == "queued" {
             let why = run.cancel_reason.clone();
             end(&mut run, "cancelled", &why, now_ms());
@@ -656,22 +803,29 @@ impl Plane {
     }
 
     pub fn run(&self, run_id: &str) -> Result<RunRow> {
-        self.store
-            .run(run_id)?
-            .ok_or_else(|| Error::NotFound(format!("no run {run_id:?}: `liftoff-plane run list` shows the runs")))
+        self.store.run(run_id)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no run {run_id:?}: `liftoff-plane run list` shows the runs"
+            ))
+        })
     }
 
     pub fn worker(&self, id: &str) -> Result<WorkerRow> {
-        self.store
-            .worker(id)?
-            .ok_or_else(|| Error::NotFound(format!("no worker {id:?}: `liftoff-plane worker list` shows the workers")))
+        self.store.worker(id)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no worker {id:?}: `liftoff-plane worker list` shows the workers"
+            ))
+        })
     }
 
     pub fn drain(&self, worker: &str, on: bool) -> Result<WorkerRow> {
         let _g = self.lock();
         let mut w = self.worker(worker)?;
         if w.gone {
-            return Err(Error::Conflict(format!("worker {worker} is gone ({})", w.gone_reason)));
+            return Err(Error::Conflict(format!(
+                "worker {worker} is gone ({})",
+                w.gone_reason
+            )));
         }
         w.want_drain = Some(on);
         w.drain_cmd = ulid();
@@ -686,7 +840,10 @@ impl Plane {
         let _g = self.lock();
         let mut w = self.worker(worker)?;
         if w.gone {
-            return Err(Error::Conflict(format!("worker {worker} is gone ({})", w.gone_reason)));
+            return Err(Error::Conflict(format!(
+                "worker {worker} is gone ({})",
+                w.gone_reason
+            )));
         }
         if w.cycle_cmd.is_empty() {
             w.cycle_cmd = ulid();
@@ -715,9 +872,11 @@ impl Plane {
     }
 
     pub fn pool(&self, name: &str) -> Result<PoolRow> {
-        self.store
-            .pool(name)?
-            .ok_or_else(|| Error::NotFound(format!("no pool {name:?}: `liftoff-plane pool list` shows the pools")))
+        self.store.pool(name)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no pool {name:?}: `liftoff-plane pool list` shows the pools"
+            ))
+        })
     }
 
     /// Creates a pool from a CSR; returns it and its token.
@@ -735,7 +894,13 @@ impl Plane {
         };
         let _g = self.lock();
         self.store.create_pool(&pool)?;
-        self.check.set(&cert.fingerprint, KnownCert { pool_id: pool.id.clone(), revoked: false });
+        self.check.set(
+            &cert.fingerprint,
+            KnownCert {
+                pool_id: pool.id.clone(),
+                revoked: false,
+            },
+        );
         let token = self.token(&pool);
         Ok((pool, token))
     }
@@ -753,11 +918,29 @@ impl Plane {
         self.store.reset_pool(&pool)?;
         for (f, p, _) in self.store.certs()? {
             if p == pool.id && f != pool.fingerprint {
-                self.check.set(&f, KnownCert { pool_id: p.clone(), revoked: true });
+                self.check.set(
+                    &f,
+                    KnownCert {
+                        pool_id: p.clone(),
+                        revoked: true,
+                    },
+                );
             }
         }
-        self.check.set(&old, KnownCert { pool_id: pool.id.clone(), revoked: true });
-        self.check.set(&cert.fingerprint, KnownCert { pool_id: pool.id.clone(), revoked: false });
+        self.check.set(
+            &old,
+            KnownCert {
+                pool_id: pool.id.clone(),
+                revoked: true,
+            },
+        );
+        self.check.set(
+            &cert.fingerprint,
+            KnownCert {
+                pool_id: pool.id.clone(),
+                revoked: false,
+            },
+        );
         let token = self.token(&pool);
         Ok((pool, token))
     }
@@ -815,10 +998,16 @@ impl Plane {
                     && r.run_type == "tracked"
                     && (r.is_active() || (r.phase == "queued" && r.seqno < run.seqno))
             }) {
-                return format!("a tracked run is waiting on another tracked run ({}) of stack {}", other.id, run.stack);
+                return format!(
+                    "a tracked run is waiting on another tracked run ({}) of stack {}",
+                    other.id, run.stack
+                );
             }
         }
-        let live: Vec<&WorkerRow> = workers.iter().filter(|w| w.pool_id == run.pool_id && !w.gone).collect();
+        let live: Vec<&WorkerRow> = workers
+            .iter()
+            .filter(|w| w.pool_id == run.pool_id && !w.gone)
+            .collect();
         if live.is_empty() {
             return "no worker of the pool is connected".into();
         }
@@ -872,7 +1061,9 @@ fn msg_worker(m: &WorkerMsg) -> Option<&str> {
 pub fn valid_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 64
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
         return Err(Error::BadInput(format!(
             "the pool name {name:?} is not 1–64 of A-Z a-z 0-9 . _ -"

@@ -204,7 +204,8 @@ pub fn read_request(r: &mut impl BufRead, max_body: usize) -> Result<(Request, b
             }
             let start = req.body.len();
             req.body.resize(start + size, 0);
-            r.read_exact(&mut req.body[start..]).map_err(ReadError::Io)?;
+            r.read_exact(&mut req.body[start..])
+                .map_err(ReadError::Io)?;
             let mut b = 4;
             read_line(r, &mut b)?;
         }
@@ -231,12 +232,18 @@ mod tests {
         let raw = b"PUT /o/a?exp=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n1\r\n!\r\n0\r\n\r\n";
         let mut r = std::io::BufReader::new(&raw[..]);
         let (a, keep) = read_request(&mut r, 100).unwrap();
-        assert_eq!((a.method.as_str(), a.path.as_str(), a.query.as_str()), ("PUT", "/o/a", "exp=1"));
+        assert_eq!(
+            (a.method.as_str(), a.path.as_str(), a.query.as_str()),
+            ("PUT", "/o/a", "exp=1")
+        );
         assert_eq!((a.body.as_slice(), keep), (&b"abc"[..], true));
         let (b, keep) = read_request(&mut r, 100).unwrap();
         assert_eq!((b.body.as_slice(), keep), (&b"hi!"[..], false));
         assert!(matches!(read_request(&mut r, 100), Err(ReadError::Closed)));
         let mut big = std::io::BufReader::new(&b"PUT / HTTP/1.1\r\nContent-Length: 9\r\n\r\n"[..]);
-        assert!(matches!(read_request(&mut big, 4), Err(ReadError::Bad(413, _))));
+        assert!(matches!(
+            read_request(&mut big, 4),
+            Err(ReadError::Bad(413, _))
+        ));
     }
 }

@@ -49,8 +49,7 @@ pub fn valid_key(key: &str) -> bool {
             !s.is_empty()
                 && s != "."
                 && s != ".."
-                && s
-                    .bytes()
+                && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         })
 }
@@ -71,7 +70,11 @@ impl DiskObjects {
 
     fn url(&self, method: &str, key: &str) -> String {
         let exp = super::now_ms() + URL_TTL_MS;
-        format!("{}/o/{key}?exp={exp}&sig={}", self.base, self.sign(method, key, exp))
+        format!(
+            "{}/o/{key}?exp={exp}&sig={}",
+            self.base,
+            self.sign(method, key, exp)
+        )
     }
 
     /// Checks a request for `/o/{key}` with `query`: a valid key, a
@@ -79,7 +82,9 @@ impl DiskObjects {
     /// worker then asks for a new URL).
     pub fn check(&self, method: &str, key: &str, query: &str) -> Result<()> {
         if !valid_key(key) {
-            return Err(Error::BadInput(format!("{key:?} is not a valid object key")));
+            return Err(Error::BadInput(format!(
+                "{key:?} is not a valid object key"
+            )));
         }
         let mut exp = None;
         let mut sig = None;
@@ -91,18 +96,26 @@ impl DiskObjects {
             }
         }
         let (Some(exp), Some(sig)) = (exp, sig) else {
-            return Err(Error::Forbidden("the URL is not signed (no exp or sig)".into()));
+            return Err(Error::Forbidden(
+                "the URL is not signed (no exp or sig)".into(),
+            ));
         };
         if exp < super::now_ms() {
             return Err(Error::Forbidden("the signed URL expired".into()));
         }
-        aws_lc_rs::hmac::verify(&self.key, format!("{method}\n{key}\n{exp}").as_bytes(), &sig)
-            .map_err(|_| Error::Forbidden("the URL's signature is wrong".into()))
+        aws_lc_rs::hmac::verify(
+            &self.key,
+            format!("{method}\n{key}\n{exp}").as_bytes(),
+            &sig,
+        )
+        .map_err(|_| Error::Forbidden("the URL's signature is wrong".into()))
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
         if !valid_key(key) {
-            return Err(Error::BadInput(format!("{key:?} is not a valid object key")));
+            return Err(Error::BadInput(format!(
+                "{key:?} is not a valid object key"
+            )));
         }
         Ok(self.dir.join(key))
     }
@@ -120,9 +133,8 @@ impl Objects for DiskObjects {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let path = self.path(key)?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                Error::Storage(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::Storage(format!("cannot create {}: {e}", parent.display())))?;
         }
         super::write_file(&path, data, 0o600)
     }

@@ -52,16 +52,15 @@ fn validity(params: &mut CertificateParams, days: i64) {
 pub fn new_ca(name: &str) -> Result<Pem> {
     let key = KeyPair::generate().map_err(rcgen_err("make the CA key"))?;
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("liftoff-plane pool CA ({name})"));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("liftoff-plane pool CA ({name})"),
+    );
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(random_serial());
     validity(&mut params, 20 * 365);
-    let cert = params
-        .self_signed(&key)
-        .map_err(rcgen_err("sign the CA"))?;
+    let cert = params.self_signed(&key).map_err(rcgen_err("sign the CA"))?;
     Ok(Pem {
         cert: cert.pem(),
         key: key.serialize_pem(),
@@ -122,11 +121,17 @@ pub struct PoolCert {
 /// anything that is not a PEM CSR with a valid signature and an RSA key of
 /// at least 2048 bits.
 pub fn sign_csr(ca: &Pem, csr_pem: &str, pool_id: &str) -> Result<PoolCert> {
-    let bad = |why: String| Error::BadInput(format!("the CSR {why}; make one with: openssl req -new -newkey rsa:4096 -nodes -keyout spacelift.key -out spacelift.csr -subj \"/CN=my-pool\""));
+    let bad = |why: String| {
+        Error::BadInput(format!(
+            "the CSR {why}; make one with: openssl req -new -newkey rsa:4096 -nodes -keyout spacelift.key -out spacelift.csr -subj \"/CN=my-pool\""
+        ))
+    };
     if !csr_pem.contains("-----BEGIN CERTIFICATE REQUEST-----")
         && !csr_pem.contains("-----BEGIN NEW CERTIFICATE REQUEST-----")
     {
-        return Err(bad("is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST line)".into()));
+        return Err(bad(
+            "is not a PEM certificate request (no BEGIN CERTIFICATE REQUEST line)".into(),
+        ));
     }
     precheck(csr_pem).map_err(bad)?;
     let req = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
@@ -159,11 +164,15 @@ pub fn sign_csr(ca: &Pem, csr_pem: &str, pool_id: &str) -> Result<PoolCert> {
     let info = crate::identity::certificate_info(cert.der())
         .map_err(|e| Error::Config(format!("the signed certificate {e}")))?;
     let Some((modulus, _)) = &info.rsa_public else {
-        return Err(bad("holds a key that is not RSA (the run state is sealed with RSA-OAEP)".into()));
+        return Err(bad(
+            "holds a key that is not RSA (the run state is sealed with RSA-OAEP)".into(),
+        ));
     };
     let bits = rsa_bits(modulus);
     if bits < 2048 {
-        return Err(bad(format!("holds a {bits}-bit RSA key: at least 2048 bits are needed")));
+        return Err(bad(format!(
+            "holds a {bits}-bit RSA key: at least 2048 bits are needed"
+        )));
     }
     Ok(PoolCert {
         cert_pem: cert.pem(),
@@ -189,7 +198,9 @@ fn precheck(csr_pem: &str) -> std::result::Result<(), String> {
         Ok(PublicKey::RSA(k)) => {
             let bits = rsa_bits(k.modulus);
             if bits < 2048 {
-                return Err(format!("holds a {bits}-bit RSA key: at least 2048 bits are needed"));
+                return Err(format!(
+                    "holds a {bits}-bit RSA key: at least 2048 bits are needed"
+                ));
             }
             Ok(())
         }

@@ -85,7 +85,9 @@ fn connection(plane: &Plane, tls: Arc<rustls::ServerConfig>, mut sock: TcpStream
     let _ = sock.set_read_timeout(Some(IDLE));
     let _ = sock.set_write_timeout(Some(Duration::from_secs(30)));
     let _ = sock.set_nodelay(true);
-    let Ok(mut conn) = rustls::ServerConnection::new(tls) else { return };
+    let Ok(mut conn) = rustls::ServerConnection::new(tls) else {
+        return;
+    };
     while conn.is_handshaking() {
         if let Err(e) = conn.complete_io(&mut sock) {
             tracing::debug!(error = %e, "TLS handshake failed");

@@ -303,8 +303,10 @@ impl Sqlite {
         let conn = Connection::open(path).map_err(|e| {
             Error::Config(format!("cannot open the database {}: {e}", path.display()))
         })?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
@@ -415,11 +417,17 @@ impl Store for Sqlite {
         })?;
         self.with(|tx| {
             let n = tx
-                .execute("UPDATE workers SET doc = ?2 WHERE id = ?1", params![w.id, doc])
+                .execute(
+                    "UPDATE workers SET doc = ?2 WHERE id = ?1",
+                    params![w.id, doc],
+                )
                 .map_err(db_err)?;
             if n == 0 {
-                tx.execute("INSERT INTO workers (id, doc) VALUES (?1, ?2)", params![w.id, doc])
-                    .map_err(db_err)?;
+                tx.execute(
+                    "INSERT INTO workers (id, doc) VALUES (?1, ?2)",
+                    params![w.id, doc],
+                )
+                .map_err(db_err)?;
             }
             Ok(())
         })
@@ -436,7 +444,9 @@ impl Store for Sqlite {
 
     fn workers(&self) -> Result<Vec<WorkerRow>> {
         let docs: Vec<String> = self.with(|tx| {
-            let mut s = tx.prepare("SELECT doc FROM workers ORDER BY id").map_err(db_err)?;
+            let mut s = tx
+                .prepare("SELECT doc FROM workers ORDER BY id")
+                .map_err(db_err)?;
             let rows = s.query_map([], |r| r.get(0)).map_err(db_err)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
         })?;
@@ -549,9 +559,13 @@ impl Store for Sqlite {
 
     fn run(&self, id: &str) -> Result<Option<RunRow>> {
         let found = self.with(|tx| {
-            tx.query_row("SELECT spec, doc FROM runs WHERE id = ?1", [id], run_from_row)
-                .optional()
-                .map_err(db_err)
+            tx.query_row(
+                "SELECT spec, doc FROM runs WHERE id = ?1",
+                [id],
+                run_from_row,
+            )
+            .optional()
+            .map_err(db_err)
         })?;
         found.map(|(s, d)| decode_run(s, d)).transpose()
     }
