@@ -52,12 +52,7 @@ impl Client {
         Client::new(&data.config.admin_url, &data.admin_token, &data.ca.cert)
     }
 
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Answer> {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
         let url = format!("{}/admin/v1/{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let unreachable = |e: ureq::Error| {

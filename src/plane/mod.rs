@@ -23,6 +23,7 @@ pub mod config;
 pub mod dev;
 pub mod dispatch;
 pub mod httpd;
+pub mod mqtt;
 pub mod objects;
 pub mod pki;
 pub mod server;

@@ -157,6 +157,7 @@ fn objects(plane: &Plane, req: &super::httpd::Request, key: &str) -> Response {
 /// `serve`: opens everything in `plane`, binds `listen`, runs the dispatch
 /// loop and accepts until SIGTERM/SIGINT.
 pub fn serve(plane: Arc<Plane>, listener: TcpListener) -> Result<()> {
+    super::mqtt::start(&plane)?;
     let d = plane.clone();
     std::thread::Builder::new()
         .name("plane-dispatch".into())

@@ -310,3 +310,58 @@ impl Binding {
         v
     }
 }
+
+/// A real `liftoff run` worker for a pool of this plane: the pool's token
+/// and key, `ADDITIONAL_ROOT_CAS` = `roots` (the plane CA for object URLs,
+/// plus a broker CA over MQTT), short intervals so tests stay quick.
+pub fn launch_worker(
+    pool: &PoolKeys,
+    state: &Path,
+    roots: &Path,
+    extra: &[(&str, &str)],
+) -> super::plane::Launcher {
+    std::fs::create_dir_all(state).unwrap();
+    let log = state.join(format!("launcher-{}.log", liftoff::link::protocol::ulid()));
+    let mut cmd = Command::new(super::liftoff_bin());
+    cmd.arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SPACELIFT_TOKEN", &pool.token)
+        .env(
+            "SPACELIFT_POOL_PRIVATE_KEY",
+            super::pki::base64_file(&pool.key),
+        )
+        .env("ADDITIONAL_ROOT_CAS", roots)
+        .env("LIFTOFF_STATE_DIR", state)
+        .env("LIFTOFF_PROVIDER_CACHE_DIR", state.join("providers"))
+        .env("LIFTOFF_LOG", "info,liftoff=debug")
+        .env("LIFTOFF_HEARTBEAT_INTERVAL", "1s")
+        .env("LIFTOFF_MQTT_KEEPALIVE", "4s")
+        .env("LIFTOFF_RESEND_AFTER", "3s")
+        .env("LIFTOFF_KILL_GRACE", "2s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    super::plane::Launcher {
+        child: cmd.spawn().unwrap(),
+        state: state.to_path_buf(),
+        log,
+    }
+}
+
+/// A run spec file in `dir` whose one step prints `marker`.
+pub fn spec_file(dir: &Path, name: &str, run_type: &str, stack: &str, shell: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.json"));
+    let spec = serde_json::json!({
+        "run_id": "replaced-by-the-plane",
+        "run_type": run_type,
+        "stack": {"id": stack},
+        "steps": [{"name": "main", "shell": shell}],
+        "timeouts": {"run": "2m"}
+    });
+    std::fs::write(&path, spec.to_string()).unwrap();
+    path
+}

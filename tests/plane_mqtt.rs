@@ -1,0 +1,216 @@
+//! The plane with real `liftoff run` workers over MQTT through two real
+//! mosquitto brokers (two regions): runs dispatched, run to the end in the
+//! real sandbox, logs uploaded to the plane's signed URLs and read back
+//! with `run logs`; drain, undrain and cycle from the CLI with the workers'
+//! observed reactions; tracked runs of one stack one at a time. Needs root
+//! (the sandbox), mosquitto and the openssl CLI.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::brokers::Brokers;
+use support::pki::TestCa;
+use support::plane_server::{PlaneProc, PoolKeys, launch_worker, spec_file};
+
+struct World {
+    plane: PlaneProc,
+    brokers: Brokers,
+    pool: PoolKeys,
+    roots: PathBuf,
+}
+
+/// A plane whose tokens name both brokers, subscribed to both with the
+/// brokers' plane certificate; brokers trusting the plane's pool CA.
+fn world() -> World {
+    support::sandbox::require_root();
+    let mut plane = PlaneProc::start();
+    let bdir = plane.dir.path().join("brokers");
+    let mut brokers = Brokers::start(&bdir);
+    // plane.json: the brokers and the plane's MQTT identity.
+    let cfg_path = plane.data.join("plane.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["brokers"] = brokers
+        .brokers
+        .iter()
+        .map(|b| serde_json::json!({"region": b.region, "url": b.url()}))
+        .collect();
+    cfg["mqtt"] = serde_json::json!({
+        "cert": brokers.plane_cert, "key": brokers.plane_key, "ca": brokers.pool.ca.cert_path()});
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    // Brokers trust both CAs (the test CA signs the plane's MQTT client
+    // certificate, the plane CA the pools'); workers trust both too.
+    let bundle_dir = plane.dir.path().join("bundle");
+    std::fs::create_dir_all(&bundle_dir).unwrap();
+    let roots = bundle_dir.join("bundle.crt");
+    std::fs::write(
+        &roots,
+        format!("{}{}", brokers.pool.ca.cert_pem(), plane.ca_pem()),
+    )
+    .unwrap();
+    let bundle = TestCa {
+        dir: bundle_dir,
+        name: "bundle".into(),
+    };
+    for b in brokers.brokers.iter_mut() {
+        b.distrust(&bundle);
+    }
+    plane.restart();
+    let pool = plane.pool("edge", 2048);
+    World {
+        plane,
+        brokers,
+        pool,
+        roots,
+    }
+}
+
+fn mqtt_worker(w: &World, name: &str) -> support::plane::Launcher {
+    launch_worker(
+        &w.pool,
+        &w.plane.dir.path().join(name),
+        &w.roots,
+        &[("SPACELIFT_WORKER_COMMS_PROTOCOL", "mqtt")],
+    )
+}
+
+fn submit(w: &World, spec: &std::path::Path) -> String {
+    let v = w
+        .plane
+        .cli_json(&["run", "submit", "edge", "--spec", spec.to_str().unwrap()]);
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn done(v: &Value) -> bool {
+    matches!(
+        v["phase"].as_str(),
+        Some("finished" | "failed" | "rejected" | "cancelled")
+    )
+}
+
+#[test]
+fn runs_drain_undrain_and_cycle_over_mqtt_with_real_workers() {
+    let w = world();
+    let a = mqtt_worker(&w, "a");
+    let b = mqtt_worker(&w, "b");
+    let (ida, idb) = (a.worker_id(), b.worker_id());
+    let workers = w.plane.wait_workers(Duration::from_secs(30), |l| {
+        [&ida, &idb].iter().all(|id| {
+            l.iter()
+                .any(|x| x["id"] == id.as_str() && x["state"] == "IDLE")
+        })
+    });
+    assert!(
+        workers.iter().all(|x| x["transport"] == "mqtt"),
+        "{workers:?}"
+    );
+
+    // Six proposed runs across both workers, each finished once, each log complete.
+    let dir = w.plane.dir.path().to_path_buf();
+    let mut runs = Vec::new();
+    for i in 0..6 {
+        let spec = spec_file(
+            &dir,
+            &format!("r{i}"),
+            "proposed",
+            &format!("s{i}"),
+            &format!("echo marker-{i}; echo \"run $SPACELIFT_RUN_ID\""),
+        );
+        runs.push((i, submit(&w, &spec)));
+    }
+    let mut used = HashSet::new();
+    for (i, run) in &runs {
+        let v = w.plane.wait_run(run, Duration::from_secs(120), done);
+        assert_eq!(
+            (v["phase"].as_str(), v["exit_code"].as_i64()),
+            (Some("finished"), Some(0)),
+            "{v}\n{}",
+            a.stderr()
+        );
+        used.insert(v["worker_id"].as_str().unwrap().to_string());
+        let log = w.plane.cli(&["run", "logs", run, "--follow"]);
+        let text = String::from_utf8_lossy(&log.stdout);
+        assert!(
+            text.contains(&format!("marker-{i}")) && text.contains(&format!("run {run}")),
+            "log of {run}: {text}"
+        );
+        assert!(log.status.success());
+    }
+    assert_eq!(used.len(), 2, "both workers took runs: {used:?}");
+
+    // Drain a: it reports DRAINED, and new runs go to b only.
+    w.plane.cli_json(&["worker", "drain", &ida]);
+    w.plane.wait_workers(Duration::from_secs(30), |l| {
+        l.iter()
+            .any(|x| x["id"] == ida.as_str() && x["state"] == "DRAINED")
+    });
+    for i in 0..3 {
+        let spec = spec_file(&dir, &format!("d{i}"), "proposed", "d", "echo drained-test");
+        let run = submit(&w, &spec);
+        let v = w.plane.wait_run(&run, Duration::from_secs(120), done);
+        assert_eq!(v["worker_id"], idb.as_str(), "a drained worker got a run");
+    }
+    w.plane.cli_json(&["worker", "undrain", &ida]);
+    w.plane.wait_workers(Duration::from_secs(30), |l| {
+        l.iter()
+            .any(|x| x["id"] == ida.as_str() && x["state"] == "IDLE")
+    });
+
+    // Tracked runs of one stack: one at a time, in order.
+    let slow: Vec<String> = (0..3)
+        .map(|i| {
+            submit(
+                &w,
+                &spec_file(
+                    &dir,
+                    &format!("t{i}"),
+                    "tracked",
+                    "net",
+                    "sleep 1; echo tracked",
+                ),
+            )
+        })
+        .collect();
+    let list = w.plane.cli_json(&["run", "list"]);
+    let waiting: Vec<&Value> = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["phase"] == "queued")
+        .collect();
+    assert!(
+        waiting.iter().any(|r| r["waiting"]
+            .as_str()
+            .unwrap_or("")
+            .contains("waiting on another tracked run")),
+        "{list}"
+    );
+    let ends: Vec<Value> = slow
+        .iter()
+        .map(|r| w.plane.wait_run(r, Duration::from_secs(120), done))
+        .collect();
+    for pair in ends.windows(2) {
+        assert!(
+            pair[0]["ended_ms"].as_u64() <= pair[1]["started_ms"].as_u64(),
+            "tracked runs overlapped: {pair:?}"
+        );
+    }
+
+    // Cycle b: it says bye and exits 0; the plane shows it gone.
+    let mut b = b;
+    w.plane.cli_json(&["worker", "cycle", &idb]);
+    assert_eq!(b.wait(Duration::from_secs(20)), Some(0), "{}", b.stderr());
+    w.plane.wait_workers(Duration::from_secs(10), |l| {
+        l.iter().any(|x| {
+            x["id"] == idb.as_str()
+                && x["gone"] == true
+                && x["gone_reason"].as_str().unwrap_or("").contains("cycle")
+        })
+    });
+    drop(a);
+    let _ = &w.brokers;
+}
