@@ -214,3 +214,90 @@ fn runs_drain_undrain_and_cycle_over_mqtt_with_real_workers() {
     drop(a);
     let _ = &w.brokers;
 }
+
+/// Waits until `run` is `started`.
+fn started(w: &World, run: &str) {
+    w.plane
+        .wait_run(run, Duration::from_secs(60), |v| v["phase"] == "started");
+}
+
+#[test]
+fn crashes_mid_run_worker_sigkill_plane_sigkill_and_primary_broker_killed() {
+    let mut w = world();
+    let dir = w.plane.dir.path().to_path_buf();
+    let mut a = mqtt_worker(&w, "a");
+    let ida = a.worker_id();
+    w.plane.wait_workers(Duration::from_secs(30), |l| {
+        l.iter()
+            .any(|x| x["id"] == ida.as_str() && x["state"] == "IDLE")
+    });
+
+    // 1. The worker is SIGKILLed mid-run and comes back: the run is failed
+    //    as lost (never run twice), and the worker takes the next run.
+    let run = submit(
+        &w,
+        &spec_file(&dir, "k", "proposed", "k", "echo before; sleep 60"),
+    );
+    started(&w, &run);
+    a.kill9();
+    let mut a = mqtt_worker(&w, "a");
+    let v = w.plane.wait_run(&run, Duration::from_secs(60), done);
+    assert_eq!(v["phase"], "failed", "{v}");
+    assert!(v["reason"].as_str().unwrap().starts_with("lost"), "{v}");
+    let next = submit(
+        &w,
+        &spec_file(&dir, "k2", "proposed", "k", "echo after-restart"),
+    );
+    let v = w.plane.wait_run(&next, Duration::from_secs(60), done);
+    assert_eq!(
+        (v["phase"].as_str(), v["worker_id"].as_str()),
+        (Some("finished"), Some(ida.as_str())),
+        "{v}"
+    );
+
+    // 2. The plane is SIGKILLed mid-run and restarted: the run's events are
+    //    re-sent by the worker, the run finishes once, its log is complete.
+    let run = submit(
+        &w,
+        &spec_file(&dir, "p", "proposed", "p", "echo one; sleep 3; echo two"),
+    );
+    started(&w, &run);
+    w.plane.restart();
+    let v = w.plane.wait_run(&run, Duration::from_secs(90), done);
+    assert_eq!(
+        (v["phase"].as_str(), v["exit_code"].as_i64()),
+        (Some("finished"), Some(0)),
+        "{v}\n{}",
+        a.stderr()
+    );
+    let log = w.plane.cli(&["run", "logs", &run, "--follow"]);
+    let text = String::from_utf8_lossy(&log.stdout);
+    assert!(text.contains("one") && text.contains("two"), "{text}");
+
+    // 3. The primary broker dies mid-run: the worker fails over, the plane
+    //    (subscribed in both regions) sees the run finish.
+    let run = submit(
+        &w,
+        &spec_file(&dir, "b", "proposed", "b", "echo x; sleep 4; echo y"),
+    );
+    started(&w, &run);
+    w.brokers.primary().kill();
+    let v = w.plane.wait_run(&run, Duration::from_secs(90), done);
+    assert_eq!(
+        (v["phase"].as_str(), v["exit_code"].as_i64()),
+        (Some("finished"), Some(0)),
+        "{v}\n{}",
+        a.stderr()
+    );
+    w.plane.wait_workers(Duration::from_secs(30), |l| {
+        l.iter()
+            .any(|x| x["id"] == ida.as_str() && x["region"] == "eu-central-1")
+    });
+    // Commands follow it to the secondary: a drain is seen.
+    w.plane.cli_json(&["worker", "drain", &ida]);
+    w.plane.wait_workers(Duration::from_secs(30), |l| {
+        l.iter()
+            .any(|x| x["id"] == ida.as_str() && x["state"] == "DRAINED")
+    });
+    a.kill9();
+}
