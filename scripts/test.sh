@@ -12,8 +12,10 @@ step() { printf '\n==> %s\n' "$*"; }
 # Debian packages the tests use: mosquitto (real MQTT brokers), openssl (keys,
 # CSRs, CAs as the seed tells users), bubblewrap (benchmark peer), musl-tools
 # (static build), rpm (package inspection), iproute2 (network namespaces),
-# util-linux/passwd (unprivileged test user), binutils (readelf).
-packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps)
+# util-linux/passwd (unprivileged test user), binutils (readelf), socat (a
+# relay process to kill or freeze in front of the long-poll test plane),
+# tinyproxy (a real HTTP CONNECT proxy).
+packages=(mosquitto mosquitto-clients openssl ca-certificates bubblewrap musl-tools rpm iproute2 util-linux passwd binutils procps socat tinyproxy)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

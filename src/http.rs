@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 use ureq::{Agent, Proxy, ProxyProtocol};
 
 use crate::config::{Config, Proxies};
@@ -59,23 +59,75 @@ pub fn agent(
     extra_roots: &[CertificateDer<'static>],
     timeouts: Timeouts,
 ) -> Result<Agent, String> {
-    crate::identity::install_crypto_provider();
-    let mut roots: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
-        .certs
+    build(proxies, &[], extra_roots, None, timeouts)
+}
+
+/// The agent of the long-poll link: the same proxies and timeouts, mutual
+/// TLS with the pool certificate and key, and the control plane verified
+/// against `primary_roots` (the token's `ca`) or, when there is none, the
+/// system store; plus `extra_roots` (`ADDITIONAL_ROOT_CAS`) always.
+pub fn mtls_agent(
+    proxies: &Proxies,
+    primary_roots: &[CertificateDer<'static>],
+    extra_roots: &[CertificateDer<'static>],
+    identity: &crate::identity::Identity,
+    timeouts: Timeouts,
+) -> Result<Agent, String> {
+    let chain: Vec<Certificate<'static>> = identity
+        .chain
         .iter()
         .map(|c| Certificate::from_der(c.as_ref()).to_owned())
         .collect();
+    // ureq takes a key from PEM (its key-kind type is not public).
+    let pem = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(identity.key.pkcs8_der());
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem
+    };
+    let key = PrivateKey::from_pem(pem.as_bytes())
+        .map_err(|e| format!("the pool key cannot be used for TLS: {e}"))?;
+    let client = ClientCert::new_with_certs(&chain, key);
+    build(proxies, primary_roots, extra_roots, Some(client), timeouts)
+}
+
+fn build(
+    proxies: &Proxies,
+    primary_roots: &[CertificateDer<'static>],
+    extra_roots: &[CertificateDer<'static>],
+    client: Option<ClientCert>,
+    timeouts: Timeouts,
+) -> Result<Agent, String> {
+    crate::identity::install_crypto_provider();
+    let mut roots: Vec<Certificate<'static>> = if primary_roots.is_empty() {
+        rustls_native_certs::load_native_certs()
+            .certs
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect()
+    } else {
+        primary_roots
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect()
+    };
     roots.extend(
         extra_roots
             .iter()
             .map(|c| Certificate::from_der(c.as_ref()).to_owned()),
     );
     if roots.is_empty() {
-        return Err("no trusted CA certificates for HTTPS uploads: install the system CA bundle (ca-certificates) or set ADDITIONAL_ROOT_CAS".into());
+        return Err("no trusted CA certificates for HTTPS: install the system CA bundle (ca-certificates) or set ADDITIONAL_ROOT_CAS".into());
     }
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .client_cert(client)
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .build();
     let proxy = match proxies.https.as_deref().or(proxies.http.as_deref()) {

@@ -156,6 +156,7 @@ pub fn run_from_env(env: &Env) -> i32 {
         host: host_facts(),
         sandbox: executor.capabilities(),
         will_id: None,
+        transport: link.transport_name().to_string(),
     };
     let signals = match signal_channel() {
         Ok(s) => s,

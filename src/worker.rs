@@ -26,8 +26,7 @@ use crate::link::session::{Session, SessionEvent};
 use crate::run::{RunEvent, RunEvents, RunExecutor};
 
 /// The message printed (and the exit status 78 used) when the pool was reset.
-pub const RESET_MESSAGE: &str =
-    "the broker rejected this pool's certificate: was the worker pool reset? Generate a new token";
+pub const RESET_MESSAGE: &str = "the control plane rejected this pool's certificate: was the worker pool reset? Generate a new token";
 
 /// How long `cycle` may take, as the seed promises.
 pub const CYCLE_LIMIT: Duration = Duration::from_secs(20);

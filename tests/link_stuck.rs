@@ -138,6 +138,7 @@ fn publishes_without_progress_rebuild_the_client_and_fail_over() {
         host: liftoff::launcher::host_facts(),
         sandbox: Default::default(),
         will_id: None,
+        transport: String::new(),
     };
     let (link, rx) = Session::start(
         liftoff::link::session_options(&config, &wid),

@@ -307,7 +307,7 @@ fn reset_pool_exits_78() {
     }
     assert_eq!(l.wait(Duration::from_secs(30)), Some(78), "{}", l.stderr());
     assert!(
-        l.stderr().contains("the broker rejected this pool's certificate: was the worker pool reset? Generate a new token"),
+        l.stderr().contains("the control plane rejected this pool's certificate: was the worker pool reset? Generate a new token"),
         "{}",
         l.stderr()
     );

@@ -79,16 +79,29 @@ fn check_identity(config: &Config, report: &mut Report, now: i64) -> Option<Iden
     let token = match &config.token {
         Some(t) => {
             let brokers: Vec<String> = t.brokers.iter().map(|b| b.to_string()).collect();
-            report.push(
-                "token",
-                Status::Ok,
-                Area::Config,
-                format!(
-                    "pool {}, brokers in order: {}",
-                    t.pool_id,
-                    brokers.join(", ")
+            let endpoints: Vec<String> = t.endpoints.iter().map(|e| e.to_string()).collect();
+            let mut text = format!("pool {}", t.pool_id);
+            if !brokers.is_empty() {
+                text.push_str(&format!(", brokers in order: {}", brokers.join(", ")));
+            }
+            if !endpoints.is_empty() {
+                text.push_str(&format!(", endpoints in order: {}", endpoints.join(", ")));
+            }
+            report.push("token", Status::Ok, Area::Config, text);
+            match crate::link::comms_protocol(config) {
+                Ok(p) => report.push(
+                    "SPACELIFT_WORKER_COMMS_PROTOCOL",
+                    Status::Ok,
+                    Area::Config,
+                    format!("the link speaks {p}"),
                 ),
-            );
+                Err(e) => report.push(
+                    "SPACELIFT_WORKER_COMMS_PROTOCOL",
+                    Status::Error,
+                    Area::Config,
+                    e,
+                ),
+            }
             Some(t)
         }
         None if config_has_error(report, "SPACELIFT_TOKEN") => None,
@@ -284,6 +297,9 @@ fn config_has_error(report: &Report, var: &str) -> bool {
 pub fn connectivity(config: &Config, identity: &Identity, report: &mut Report) {
     use crate::link::probe::{self, ProbeErrorKind};
     let Some(token) = &config.token else { return };
+    if crate::link::comms_protocol(config) == Ok(crate::config::CommsProtocol::Poll) {
+        return poll_connectivity(config, identity, &token.pool_id, report);
+    }
     let client_id = format!("{}-check-{}", token.pool_id, crate::link::protocol::ulid());
     let client_id: String = client_id
         .chars()
@@ -343,6 +359,57 @@ pub fn connectivity(config: &Config, identity: &Identity, report: &mut Report) {
                 format!("{target}: {} error: {}", e.kind.name(), e.detail),
             ),
             Err(_) => report.push(name, Status::Error, Area::Host, "the probe crashed"),
+        }
+    }
+}
+
+/// Connectivity over the long-poll binding: TLS with the pool certificate
+/// and one authenticated request (`GET …/ping`) to each endpoint, in
+/// parallel, naming the layer that failed (DNS, TCP, proxy, TLS, HTTP).
+fn poll_connectivity(config: &Config, identity: &Identity, pool: &str, report: &mut Report) {
+    use crate::link::poll::{self, PollSettings};
+    use crate::link::probe::ProbeErrorKind;
+    let settings = match PollSettings::from_config(config, identity, "check") {
+        Ok(s) => s,
+        Err(e) => return report.push("endpoints", Status::Error, Area::Config, e),
+    };
+    let checks: Vec<_> = (0..settings.endpoints.len())
+        .map(|i| {
+            let s = settings.clone();
+            std::thread::spawn(move || poll::check_endpoint(&s, i))
+        })
+        .collect();
+    for (endpoint, handle) in settings.endpoints.iter().zip(checks) {
+        let name = format!("endpoint {}", endpoint.region);
+        let target = crate::http::redact_url(&endpoint.url);
+        match handle.join() {
+            Ok(Ok(took)) => report.push(
+                name,
+                Status::Ok,
+                Area::Host,
+                format!(
+                    "{target}: TLS handshake and an authenticated request for pool {pool} in {} ms",
+                    took.as_millis()
+                ),
+            ),
+            Ok(Err(e)) if e.kind == ProbeErrorKind::CertificateRejected => report.push(
+                name,
+                Status::Error,
+                Area::Config,
+                format!(
+                    "{target}: {}: {} ({})",
+                    e.kind.name(),
+                    crate::worker::RESET_MESSAGE,
+                    e.detail
+                ),
+            ),
+            Ok(Err(e)) => report.push(
+                name,
+                Status::Error,
+                Area::Host,
+                format!("{target}: {} error: {}", e.kind.name(), e.detail),
+            ),
+            Err(_) => report.push(name, Status::Error, Area::Host, "the check crashed"),
         }
     }
 }

@@ -27,7 +27,7 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// Skip the connectivity check (TLS + MQTT CONNECT to each region).
+        /// Skip the connectivity check (TLS + MQTT CONNECT or a long-poll request to each region).
         #[arg(long)]
         offline: bool,
     },
@@ -39,6 +39,9 @@ enum Command {
         /// Print every variable liftoff reads, with its default and meaning, as a Markdown table.
         #[arg(long, conflicts_with = "json")]
         variables: bool,
+        /// Print every variable commented out with its default and help, as packaging/liftoff.env carries them.
+        #[arg(long, conflicts_with_all = ["json", "variables"])]
+        example_env: bool,
     },
     /// Run the launcher: connect to the control plane and take runs until drained, cycled or stopped.
     Run,
@@ -57,6 +60,12 @@ pub fn main() -> i32 {
         Command::Config {
             variables: true, ..
         } => config::variables(),
+        Command::Config {
+            example_env: true, ..
+        } => {
+            print!("{}", crate::config::vars::example_env());
+            0
+        }
         Command::Config { json, .. } => config::show(&env, json),
         Command::Exec(args) => exec::run(*args, &env),
         Command::Run => run::run(&env),

@@ -24,7 +24,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
 pub use parse::Mount;
-pub use token::{Broker, Token};
+pub use token::{Broker, Endpoint, Token};
 
 /// A snapshot of the environment. Tests build one from pairs.
 #[derive(Debug, Clone, Default)]
@@ -140,6 +140,24 @@ pub enum RunScope {
 pub struct WhitelistEntry {
     pub name: String,
     pub scope: RunScope,
+}
+
+/// `SPACELIFT_WORKER_COMMS_PROTOCOL`: the binding of the control-plane
+/// link (docs/protocol.md, "Transports").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommsProtocol {
+    Mqtt,
+    Poll,
+}
+
+impl fmt::Display for CommsProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CommsProtocol::Mqtt => "mqtt",
+            CommsProtocol::Poll => "poll",
+        })
+    }
 }
 
 /// `SPACELIFT_WORKER_NETWORK`.
@@ -306,6 +324,14 @@ pub struct Config {
     pub job_memory: Option<u64>,
     pub job_pids: u64,
     pub job_cpus: Option<f64>,
+    /// `SPACELIFT_WORKER_COMMS_PROTOCOL`; `None`: chosen from the token
+    /// (see [`Config::comms_protocol`]).
+    pub comms_protocol: Option<CommsProtocol>,
+    /// `SPACELIFT_WORKER_COMMS_URL`: one long-poll endpoint instead of the
+    /// token's.
+    pub comms_url: Option<String>,
+    /// `LIFTOFF_POLL_WAIT`: how long the plane may hold a long poll.
+    pub poll_wait: Duration,
     /// Link timing (`LIFTOFF_MQTT_KEEPALIVE`, ...).
     pub mqtt_keepalive: Duration,
     pub heartbeat_interval: Duration,

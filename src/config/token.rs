@@ -21,7 +21,11 @@ pub struct Token {
     pub version: u64,
     pub pool_id: String,
     pub namespace: String,
+    /// MQTT brokers in order of preference (may be empty when the token
+    /// has `endpoints`).
     pub brokers: Vec<Broker>,
+    /// HTTPS long-poll endpoints in order of preference (may be empty).
+    pub endpoints: Vec<Endpoint>,
     pub api_url: Option<String>,
     /// The pool certificate chain (leaf first), DER.
     pub certificate: Vec<CertificateDer<'static>>,
@@ -42,6 +46,62 @@ impl Broker {
     pub fn needs_alpn(&self) -> bool {
         self.port == 443
     }
+}
+
+/// One HTTPS long-poll endpoint of the control plane (docs/protocol.md,
+/// "The HTTPS long-poll binding"): `url` is `https://host[:port][/prefix]`
+/// without a trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Endpoint {
+    pub region: String,
+    pub url: String,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.region, self.url)
+    }
+}
+
+/// An `https://host[:port][/prefix]` URL for the long-poll binding: no
+/// query, fragment or credentials; returned without a trailing `/`.
+pub fn endpoint_url(url: &str) -> Result<String, String> {
+    let url = url.trim();
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Err(if url.starts_with("http://") {
+            format!("{url:?} is plain HTTP: the long-poll binding needs https://")
+        } else {
+            format!("{url:?} is not an https:// URL (expected https://host[:port][/prefix])")
+        });
+    };
+    if url.contains(['?', '#']) || url.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{url:?} has a query, a fragment or white space: expected https://host[:port][/prefix]"
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?} carries credentials: the pool certificate is the identity; remove user:password@"
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with(']') || authority.starts_with('[') => {
+            (h, Some(p))
+        }
+        _ => (authority, None),
+    };
+    if host.is_empty() || host == "[" {
+        return Err(format!(
+            "{url:?} has no host: expected https://host[:port][/prefix]"
+        ));
+    }
+    if let Some(p) = port
+        && !matches!(p.parse::<u16>(), Ok(n) if n > 0)
+    {
+        return Err(format!("{url:?} has an invalid port: expected 1 to 65535"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 impl std::fmt::Display for Broker {
@@ -110,7 +170,13 @@ fn from_json(obj: &Map<String, Value>) -> Result<Token, String> {
     if pool_id.contains(['/', '+', '#']) {
         return Err("field \"pool_id\" must not contain /, + or #".into());
     }
-    let brokers = brokers(obj)?;
+    let endpoints = endpoints(obj)?;
+    let brokers =
+        if endpoints.is_empty() || obj.contains_key("brokers") || obj.contains_key("broker") {
+            brokers(obj)?
+        } else {
+            Vec::new()
+        };
     let api_url = match field(obj, "api_url")? {
         Some(u) => Some(super::parse::http_url(u).map_err(|e| format!("field \"api_url\": {e}"))?),
         None => None,
@@ -130,10 +196,42 @@ fn from_json(obj: &Map<String, Value>) -> Result<Token, String> {
         pool_id,
         namespace,
         brokers,
+        endpoints,
         api_url,
         certificate,
         ca,
     })
+}
+
+fn endpoints(obj: &Map<String, Value>) -> Result<Vec<Endpoint>, String> {
+    let Some(list) = obj.get("endpoints") else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or("field \"endpoints\" must be a list")?;
+    if list.is_empty() {
+        return Err("field \"endpoints\" is empty: the token names no endpoint".into());
+    }
+    let mut out: Vec<Endpoint> = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let e = item
+            .as_object()
+            .ok_or_else(|| format!("field \"endpoints[{i}]\" must be an object"))?;
+        let url = required(e, "url").map_err(|e| format!("endpoints[{i}]: {e}"))?;
+        let url = endpoint_url(url).map_err(|e| format!("field \"endpoints[{i}].url\": {e}"))?;
+        let region = required(e, "region").map_err(|e| format!("endpoints[{i}]: {e}"))?;
+        if out.iter().any(|o| o.region == region) {
+            return Err(format!(
+                "field \"endpoints[{i}].region\": {region:?} is named twice"
+            ));
+        }
+        out.push(Endpoint {
+            region: region.to_string(),
+            url,
+        });
+    }
+    Ok(out)
 }
 
 fn brokers(obj: &Map<String, Value>) -> Result<Vec<Broker>, String> {
@@ -161,7 +259,7 @@ fn brokers(obj: &Map<String, Value>) -> Result<Vec<Broker>, String> {
     // The seed's form: one broker endpoint.
     let broker = obj
         .get("broker")
-        .ok_or("field \"brokers\" is missing (and there is no seed-style \"broker\" either)")?
+        .ok_or("field \"brokers\" is missing (and there is no seed-style \"broker\" nor \"endpoints\" either)")?
         .as_object()
         .ok_or("field \"broker\" must be an object")?;
     let endpoint = required(broker, "endpoint").map_err(|e| format!("broker: {e}"))?;
@@ -282,6 +380,70 @@ mod tests {
             "ca": FAKE_PEM,
             "something_new": {"ignored": true}
         })
+    }
+
+    #[test]
+    fn endpoints_in_order_and_https_only() {
+        let mut doc = full();
+        doc["endpoints"] = serde_json::json!([
+            {"region": "eu-west-1", "url": "https://plane-a.example.com/"},
+            {"region": "eu-central-1", "url": "https://plane-b.example.com:8443/prefix"}
+        ]);
+        let t = token(doc.clone()).unwrap();
+        assert_eq!(t.endpoints.len(), 2);
+        assert_eq!(t.endpoints[0].url, "https://plane-a.example.com");
+        assert_eq!(
+            t.endpoints[1].url,
+            "https://plane-b.example.com:8443/prefix"
+        );
+        assert_eq!(t.endpoints[1].region, "eu-central-1");
+        assert_eq!(t.brokers.len(), 2, "brokers kept beside endpoints");
+        // endpoints alone are enough
+        let obj = doc.as_object_mut().unwrap();
+        obj.remove("brokers");
+        let t = token(doc.clone()).unwrap();
+        assert!(t.brokers.is_empty() && t.endpoints.len() == 2);
+        for (bad, why) in [
+            (serde_json::json!("x"), "must be a list"),
+            (serde_json::json!([]), "is empty"),
+            (
+                serde_json::json!([{"region": "a", "url": "http://h"}]),
+                "plain HTTP",
+            ),
+            (
+                serde_json::json!([{"region": "a", "url": "mqtts://h"}]),
+                "not an https:// URL",
+            ),
+            (
+                serde_json::json!([{"region": "a", "url": "https://u:p@h"}]),
+                "credentials",
+            ),
+            (
+                serde_json::json!([{"region": "a", "url": "https://h?x=1"}]),
+                "query",
+            ),
+            (
+                serde_json::json!([{"region": "a", "url": "https://h:0"}]),
+                "invalid port",
+            ),
+            (
+                serde_json::json!([{"region": "a", "url": "https:///x"}]),
+                "no host",
+            ),
+            (
+                serde_json::json!([{"url": "https://h"}]),
+                "\"region\" is missing",
+            ),
+            (
+                serde_json::json!([{"region": "a", "url": "https://h"}, {"region": "a", "url": "https://g"}]),
+                "named twice",
+            ),
+        ] {
+            let mut d = doc.clone();
+            d["endpoints"] = bad.clone();
+            let e = token(d).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::read::{self, Reader, set};
-use super::{Config, KeyConfig, KeySource, LandlockMode, LogFormat, Mount, Network, RunScope};
+use super::{
+    CommsProtocol, Config, KeyConfig, KeySource, LandlockMode, LogFormat, Mount, Network, RunScope,
+};
 use super::{parse, redact_userinfo, token};
 
 /// Reads a variable's value (trimmed, never empty) into the configuration.
@@ -427,6 +429,33 @@ pub const VARIABLES: &[Var] = &[
         show: |c| c.job_cpus.map(|n| n.to_string()).unwrap_or_default(),
     },
     Var {
+        name: "SPACELIFT_WORKER_COMMS_PROTOCOL",
+        default: "",
+        secret: false,
+        alias: None,
+        help: "How the worker talks to the control plane: mqtt or poll (HTTPS long-poll). Unset: poll when the token has endpoints (or SPACELIFT_WORKER_COMMS_URL is set), else mqtt.",
+        read: |v, c, _| set(&mut c.comms_protocol, comms_protocol(v).map(Some)),
+        show: |c| c.comms_protocol.map(|p| p.to_string()).unwrap_or_default(),
+    },
+    Var {
+        name: "SPACELIFT_WORKER_COMMS_URL",
+        default: "",
+        secret: false,
+        alias: None,
+        help: "One https:// long-poll endpoint used instead of the token's endpoints.",
+        read: |v, c, _| set(&mut c.comms_url, token::endpoint_url(v).map(Some)),
+        show: |c| c.comms_url.clone().unwrap_or_default(),
+    },
+    Var {
+        name: "LIFTOFF_POLL_WAIT",
+        default: "50s",
+        secret: false,
+        alias: None,
+        help: "Long-poll binding: how long the control plane may hold a poll (1s to 50s); a poll unanswered 10s after it is given up on.",
+        read: |v, c, _| set(&mut c.poll_wait, poll_wait(v)),
+        show: |c| duration(c.poll_wait),
+    },
+    Var {
         name: "LIFTOFF_MQTT_KEEPALIVE",
         default: "30s",
         secret: false,
@@ -481,6 +510,22 @@ fn timeout(v: &str) -> Result<Duration, String> {
 }
 
 /// A duration up to [`parse::MAX_INTERVAL`] (link timing, kill grace).
+fn comms_protocol(v: &str) -> Result<CommsProtocol, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "mqtt" => Ok(CommsProtocol::Mqtt),
+        "poll" => Ok(CommsProtocol::Poll),
+        _ => Err("expected mqtt or poll (HTTPS long-poll)".into()),
+    }
+}
+
+fn poll_wait(v: &str) -> Result<Duration, String> {
+    let d = parse::bounded_duration(v, Duration::from_secs(50))?;
+    if d < Duration::from_secs(1) {
+        return Err("is shorter than 1s; expected 1s to 50s".into());
+    }
+    Ok(d)
+}
+
 fn interval(v: &str) -> Result<Duration, String> {
     parse::bounded_duration(v, parse::MAX_INTERVAL)
 }
@@ -506,9 +551,10 @@ fn redacted(present: bool) -> String {
 fn show_token(c: &Config) -> String {
     match &c.token {
         Some(t) => format!(
-            "(set, redacted) pool {} with brokers {}",
+            "(set, redacted) pool {} with brokers {} and endpoints {}",
             t.pool_id,
-            join(&t.brokers, |b| b.to_string())
+            join(&t.brokers, |b| b.to_string()),
+            join(&t.endpoints, |e| e.to_string())
         ),
         None => redacted(false),
     }

@@ -2,8 +2,9 @@
 //! (durable, acked events), `session` (transport-neutral delivery: outbox,
 //! acks, re-sends, regional failover and fail-back, `hello`/`status`) and
 //! the transports behind its [`session::Transport`] trait: `mqtt` (rumqttc,
-//! TLS, liveness) today. `probe` checks a broker without a session
-//! (`liftoff check`, fail-back probes).
+//! TLS, liveness) and `poll` (HTTPS long-poll with mutual TLS). `probe`
+//! checks a broker without a session (`liftoff check`, fail-back probes);
+//! `poll::check_endpoint` does the same for a long-poll endpoint.
 //!
 //! Call order: [`prepare`] (picks and builds the transport from the
 //! configuration), then [`Prepared::start`] (the session over it). The
@@ -11,11 +12,12 @@
 
 pub mod mqtt;
 pub mod outbox;
+pub mod poll;
 pub mod probe;
 pub mod protocol;
 pub mod session;
 
-use crate::config::Config;
+use crate::config::{CommsProtocol, Config};
 use crate::identity::Identity;
 use outbox::Outbox;
 use protocol::WorkerMsg;
@@ -38,9 +40,18 @@ pub struct Prepared {
     transport: Box<dyn session::Transport>,
     options: SessionOptions,
     primary: String,
+    protocol: CommsProtocol,
 }
 
 impl Prepared {
+    /// `mqtt` or `poll`.
+    pub fn transport_name(&self) -> &'static str {
+        match self.protocol {
+            CommsProtocol::Mqtt => "mqtt",
+            CommsProtocol::Poll => "poll",
+        }
+    }
+
     /// The primary region's name (the first in the token).
     pub fn primary_region(&self) -> &str {
         &self.primary
@@ -56,18 +67,46 @@ impl Prepared {
     }
 }
 
-/// Builds the configured transport (MQTT: the only one so far) and the
+/// The binding this worker speaks: `SPACELIFT_WORKER_COMMS_PROTOCOL` when
+/// set; otherwise `poll` when the token has endpoints or
+/// `SPACELIFT_WORKER_COMMS_URL` is set (the vendor's choice since 2027),
+/// else `mqtt`. An error when the chosen binding has nowhere to connect.
+pub fn comms_protocol(config: &Config) -> Result<CommsProtocol, String> {
+    let token = config.token.as_ref().ok_or("SPACELIFT_TOKEN is not set")?;
+    let can_poll = !token.endpoints.is_empty() || config.comms_url.is_some();
+    let chosen = config.comms_protocol.unwrap_or(if can_poll {
+        CommsProtocol::Poll
+    } else {
+        CommsProtocol::Mqtt
+    });
+    match chosen {
+        CommsProtocol::Poll if !can_poll => Err("SPACELIFT_WORKER_COMMS_PROTOCOL is poll, but the token names no endpoint: set SPACELIFT_WORKER_COMMS_URL=https://… or generate a new token with endpoints".into()),
+        CommsProtocol::Mqtt if token.brokers.is_empty() => Err("SPACELIFT_WORKER_COMMS_PROTOCOL is mqtt, but the token names no broker: set SPACELIFT_WORKER_COMMS_PROTOCOL=poll or generate a new token with brokers".into()),
+        p => Ok(p),
+    }
+}
+
+/// Builds the configured transport (see [`comms_protocol`]) and the
 /// session settings.
 pub fn prepare(config: &Config, identity: &Identity, worker_id: &str) -> Result<Prepared, String> {
-    let settings = mqtt::MqttSettings::from_config(config, identity, worker_id)?;
-    let primary = settings
-        .brokers
-        .first()
-        .map(|(b, _)| b.region.clone())
-        .ok_or("the token names no broker: generate a new token for this pool")?;
+    let protocol = comms_protocol(config)?;
+    let (transport, primary): (Box<dyn session::Transport>, Option<String>) = match protocol {
+        CommsProtocol::Mqtt => {
+            let settings = mqtt::MqttSettings::from_config(config, identity, worker_id)?;
+            let primary = settings.brokers.first().map(|(b, _)| b.region.clone());
+            (Box::new(mqtt::MqttTransport::new(settings)), primary)
+        }
+        CommsProtocol::Poll => {
+            let settings = poll::PollSettings::from_config(config, identity, worker_id)?;
+            let primary = settings.endpoints.first().map(|e| e.region.clone());
+            (Box::new(poll::PollTransport::new(settings)), primary)
+        }
+    };
+    let primary = primary.ok_or("the token names no broker: generate a new token for this pool")?;
     Ok(Prepared {
-        transport: Box::new(mqtt::MqttTransport::new(settings)),
+        transport,
         options: session_options(config, worker_id),
         primary,
+        protocol,
     })
 }

@@ -21,6 +21,8 @@ pub enum ProbeErrorKind {
     Dns,
     /// No TCP connection (refused, unreachable, timed out).
     Tcp,
+    /// The HTTP proxy refused or failed the CONNECT tunnel.
+    Proxy,
     /// We did not trust the broker's certificate (wrong CA, name mismatch).
     TlsVerification,
     /// The broker refused our certificate (pool reset or revoked).
@@ -29,6 +31,8 @@ pub enum ProbeErrorKind {
     Tls,
     /// The broker answered CONNECT with a refusal or something else.
     Mqtt,
+    /// The endpoint answered with an unexpected HTTP status or body.
+    Http,
     /// Connected, but no answer within the time limit.
     Timeout,
 }
@@ -38,10 +42,12 @@ impl ProbeErrorKind {
         match self {
             ProbeErrorKind::Dns => "DNS",
             ProbeErrorKind::Tcp => "TCP",
+            ProbeErrorKind::Proxy => "proxy",
             ProbeErrorKind::TlsVerification => "TLS verification",
             ProbeErrorKind::CertificateRejected => "certificate rejected",
             ProbeErrorKind::Tls => "TLS",
             ProbeErrorKind::Mqtt => "MQTT",
+            ProbeErrorKind::Http => "HTTP",
             ProbeErrorKind::Timeout => "timeout",
         }
     }

@@ -175,6 +175,9 @@ pub enum WorkerMsg {
         /// and an earlier `ts` than this hello is stale.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         will_id: Option<String>,
+        /// The binding this worker speaks: `mqtt` or `poll`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        transport: String,
     },
     /// Heartbeat and state change. Not durable: the latest one wins.
     Status {

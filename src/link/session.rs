@@ -879,6 +879,7 @@ mod tests {
             host: Default::default(),
             sandbox: Default::default(),
             will_id: None,
+            transport: String::new(),
         }
     }
 

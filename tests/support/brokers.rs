@@ -46,7 +46,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 /// True when process `pid` holds a TCP socket listening on 127.0.0.1:`port`
 /// (from /proc/net/tcp and the process's descriptors).
-fn listens(pid: u32, port: u16) -> bool {
+pub fn listens(pid: u32, port: u16) -> bool {
     let local = format!("0100007F:{port:04X}");
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
         return false;

@@ -7,6 +7,7 @@ pub mod http_server;
 pub mod pki;
 pub mod plane;
 pub mod plane_server;
+pub mod poll_plane;
 pub mod runs;
 pub mod sandbox;
 

@@ -58,8 +58,44 @@ impl Consumer {
     }
 }
 
+/// What a plane double received, and the queries tests make on it (both
+/// doubles, MQTT here and long-poll in `poll_plane.rs`, record into one).
+#[derive(Clone, Default)]
+pub struct Record(pub Arc<Mutex<Seen>>);
+
+impl Record {
+    /// Records one message from `worker` received in `region`; true when it
+    /// was new (not a copy of an id seen before).
+    pub fn record(&self, region: &str, worker: &str, v: Value) -> bool {
+        let Some(id) = v["id"].as_str().map(str::to_string) else {
+            return false;
+        };
+        let mut s = self.0.lock().unwrap();
+        s.arrivals.push((region.to_string(), v.clone()));
+        *s.copies.entry(id.clone()).or_default() += 1;
+        if !s.ids.insert(id) {
+            return false;
+        }
+        if v.get("seq").is_some() {
+            s.consumer
+                .entry(worker.to_string())
+                .or_default()
+                .offer(v.clone());
+        }
+        s.unique.push((region.to_string(), v));
+        true
+    }
+}
+
+impl std::ops::Deref for Plane {
+    type Target = Record;
+    fn deref(&self) -> &Record {
+        &self.seen
+    }
+}
+
 pub struct Plane {
-    seen: Arc<Mutex<Seen>>,
+    seen: Record,
     clients: Vec<Client>,
     pub auto_ack: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -95,7 +131,7 @@ pub fn command(ty: &str, fields: Value) -> Value {
 impl Plane {
     pub fn start(b: &Brokers) -> Plane {
         let tls = tls(b);
-        let seen = Arc::new(Mutex::new(Seen::default()));
+        let seen = Record::default();
         let auto_ack = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();
@@ -134,18 +170,7 @@ impl Plane {
                                     ack.to_string(),
                                 );
                             }
-                            let mut s = seen.lock().unwrap();
-                            s.arrivals.push((region.clone(), v.clone()));
-                            *s.copies.entry(id.clone()).or_default() += 1;
-                            if s.ids.insert(id) {
-                                if v.get("seq").is_some() {
-                                    s.consumer
-                                        .entry(worker.clone())
-                                        .or_default()
-                                        .offer(v.clone());
-                                }
-                                s.unique.push((region.clone(), v));
-                            }
+                            seen.record(&region, &worker, v);
                         }
                         Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
                         Ok(Err(_)) => std::thread::sleep(Duration::from_millis(300)),
@@ -177,10 +202,12 @@ impl Plane {
             );
         }
     }
+}
 
+impl Record {
     /// Unique messages so far.
     pub fn events(&self) -> Vec<Value> {
-        self.seen
+        self.0
             .lock()
             .unwrap()
             .unique
@@ -191,17 +218,17 @@ impl Plane {
 
     /// Every message as it arrived, re-sends included, with its region.
     pub fn arrivals(&self) -> Vec<(String, Value)> {
-        self.seen.lock().unwrap().arrivals.clone()
+        self.0.lock().unwrap().arrivals.clone()
     }
 
     /// Unique messages with the region each first came from.
     pub fn events_with_region(&self) -> Vec<(String, Value)> {
-        self.seen.lock().unwrap().unique.clone()
+        self.0.lock().unwrap().unique.clone()
     }
 
     /// The durable events the plane's consumer got from `worker`, in order.
     pub fn delivered(&self, worker: &str) -> Vec<Value> {
-        self.seen
+        self.0
             .lock()
             .unwrap()
             .consumer
@@ -275,13 +302,7 @@ impl Plane {
     }
 
     pub fn copies(&self, id: &str) -> usize {
-        self.seen
-            .lock()
-            .unwrap()
-            .copies
-            .get(id)
-            .copied()
-            .unwrap_or(0)
+        self.0.lock().unwrap().copies.get(id).copied().unwrap_or(0)
     }
 
     /// Waits (bounded) for a unique message matching `pred`, newest first
@@ -346,6 +367,16 @@ pub struct Launcher {
 }
 
 pub fn launch(b: &Brokers, state: &std::path::Path, extra: &[(&str, &str)]) -> Launcher {
+    launch_with(&b.pool.token, &b.pool.key_base64(), state, extra)
+}
+
+/// A `liftoff run` process for `token` and the base64 pool key `key`.
+pub fn launch_with(
+    token: &str,
+    key: &str,
+    state: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Launcher {
     use std::process::{Command, Stdio};
     std::fs::create_dir_all(state).unwrap();
     let log = state.join(format!("launcher-{}.log", liftoff::link::protocol::ulid()));
@@ -353,8 +384,8 @@ pub fn launch(b: &Brokers, state: &std::path::Path, extra: &[(&str, &str)]) -> L
     cmd.arg("run")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SPACELIFT_TOKEN", &b.pool.token)
-        .env("SPACELIFT_POOL_PRIVATE_KEY", b.pool.key_base64())
+        .env("SPACELIFT_TOKEN", token)
+        .env("SPACELIFT_POOL_PRIVATE_KEY", key)
         .env("LIFTOFF_STATE_DIR", state)
         .env("LIFTOFF_PROVIDER_CACHE_DIR", state.join("providers"))
         .env("LIFTOFF_LOG", "info,liftoff=debug")
