@@ -156,7 +156,6 @@ fn go(scratch: &Arc<Mutex<Scratch>>, body: &serde_json::Value) -> Result<i32> {
         .env("LIFTOFF_STATE_DIR", &state)
         .env("LIFTOFF_PROVIDER_CACHE_DIR", dir.join("providers"))
         .env("ADDITIONAL_ROOT_CAS", data.join("ca.crt"))
-        .env("LIFTOFF_POLL_WAIT", "50")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
