@@ -32,14 +32,19 @@ fn valid_id(s: &str) -> bool {
 
 /// Answers one binding request. `cert_pool`: the pool of the client
 /// certificate of the connection, if any.
-pub fn handle(plane: &Plane, req: &Request, cert_pool: Option<&str>) -> Response {
-    match route(plane, req, cert_pool) {
+pub fn handle(
+    plane: &Plane,
+    req: &Request,
+    cert_pool: Option<&str>,
+    cert_fp: Option<&str>,
+) -> Response {
+    match route(plane, req, cert_pool, cert_fp.unwrap_or_default()) {
         Ok(r) => r,
         Err(e) => Response::error(&e),
     }
 }
 
-fn route(plane: &Plane, req: &Request, cert_pool: Option<&str>) -> Result<Response> {
+fn route(plane: &Plane, req: &Request, cert_pool: Option<&str>, cert_fp: &str) -> Result<Response> {
     let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     // v1 pools {pool} ...
     let pool = parts.get(2).copied().unwrap_or_default();
@@ -94,7 +99,7 @@ fn route(plane: &Plane, req: &Request, cert_pool: Option<&str>) -> Result<Respon
                     plane.record(pool, worker, "poll", &region, &batch)?;
                     Ok(Response::json(200, &json!({})))
                 }
-                ("GET", "commands") => poll(plane, req, worker),
+                ("GET", "commands") => poll(plane, req, worker, cert_fp),
                 _ => Err(Error::NotFound(format!("no {method} {}", req.path))),
             }
         }
@@ -103,7 +108,7 @@ fn route(plane: &Plane, req: &Request, cert_pool: Option<&str>) -> Result<Respon
 }
 
 /// The long poll.
-fn poll(plane: &Plane, req: &Request, worker: &str) -> Result<Response> {
+fn poll(plane: &Plane, req: &Request, worker: &str, cert_fp: &str) -> Result<Response> {
     let wait = req
         .param("wait")
         .and_then(|w| w.parse::<u64>().ok())
@@ -131,6 +136,11 @@ fn poll(plane: &Plane, req: &Request, worker: &str) -> Result<Response> {
         };
         if !cmds.is_empty() {
             break Ok(cmds);
+        }
+        if plane.check.revoked(cert_fp) {
+            break Err(Error::Forbidden(
+                "this pool certificate was revoked (pool reset)".into(),
+            ));
         }
         let st = slot.0.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();

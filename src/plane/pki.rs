@@ -272,6 +272,15 @@ impl ClientCheck {
         }
     }
 
+    /// True when the certificate with this fingerprint was revoked (a pool
+    /// reset) after its connection was accepted.
+    pub fn revoked(&self, fingerprint: &str) -> bool {
+        self.known
+            .read()
+            .map(|k| k.get(fingerprint).is_none_or(|c| c.revoked))
+            .unwrap_or(true)
+    }
+
     /// The pool of an accepted leaf certificate.
     pub fn pool_of(&self, leaf: &[u8]) -> Option<String> {
         let k = self.known.read().ok()?;

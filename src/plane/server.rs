@@ -94,10 +94,9 @@ fn connection(plane: &Plane, tls: Arc<rustls::ServerConfig>, mut sock: TcpStream
             return;
         }
     }
-    let cert_pool = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| plane.check.pool_of(leaf));
+    let leaf = conn.peer_certificates().and_then(|c| c.first());
+    let cert_pool = leaf.and_then(|leaf| plane.check.pool_of(leaf));
+    let cert_fp = leaf.map(|l| super::pki::fingerprint(l));
     let stream = rustls::StreamOwned::new(conn, sock);
     let mut reader = BufReader::with_capacity(8 * 1024, stream);
     loop {
@@ -110,17 +109,27 @@ fn connection(plane: &Plane, tls: Arc<rustls::ServerConfig>, mut sock: TcpStream
                 return;
             }
         };
-        let resp = route(plane, &req, cert_pool.as_deref());
+        // A pool reset revokes the certificate of open connections too:
+        // they are closed, and the next handshake is refused.
+        if cert_fp.as_deref().is_some_and(|f| plane.check.revoked(f)) {
+            return;
+        }
+        let resp = route(plane, &req, cert_pool.as_deref(), cert_fp.as_deref());
         if resp.write(reader.get_mut(), keep).is_err() || !keep {
             return;
         }
     }
 }
 
-fn route(plane: &Plane, req: &super::httpd::Request, cert_pool: Option<&str>) -> Response {
+fn route(
+    plane: &Plane,
+    req: &super::httpd::Request,
+    cert_pool: Option<&str>,
+    cert_fp: Option<&str>,
+) -> Response {
     let path = req.path.as_str();
     if path.starts_with("/v1/pools/") {
-        super::binding::handle(plane, req, cert_pool)
+        super::binding::handle(plane, req, cert_pool, cert_fp)
     } else if path.starts_with("/admin/v1/") {
         super::admin::handle(plane, req)
     } else if let Some(key) = path.strip_prefix("/o/") {
