@@ -313,7 +313,12 @@ fn recorded_phases(w: &World) -> Vec<(String, String)> {
     let rows = s.query_map([], |r| r.get::<_, String>(0)).unwrap();
     rows.filter_map(|b| serde_json::from_str::<Value>(&b.unwrap()).ok())
         .filter(|v| v["type"] == "run")
-        .map(|v| (v["run_id"].as_str().unwrap().to_string(), v["phase"].as_str().unwrap().to_string()))
+        .map(|v| {
+            (
+                v["run_id"].as_str().unwrap().to_string(),
+                v["phase"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -322,49 +327,91 @@ fn a_hundred_runs_across_two_long_poll_and_two_mqtt_workers_each_finish_once() {
     let w = world();
     let dir = w.plane.dir.path().to_path_buf();
     let mut workers = Vec::new();
-    for (name, proto) in [("p1", "poll"), ("p2", "poll"), ("m1", "mqtt"), ("m2", "mqtt")] {
+    for (name, proto) in [
+        ("p1", "poll"),
+        ("p2", "poll"),
+        ("m1", "mqtt"),
+        ("m2", "mqtt"),
+    ] {
         let l = launch_worker(
             &w.pool,
             &dir.join(name),
             &w.roots,
-            &[("SPACELIFT_WORKER_COMMS_PROTOCOL", proto), ("LIFTOFF_POLL_WAIT", "20s")],
+            &[
+                ("SPACELIFT_WORKER_COMMS_PROTOCOL", proto),
+                ("LIFTOFF_POLL_WAIT", "20s"),
+            ],
         );
         workers.push((l.worker_id(), proto, l));
     }
     w.plane.wait_workers(Duration::from_secs(60), |l| {
         workers.iter().all(|(id, proto, _)| {
-            l.iter().any(|x| x["id"] == id.as_str() && x["state"] == "IDLE" && x["transport"] == *proto)
+            l.iter()
+                .any(|x| x["id"] == id.as_str() && x["state"] == "IDLE" && x["transport"] == *proto)
         })
     });
-    let spec = spec_file(&dir, "many", "proposed", "many", "echo \"begin $SPACELIFT_RUN_ID\"; seq 1 200; echo \"end $SPACELIFT_RUN_ID\"");
+    let spec = spec_file(
+        &dir,
+        "many",
+        "proposed",
+        "many",
+        "echo \"begin $SPACELIFT_RUN_ID\"; seq 1 200; echo \"end $SPACELIFT_RUN_ID\"",
+    );
     let runs: Vec<String> = (0..100)
         .map(|i| {
-            let v = w.plane.cli_json(&["run", "submit", "edge", "--spec", spec.to_str().unwrap(), "--stack", &format!("s{}", i % 7)]);
+            let v = w.plane.cli_json(&[
+                "run",
+                "submit",
+                "edge",
+                "--spec",
+                spec.to_str().unwrap(),
+                "--stack",
+                &format!("s{}", i % 7),
+            ]);
             v["id"].as_str().unwrap().to_string()
         })
         .collect();
     let mut by_worker: std::collections::HashMap<String, usize> = Default::default();
     for run in &runs {
         let v = w.plane.wait_run(run, Duration::from_secs(600), done);
-        assert_eq!((v["phase"].as_str(), v["exit_code"].as_i64()), (Some("finished"), Some(0)), "{v}");
-        *by_worker.entry(v["worker_id"].as_str().unwrap().to_string()).or_default() += 1;
+        assert_eq!(
+            (v["phase"].as_str(), v["exit_code"].as_i64()),
+            (Some("finished"), Some(0)),
+            "{v}"
+        );
+        *by_worker
+            .entry(v["worker_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
         let log = w.plane.cli(&["run", "logs", run, "--follow"]);
         let text = String::from_utf8_lossy(&log.stdout);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(text.contains(&format!("begin {run}")) && text.contains(&format!("end {run}")), "{run}: {text}");
+        assert!(
+            text.contains(&format!("begin {run}")) && text.contains(&format!("end {run}")),
+            "{run}: {text}"
+        );
         for n in 1..=200 {
-            assert!(lines.contains(&n.to_string().as_str()), "line {n} missing in the log of {run}");
+            assert!(
+                lines.contains(&n.to_string().as_str()),
+                "line {n} missing in the log of {run}"
+            );
         }
     }
     // Every worker took runs, over both transports.
     for (id, proto, l) in &workers {
-        assert!(by_worker.get(id).copied().unwrap_or(0) > 0, "{proto} worker {id} took no run: {by_worker:?}\n{}", l.stderr());
+        assert!(
+            by_worker.get(id).copied().unwrap_or(0) > 0,
+            "{proto} worker {id} took no run: {by_worker:?}\n{}",
+            l.stderr()
+        );
     }
     // Exactly once: one accepted, one started, one finished per run.
     let phases = recorded_phases(&w);
     for run in &runs {
         for phase in ["accepted", "started", "finished"] {
-            let n = phases.iter().filter(|(r, p)| r == run && p == phase).count();
+            let n = phases
+                .iter()
+                .filter(|(r, p)| r == run && p == phase)
+                .count();
             assert_eq!(n, 1, "run {run} has {n} {phase} events");
         }
     }

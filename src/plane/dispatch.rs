@@ -103,6 +103,8 @@ pub struct Plane {
     pub hub: Hub,
     pub mqtt: Mutex<Option<Arc<dyn Outbound>>>,
     brain: Mutex<()>,
+    /// MQTT publishes waiting for their transaction to commit.
+    pending: Mutex<Vec<(String, String, String, String)>>,
     wake: (Mutex<bool>, Condvar),
     pub stopping: std::sync::atomic::AtomicBool,
 }
@@ -144,6 +146,7 @@ impl Plane {
             hub: Hub::default(),
             mqtt: Mutex::new(None),
             brain: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
             wake: (Mutex::new(false), Condvar::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -163,14 +166,30 @@ impl Plane {
     fn send(&self, w: &WorkerRow, body: &Value) -> Result<()> {
         let text = body.to_string();
         if w.transport == "mqtt" {
-            if let Some(m) = self.mqtt.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                m.publish(&w.region, &w.pool_id, &w.id, &text);
-            }
+            // Published once the state that caused it is committed.
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((w.region.clone(), w.pool_id.clone(), w.id.clone(), text));
             return Ok(());
         }
         self.store.enqueue(&w.id, &text)?;
         self.hub.notify(&w.id);
         Ok(())
+    }
+
+    /// Publishes the MQTT commands of a committed transaction (or drops
+    /// them when it failed: the re-send rules send them again).
+    fn flush(&self, committed: bool) {
+        let items = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if !committed {
+            return;
+        }
+        if let Some(m) = self.mqtt.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            for (region, pool, worker, body) in items {
+                m.publish(&region, &pool, &worker, &body);
+            }
+        }
     }
 
     // ---- worker messages -------------------------------------------------
@@ -189,6 +208,22 @@ impl Plane {
         batch: &[Value],
     ) -> Result<()> {
         let _g = self.lock();
+        let out = self
+            .store
+            .transaction(&mut || self.record_batch(pool, worker, transport, region, batch));
+        self.flush(out.is_ok());
+        self.wake();
+        out
+    }
+
+    fn record_batch(
+        &self,
+        pool: &str,
+        worker: &str,
+        transport: &str,
+        region: &str,
+        batch: &[Value],
+    ) -> Result<()> {
         let mut acks = Vec::new();
         for raw in batch {
             let env: Envelope = match serde_json::from_value(raw.clone()) {
@@ -224,7 +259,6 @@ impl Plane {
                 self.send(&w, &command("ack", &ulid(), json!({"ids": acks})))?;
             }
         }
-        self.wake();
         Ok(())
     }
 
@@ -526,6 +560,12 @@ impl Plane {
     /// One round: the poll grace, new assignments, re-sends.
     pub fn tick(&self) -> Result<()> {
         let _g = self.lock();
+        let out = self.store.transaction(&mut || self.tick_locked());
+        self.flush(out.is_ok());
+        out
+    }
+
+    fn tick_locked(&self) -> Result<()> {
         let now = now_ms();
         let grace = self.data.config.poll_grace_s * 1000;
         let resend = self.data.config.resend_s * 1000;

@@ -12,8 +12,9 @@
 //! Call order: [`Sqlite::open`] at start (creates the schema), then any method
 //! from any thread (one connection behind a mutex).
 
-use std::sync::Mutex;
+use std::cell::{Cell, RefCell};
 
+use parking_lot::ReentrantMutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +145,10 @@ pub struct CommandRow {
 
 /// The plane's storage.
 pub trait Store: Send + Sync {
+    /// Runs `f` as one transaction: every store call it makes (from this
+    /// thread) commits together, or, when `f` fails, none does.
+    fn transaction(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<()>;
+
     fn create_pool(&self, pool: &PoolRow) -> Result<()>;
     fn pool(&self, id_or_name: &str) -> Result<Option<PoolRow>>;
     fn pools(&self) -> Result<Vec<PoolRow>>;
@@ -183,7 +188,13 @@ pub trait Store: Send + Sync {
 
 /// SQLite in WAL mode.
 pub struct Sqlite {
-    conn: Mutex<Connection>,
+    conn: ReentrantMutex<Inner>,
+}
+
+struct Inner {
+    conn: RefCell<Connection>,
+    /// Inside [`Store::transaction`]: calls do not begin or commit their own.
+    depth: Cell<u32>,
 }
 
 fn db_err(e: rusqlite::Error) -> Error {
@@ -311,23 +322,63 @@ impl Sqlite {
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(Sqlite {
-            conn: Mutex::new(conn),
+            conn: ReentrantMutex::new(Inner {
+                conn: RefCell::new(conn),
+                depth: Cell::new(0),
+            }),
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
-        let mut c = self
-            .conn
-            .lock()
-            .map_err(|_| Error::Storage("the database lock is poisoned".into()))?;
-        let tx = c.transaction().map_err(db_err)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(db_err)?;
-        Ok(out)
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let inner = self.conn.lock();
+        let conn = inner.conn.borrow();
+        if inner.depth.get() > 0 {
+            return f(&conn);
+        }
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+        match f(&conn) {
+            Ok(out) => match conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(out),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(db_err(e))
+                }
+            },
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 }
 
 impl Store for Sqlite {
+    fn transaction(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let inner = self.conn.lock();
+        if inner.depth.get() > 0 {
+            return f();
+        }
+        inner
+            .conn
+            .borrow()
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(db_err)?;
+        inner.depth.set(1);
+        let out = f();
+        inner.depth.set(0);
+        let conn = inner.conn.borrow();
+        match out {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                db_err(e)
+            }),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     fn create_pool(&self, p: &PoolRow) -> Result<()> {
         self.with(|tx| {
             let exists: Option<String> = tx
