@@ -538,12 +538,20 @@ impl Plane {
 
     // ---- dispatch --------------------------------------------------------
 
-    /// Runs forever (until `stopping`): a tick every 200 ms or when woken.
+    /// Runs forever (until `stopping`): a dispatch round when woken (at
+    /// most one per 10 ms: a burst of submits and events makes one round),
+    /// and a full round (poll grace, re-sends) every 200 ms.
     pub fn run_loop(self: &Arc<Self>) {
+        let mut last_full = std::time::Instant::now();
         while !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Err(e) = self.tick() {
+            let full = last_full.elapsed() >= Duration::from_millis(200);
+            if full {
+                last_full = std::time::Instant::now();
+            }
+            if let Err(e) = self.tick_with(full) {
                 tracing::error!(error = %e, "dispatch failed; retrying");
             }
+            std::thread::sleep(Duration::from_millis(10));
             let mut woken = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
             if !*woken {
                 woken = self
@@ -559,14 +567,28 @@ impl Plane {
 
     /// One round: the poll grace, new assignments, re-sends.
     pub fn tick(&self) -> Result<()> {
+        self.tick_with(true)
+    }
+
+    /// `full`: also the poll grace and the re-sends; else only dispatch,
+    /// and only when a run is queued.
+    fn tick_with(&self, full: bool) -> Result<()> {
         let _g = self.lock();
-        let out = self.store.transaction(&mut || self.tick_locked());
+        let out = self.store.transaction(&mut || self.tick_locked(full));
         self.flush(out.is_ok());
         out
     }
 
-    fn tick_locked(&self) -> Result<()> {
+    fn tick_locked(&self, full: bool) -> Result<()> {
         let now = now_ms();
+        if !full {
+            let runs = self.store.runs(true)?;
+            if !runs.iter().any(|r| r.phase == "queued") {
+                return Ok(());
+            }
+            let workers = self.store.workers()?;
+            return self.dispatch(&workers, &runs, now);
+        }
         let grace = self.data.config.poll_grace_s * 1000;
         let resend = self.data.config.resend_s * 1000;
         let mut workers = self.store.workers()?;
