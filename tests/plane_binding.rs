@@ -373,3 +373,164 @@ fn the_poll_grace_declares_a_silent_worker_gone_and_requeues_its_unstarted_run()
             .contains("poll grace")
     }));
 }
+
+#[test]
+fn the_admin_api_needs_the_token_and_bad_input_gets_clear_errors() {
+    let plane = PlaneProc::start();
+    let url = format!("{}/admin/v1/pools", plane.url());
+    let agent = plane.admin_agent();
+    assert_eq!(agent.get(&url).call().unwrap().status().as_u16(), 401);
+    let wrong = agent
+        .get(&url)
+        .header("Authorization", "Bearer nope")
+        .call()
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 403);
+    let right = agent
+        .get(&url)
+        .header("Authorization", &format!("Bearer {}", plane.admin_token()))
+        .call()
+        .unwrap();
+    assert_eq!(right.status().as_u16(), 200);
+    // Remote CLI use: --url, --token, --ca; a wrong token exits 77.
+    let ca = plane.data.join("ca.crt");
+    let out = std::process::Command::new(support::plane_server::plane_bin())
+        .args([
+            "pool",
+            "list",
+            "--url",
+            &plane.url(),
+            "--token",
+            "nope",
+            "--ca",
+            ca.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong admin token"));
+
+    // CSRs: too short, not RSA, not a CSR → exit 2 naming the problem;
+    // a taken name → exit 4; nothing half-made (no pool listed).
+    let dir = plane.dir.path().join("csrs");
+    let (_, short) = support::pki::pool_key_and_csr(&dir, "short", 1024);
+    let out = plane.cli(&["pool", "create", "p", "--csr", short.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1024-bit RSA key"));
+    support::pki::openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ec.key",
+            "-out",
+            "ec.csr",
+            "-subj",
+            "/CN=ec",
+        ],
+    );
+    let out = plane.cli(&[
+        "pool",
+        "create",
+        "p",
+        "--csr",
+        dir.join("ec.csr").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not RSA"));
+    std::fs::write(dir.join("junk.csr"), "hello").unwrap();
+    let out = plane.cli(&[
+        "pool",
+        "create",
+        "p",
+        "--csr",
+        dir.join("junk.csr").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        plane.cli_json(&["pool", "list"])["pools"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    plane.pool("p", 2048);
+    let (_, again) = support::pki::pool_key_and_csr(&dir, "again", 2048);
+    let out = plane.cli(&["pool", "create", "p", "--csr", again.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4));
+
+    // Specs: the same errors as `liftoff exec --spec`; an unknown pool; the
+    // same idempotency key twice queues one run.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"run_id":"x","run_type":"proposed","steps":[]}"#).unwrap();
+    let out = plane.cli(&["run", "submit", "p", "--spec", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let exec = std::process::Command::new(support::liftoff_bin())
+        .args(["exec", "--spec", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let plane_err = String::from_utf8_lossy(&out.stderr).to_string();
+    let first_line = String::from_utf8_lossy(&exec.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let core = first_line
+        .split("run spec")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert!(
+        !core.is_empty() && plane_err.contains(&core),
+        "plane: {plane_err}\nexec: {first_line}"
+    );
+    let good = dir.join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"run_id":"x","run_type":"proposed","steps":[{"name":"a","argv":["true"]}]}"#,
+    )
+    .unwrap();
+    let out = plane.cli(&["run", "submit", "nope", "--spec", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let a = plane.cli_json(&[
+        "run",
+        "submit",
+        "p",
+        "--spec",
+        good.to_str().unwrap(),
+        "--idempotency-key",
+        "k1",
+    ]);
+    let b = plane.cli_json(&[
+        "run",
+        "submit",
+        "p",
+        "--spec",
+        good.to_str().unwrap(),
+        "--idempotency-key",
+        "k1",
+    ]);
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(
+        (a["created"].as_bool(), b["created"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(
+        plane.cli_json(&["run", "list"])["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -416,3 +416,50 @@ fn a_hundred_runs_across_two_long_poll_and_two_mqtt_workers_each_finish_once() {
         }
     }
 }
+
+#[test]
+fn pool_reset_over_mqtt_the_brokers_use_the_planes_crl() {
+    let mut w = world();
+    let dir = w.plane.dir.path().to_path_buf();
+    // The plane's MQTT identity from the plane's own CA: the brokers trust
+    // only that CA and check its CRL (DATA/crl.pem).
+    let plane_ca = TestCa {
+        dir: w.plane.data.clone(),
+        name: "ca".into(),
+    };
+    let (key, csr) = support::pki::pool_key_and_csr(&dir.join("planemqtt"), "planemqtt", 2048);
+    let crt = dir.join("planemqtt").join("planemqtt.crt");
+    plane_ca.sign(&csr, &crt, 30);
+    let cfg_path = w.plane.data.join("plane.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["mqtt"]["cert"] = crt.to_str().unwrap().into();
+    cfg["mqtt"]["key"] = key.to_str().unwrap().into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let crl = w.plane.data.join("crl.pem");
+    for b in w.brokers.brokers.iter_mut() {
+        b.distrust(&plane_ca);
+        b.check_crl(&crl);
+    }
+    w.plane.restart();
+    let mut a = mqtt_worker(&w, "a");
+    let ida = a.worker_id();
+    w.plane.wait_workers(Duration::from_secs(30), |l| {
+        l.iter()
+            .any(|x| x["id"] == ida.as_str() && x["state"] == "IDLE")
+    });
+
+    let (_, csr2) = support::pki::pool_key_and_csr(&dir.join("reset"), "spacelift", 2048);
+    w.plane
+        .cli_json(&["pool", "reset", "edge", "--csr", csr2.to_str().unwrap()]);
+    // The operator reloads the brokers with the new CRL.
+    for b in w.brokers.brokers.iter_mut() {
+        b.check_crl(&crl);
+    }
+    assert_eq!(a.wait(Duration::from_secs(90)), Some(78), "{}", a.stderr());
+    assert!(
+        a.stderr().contains("was the worker pool reset?"),
+        "{}",
+        a.stderr()
+    );
+}

@@ -9,6 +9,7 @@
 //! | `server.crt`, `server.key` | the HTTPS listener's certificate |
 //! | `admin-token` | the admin API's bearer token |
 //! | `object-key` | the HMAC key of signed object URLs |
+//! | `crl.pem`, `revoked.pem` | the pool CA's CRL for MQTT brokers, and the certificates it revokes |
 //! | `plane.db` | the SQLite store (WAL) |
 //! | `objects/` | log chunks, sources, outputs |
 //!
@@ -259,6 +260,9 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Data> {
     write_file(&dir.join("ca.crt"), ca.cert.as_bytes(), 0o644)?;
     write_file(&dir.join("server.key"), server.key.as_bytes(), 0o600)?;
     write_file(&dir.join("server.crt"), server.cert.as_bytes(), 0o644)?;
+    // An empty CRL, so MQTT brokers can be given `crlfile` from the start.
+    let crl = pki::crl(&ca, "", 1)?;
+    write_file(&dir.join("crl.pem"), crl.as_bytes(), 0o644)?;
     write_file(
         &dir.join("admin-token"),
         format!("{token}\n").as_bytes(),

@@ -972,6 +972,7 @@ impl Plane {
     pub fn reset_pool(&self, name: &str, csr: &str) -> Result<(PoolRow, String)> {
         let mut pool = self.pool(name)?;
         let old = pool.fingerprint.clone();
+        let old_pem = pool.cert_pem.clone();
         let cert = super::pki::sign_csr(&self.data.ca, csr, &pool.id)?;
         pool.cert_pem = cert.cert_pem;
         pool.fingerprint = cert.fingerprint.clone();

@@ -217,6 +217,40 @@ fn rsa_bits(modulus: &[u8]) -> usize {
     }
 }
 
+/// A CRL (PEM) signed by the pool CA revoking every certificate in
+/// `revoked_pem` (a PEM bundle): for MQTT brokers (mosquitto `crlfile`,
+/// AWS IoT Core's certificate status), which check pool certificates
+/// themselves. Valid one year.
+pub fn crl(ca: &Pem, revoked_pem: &str, number: u64) -> Result<String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut revoked = Vec::new();
+    let now = time::OffsetDateTime::now_utc();
+    for c in CertificateDer::pem_slice_iter(revoked_pem.as_bytes()) {
+        let c = c.map_err(|e| Error::Config(format!("revoked.pem is not PEM: {e}")))?;
+        let (_, x) = x509_parser::parse_x509_certificate(c.as_ref()).map_err(|e| {
+            Error::Config(format!("revoked.pem holds an unreadable certificate: {e}"))
+        })?;
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: SerialNumber::from_slice(x.raw_serial()),
+            revocation_time: now,
+            reason_code: Some(rcgen::RevocationReason::Superseded),
+            invalidity_date: None,
+        });
+    }
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::days(365),
+        crl_number: SerialNumber::from_slice(&number.max(1).to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(&issuer(ca)?)
+        .map_err(rcgen_err("sign the CRL"))?;
+    crl.pem().map_err(rcgen_err("encode the CRL"))
+}
+
 /// SHA-256 of `der`, lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
