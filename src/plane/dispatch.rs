@@ -1004,8 +1004,21 @@ impl Plane {
                 revoked: false,
             },
         );
+        self.write_crl(&old_pem)?;
         let token = self.token(&pool);
         Ok((pool, token))
+    }
+
+    /// Adds `revoked_pem` to DATA/revoked.pem and rewrites DATA/crl.pem
+    /// (for MQTT brokers: reload them to apply it).
+    fn write_crl(&self, revoked_pem: &str) -> Result<()> {
+        let bundle_path = self.data.dir.join("revoked.pem");
+        let mut bundle = std::fs::read_to_string(&bundle_path).unwrap_or_default();
+        bundle.push_str(revoked_pem);
+        let count = bundle.matches("BEGIN CERTIFICATE").count() as u64;
+        let crl = super::pki::crl(&self.data.ca, &bundle, count + 1)?;
+        super::write_file(&bundle_path, bundle.as_bytes(), 0o644)?;
+        super::write_file(&self.data.dir.join("crl.pem"), crl.as_bytes(), 0o644)
     }
 
     /// The pool token: the documented format with `endpoints`, `brokers`
