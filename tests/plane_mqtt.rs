@@ -7,6 +7,17 @@
 
 mod support;
 
+/// The tests of this file run one at a time: a starting `liftoff run`
+/// sweeps empty job cgroups under the cgroup it shares with every other
+/// launcher of this test process, which can remove another test's job
+/// cgroup between its creation and its job joining it (reported; the
+/// launchers of a real host each have their own systemd cgroup).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -94,6 +105,7 @@ fn done(v: &Value) -> bool {
 
 #[test]
 fn runs_drain_undrain_and_cycle_over_mqtt_with_real_workers() {
+    let _serial = serial();
     let w = world();
     let a = mqtt_worker(&w, "a");
     let b = mqtt_worker(&w, "b");
@@ -223,6 +235,7 @@ fn started(w: &World, run: &str) {
 
 #[test]
 fn crashes_mid_run_worker_sigkill_plane_sigkill_and_primary_broker_killed() {
+    let _serial = serial();
     let mut w = world();
     let dir = w.plane.dir.path().to_path_buf();
     let mut a = mqtt_worker(&w, "a");
@@ -324,6 +337,7 @@ fn recorded_phases(w: &World) -> Vec<(String, String)> {
 
 #[test]
 fn a_hundred_runs_across_two_long_poll_and_two_mqtt_workers_each_finish_once() {
+    let _serial = serial();
     let w = world();
     let dir = w.plane.dir.path().to_path_buf();
     let mut workers = Vec::new();
@@ -419,6 +433,7 @@ fn a_hundred_runs_across_two_long_poll_and_two_mqtt_workers_each_finish_once() {
 
 #[test]
 fn pool_reset_over_mqtt_the_brokers_use_the_planes_crl() {
+    let _serial = serial();
     let mut w = world();
     let dir = w.plane.dir.path().to_path_buf();
     // The plane's MQTT identity from the plane's own CA: the brokers trust

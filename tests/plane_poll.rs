@@ -7,6 +7,17 @@
 
 mod support;
 
+/// The tests of this file run one at a time: a starting `liftoff run`
+/// sweeps empty job cgroups under the cgroup it shares with every other
+/// launcher of this test process, which can remove another test's job
+/// cgroup between its creation and its job joining it (reported; the
+/// launchers of a real host each have their own systemd cgroup).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -47,6 +58,7 @@ fn submit(plane: &PlaneProc, pool: &str, spec: &Path) -> String {
 
 #[test]
 fn dev_prints_the_hello_run_and_exits_with_the_run_exit_code() {
+    let _serial = serial();
     support::sandbox::require_root();
     let tmp = support::runs::open_tempdir();
     let out = Command::new(plane_bin())
@@ -100,6 +112,7 @@ fn dev_prints_the_hello_run_and_exits_with_the_run_exit_code() {
 
 #[test]
 fn dev_cleans_up_on_ctrl_c() {
+    let _serial = serial();
     support::sandbox::require_root();
     let tmp = support::runs::open_tempdir();
     let spec = spec_file(
@@ -153,6 +166,7 @@ fn dev_cleans_up_on_ctrl_c() {
 
 #[test]
 fn reset_cycle_cancel_and_a_vanished_worker_over_long_poll() {
+    let _serial = serial();
     support::sandbox::require_root();
     let mut plane = PlaneProc::start();
     // A short poll grace keeps the vanished-worker part quick.
