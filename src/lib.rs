@@ -18,6 +18,7 @@ pub mod link;
 pub mod logs;
 pub mod metrics;
 pub mod notify;
+pub mod plane;
 pub mod report;
 pub mod run;
 pub mod sandbox;

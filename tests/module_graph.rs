@@ -24,6 +24,10 @@ const LAYERS: &[&[&str]] = &[
     &["worker"],
     &["launcher"],
     &["cli"],
+    // The reference control plane: a second binary; nothing imports it.
+    &["plane"],
+    // src/bin/: entries of the second binaries, above everything (like main.rs).
+    &["bin"],
 ];
 
 /// Upward imports tolerated for now, each as (from, to, why it is still

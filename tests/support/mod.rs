@@ -6,6 +6,7 @@ pub mod brokers;
 pub mod http_server;
 pub mod pki;
 pub mod plane;
+pub mod plane_server;
 pub mod poll_plane;
 pub mod registry;
 pub mod runs;
