@@ -99,6 +99,8 @@ struct Shared {
     polls_answered: AtomicUsize,
     /// The public (relay) port of each endpoint.
     ports: Vec<u16>,
+    /// TLS connections accepted (each a full handshake).
+    connections: AtomicUsize,
 }
 
 /// One region's listener and the socat relay in front of it.
@@ -273,6 +275,7 @@ impl PollPlane {
             batch: 64,
             polls_answered: AtomicUsize::new(0),
             ports: ports.clone(),
+            connections: AtomicUsize::new(0),
         });
         let mut endpoints = Vec::new();
         for (i, region) in opts.regions.iter().enumerate() {
@@ -358,6 +361,11 @@ impl PollPlane {
             .iter()
             .filter(|r| r.0 == endpoint && r.3 >= since)
             .count()
+    }
+
+    /// TLS connections accepted so far, every endpoint.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Polls answered so far.
@@ -486,6 +494,7 @@ fn respond(w: &mut impl Write, status: u16, extra: &str, body: &[u8]) -> bool {
 
 fn serve(conn: TcpStream, tls: Arc<rustls::ServerConfig>, sh: &Shared, ep: usize, region: &str) {
     let _ = conn.set_nodelay(true);
+    sh.connections.fetch_add(1, Ordering::SeqCst);
     let Ok(server) = rustls::ServerConnection::new(tls) else {
         return;
     };
