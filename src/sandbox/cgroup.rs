@@ -15,8 +15,13 @@
 //! Order: [`JobCgroup::create`] (parent, before clone) → [`JobCgroup::add`]
 //! (parent, the child's pid, before the child goes on) → during the run
 //! [`JobCgroup::signal_all`] / [`JobCgroup::kill_all`] → after the top
-//! process exits [`JobCgroup::oom_killed`], [`JobCgroup::remove`].
+//! process exits [`JobCgroup::oom_killed`], [`JobCgroup::remove`] (or, for
+//! a launcher that returns the job's status before the top process is gone,
+//! [`JobCgroup::remove_after_exit`]).
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -452,6 +457,86 @@ impl JobCgroup {
                 }
             }
         }
+    }
+}
+
+impl JobCgroup {
+    /// Removes the job's cgroups once the process of `pidfd` (the job's
+    /// init, whose pid namespace holds every process of the job) has
+    /// exited, from a detached child process: the caller returns the job's
+    /// status without waiting for init's exit and the teardown of its
+    /// namespaces. `Err` when that process could not be started: the caller
+    /// then waits and calls [`JobCgroup::remove`] itself.
+    ///
+    /// When the pidfd polls readable the kernel has already taken init and
+    /// every process of its namespace out of their cgroups (cgroup_exit
+    /// comes before the exit notification), so the rmdirs succeed at once.
+    pub fn remove_after_exit(&self, pidfd: BorrowedFd<'_>) -> Result<(), Error> {
+        let dirs = self
+            .dirs
+            .iter()
+            .rev()
+            .map(|d| CString::new(d.as_os_str().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::new("a cgroup path contains a NUL byte"))?;
+        let fd = pidfd.as_raw_fd();
+        // SAFETY: a fork-like clone (no CLONE_VM, no exit signal): the child
+        // has its own copy of this address space and only makes system
+        // calls on `dirs` and `fd` (no allocation, no locks) before _exit.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, 0usize, 0usize, 0usize, 0usize, 0usize) };
+        if pid < 0 {
+            return Err(Error::new(format!(
+                "start the process that removes the job's cgroups: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        if pid == 0 {
+            remove_when_gone(fd, &dirs);
+        }
+        Ok(())
+    }
+}
+
+/// The detached remover: own session, no fds but the pidfd (a caller reading
+/// the launcher's output sees EOF when the launcher exits), waits for the
+/// exit, removes the directories (innermost first), exits. Never returns.
+fn remove_when_gone(pidfd: i32, dirs: &[CString]) -> ! {
+    let fd = pidfd as libc::c_uint;
+    // SAFETY: system calls with valid arguments only; `dirs` are C strings
+    // prepared by the parent; _exit runs nothing of the launcher.
+    unsafe {
+        libc::setsid();
+        if fd > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, fd - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, fd + 1, u32::MAX, 0u32);
+        loop {
+            let mut p = libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let r = libc::poll(&mut p, 1, -1);
+            if r > 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        for d in dirs {
+            // As `remove`: up to 500 ms for processes still leaving.
+            for _ in 0..2500 {
+                if libc::rmdir(d.as_ptr()) == 0
+                    || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
+                {
+                    break;
+                }
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000,
+                };
+                libc::nanosleep(&ts, std::ptr::null_mut());
+            }
+        }
+        libc::_exit(0)
     }
 }
 

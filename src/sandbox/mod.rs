@@ -355,6 +355,69 @@ impl Sandbox {
         }
     }
 
+    /// The fd to poll for the job's end: init's status pipe (runtime
+    /// liftoff: readable when init reports the job's status, before its own
+    /// exit), else the top process's pidfd.
+    pub fn exit_fd(&self) -> BorrowedFd<'_> {
+        match &self.status {
+            Some(f) => f.as_fd(),
+            None => self.pidfd.as_fd(),
+        }
+    }
+
+    /// Blocks until the job ends, like [`Sandbox::wait`], but returns as soon
+    /// as init reports the job's status (runtime liftoff): init's own exit -
+    /// the teardown of the job's namespaces, an RCU grace period for its
+    /// mount tree - and the removal of the cgroups happen after this returns,
+    /// the cgroups by a detached process ([`cgroup::JobCgroup::remove_after_exit`]).
+    /// Init has already SIGKILLed everything left in its namespace: nothing
+    /// of the job runs user code after this. Init stays an unreaped child:
+    /// for a launcher that exits next (`liftoff exec`).
+    pub fn wait_detached(&mut self) -> Result<Outcome, Error> {
+        if let Some(o) = self.outcome {
+            return Ok(o);
+        }
+        let Some(f) = self.status.as_mut() else {
+            return self.wait();
+        };
+        let mut buf = [0u8; 4];
+        let status = loop {
+            use std::io::Read;
+            match f.read_exact(&mut buf) {
+                Ok(()) => break i32::from_ne_bytes(buf),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Init ended without a report (killed): reap it.
+                Err(_) => return self.wait(),
+            }
+        };
+        let oom_killed = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
+        if let Some(cg) = &self.cgroup {
+            if cg.remove_after_exit(self.pidfd.as_fd()).is_err() {
+                self.reap_and_remove();
+            }
+        }
+        self.cgroup = None;
+        let o = Outcome {
+            exit: exit_of(status),
+            oom_killed,
+        };
+        self.outcome = Some(o);
+        Ok(o)
+    }
+
+    /// Waits for the top process and removes the cgroups (fallback of
+    /// [`Sandbox::wait_detached`] after the status was read).
+    fn reap_and_remove(&mut self) {
+        let mut st = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        while unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) } < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove();
+        }
+    }
+
     /// Non-blocking: the outcome when the job has ended.
     pub fn try_wait(&mut self) -> Result<Option<Outcome>, Error> {
         if let Some(o) = self.outcome {
@@ -451,14 +514,7 @@ impl Sandbox {
                 job_status = Some(i32::from_ne_bytes(buf));
             }
         }
-        let status = job_status.unwrap_or(status);
-        let exit = if libc::WIFEXITED(status) {
-            Exit::Code(libc::WEXITSTATUS(status))
-        } else if libc::WIFSIGNALED(status) {
-            Exit::Signal(libc::WTERMSIG(status))
-        } else {
-            Exit::Code(125)
-        };
+        let exit = exit_of(job_status.unwrap_or(status));
         let mut oom_killed = false;
         if let Some(cg) = self.cgroup.as_ref() {
             // Nothing of the job may outlive its top process. With an init,
@@ -474,6 +530,17 @@ impl Sandbox {
             cg.remove();
         }
         Ok(Some(o))
+    }
+}
+
+/// How a wait status ended.
+fn exit_of(status: i32) -> Exit {
+    if libc::WIFEXITED(status) {
+        Exit::Code(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Exit::Signal(libc::WTERMSIG(status))
+    } else {
+        Exit::Code(125)
     }
 }
 
