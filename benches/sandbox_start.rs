@@ -98,6 +98,9 @@ fn main() {
     let liftoff_bin = std::env::var("LIFTOFF_BENCH_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_liftoff").to_string());
     let liftoff = liftoff_bin.as_str();
+    // LIFTOFF_BENCH_BASE: an earlier build, timed in the same rounds (a
+    // before/after comparison on a loaded host).
+    let base_bin = std::env::var("LIFTOFF_BENCH_BASE").ok();
     let bwrap = std::process::Command::new("bwrap")
         .arg("--version")
         .output()
@@ -120,7 +123,17 @@ fn main() {
     let mut bw = Vec::with_capacity(n);
     let mut lo = Vec::with_capacity(n);
     let mut lo_none = Vec::with_capacity(n);
+    let mut base = Vec::with_capacity(n);
     for _ in 0..n {
+        if let Some(b) = &base_bin {
+            base.push(time_one(Command::new(b).env_clear().args([
+                "exec",
+                "--workspace",
+                &ws_s,
+                "--",
+                "/bin/true",
+            ])));
+        }
         bare.push(time_one(&mut Command::new("/bin/true")));
         bw.push(time_one(Command::new("bwrap").args(&bargs)));
         lo.push(time_one(Command::new(liftoff).env_clear().args([
@@ -174,5 +187,12 @@ fn main() {
         lp / wp,
         np / wp
     );
+    if let Some(b) = &base_bin {
+        let (xm, xp) = stats(&mut base);
+        println!(
+            "  base {b}: median {xm:7.3} ms   p95 {xp:7.3} ms, ratio/bwrap {:.2} (host network)",
+            xm / wm
+        );
+    }
     println!("  target (issue 19): ratio <= 0.6 with the full sandbox");
 }

@@ -106,7 +106,11 @@ fn build(
     // The link keeps two connections open for the life of the process;
     // ureq's 128 KiB buffers per connection are far more than its small
     // requests and answers need (bodies stream through them anyway).
-    let buffer = if client.is_some() { 16 * 1024 } else { 128 * 1024 };
+    let buffer = if client.is_some() {
+        16 * 1024
+    } else {
+        128 * 1024
+    };
     crate::identity::install_crypto_provider();
     let mut roots: Vec<Certificate<'static>> = if primary_roots.is_empty() {
         rustls_native_certs::load_native_certs()

@@ -355,6 +355,12 @@ impl Sandbox {
         }
     }
 
+    /// The directory tracking the job's processes in its cgroups (`None`
+    /// without cgroups, or once they are removed or handed to the remover).
+    pub fn cgroup_dir(&self) -> Option<&std::path::Path> {
+        self.cgroup.as_ref().map(|c| c.tracking_dir())
+    }
+
     /// The fd to poll for the job's end: init's status pipe (runtime
     /// liftoff: readable when init reports the job's status, before its own
     /// exit), else the top process's pidfd.
