@@ -479,64 +479,158 @@ impl JobCgroup {
             .map(|d| CString::new(d.as_os_str().as_bytes()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| Error::new("a cgroup path contains a NUL byte"))?;
-        let fd = pidfd.as_raw_fd();
-        // SAFETY: a fork-like clone (no CLONE_VM, no exit signal): the child
-        // has its own copy of this address space and only makes system
-        // calls on `dirs` and `fd` (no allocation, no locks) before _exit.
-        let pid = unsafe { libc::syscall(libc::SYS_clone, 0usize, 0usize, 0usize, 0usize, 0usize) };
-        if pid < 0 {
-            return Err(Error::new(format!(
-                "start the process that removes the job's cgroups: {}",
-                std::io::Error::last_os_error()
-            )));
+        // SAFETY: a fresh anonymous mapping for the remover's stack.
+        let stack = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                REMOVER_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            return Err(Error::os(
+                "map a stack for the cgroup remover",
+                std::io::Error::last_os_error(),
+            ));
         }
-        if pid == 0 {
-            remove_when_gone(fd, &dirs);
+        // Never freed: the remover reads it after this process has exited.
+        let plan: &'static Remover = Box::leak(Box::new(Remover {
+            pidfd: pidfd.as_raw_fd(),
+            dirs,
+        }));
+        // SAFETY: a process sharing this address space (CLONE_VM, no copy of
+        // the page tables) on its own stack, without exit signal. It only
+        // reads `plan` (leaked: never freed) and makes system calls until
+        // _exit; neither the stack nor `plan` is ever unmapped, and this
+        // process exiting leaves the address space to it.
+        let pid = unsafe {
+            libc::clone(
+                remover_entry,
+                (stack as *mut u8).add(REMOVER_STACK) as *mut libc::c_void,
+                libc::CLONE_VM,
+                plan as *const Remover as *mut libc::c_void,
+            )
+        };
+        if pid < 0 {
+            return Err(Error::os(
+                "start the process that removes the job's cgroups",
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
+}
+
+/// Stack of the cgroup remover (it makes a handful of system calls).
+const REMOVER_STACK: usize = 64 << 10;
+
+/// What the detached remover needs, prepared by the launcher.
+struct Remover {
+    pidfd: i32,
+    dirs: Vec<CString>,
+}
+
+extern "C" fn remover_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the leaked `&'static Remover` of `remove_after_exit`.
+    let r = unsafe { &*(arg as *const Remover) };
+    remove_when_gone(r.pidfd, &r.dirs)
+}
+
+/// A system call that leaves errno alone: the remover shares the
+/// launcher's memory, thread-local errno included.
+#[cfg(target_arch = "x86_64")]
+unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
+    let ret: isize;
+    // SAFETY (caller): the arguments are valid for system call `nr`.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// A system call that leaves errno alone (see the x86_64 one).
+#[cfg(target_arch = "aarch64")]
+unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
+    let ret: isize;
+    // SAFETY (caller): the arguments are valid for system call `nr`.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            in("x8") nr as usize,
+            inlateout("x0") a[0] => ret,
+            in("x1") a[1],
+            in("x2") a[2],
+            in("x3") a[3],
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Elsewhere: libc's wrapper (a failing call may set the launcher's errno).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
+    // SAFETY (caller): the arguments are valid for system call `nr`.
+    unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3]) as isize }
 }
 
 /// The detached remover: own session, no fds but the pidfd (a caller reading
 /// the launcher's output sees EOF when the launcher exits), waits for the
 /// exit, removes the directories (innermost first), exits. Never returns.
 fn remove_when_gone(pidfd: i32, dirs: &[CString]) -> ! {
-    let fd = pidfd as libc::c_uint;
-    // SAFETY: system calls with valid arguments only; `dirs` are C strings
-    // prepared by the parent; _exit runs nothing of the launcher.
+    let fd = pidfd as usize;
+    let cwd = libc::AT_FDCWD as isize as usize;
+    // SAFETY: raw system calls with valid arguments only (stack values, C
+    // strings prepared by the launcher); exit ends this process alone and
+    // runs nothing of the launcher.
     unsafe {
-        libc::setsid();
+        raw(libc::SYS_setsid, [0; 4]);
         if fd > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, fd - 1, 0u32);
+            raw(libc::SYS_close_range, [0, fd - 1, 0, 0]);
         }
-        libc::syscall(libc::SYS_close_range, fd + 1, u32::MAX, 0u32);
-        loop {
-            let mut p = libc::pollfd {
-                fd: pidfd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let r = libc::poll(&mut p, 1, -1);
-            if r > 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break;
-            }
-        }
+        raw(libc::SYS_close_range, [fd + 1, u32::MAX as usize, 0, 0]);
+        let mut p = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Retried on EINTR (and any other failure, which does not happen
+        // with one valid pollfd).
+        while raw(libc::SYS_ppoll, [&mut p as *mut _ as usize, 1, 0, 0]) < 0 {}
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000,
+        };
         for d in dirs {
             // As `remove`: up to 500 ms for processes still leaving.
             for _ in 0..2500 {
-                if libc::rmdir(d.as_ptr()) == 0
-                    || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
-                {
+                let r = raw(
+                    libc::SYS_unlinkat,
+                    [cwd, d.as_ptr() as usize, libc::AT_REMOVEDIR as usize, 0],
+                );
+                if r == 0 || r == -(libc::ENOENT as isize) {
                     break;
                 }
-                let ts = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 200_000,
-                };
-                libc::nanosleep(&ts, std::ptr::null_mut());
+                raw(libc::SYS_nanosleep, [&pause as *const _ as usize, 0, 0, 0]);
             }
         }
-        libc::_exit(0)
+        raw(libc::SYS_exit, [0; 4]);
+        // exit does not return.
+        #[allow(clippy::empty_loop)]
+        loop {}
     }
 }
 
