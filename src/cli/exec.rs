@@ -590,7 +590,8 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
         }
         r
     });
-    let outcome = sb.wait();
+    // As in `run`: the status without waiting for the namespaces' teardown.
+    let outcome = sb.wait_detached();
     let report = pipeline.finish();
     for w in &report.warnings {
         eprintln!("liftoff: warning: {w}");

@@ -3,8 +3,10 @@
 //! The sandbox knows nothing of runs. A caller (the `liftoff exec` command,
 //! the run executor) builds a spec, calls [`spawn`], reads the job's stdout and
 //! stderr from the [`Sandbox`] pipes, and waits ([`Sandbox::wait`],
-//! [`Sandbox::wait_timeout`], or poll [`Sandbox::pidfd`]), or ends it
-//! ([`Sandbox::terminate`] = SIGTERM to the tree, grace, SIGKILL of all).
+//! [`Sandbox::wait_timeout`], or poll [`Sandbox::pidfd`]; a launcher about
+//! to exit polls [`Sandbox::exit_fd`] and calls [`Sandbox::wait_detached`],
+//! which leaves init's exit and the cgroups' removal off its path), or ends
+//! it ([`Sandbox::terminate`] = SIGTERM to the tree, grace, SIGKILL of all).
 //!
 //! # Setup order (runtime `liftoff`)
 //!
@@ -27,11 +29,13 @@
 //! 1. PDEATHSIG=SIGKILL, waits for the go; becomes uid/gid 1983 (keeping its
 //!    capabilities inside the namespace), new cgroup namespace, hostname,
 //!    loopback up (network none);
-//! 2. runs the mount plan: private propagation, staging tmpfs, first
-//!    pivot_root (host at /oldroot), binds into /newroot (host directories
-//!    attached from the launcher's fds with move_mount), /proc, /dev, /etc,
-//!    second pivot_root, old root detached, / read-only;
-//! 3. forks the job, then becomes the reaping init ([`init`]);
+//! 2. runs the mount plan: private propagation, the root tmpfs on /tmp
+//!    (below a staging pivot_root only when something is bound by path from
+//!    below /tmp), binds into it (host directories attached from the
+//!    launcher's fds with move_mount), /proc, /dev, /etc, pivot_root(".",
+//!    "."), old root detached, / read-only;
+//! 3. starts the job (vfork-like: CLONE_VM|CLONE_VFORK, init suspended
+//!    until the job's execve), then becomes the reaping init ([`init`]);
 //!
 //! In the job: new session, stdio, fds closed on exec, signals reset,
 //! rlimits, bounding set and capabilities dropped, no_new_privs, landlock,
