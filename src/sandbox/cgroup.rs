@@ -23,7 +23,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Error, Limits};
 
@@ -636,7 +636,9 @@ fn remove_when_gone(pidfd: i32, dirs: &[CString]) -> ! {
 
 /// Removes empty job cgroups left behind by a launcher that was killed
 /// (call once at launcher start). Populated ones are left alone (rmdir
-/// refuses them). Returns how many were removed.
+/// refuses them), and so are fresh ones: a concurrent launcher's new cgroup
+/// is empty until its child joins ([`STALE_AFTER`]). Returns how many were
+/// removed.
 pub fn sweep_stale() -> usize {
     let layout = Layout::detect(Path::new(CGROUP_ROOT));
     let own = OwnCgroups::read();
@@ -671,19 +673,35 @@ pub fn sweep_stale() -> usize {
         }
         Layout::None => {}
     }
+    parents
+        .iter()
+        .map(|p| sweep_dir(p, STALE_AFTER, SystemTime::now()))
+        .sum()
+}
+
+/// How old an empty job cgroup must be before [`sweep_stale`] takes it: a
+/// concurrent launcher's fresh cgroup is empty until its child joins.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Removes the empty `liftoff-*` directories of `parent` last changed at
+/// least `min_age` before `now`; how many.
+fn sweep_dir(parent: &Path, min_age: Duration, now: SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
     let mut removed = 0;
-    for p in parents {
-        let Ok(entries) = std::fs::read_dir(&p) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with("liftoff-")
-                && e.path().is_dir()
-                && std::fs::remove_dir(e.path()).is_ok()
-            {
-                removed += 1;
-            }
+    for e in entries.flatten() {
+        let old_enough = e
+            .metadata()
+            .ok()
+            .filter(|m| m.is_dir())
+            .and_then(|m| m.modified().ok())
+            .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
+        if e.file_name().to_string_lossy().starts_with("liftoff-")
+            && old_enough
+            && std::fs::remove_dir(e.path()).is_ok()
+        {
+            removed += 1;
         }
     }
     removed
@@ -701,6 +719,21 @@ pub fn oom_count(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_leaves_fresh_job_cgroups_alone() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("liftoff-1-a")).unwrap();
+        std::fs::create_dir(d.path().join("other")).unwrap();
+        let now = SystemTime::now();
+        // Just created (a concurrent launcher's, before its child joins).
+        assert_eq!(sweep_dir(d.path(), STALE_AFTER, now), 0);
+        assert!(d.path().join("liftoff-1-a").exists());
+        // A minute later it is stale; what is not a job's stays.
+        assert_eq!(sweep_dir(d.path(), STALE_AFTER, now + STALE_AFTER), 1);
+        assert!(!d.path().join("liftoff-1-a").exists());
+        assert!(d.path().join("other").exists());
+    }
 
     #[test]
     fn detects_layouts_from_fixture_dirs() {
