@@ -8,7 +8,13 @@
 //!
 //! `cargo bench --bench sandbox_start` runs 200 starts of each (needs root
 //! for liftoff's cgroups, and bwrap installed); `cargo test --all-targets`
-//! runs it as a 3-start smoke test.
+//! runs it as a 3-start smoke test. `LIFTOFF_BENCH_BIN` times another build
+//! (the static musl one); `LIFTOFF_BENCH_BASE` times an earlier build in the
+//! same rounds, for a before/after ratio on a loaded host.
+//!
+//! `liftoff exec` returns when init reports the job's status: init's exit
+//! (the namespaces' teardown) and the cgroups' removal finish after it, so
+//! each round starts with `/bin/true`, which absorbs that tail.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,6 +104,9 @@ fn main() {
     let liftoff_bin = std::env::var("LIFTOFF_BENCH_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_liftoff").to_string());
     let liftoff = liftoff_bin.as_str();
+    // LIFTOFF_BENCH_BASE: an earlier build, timed in the same rounds (a
+    // before/after comparison on a loaded host).
+    let base_bin = std::env::var("LIFTOFF_BENCH_BASE").ok();
     let bwrap = std::process::Command::new("bwrap")
         .arg("--version")
         .output()
@@ -120,8 +129,21 @@ fn main() {
     let mut bw = Vec::with_capacity(n);
     let mut lo = Vec::with_capacity(n);
     let mut lo_none = Vec::with_capacity(n);
+    let mut base = Vec::with_capacity(n);
     for _ in 0..n {
+        // `bare` first: it absorbs what the previous round's liftoff left
+        // running (its init's exit and the cgroup remover, after liftoff
+        // has returned), so bwrap and the base build start on a quiet host.
         bare.push(time_one(&mut Command::new("/bin/true")));
+        if let Some(b) = &base_bin {
+            base.push(time_one(Command::new(b).env_clear().args([
+                "exec",
+                "--workspace",
+                &ws_s,
+                "--",
+                "/bin/true",
+            ])));
+        }
         bw.push(time_one(Command::new("bwrap").args(&bargs)));
         lo.push(time_one(Command::new(liftoff).env_clear().args([
             "exec",
@@ -174,5 +196,12 @@ fn main() {
         lp / wp,
         np / wp
     );
+    if let Some(b) = &base_bin {
+        let (xm, xp) = stats(&mut base);
+        println!(
+            "  base {b}: median {xm:7.3} ms   p95 {xp:7.3} ms, ratio/bwrap {:.2} (host network)",
+            xm / wm
+        );
+    }
     println!("  target (issue 19): ratio <= 0.6 with the full sandbox");
 }

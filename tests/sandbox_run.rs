@@ -406,6 +406,38 @@ fn library_api_pipes_and_wait() {
 }
 
 #[test]
+fn library_api_wait_detached_reports_then_removes_the_cgroups() {
+    require_root();
+    use liftoff::sandbox::{Exit, SandboxSpec, spawn};
+    let ws = tempfile::tempdir().unwrap();
+    let m = format!("{}", 900000 + unique() % 90000);
+    // A daemonized child outlives the job: init kills it.
+    let script = format!("sleep {m} & exit 4");
+    let spec = SandboxSpec::new(ws.path(), vec!["sh".into(), "-c".into(), script]);
+    let mut sb = spawn(&spec).unwrap();
+    let dir = sb
+        .cgroup_dir()
+        .expect("a root launcher gives the job cgroups")
+        .to_path_buf();
+    let o = sb.wait_detached().unwrap();
+    assert_eq!(o.exit, Exit::Code(4));
+    assert!(!o.oom_killed);
+    drop(sb);
+    // The status comes before init's exit; the detached remover takes the
+    // cgroups away once init (and with it the whole namespace) is gone.
+    assert!(
+        eventually(Duration::from_secs(5), || !dir.exists()),
+        "the job's cgroup {} was left behind",
+        dir.display()
+    );
+    let marker = format!("sleep {m}");
+    assert!(eventually(Duration::from_secs(2), || host_pids_with(
+        &marker
+    )
+    .is_empty()));
+}
+
+#[test]
 fn library_api_terminate_kills_the_tree() {
     require_root();
     use liftoff::sandbox::{SandboxSpec, spawn};

@@ -430,7 +430,9 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
     let deadline = timeout.map(|t| parse::later(Instant::now(), t));
     let mut timed_out = false;
     let outcome = match wait_event(&sb, signals.as_ref(), deadline) {
-        Event::Exited => sb.wait(),
+        // The status as soon as init reports it: the namespaces' teardown
+        // and the cgroups' removal finish after this process exits.
+        Event::Exited => sb.wait_detached(),
         Event::Cancel(_) => sb.terminate(config.kill_grace),
         Event::Deadline => {
             timed_out = true;
@@ -443,7 +445,7 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
     };
     if show_timings {
         eprintln!(
-            "liftoff: timing: {:8.3} ms  job ran, tree ended, cgroups removed",
+            "liftoff: timing: {:8.3} ms  job ran and ended (cgroups removed when its init is gone)",
             waited.elapsed().as_secs_f64() * 1000.0
         );
     }
@@ -588,7 +590,8 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
         }
         r
     });
-    let outcome = sb.wait();
+    // As in `run`: the status without waiting for the namespaces' teardown.
+    let outcome = sb.wait_detached();
     let report = pipeline.finish();
     for w in &report.warnings {
         eprintln!("liftoff: warning: {w}");

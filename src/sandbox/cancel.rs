@@ -58,7 +58,8 @@ impl CancelSignals {
 /// What ended a wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// The tree's top process exited: call [`Sandbox::wait`].
+    /// The job ended (init reported its status, or the top process
+    /// exited): call [`Sandbox::wait`] or [`Sandbox::wait_detached`].
     Exited,
     /// A cancel signal arrived (its number).
     Cancel(i32),
@@ -85,7 +86,7 @@ pub fn wait_event(
         };
         let mut fds = [
             libc::pollfd {
-                fd: sb.pidfd().as_raw_fd(),
+                fd: sb.exit_fd().as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },

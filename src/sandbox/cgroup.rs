@@ -15,10 +15,15 @@
 //! Order: [`JobCgroup::create`] (parent, before clone) → [`JobCgroup::add`]
 //! (parent, the child's pid, before the child goes on) → during the run
 //! [`JobCgroup::signal_all`] / [`JobCgroup::kill_all`] → after the top
-//! process exits [`JobCgroup::oom_killed`], [`JobCgroup::remove`].
+//! process exits [`JobCgroup::oom_killed`], [`JobCgroup::remove`] (or, for
+//! a launcher that returns the job's status before the top process is gone,
+//! [`JobCgroup::remove_after_exit`]).
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Error, Limits};
 
@@ -455,9 +460,185 @@ impl JobCgroup {
     }
 }
 
+impl JobCgroup {
+    /// Removes the job's cgroups once the process of `pidfd` (the job's
+    /// init, whose pid namespace holds every process of the job) has
+    /// exited, from a detached child process: the caller returns the job's
+    /// status without waiting for init's exit and the teardown of its
+    /// namespaces. `Err` when that process could not be started: the caller
+    /// then waits and calls [`JobCgroup::remove`] itself.
+    ///
+    /// When the pidfd polls readable the kernel has already taken init and
+    /// every process of its namespace out of their cgroups (cgroup_exit
+    /// comes before the exit notification), so the rmdirs succeed at once.
+    pub fn remove_after_exit(&self, pidfd: BorrowedFd<'_>) -> Result<(), Error> {
+        let dirs = self
+            .dirs
+            .iter()
+            .rev()
+            .map(|d| CString::new(d.as_os_str().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::new("a cgroup path contains a NUL byte"))?;
+        // SAFETY: a fresh anonymous mapping for the remover's stack.
+        let stack = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                REMOVER_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            return Err(Error::os(
+                "map a stack for the cgroup remover",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // Never freed: the remover reads it after this process has exited.
+        let plan: &'static Remover = Box::leak(Box::new(Remover {
+            pidfd: pidfd.as_raw_fd(),
+            dirs,
+        }));
+        // SAFETY: a process sharing this address space (CLONE_VM, no copy of
+        // the page tables) on its own stack, without exit signal. It only
+        // reads `plan` (leaked: never freed) and makes system calls until
+        // _exit; neither the stack nor `plan` is ever unmapped, and this
+        // process exiting leaves the address space to it.
+        let pid = unsafe {
+            libc::clone(
+                remover_entry,
+                (stack as *mut u8).add(REMOVER_STACK) as *mut libc::c_void,
+                libc::CLONE_VM,
+                plan as *const Remover as *mut libc::c_void,
+            )
+        };
+        if pid < 0 {
+            return Err(Error::os(
+                "start the process that removes the job's cgroups",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Stack of the cgroup remover (it makes a handful of system calls).
+const REMOVER_STACK: usize = 64 << 10;
+
+/// What the detached remover needs, prepared by the launcher.
+struct Remover {
+    pidfd: i32,
+    dirs: Vec<CString>,
+}
+
+extern "C" fn remover_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the leaked `&'static Remover` of `remove_after_exit`.
+    let r = unsafe { &*(arg as *const Remover) };
+    remove_when_gone(r.pidfd, &r.dirs)
+}
+
+/// A system call that leaves errno alone: the remover shares the
+/// launcher's memory, thread-local errno included.
+#[cfg(target_arch = "x86_64")]
+unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
+    let ret: isize;
+    // SAFETY (caller): the arguments are valid for system call `nr`.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// A system call that leaves errno alone (see the x86_64 one).
+#[cfg(target_arch = "aarch64")]
+unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
+    let ret: isize;
+    // SAFETY (caller): the arguments are valid for system call `nr`.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            in("x8") nr as usize,
+            inlateout("x0") a[0] => ret,
+            in("x1") a[1],
+            in("x2") a[2],
+            in("x3") a[3],
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Elsewhere: libc's wrapper (a failing call may set the launcher's errno).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
+    // SAFETY (caller): the arguments are valid for system call `nr`.
+    unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3]) as isize }
+}
+
+/// The detached remover: own session, no fds but the pidfd (a caller reading
+/// the launcher's output sees EOF when the launcher exits), waits for the
+/// exit, removes the directories (innermost first), exits. Never returns.
+fn remove_when_gone(pidfd: i32, dirs: &[CString]) -> ! {
+    let fd = pidfd as usize;
+    let cwd = libc::AT_FDCWD as isize as usize;
+    // SAFETY: raw system calls with valid arguments only (stack values, C
+    // strings prepared by the launcher); exit ends this process alone and
+    // runs nothing of the launcher.
+    unsafe {
+        raw(libc::SYS_setsid, [0; 4]);
+        if fd > 0 {
+            raw(libc::SYS_close_range, [0, fd - 1, 0, 0]);
+        }
+        raw(libc::SYS_close_range, [fd + 1, u32::MAX as usize, 0, 0]);
+        let mut p = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Retried on EINTR (and any other failure, which does not happen
+        // with one valid pollfd).
+        while raw(libc::SYS_ppoll, [&mut p as *mut _ as usize, 1, 0, 0]) < 0 {}
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000,
+        };
+        for d in dirs {
+            // As `remove`: up to 500 ms for processes still leaving.
+            for _ in 0..2500 {
+                let r = raw(
+                    libc::SYS_unlinkat,
+                    [cwd, d.as_ptr() as usize, libc::AT_REMOVEDIR as usize, 0],
+                );
+                if r == 0 || r == -(libc::ENOENT as isize) {
+                    break;
+                }
+                raw(libc::SYS_nanosleep, [&pause as *const _ as usize, 0, 0, 0]);
+            }
+        }
+        raw(libc::SYS_exit, [0; 4]);
+        // exit does not return.
+        #[allow(clippy::empty_loop)]
+        loop {}
+    }
+}
+
 /// Removes empty job cgroups left behind by a launcher that was killed
 /// (call once at launcher start). Populated ones are left alone (rmdir
-/// refuses them). Returns how many were removed.
+/// refuses them), and so are fresh ones: a concurrent launcher's new cgroup
+/// is empty until its child joins ([`STALE_AFTER`]). Returns how many were
+/// removed.
 pub fn sweep_stale() -> usize {
     let layout = Layout::detect(Path::new(CGROUP_ROOT));
     let own = OwnCgroups::read();
@@ -492,19 +673,35 @@ pub fn sweep_stale() -> usize {
         }
         Layout::None => {}
     }
+    parents
+        .iter()
+        .map(|p| sweep_dir(p, STALE_AFTER, SystemTime::now()))
+        .sum()
+}
+
+/// How old an empty job cgroup must be before [`sweep_stale`] takes it: a
+/// concurrent launcher's fresh cgroup is empty until its child joins.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Removes the empty `liftoff-*` directories of `parent` last changed at
+/// least `min_age` before `now`; how many.
+fn sweep_dir(parent: &Path, min_age: Duration, now: SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
     let mut removed = 0;
-    for p in parents {
-        let Ok(entries) = std::fs::read_dir(&p) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with("liftoff-")
-                && e.path().is_dir()
-                && std::fs::remove_dir(e.path()).is_ok()
-            {
-                removed += 1;
-            }
+    for e in entries.flatten() {
+        let old_enough = e
+            .metadata()
+            .ok()
+            .filter(|m| m.is_dir())
+            .and_then(|m| m.modified().ok())
+            .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
+        if e.file_name().to_string_lossy().starts_with("liftoff-")
+            && old_enough
+            && std::fs::remove_dir(e.path()).is_ok()
+        {
+            removed += 1;
         }
     }
     removed
@@ -522,6 +719,21 @@ pub fn oom_count(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_leaves_fresh_job_cgroups_alone() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("liftoff-1-a")).unwrap();
+        std::fs::create_dir(d.path().join("other")).unwrap();
+        let now = SystemTime::now();
+        // Just created (a concurrent launcher's, before its child joins).
+        assert_eq!(sweep_dir(d.path(), STALE_AFTER, now), 0);
+        assert!(d.path().join("liftoff-1-a").exists());
+        // A minute later it is stale; what is not a job's stays.
+        assert_eq!(sweep_dir(d.path(), STALE_AFTER, now + STALE_AFTER), 1);
+        assert!(!d.path().join("liftoff-1-a").exists());
+        assert!(d.path().join("other").exists());
+    }
 
     #[test]
     fn detects_layouts_from_fixture_dirs() {

@@ -4,8 +4,9 @@
 //! multi-threaded launcher.
 //!
 //! Order (runtime liftoff), in [`run_init`]: PDEATHSIG → wait for the go →
-//! uid/gid 1983 → cgroup namespace → hostname → loopback → mount plan → fork
-//! the job ([`run_job`]) → become init ([`super::init::serve`]).
+//! uid/gid 1983 → cgroup namespace → hostname → loopback → mount plan → start
+//! the job ([`spawn_job`]: vfork-like, [`run_job`]) → become init
+//! ([`super::init::serve`]).
 //! Runtimes landlock/none: [`run_direct`] (the child is the job).
 //!
 //! Errors go to the parent through the error pipe as (step, errno); the
@@ -201,24 +202,9 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     }
     // Block every signal before the fork: init takes them with sigwaitinfo.
     let all = init::block_all();
-    // A raw fork: libc's fork() runs atfork handlers and takes malloc locks
-    // that another launcher thread may have held at clone time (deadlock).
-    // SAFETY: fork-like clone without CLONE_VM; the child runs `run_job`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    } as libc::pid_t;
+    let pid = spawn_job(plan);
     if pid < 0 {
         fail(e, STEP_FORK, errno());
-    }
-    if pid == 0 {
-        run_job(plan);
     }
     // Init is a copy of the launcher's memory: never dumpable, so the job
     // cannot read its /proc files (environ, mem, maps) even under an
@@ -236,6 +222,58 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
         libc::syscall(libc::SYS_close_range, s + 1, u32::MAX, 0u32);
     }
     init::serve(pid, plan.status_fd, &all)
+}
+
+/// The job's stack while it shares init's memory (until its execve).
+const JOB_STACK: usize = 256 << 10;
+
+/// Starts the job as posix_spawn does: a clone sharing init's memory
+/// (CLONE_VM) on a stack of its own, init suspended until the job's execve
+/// or exit (CLONE_VFORK). No copy of the launcher's page tables, no
+/// copy-on-write faults in either process, and the job's execve drops a
+/// reference instead of tearing a copied address space down. Not libc's
+/// fork(): it runs atfork handlers and takes malloc locks that another
+/// launcher thread may have held at clone time. Returns the job's pid, or
+/// -1 (errno set).
+fn spawn_job(plan: &ChildPlan) -> libc::pid_t {
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&ChildPlan` passed below; init is suspended
+        // (CLONE_VFORK) and keeps it alive until the job's execve or exit.
+        run_job(unsafe { &*(arg as *const ChildPlan) })
+    }
+    // SAFETY: a fresh anonymous mapping for the job's stack; init never
+    // unmaps it (it exits when the job does, its memory goes with it).
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            JOB_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return -1;
+    }
+    // A guard page below the stack: an overflow faults, never writes into
+    // init's memory.
+    // SAFETY: the lowest page of the mapping made above.
+    if unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) } != 0 {
+        return -1;
+    }
+    // SAFETY: the job runs `entry` on the top of its own stack in init's
+    // memory while init is suspended; the job only makes system calls on
+    // `plan` (no allocation, no locks; its signal handlers are its own copy
+    // without CLONE_SIGHAND) until execve or _exit, which resume init.
+    unsafe {
+        libc::clone(
+            entry,
+            (stack as *mut u8).add(JOB_STACK) as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            plan as *const ChildPlan as *mut libc::c_void,
+        )
+    }
 }
 
 /// Runtimes landlock and none: the clone child is the job. Never returns.

@@ -151,7 +151,7 @@ pub fn push_checks(report: &mut Report, runtime: Runtime, mode: LandlockMode) {
                 Status::Ok,
                 host,
                 format!(
-                    "filter mode available; deny-list of {} instructions",
+                    "filter mode available; filter of {} instructions",
                     p.deny.len()
                 ),
             ),

@@ -3,8 +3,10 @@
 //! The sandbox knows nothing of runs. A caller (the `liftoff exec` command,
 //! the run executor) builds a spec, calls [`spawn`], reads the job's stdout and
 //! stderr from the [`Sandbox`] pipes, and waits ([`Sandbox::wait`],
-//! [`Sandbox::wait_timeout`], or poll [`Sandbox::pidfd`]), or ends it
-//! ([`Sandbox::terminate`] = SIGTERM to the tree, grace, SIGKILL of all).
+//! [`Sandbox::wait_timeout`], or poll [`Sandbox::pidfd`]; a launcher about
+//! to exit polls [`Sandbox::exit_fd`] and calls [`Sandbox::wait_detached`],
+//! which leaves init's exit and the cgroups' removal off its path), or ends
+//! it ([`Sandbox::terminate`] = SIGTERM to the tree, grace, SIGKILL of all).
 //!
 //! # Setup order (runtime `liftoff`)
 //!
@@ -27,11 +29,13 @@
 //! 1. PDEATHSIG=SIGKILL, waits for the go; becomes uid/gid 1983 (keeping its
 //!    capabilities inside the namespace), new cgroup namespace, hostname,
 //!    loopback up (network none);
-//! 2. runs the mount plan: private propagation, staging tmpfs, first
-//!    pivot_root (host at /oldroot), binds into /newroot (host directories
-//!    attached from the launcher's fds with move_mount), /proc, /dev, /etc,
-//!    second pivot_root, old root detached, / read-only;
-//! 3. forks the job, then becomes the reaping init ([`init`]);
+//! 2. runs the mount plan: private propagation, the root tmpfs on /tmp
+//!    (below a staging pivot_root only when something is bound by path from
+//!    below /tmp), binds into it (host directories attached from the
+//!    launcher's fds with move_mount), /proc, /dev, /etc, pivot_root(".",
+//!    "."), old root detached, / read-only;
+//! 3. starts the job (vfork-like: CLONE_VM|CLONE_VFORK, init suspended
+//!    until the job's execve), then becomes the reaping init ([`init`]);
 //!
 //! In the job: new session, stdio, fds closed on exec, signals reset,
 //! rlimits, bounding set and capabilities dropped, no_new_privs, landlock,
@@ -355,6 +359,75 @@ impl Sandbox {
         }
     }
 
+    /// The directory tracking the job's processes in its cgroups (`None`
+    /// without cgroups, or once they are removed or handed to the remover).
+    pub fn cgroup_dir(&self) -> Option<&std::path::Path> {
+        self.cgroup.as_ref().map(|c| c.tracking_dir())
+    }
+
+    /// The fd to poll for the job's end: init's status pipe (runtime
+    /// liftoff: readable when init reports the job's status, before its own
+    /// exit), else the top process's pidfd.
+    pub fn exit_fd(&self) -> BorrowedFd<'_> {
+        match &self.status {
+            Some(f) => f.as_fd(),
+            None => self.pidfd.as_fd(),
+        }
+    }
+
+    /// Blocks until the job ends, like [`Sandbox::wait`], but returns as soon
+    /// as init reports the job's status (runtime liftoff): init's own exit -
+    /// the teardown of the job's namespaces, an RCU grace period for its
+    /// mount tree - and the removal of the cgroups happen after this returns,
+    /// the cgroups by a detached process ([`cgroup::JobCgroup::remove_after_exit`]).
+    /// Init has already SIGKILLed everything left in its namespace: nothing
+    /// of the job runs user code after this. Init stays an unreaped child:
+    /// for a launcher that exits next (`liftoff exec`).
+    pub fn wait_detached(&mut self) -> Result<Outcome, Error> {
+        if let Some(o) = self.outcome {
+            return Ok(o);
+        }
+        let Some(f) = self.status.as_mut() else {
+            return self.wait();
+        };
+        let mut buf = [0u8; 4];
+        let status = loop {
+            use std::io::Read;
+            match f.read_exact(&mut buf) {
+                Ok(()) => break i32::from_ne_bytes(buf),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Init ended without a report (killed): reap it.
+                Err(_) => return self.wait(),
+            }
+        };
+        let oom_killed = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
+        if let Some(cg) = &self.cgroup {
+            if cg.remove_after_exit(self.pidfd.as_fd()).is_err() {
+                self.reap_and_remove();
+            }
+        }
+        self.cgroup = None;
+        let o = Outcome {
+            exit: exit_of(status),
+            oom_killed,
+        };
+        self.outcome = Some(o);
+        Ok(o)
+    }
+
+    /// Waits for the top process and removes the cgroups (fallback of
+    /// [`Sandbox::wait_detached`] after the status was read).
+    fn reap_and_remove(&mut self) {
+        let mut st = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        while unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) } < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove();
+        }
+    }
+
     /// Non-blocking: the outcome when the job has ended.
     pub fn try_wait(&mut self) -> Result<Option<Outcome>, Error> {
         if let Some(o) = self.outcome {
@@ -451,14 +524,7 @@ impl Sandbox {
                 job_status = Some(i32::from_ne_bytes(buf));
             }
         }
-        let status = job_status.unwrap_or(status);
-        let exit = if libc::WIFEXITED(status) {
-            Exit::Code(libc::WEXITSTATUS(status))
-        } else if libc::WIFSIGNALED(status) {
-            Exit::Signal(libc::WTERMSIG(status))
-        } else {
-            Exit::Code(125)
-        };
+        let exit = exit_of(job_status.unwrap_or(status));
         let mut oom_killed = false;
         if let Some(cg) = self.cgroup.as_ref() {
             // Nothing of the job may outlive its top process. With an init,
@@ -474,6 +540,17 @@ impl Sandbox {
             cg.remove();
         }
         Ok(Some(o))
+    }
+}
+
+/// How a wait status ended.
+fn exit_of(status: i32) -> Exit {
+    if libc::WIFEXITED(status) {
+        Exit::Code(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Exit::Signal(libc::WTERMSIG(status))
+    } else {
+        Exit::Code(125)
     }
 }
 

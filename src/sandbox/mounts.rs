@@ -12,15 +12,20 @@
 //! ([`hint`]). The plan itself encodes the setup order:
 //!
 //! 1. propagation private (nothing leaks back to the host);
-//! 2. a staging tmpfs on /tmp, `pivot_root` into it: the host is at /oldroot;
-//! 3. a tmpfs at /newroot; read-only binds of /oldroot/{usr,bin,...} (or the
-//!    root directory's entries), merged-usr symlinks copied as symlinks;
+//! 2. only when something is bound by path from below /tmp (an unprivileged
+//!    launcher with a workspace there): a staging tmpfs on /tmp and
+//!    `pivot_root` into it, the host at /oldroot, the root built at /newroot;
+//!    otherwise the root is built on /tmp directly (one pivot_root fewer:
+//!    each walks every task of the host);
+//! 3. the root tmpfs; read-only binds of {usr,bin,...} (or the root
+//!    directory's entries), merged-usr symlinks copied as symlinks;
 //! 4. /etc written (passwd, group, hosts, resolv.conf, nsswitch.conf,
 //!    hostname) plus read-only binds of the CA bundle and loader files;
 //! 5. workspace rw at /mnt/workspace, /tmp and the home as tmpfs, extra mounts;
 //! 6. a minimal /dev (device binds, devpts, shm), a fresh /proc with masked
 //!    and read-only paths;
-//! 7. `pivot_root` into /newroot, old root detached, / remounted read-only.
+//! 7. `pivot_root(".", ".")` in the new root, the old root detached under
+//!    it, / remounted read-only.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -89,6 +94,14 @@ struct Plan {
     /// Host binds go by file descriptor ([`Op::BindTree`]) until
     /// [`open_tree_clone`] says this launcher cannot.
     by_fd: bool,
+    /// Where the job's root is built: [`STAGE`] itself (one pivot_root), or
+    /// /newroot inside a staging tmpfs there (two).
+    root: &'static str,
+    /// Where the host's root is while building: `/` or /oldroot.
+    host: &'static str,
+    /// A bind by path reads from below [`STAGE`], which the one-pivot
+    /// layout covers: the plan is made again with the staging layout.
+    shadowed: bool,
 }
 
 impl Plan {
@@ -110,7 +123,7 @@ impl Plan {
         Ok(())
     }
     fn bind(&mut self, src: &Path, dst: &Path, rw: bool) -> Result<(), Error> {
-        let host = Path::new("/oldroot").join(src.strip_prefix("/").unwrap_or(src));
+        let host = Path::new(self.host).join(src.strip_prefix("/").unwrap_or(src));
         let meta = std::fs::metadata(src)
             .map_err(|e| Error::new(format!("mount source {}: {e}", src.display())))?;
         if meta.is_dir() {
@@ -125,7 +138,7 @@ impl Plan {
             "bind {} {} at {}",
             src.display(),
             if rw { "read-write" } else { "read-only" },
-            inside(dst).display()
+            self.inside(dst).display()
         );
         if self.by_fd {
             match open_tree_clone(src)? {
@@ -136,6 +149,9 @@ impl Plan {
                 }
                 None => self.by_fd = false,
             }
+        }
+        if self.host == "/" && src.starts_with(STAGE) {
+            self.shadowed = true;
         }
         self.push(
             Op::Bind {
@@ -152,7 +168,11 @@ impl Plan {
         if let Some(p) = path.parent() {
             self.mkdirs(p)?;
         }
-        let what = format!("symlink {} -> {}", inside(path).display(), target.display());
+        let what = format!(
+            "symlink {} -> {}",
+            self.inside(path).display(),
+            target.display()
+        );
         self.push(
             Op::Symlink {
                 target: cs(target)?,
@@ -170,7 +190,7 @@ impl Plan {
         data: &str,
     ) -> Result<(), Error> {
         self.mkdirs(dst)?;
-        let what = format!("mount {fstype} at {}", inside(dst).display());
+        let what = format!("mount {fstype} at {}", self.inside(dst).display());
         self.push(
             Op::Mount {
                 src: cs(fstype)?,
@@ -184,7 +204,7 @@ impl Plan {
         Ok(())
     }
     fn write(&mut self, path: &Path, data: Vec<u8>) -> Result<(), Error> {
-        let what = format!("write {}", inside(path).display());
+        let what = format!("write {}", self.inside(path).display());
         self.push(
             Op::Write {
                 path: cs(path)?,
@@ -196,16 +216,19 @@ impl Plan {
     }
 }
 
-/// The path a /newroot path has inside the sandbox.
-fn inside(p: &Path) -> PathBuf {
-    match p.strip_prefix("/newroot") {
-        Ok(rest) => Path::new("/").join(rest),
-        Err(_) => p.to_path_buf(),
+impl Plan {
+    /// The path a path of the root under construction has in the sandbox.
+    fn inside(&self, p: &Path) -> PathBuf {
+        match p.strip_prefix(self.root) {
+            Ok(rest) => Path::new("/").join(rest),
+            Err(_) => p.to_path_buf(),
+        }
     }
-}
 
-fn nr(p: &str) -> PathBuf {
-    Path::new("/newroot").join(p.trim_start_matches('/'))
+    /// Where sandbox path `p` is while the root is built.
+    fn nr(&self, p: &str) -> PathBuf {
+        Path::new(self.root).join(p.trim_start_matches('/'))
+    }
 }
 
 /// Host directories that make up the job's root when no root is given.
@@ -276,14 +299,27 @@ pub fn check_target(p: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Builds the mount plan for `spec` (runtime liftoff).
+/// Builds the mount plan for `spec` (runtime liftoff): with one
+/// pivot_root when nothing is bound by path from below [`STAGE`] (a root
+/// launcher binds by file descriptor), else with the staging pivot.
 pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
+    let p = plan_with(spec, true)?;
+    if !p.shadowed {
+        return Ok(p.ops);
+    }
+    Ok(plan_with(spec, false)?.ops)
+}
+
+fn plan_with(spec: &SandboxSpec, one_pivot: bool) -> Result<Plan, Error> {
     let mut p = Plan {
         ops: Vec::with_capacity(96),
         dirs: BTreeSet::new(),
         by_fd: true,
+        root: if one_pivot { STAGE } else { "/newroot" },
+        host: if one_pivot { "/" } else { "/oldroot" },
+        shadowed: false,
     };
-    // 1-2: private propagation, staging tmpfs, first pivot.
+    // 1-2: private propagation (and the staging tmpfs, first pivot).
     p.push(
         Op::Mount {
             src: cs("none")?,
@@ -294,32 +330,34 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
         },
         "make mounts private".into(),
     );
-    p.push(
-        Op::Mount {
-            src: cs("tmpfs")?,
-            dst: cs(STAGE)?,
-            fstype: cs("tmpfs")?,
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
-            data: cs("mode=0755,size=64k")?,
-        },
-        "mount the staging tmpfs".into(),
-    );
-    p.push(Op::Mkdir(cs("/tmp/oldroot")?, 0o755), "staging dir".into());
-    p.push(Op::Mkdir(cs("/tmp/newroot")?, 0o755), "staging dir".into());
-    p.push(
-        Op::PivotRoot {
-            new: cs(STAGE)?,
-            old: cs("/tmp/oldroot")?,
-        },
-        "pivot_root into the staging tmpfs".into(),
-    );
-    p.push(Op::Chdir(cs("/")?), "chdir /".into());
-    p.dirs.insert("/newroot".into());
+    if !one_pivot {
+        p.push(
+            Op::Mount {
+                src: cs("tmpfs")?,
+                dst: cs(STAGE)?,
+                fstype: cs("tmpfs")?,
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: cs("mode=0755,size=64k")?,
+            },
+            "mount the staging tmpfs".into(),
+        );
+        p.push(Op::Mkdir(cs("/tmp/oldroot")?, 0o755), "staging dir".into());
+        p.push(Op::Mkdir(cs("/tmp/newroot")?, 0o755), "staging dir".into());
+        p.push(
+            Op::PivotRoot {
+                new: cs(STAGE)?,
+                old: cs("/tmp/oldroot")?,
+            },
+            "pivot_root into the staging tmpfs".into(),
+        );
+        p.push(Op::Chdir(cs("/")?), "chdir /".into());
+    }
+    p.dirs.insert(p.root.into());
     // 3: the new root.
     p.push(
         Op::Mount {
             src: cs("tmpfs")?,
-            dst: cs("/newroot")?,
+            dst: cs(p.root)?,
             fstype: cs("tmpfs")?,
             flags: libc::MS_NOSUID | libc::MS_NODEV,
             data: cs("mode=0755,size=4m")?,
@@ -330,7 +368,8 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
         None => {
             for d in HOST_DIRS {
                 let host = Path::new("/").join(d);
-                mirror_entry(&mut p, &host, &nr(d))?;
+                let dst = p.nr(d);
+                mirror_entry(&mut p, &host, &dst)?;
             }
         }
         Some(root) => {
@@ -342,23 +381,22 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
                 if OWN_TOP.contains(&n) {
                     continue;
                 }
-                mirror_entry(&mut p, &entry.path(), &nr(n))?;
+                let dst = p.nr(n);
+                mirror_entry(&mut p, &entry.path(), &dst)?;
             }
         }
     }
     // 4: /etc.
     etc(&mut p, spec)?;
     // 5: workspace, tmp, home, extra mounts.
-    p.bind(&spec.workspace, &nr(WORKSPACE), true)?;
+    let ws = p.nr(WORKSPACE);
+    p.bind(&spec.workspace, &ws, true)?;
+    let tmp = p.nr("/tmp");
+    p.mount("tmpfs", &tmp, libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
+    let home = p.nr(JOB_HOME);
     p.mount(
         "tmpfs",
-        &nr("/tmp"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=1777",
-    )?;
-    p.mount(
-        "tmpfs",
-        &nr(JOB_HOME),
+        &home,
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=0755",
     )?;
@@ -369,7 +407,7 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
     dev(&mut p)?;
     proc(&mut p)?;
     // 7: final pivot, detach, read-only root.
-    p.push(Op::Chdir(cs("/newroot")?), "chdir /newroot".into());
+    p.push(Op::Chdir(cs(p.root)?), format!("chdir {}", p.root));
     p.push(
         Op::PivotRoot {
             new: cs(".")?,
@@ -380,7 +418,7 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
     p.push(Op::Detach(cs(".")?), "detach the old root".into());
     p.push(Op::Chdir(cs("/")?), "chdir /".into());
     p.push(Op::ReadOnly(cs("/")?), "make / read-only".into());
-    Ok(p.ops)
+    Ok(p)
 }
 
 /// A top-level entry of the root: a symlink stays a symlink, a directory or
@@ -408,13 +446,14 @@ fn extra_mount(p: &mut Plan, m: &BindMount) -> Result<(), Error> {
     }
     let src = std::fs::canonicalize(&m.source)
         .map_err(|e| Error::new(format!("mount source {}: {e}", m.source.display())))?;
-    p.bind(&src, &nr(&m.target.to_string_lossy()), m.writable)
+    let dst = p.nr(&m.target.to_string_lossy());
+    p.bind(&src, &dst, m.writable)
 }
 
 /// The job's /etc: its own passwd, group, hosts, resolv.conf, nsswitch.conf,
 /// hostname; the CA bundle; loader files (host root) or the image's /etc.
 fn etc(p: &mut Plan, spec: &SandboxSpec) -> Result<(), Error> {
-    let etc = nr("/etc");
+    let etc = p.nr("/etc");
     p.mkdirs(&etc)?;
     let h = &spec.hostname;
     p.write(
@@ -515,7 +554,7 @@ pub fn host_ca_bundle() -> Option<PathBuf> {
 }
 
 fn dev(p: &mut Plan) -> Result<(), Error> {
-    let dev = nr("/dev");
+    let dev = p.nr("/dev");
     p.mount(
         "tmpfs",
         &dev,
@@ -527,7 +566,7 @@ fn dev(p: &mut Plan) -> Result<(), Error> {
         p.push(Op::Touch(cs(&path)?), format!("create /dev/{d}"));
         p.push(
             Op::Bind {
-                src: cs(Path::new("/oldroot/dev").join(d))?,
+                src: cs(Path::new(p.host).join("dev").join(d))?,
                 dst: cs(&path)?,
                 rw: true,
                 dev: true,
@@ -562,7 +601,7 @@ fn dev(p: &mut Plan) -> Result<(), Error> {
 }
 
 fn proc(p: &mut Plan) -> Result<(), Error> {
-    let proc = nr("/proc");
+    let proc = p.nr("/proc");
     p.mount(
         "proc",
         &proc,
@@ -573,7 +612,7 @@ fn proc(p: &mut Plan) -> Result<(), Error> {
         if Path::new("/proc").join(f).exists() {
             p.push(
                 Op::Bind {
-                    src: cs("/newroot/dev/null")?,
+                    src: cs(p.nr("/dev/null"))?,
                     dst: cs(proc.join(f))?,
                     rw: true,
                     dev: true,
@@ -659,9 +698,14 @@ pub(crate) fn hint(op: &Op, errno: i32) -> Option<String> {
     else {
         return None;
     };
-    let host = Path::new(std::ffi::OsStr::from_bytes(src.as_bytes()))
-        .strip_prefix("/oldroot")
-        .ok()?;
+    let src = Path::new(std::ffi::OsStr::from_bytes(src.as_bytes()));
+    // A host path (below /oldroot in the staging layout), not a path of
+    // the root under construction.
+    let host = match src.strip_prefix("/oldroot") {
+        Ok(h) => h,
+        Err(_) if !src.starts_with(STAGE) => src.strip_prefix("/").ok()?,
+        Err(_) => return None,
+    };
     if errno != libc::EACCES {
         return None;
     }
@@ -971,6 +1015,15 @@ mod tests {
         assert!(h.contains("/srv/state/runs/r1/workspace"), "{h}");
         assert!(h.contains("chmod o+x"), "{h}");
         assert_eq!(hint(&op, libc::ENOENT), None);
+        // The one-pivot layout binds host paths as they are.
+        let op = Op::Bind {
+            src: cs("/srv/state/runs/r1/workspace").unwrap(),
+            dst: cs("/tmp/mnt/workspace").unwrap(),
+            rw: true,
+            dev: false,
+        };
+        let h = hint(&op, libc::EACCES).unwrap();
+        assert!(h.contains("/srv/state/runs/r1/workspace"), "{h}");
     }
 
     #[test]
@@ -984,6 +1037,49 @@ mod tests {
             Ok(None) => assert!(!root, "a root launcher can open_tree"),
             Ok(Some(_)) => panic!("opened a path that does not exist"),
         }
+    }
+
+    #[test]
+    fn a_path_bind_from_below_the_stage_needs_the_staging_pivot() {
+        let ws = tempfile::tempdir_in(STAGE).unwrap();
+        let mut p = Plan {
+            ops: Vec::new(),
+            dirs: BTreeSet::new(),
+            by_fd: false,
+            root: STAGE,
+            host: "/",
+            shadowed: false,
+        };
+        p.bind(Path::new("/usr"), &p.nr("/usr"), false).unwrap();
+        assert!(!p.shadowed, "/usr is not below {STAGE}");
+        let dst = p.nr(WORKSPACE);
+        p.bind(ws.path(), &dst, true).unwrap();
+        assert!(
+            p.shadowed,
+            "the root on {STAGE} covers {}",
+            ws.path().display()
+        );
+    }
+
+    #[test]
+    fn one_pivot_root_when_nothing_is_bound_by_path_from_below_the_stage() {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let ws = tempfile::tempdir_in(STAGE).unwrap();
+        let spec = SandboxSpec::new(ws.path(), vec!["/bin/true".into()]);
+        let ops = plan(&spec).unwrap();
+        let pivots = ops
+            .iter()
+            .filter(|(op, _)| matches!(op, Op::PivotRoot { .. }))
+            .count();
+        // A root launcher binds the workspace by file descriptor; an
+        // unprivileged one by path, from below the stage.
+        assert_eq!(pivots, if root { 1 } else { 2 }, "root: {root}");
+        let last = &ops[ops.len() - 4..];
+        assert!(
+            matches!(&last[0].0, Op::PivotRoot { new, old } if new.as_bytes() == b"." && old.as_bytes() == b".")
+        );
+        assert!(matches!(&last[1].0, Op::Detach(_)));
     }
 
     #[test]

@@ -1,18 +1,28 @@
 //! seccomp: a deny-list with parity to Docker's default profile, returning
-//! EPERM, compiled once with `seccompiler` (pure Rust).
+//! EPERM, and `clone3` → ENOSYS (as Docker does: libc falls back to
+//! `clone`, whose flags a filter can see), as one classic BPF program
+//! emitted here ([`emit`]): the architecture check, one `jeq` per denied
+//! call, then the calls judged by their arguments (clone's namespace flags,
+//! ioctl's TIOCSTI/TIOCLINUX, personality's allowed values). One filter to
+//! load instead of two, and a short program: the kernel emulates it for
+//! every system call number when it is installed (its allow cache), so the
+//! load costs in proportion to its length. The `seccompiler` compilation of
+//! the same rules is kept as the reference the tests compare it against.
 //!
-//! Order: [`programs`] in the parent (compiled on first use, then shared) →
-//! in the job, last before execve (after no_new_privs), [`apply`]. Two
-//! filters are installed: the deny-list (EPERM) and `clone3` → ENOSYS (as
-//! Docker does: libc falls back to `clone`, whose flags a filter can see).
+//! Order: [`programs`] in the parent (emitted on first use, then shared) →
+//! in the job, last before execve (after no_new_privs), [`apply`].
 //! docs/security.md lists every denied call and why.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+#[cfg(test)]
+use std::collections::BTreeMap;
+
+use seccompiler::{BpfProgram, sock_filter};
+#[cfg(test)]
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch, sock_filter,
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
 };
 
 use super::Error;
@@ -112,17 +122,137 @@ pub const DENIED_IOCTLS: &[(&str, u64)] = &[("TIOCSTI", 0x5412), ("TIOCLINUX", 0
 /// personality(2) values allowed (Docker's list).
 pub const PERSONALITY_ALLOWED: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
-/// The compiled filters: deny-list (EPERM) and clone3 (ENOSYS).
+/// The filter: the deny-list (EPERM) and clone3 (ENOSYS) in one program.
 pub struct Programs {
     pub deny: BpfProgram,
-    pub clone3: BpfProgram,
 }
 
+/// AUDIT_ARCH_* of the architectures liftoff builds for.
+fn audit_arch() -> Result<u32, Error> {
+    const AUDIT_64: u32 = 0x8000_0000 | 0x4000_0000;
+    match std::env::consts::ARCH {
+        "x86_64" => Ok(62 | AUDIT_64),
+        "aarch64" => Ok(183 | AUDIT_64),
+        "riscv64" => Ok(243 | AUDIT_64),
+        a => Err(Error::new(format!(
+            "seccomp on {a}: unsupported architecture"
+        ))),
+    }
+}
+
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_JSET_K: u16 = 0x45;
+const BPF_RET_K: u16 = 0x06;
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+/// Offsets in `struct seccomp_data`: nr, arch, args[i] (low 32 bits on the
+/// little-endian targets above).
+const DATA_NR: u32 = 0;
+const DATA_ARCH: u32 = 4;
+fn data_arg_low(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+fn stmt(code: u16, k: u32) -> sock_filter {
+    sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+/// The filter as one classic BPF program (module doc).
+fn emit(arch: u32) -> Result<Vec<sock_filter>, Error> {
+    let plain: Vec<u32> = denied().iter().map(|(_, n)| *n as u32).collect();
+    // The judged calls, in this order after the plain ones.
+    let judged = [
+        libc::SYS_clone3 as u32,
+        libc::SYS_clone as u32,
+        libc::SYS_ioctl as u32,
+        libc::SYS_personality as u32,
+    ];
+    let mut p = vec![
+        stmt(BPF_LD_W_ABS, DATA_ARCH),
+        jump(BPF_JEQ_K, arch, 1, 0),
+        stmt(BPF_RET_K, RET_KILL_PROCESS),
+        stmt(BPF_LD_W_ABS, DATA_NR),
+    ];
+    // Then: plain jeqs, the judged jeqs, ALLOW, EPERM, ENOSYS, the blocks.
+    let n_plain = plain.len();
+    let allow_at = p.len() + n_plain + judged.len();
+    let eperm_at = allow_at + 1;
+    let enosys_at = allow_at + 2;
+    let to = |from: usize, target: usize| -> Result<u8, Error> {
+        u8::try_from(target - from - 1)
+            .map_err(|_| Error::new("seccomp filter: a jump is too long for classic BPF"))
+    };
+    for nr in &plain {
+        let at = p.len();
+        p.push(jump(BPF_JEQ_K, *nr, to(at, eperm_at)?, 0));
+    }
+    // The blocks after the three returns: clone (4), ioctl (5), personality.
+    let clone_at = enosys_at + 1;
+    let ioctl_at = clone_at + 4;
+    let personality_at = ioctl_at + 5;
+    for (nr, target) in judged
+        .iter()
+        .zip([enosys_at, clone_at, ioctl_at, personality_at])
+    {
+        let at = p.len();
+        p.push(jump(BPF_JEQ_K, *nr, to(at, target)?, 0));
+    }
+    p.push(stmt(BPF_RET_K, RET_ALLOW));
+    p.push(stmt(BPF_RET_K, RET_ERRNO | libc::EPERM as u32));
+    p.push(stmt(BPF_RET_K, RET_ERRNO | libc::ENOSYS as u32));
+    // clone: EPERM when any namespace flag is set in its flags (arg 0).
+    let ns = NAMESPACE_FLAGS.iter().fold(0u64, |a, (_, f)| a | f);
+    let ns =
+        u32::try_from(ns).map_err(|_| Error::new("seccomp filter: clone flags above 32 bits"))?;
+    p.push(stmt(BPF_LD_W_ABS, data_arg_low(0)));
+    p.push(jump(BPF_JSET_K, ns, 0, 1));
+    p.push(stmt(BPF_RET_K, RET_ERRNO | libc::EPERM as u32));
+    p.push(stmt(BPF_RET_K, RET_ALLOW));
+    // ioctl: EPERM for the denied requests (arg 1).
+    p.push(stmt(BPF_LD_W_ABS, data_arg_low(1)));
+    let [(_, a), (_, b)] = DENIED_IOCTLS else {
+        return Err(Error::new("seccomp filter: two denied ioctls expected"));
+    };
+    p.push(jump(BPF_JEQ_K, *a as u32, 2, 0));
+    p.push(jump(BPF_JEQ_K, *b as u32, 1, 0));
+    p.push(stmt(BPF_RET_K, RET_ALLOW));
+    p.push(stmt(BPF_RET_K, RET_ERRNO | libc::EPERM as u32));
+    if p.len() != personality_at {
+        return Err(Error::new("seccomp filter: the ioctl block is misplaced"));
+    }
+    // personality: only the allowed values (arg 0), EPERM otherwise.
+    p.push(stmt(BPF_LD_W_ABS, data_arg_low(0)));
+    let n = PERSONALITY_ALLOWED.len();
+    for (i, v) in PERSONALITY_ALLOWED.iter().enumerate() {
+        // To the ALLOW after the EPERM that ends the block.
+        p.push(jump(BPF_JEQ_K, *v as u32, (n - i) as u8, 0));
+    }
+    p.push(stmt(BPF_RET_K, RET_ERRNO | libc::EPERM as u32));
+    p.push(stmt(BPF_RET_K, RET_ALLOW));
+    if p.len() > u16::MAX as usize {
+        return Err(Error::new("seccomp filter: too long"));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
 fn arch() -> Result<TargetArch, Error> {
     TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| Error::new(format!("seccomp on {}: {e}", std::env::consts::ARCH)))
 }
 
+#[cfg(test)]
 fn masked(arg: u8, mask: u64) -> Result<SeccompRule, Error> {
     let cond = SeccompCondition::new(
         arg,
@@ -134,13 +264,17 @@ fn masked(arg: u8, mask: u64) -> Result<SeccompRule, Error> {
     SeccompRule::new(vec![cond]).map_err(|e| Error::new(format!("seccomp rule: {e}")))
 }
 
+#[cfg(test)]
 fn equal(arg: u8, value: u64) -> Result<SeccompRule, Error> {
     let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
         .map_err(|e| Error::new(format!("seccomp rule: {e}")))?;
     SeccompRule::new(vec![cond]).map_err(|e| Error::new(format!("seccomp rule: {e}")))
 }
 
-fn compile() -> Result<Programs, Error> {
+/// The same rules compiled by `seccompiler`: (deny-list, clone3), the two
+/// filters liftoff used to load; the tests' reference for [`emit`].
+#[cfg(test)]
+fn reference() -> Result<(BpfProgram, BpfProgram), Error> {
     let arch = arch()?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for (_, nr) in denied() {
@@ -187,7 +321,13 @@ fn compile() -> Result<Programs, Error> {
     )
     .and_then(|f| f.try_into())
     .map_err(|e| Error::new(format!("seccomp filter: {e}")))?;
-    Ok(Programs { deny, clone3 })
+    Ok((deny, clone3))
+}
+
+fn compile() -> Result<Programs, Error> {
+    Ok(Programs {
+        deny: emit(audit_arch()?)?,
+    })
 }
 
 /// The compiled programs, built on first use.
@@ -221,9 +361,8 @@ fn install(prog: &[sock_filter]) -> Result<(), i32> {
     }
 }
 
-/// Child side: installs both filters (needs no_new_privs).
+/// Child side: installs the filter (needs no_new_privs).
 pub(crate) fn apply(p: &Programs) -> Result<(), i32> {
-    install(&p.clone3)?;
     install(&p.deny)
 }
 
@@ -242,7 +381,107 @@ mod tests {
     fn filters_compile() {
         let p = programs().unwrap();
         assert!(p.deny.len() > 50);
-        assert!(!p.clone3.is_empty());
         assert!(denied().iter().any(|(n, _)| *n == "keyctl"));
+    }
+
+    /// A classic BPF interpreter for what both programs use.
+    fn run(prog: &[sock_filter], data: &[u32; 16]) -> u32 {
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = &prog[pc];
+            let class = i.code & 0x07;
+            match (class, i.code) {
+                (0x00, 0x20) => a = data[(i.k / 4) as usize],
+                (0x04, _) if i.code & 0xf0 == 0x50 => a &= i.k, // ALU AND K
+                (0x05, _) => {
+                    let taken = match i.code & 0xf0 {
+                        0x00 => {
+                            pc += i.k as usize + 1;
+                            continue;
+                        }
+                        0x10 => a == i.k,
+                        0x20 => a > i.k,
+                        0x30 => a >= i.k,
+                        0x40 => a & i.k != 0,
+                        c => panic!("jump {c:#x}"),
+                    };
+                    pc += 1 + if taken { i.jt as usize } else { i.jf as usize };
+                    continue;
+                }
+                (0x06, _) => return i.k,
+                _ => panic!("opcode {:#x}", i.code),
+            }
+            pc += 1;
+        }
+    }
+
+    /// Two stacked filters: the most restrictive action wins (ERRNO over
+    /// ALLOW); between two ERRNOs, the later-installed filter's (deny).
+    fn stacked(first: u32, last: u32) -> u32 {
+        let rank = |r: u32| match r & 0xffff_0000 {
+            0x7fff_0000 => 3,
+            0x0005_0000 => 2,
+            _ => 0,
+        };
+        if rank(last) <= rank(first) {
+            last
+        } else {
+            first
+        }
+    }
+
+    #[test]
+    fn the_one_program_judges_as_the_two_seccompiler_filters() {
+        let (deny, clone3) = reference().unwrap();
+        let arch = audit_arch().unwrap();
+        let ours = emit(arch).unwrap();
+        assert!(
+            ours.len() < deny.len() / 2,
+            "{} vs {}",
+            ours.len(),
+            deny.len()
+        );
+        let args: Vec<u64> = vec![
+            0,
+            1,
+            0x8,
+            0x11,
+            0x20000,
+            0x20008,
+            0xffff_ffff,
+            0x5412,
+            0x541C,
+            0x5413,
+            libc::CLONE_NEWNS as u64,
+            libc::CLONE_NEWUSER as u64 | libc::SIGCHLD as u64,
+            libc::CLONE_NEWNET as u64,
+            libc::CLONE_NEWCGROUP as u64,
+            0x80,
+            libc::CLONE_VM as u64 | libc::CLONE_THREAD as u64,
+            0x1_0000_0000,
+            0x1_0000_5412,
+        ];
+        let mut checked = 0;
+        for nr in 0..600u32 {
+            for (i, x) in args.iter().enumerate() {
+                let y = args[(i * 7 + 3) % args.len()];
+                let mut d = [0u32; 16];
+                d[0] = nr;
+                d[1] = arch;
+                for (k, v) in [*x, y, *x, y, 0, 0].iter().enumerate() {
+                    d[4 + 2 * k] = *v as u32;
+                    d[5 + 2 * k] = (*v >> 32) as u32;
+                }
+                let want = stacked(run(&clone3, &d), run(&deny, &d));
+                assert_eq!(run(&ours, &d), want, "nr {nr} args {x:#x} {y:#x}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 10_000);
+        // Another architecture is killed, as seccompiler's filters do.
+        let mut d = [0u32; 16];
+        d[1] = arch ^ 1;
+        assert_eq!(run(&ours, &d), RET_KILL_PROCESS);
+        assert_eq!(run(&deny, &d), RET_KILL_PROCESS);
     }
 }
