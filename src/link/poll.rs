@@ -260,6 +260,32 @@ impl Client {
         timeout: Duration,
     ) -> Result<Vec<u8>, RequestError> {
         let path_only = path.split('?').next().unwrap_or(path);
+        let mut answer = self.call(region, method, path, timeout)?;
+        answer
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => RequestError::new(
+                    ProbeErrorKind::Http,
+                    format!("the answer to {path_only} is over {MAX_ANSWER} bytes"),
+                ),
+                e => describe(&e),
+            })
+    }
+
+    /// [`Client::request`] up to a `2xx` answer whose body is still unread:
+    /// its connection stays out of the pool until the body is read or the
+    /// answer dropped.
+    fn call(
+        &self,
+        region: usize,
+        method: Method<'_>,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, RequestError> {
+        let path_only = path.split('?').next().unwrap_or(path);
         for _ in 0..=MAX_MOVES {
             let base = self.base(region);
             let url = format!("{base}{path}");
@@ -295,20 +321,7 @@ impl Client {
                     .map(str::to_string)
             };
             match status {
-                200..=299 => {
-                    return answer
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_ANSWER)
-                        .read_to_vec()
-                        .map_err(|e| match e {
-                            ureq::Error::BodyExceedsLimit(_) => RequestError::new(
-                                ProbeErrorKind::Http,
-                                format!("the answer to {path_only} is over {MAX_ANSWER} bytes"),
-                            ),
-                            e => describe(&e),
-                        });
-                }
+                200..=299 => return Ok(answer),
                 307 | 308 => {
                     let location = header("location").unwrap_or_default();
                     let moved = location
@@ -533,16 +546,32 @@ impl Transport for PollTransport {
             }
         }
         let path = s.worker_path("session");
-        match self
+        let held = match self
             .client
-            .request(region, Method::Post(will), &path, s.request_timeout)
+            .call(region, Method::Post(will), &path, s.request_timeout)
         {
-            Ok(_) => {}
+            Ok(answer) => answer,
             Err(e) if e.kind == ProbeErrorKind::CertificateRejected => {
                 return Err(ConnectError::CertificateRejected(e.detail));
             }
             Err(e) => return Err(ConnectError::Failed(e.to_string())),
+        };
+        // While the session's connection is still out of the pool, a ping
+        // opens the second one: both TLS handshakes happen here, on the
+        // session thread, and the poller and sender find them pooled (their
+        // own small stacks never run a handshake).
+        if let Err(e) = ping(&self.client, region) {
+            return Err(match e.kind {
+                ProbeErrorKind::CertificateRejected => ConnectError::CertificateRejected(e.detail),
+                _ => ConnectError::Failed(e.to_string()),
+            });
         }
+        // read to its end, so the session's connection goes back to the pool
+        let _ = held
+            .into_body()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec();
         let stop = Arc::new(AtomicBool::new(false));
         let outgoing = Arc::new(Outgoing {
             queue: Mutex::new(Queue::default()),
