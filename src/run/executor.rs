@@ -557,7 +557,7 @@ fn run_logged(
 ) -> Result<i32, RunError> {
     let config = &shared.config;
     if let Some(policy) = &shared.policy {
-        let input = policy::input(spec, crate::VERSION);
+        let input = policy::input(spec, crate::VERSION, config.default_runner_image.as_deref());
         let decision = policy.evaluate(&input).map_err(RunError::Policy)?;
         if decision.sample {
             tracing::info!(
