@@ -12,7 +12,10 @@
 //! to object storage; the Authorization header is not sent to another
 //! host), and tries network errors, 408, 429 and 5xx again with backoff.
 //! Blobs are hashed while they stream and checked against their digest and
-//! size before the caller keeps them.
+//! size before the caller keeps them; a cut blob is downloaded again from
+//! its start (3 tries in all, one GET each). [`Client::deadline`] bounds
+//! every request; [`Client::cancel`] stops the pull before its next request
+//! or blob read.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
