@@ -369,3 +369,48 @@ fn a_cancel_stops_a_pull_at_its_next_step() {
     }
     nothing_half_written(&cache);
 }
+
+/// A cancel while a blob streams stops the download at its next read: the
+/// relay holds the busybox layer after 64 KiB, the test sets the run's
+/// cancel flag, lets the relay go on, and the pull ends cancelled with no
+/// part of the blob kept.
+#[test]
+fn a_cancel_mid_blob_stops_the_download() {
+    let d = open_tempdir();
+    let (reg, layers) = registry_with_image(d.path());
+    let busybox = layers[0].0.clone();
+    let relay = Relay::start(
+        &reg,
+        vec![Rule::new(
+            &format!("/blobs/{busybox}"),
+            Fault::PauseAfter(64 << 10),
+            1,
+        )],
+    );
+    let cache = d.path().join("cache");
+    let (mut s, agent) = store(d.path(), &reg, &cache);
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    s.cancel = Some(cancel.clone());
+    let reference = format!("{}/test/app:v1", relay.host);
+    let e = std::thread::scope(|scope| {
+        let pull = scope.spawn(|| s.ensure(&agent, &reference, false, &mut |_| {}));
+        relay.wait_paused();
+        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        relay.resume();
+        pull.join().unwrap().unwrap_err()
+    });
+    let msg = e.to_string();
+    eprintln!("error: {msg}");
+    assert!(matches!(e, Error::Cancelled { .. }), "{e:?}");
+    assert!(msg.contains(&reference), "{msg}");
+    assert_eq!(
+        relay.requests(&format!("/blobs/{busybox}")),
+        1,
+        "not tried again"
+    );
+    for (l, _) in &layers[1..] {
+        assert_eq!(relay.requests(l), 0, "no later layer fetched");
+    }
+    nothing_half_written(&cache);
+    assert!(!cache.join("blobs/sha256").join(&busybox[7..]).exists());
+}

@@ -9,7 +9,9 @@
 //! each connection carries one GET (the relay answers `Connection: close`):
 //! a request matching a rule that still has uses gets that rule's
 //! [`Fault`], any other is passed to the registry over TLS and its answer
-//! back unchanged. [`Relay::injected`] counts the faults given per rule.
+//! back unchanged. [`Relay::wait_paused`] and [`Relay::resume`] hold a
+//! [`Fault::PauseAfter`] connection at a point the test chooses.
+//! [`Relay::injected`] counts the faults given per rule.
 //! Dropping the relay releases stalled connections.
 
 use std::io::{Read, Write};
@@ -33,6 +35,10 @@ pub enum Fault {
     /// Passes the head and this many body bytes, then sends nothing more,
     /// keeping the connection open until the relay is dropped (a stall).
     StallAfter(usize),
+    /// Passes the head and this many body bytes, tells
+    /// [`Relay::wait_paused`], waits for [`Relay::resume`], then passes the
+    /// rest (a pull caught mid-blob, at a point the test chooses).
+    PauseAfter(usize),
 }
 
 /// A fault for the first `times` requests whose path contains `path`.
@@ -58,6 +64,8 @@ struct Shared {
     injected: Vec<AtomicUsize>,
     /// Request paths seen, in order.
     seen: Mutex<Vec<String>>,
+    paused: Mutex<mpsc::Sender<()>>,
+    resume: Mutex<mpsc::Receiver<()>>,
 }
 
 pub struct Relay {
@@ -69,6 +77,8 @@ pub struct Relay {
     /// Dropped with the relay: wakes stalled connections.
     _release: mpsc::Sender<()>,
     release_rx: Arc<Mutex<mpsc::Receiver<()>>>,
+    paused: Mutex<mpsc::Receiver<()>>,
+    resume: mpsc::Sender<()>,
 }
 
 impl Relay {
@@ -97,10 +107,14 @@ impl Relay {
         );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
+        let (paused_tx, paused_rx) = mpsc::channel();
+        let (resume_tx, resume_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             injected: rules.iter().map(|_| AtomicUsize::new(0)).collect(),
             rules,
             seen: Mutex::new(Vec::new()),
+            paused: Mutex::new(paused_tx),
+            resume: Mutex::new(resume_rx),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
@@ -133,7 +147,19 @@ impl Relay {
             stop,
             _release: tx,
             release_rx,
+            paused: Mutex::new(paused_rx),
+            resume: resume_tx,
         }
+    }
+
+    /// Blocks until a [`Fault::PauseAfter`] connection has paused.
+    pub fn wait_paused(&self) {
+        self.paused.lock().unwrap().recv().unwrap();
+    }
+
+    /// Lets one paused connection go on.
+    pub fn resume(&self) {
+        let _ = self.resume.send(());
     }
 
     /// Faults given so far by rule `i`.
@@ -235,7 +261,7 @@ fn serve(
     let (rhead, mut pending) = read_head(&mut up)?;
     down.write_all(closing(&rhead).as_bytes())?;
     let limit = match fault {
-        Some(Fault::CutAfter(n) | Fault::StallAfter(n)) => n,
+        Some(Fault::CutAfter(n) | Fault::StallAfter(n) | Fault::PauseAfter(n)) => n,
         _ => usize::MAX,
     };
     let mut sent = 0usize;
@@ -256,6 +282,14 @@ fn serve(
         sent += take;
         if sent == limit {
             down.flush()?;
+            if let Some(Fault::PauseAfter(_)) = fault {
+                let _ = sh.paused.lock().unwrap().send(());
+                let _ = sh.resume.lock().unwrap().recv();
+                // Then the rest, as it comes.
+                std::io::copy(&mut up, down).ok();
+                down.conn.send_close_notify();
+                return down.flush();
+            }
             match fault {
                 Some(Fault::StallAfter(_)) => {
                     // Hold the connection, sending nothing, until the relay
