@@ -97,6 +97,9 @@ pub struct Store {
     /// When a pull must have ended (a run's timeout); `None`: no bound
     /// beyond each request's own.
     pub deadline: Option<std::time::Instant>,
+    /// Set when the run is cancelled: the pull stops at its next request,
+    /// blob read or layer (see [`super::registry::Client::cancel`]).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 fn hex(digest: &str) -> &str {
@@ -127,6 +130,7 @@ impl Store {
             budget: c.image_cache_max_bytes,
             docker_config: c.docker_config_dir.clone(),
             deadline: None,
+            cancel: None,
         }
     }
 
@@ -301,6 +305,7 @@ impl Store {
         };
         let mut client = Client::new(agent, r, self.docker_config.as_deref())?;
         client.deadline = self.deadline;
+        client.cancel = self.cancel.clone();
         let (bytes, mut digest) = client.manifest(r.manifest_ref())?;
         let (config, layers) = match manifest::parse(&bytes).map_err(&malformed)? {
             Parsed::Image { config, layers } => (config, layers),
@@ -337,7 +342,13 @@ impl Store {
             if r.is_err() {
                 let _ = fs::remove_file(&tmp);
             }
-            r?;
+            r.map_err(|e| match e {
+                Error::Cache { path, detail } => Error::Cache {
+                    path: format!("{path} (pulling image {shown})"),
+                    detail,
+                },
+                e => e,
+            })?;
             fs::rename(&tmp, &path).map_err(|e| self.err(&path, e))?;
             Ok(path)
         };
@@ -447,12 +458,31 @@ impl Store {
             let root = crate::beneath::Root::open(&rootfs).map_err(|e| self.err(&rootfs, e))?;
             let mut budget = Budget::new(self.max_image);
             for (l, d) in layers.iter().zip(diff_ids) {
+                if self
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+                {
+                    return Err(Error::Cancelled {
+                        image: image.into(),
+                    });
+                }
                 let blob = self.blob(l);
                 let f = File::open(&blob).map_err(|e| self.err(&blob, e))?;
-                unpack::apply(&root, f, d, &mut budget).map_err(|detail| Error::Layer {
-                    image: image.into(),
-                    layer: l.clone(),
-                    detail,
+                unpack::apply(&root, f, d, &mut budget).map_err(|detail| {
+                    // A full disk is the cache's problem, not the layer's.
+                    if detail.contains("os error 28") || detail.contains("os error 122") {
+                        Error::Cache {
+                            path: format!("{} (unpacking image {image})", self.dir.display()),
+                            detail: format!("layer {l}: {detail}"),
+                        }
+                    } else {
+                        Error::Layer {
+                            image: image.into(),
+                            layer: l.clone(),
+                            detail,
+                        }
+                    }
                 })?;
             }
             let meta = ImageFile {

@@ -91,6 +91,10 @@ pub enum Error {
     InUse {
         reference: String,
     },
+    /// The pull was stopped because its run was cancelled.
+    Cancelled {
+        image: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -155,6 +159,10 @@ impl fmt::Display for Error {
             Error::InUse { reference } => write!(
                 f,
                 "image {reference} is in use by a run; remove it when the run has ended"
+            ),
+            Error::Cancelled { image } => write!(
+                f,
+                "image {image}: the pull was stopped because the run was cancelled; nothing of it was kept half-written"
             ),
         }
     }

@@ -12,11 +12,16 @@
 //! to object storage; the Authorization header is not sent to another
 //! host), and tries network errors, 408, 429 and 5xx again with backoff.
 //! Blobs are hashed while they stream and checked against their digest and
-//! size before the caller keeps them.
+//! size before the caller keeps them; a cut blob is downloaded again from
+//! its start (3 tries in all, one GET each). [`Client::deadline`] bounds
+//! every request; [`Client::cancel`] stops the pull before its next request
+//! or blob read.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -47,6 +52,10 @@ pub struct Client<'a> {
     auth: Option<String>,
     /// When every request must have ended (a run's timeout).
     pub deadline: Option<std::time::Instant>,
+    /// Set when the run is cancelled: checked before each request and
+    /// between the reads of a blob, so a cancel stops a pull that is
+    /// moving at once (a stalled read still ends only at the deadline).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Client<'a> {
@@ -70,6 +79,7 @@ impl<'a> Client<'a> {
             creds,
             auth: None,
             deadline: None,
+            cancel: None,
         })
     }
 
@@ -99,15 +109,19 @@ impl<'a> Client<'a> {
     pub fn blob(&mut self, digest: &str, size: u64, out: &mut File) -> Result<(), Error> {
         let mut n = 1;
         let mut rng = crate::http::seed();
+        let mut last = None;
         loop {
             match self.blob_once(digest, size, out) {
                 Err(Error::Registry {
-                    transient: true, ..
+                    transient: true,
+                    detail,
+                    ..
                 }) if n < TRIES => {
+                    last = Some(detail);
                     std::thread::sleep(retry().backoff(n, &mut rng));
                     n += 1;
                 }
-                r => return r,
+                r => return r.map_err(|e| after(e, last)),
             }
         }
     }
@@ -119,12 +133,15 @@ impl<'a> Client<'a> {
         };
         out.set_len(0).map_err(cache)?;
         out.rewind().map_err(cache)?;
-        let resp = self.get(&format!("blobs/{digest}"), "*/*", true)?;
+        // One GET per try: [`Client::blob`] tries again (a retrying GET
+        // here would multiply the tries).
+        let resp = self.get_once(&format!("blobs/{digest}"), "*/*", true)?;
         let mut body = resp.into_body().into_reader();
         let mut hash = Hasher::new();
         let mut got = 0u64;
         let mut buf = vec![0u8; 256 << 10];
         loop {
+            self.check_cancel()?;
             let k = match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(k) => k,
@@ -162,6 +179,16 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
+    /// `Err(Cancelled)` once the run is cancelled.
+    fn check_cancel(&self) -> Result<(), Error> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::SeqCst) => Err(Error::Cancelled {
+                image: self.shown.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn transient(&self, detail: String) -> Error {
         Error::Registry {
             image: self.shown.clone(),
@@ -175,15 +202,19 @@ impl<'a> Client<'a> {
     fn get(&mut self, path: &str, accept: &str, long: bool) -> Result<Response<ureq::Body>, Error> {
         let mut n = 1;
         let mut rng = crate::http::seed();
+        let mut last = None;
         loop {
             match self.get_once(path, accept, long) {
                 Err(Error::Registry {
-                    transient: true, ..
+                    transient: true,
+                    detail,
+                    ..
                 }) if n < TRIES => {
+                    last = Some(detail);
                     std::thread::sleep(retry().backoff(n, &mut rng));
                     n += 1;
                 }
-                r => return r,
+                r => return r.map_err(|e| after(e, last)),
             }
         }
     }
@@ -200,6 +231,7 @@ impl<'a> Client<'a> {
         let mut answered_401 = false;
         let mut hops = 0;
         loop {
+            self.check_cancel()?;
             let home = origin == self.origin_of(&url);
             let mut req = self.agent.get(&url).header("Accept", accept);
             if let (true, Some(a)) = (home, &self.auth) {
@@ -209,9 +241,7 @@ impl<'a> Client<'a> {
             if let Some(d) = self.deadline {
                 budget = budget.min(d.saturating_duration_since(std::time::Instant::now()));
                 if budget.is_zero() {
-                    return Err(
-                        self.refused("the run's timeout ran out while pulling the image".into())
-                    );
+                    return Err(self.refused(format!("{DEADLINE} while pulling the image")));
                 }
             }
             req = req.config().timeout_global(Some(budget)).build();
@@ -384,6 +414,30 @@ impl<'a> Client<'a> {
         Ok(())
     }
 }
+
+/// The error that ended the tries, naming what failed the try before when
+/// that is the real cause (the deadline ran out while waiting to try a
+/// stalled or failing request again).
+fn after(e: Error, last: Option<String>) -> Error {
+    match (e, last) {
+        (
+            Error::Registry {
+                image,
+                detail,
+                transient,
+            },
+            Some(last),
+        ) if detail.starts_with(DEADLINE) => Error::Registry {
+            image,
+            detail: format!("{detail} (the try before: {last})"),
+            transient,
+        },
+        (e, _) => e,
+    }
+}
+
+/// How the deadline error starts.
+const DEADLINE: &str = "the run's timeout ran out";
 
 fn retry() -> crate::http::Retry {
     crate::http::Retry {

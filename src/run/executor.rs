@@ -115,7 +115,8 @@ fn object_key(url: &str) -> String {
 /// One run's handle for cancel and kill.
 #[derive(Default)]
 struct Control {
-    cancelled: AtomicBool,
+    /// Shared with the run's image pull, which stops at its next check.
+    cancelled: Arc<AtomicBool>,
     /// The step running now.
     current: Mutex<Option<Arc<Mutex<Sandbox>>>>,
 }
@@ -557,7 +558,7 @@ fn run_logged(
 ) -> Result<i32, RunError> {
     let config = &shared.config;
     if let Some(policy) = &shared.policy {
-        let input = policy::input(spec, crate::VERSION);
+        let input = policy::input(spec, crate::VERSION, config.default_runner_image.as_deref());
         let decision = policy.evaluate(&input).map_err(RunError::Policy)?;
         if decision.sample {
             tracing::info!(
@@ -612,7 +613,7 @@ fn run_logged(
         .cache
         .layer(layer, owner)
         .map_err(RunError::Workspace)?;
-    let image = runner_image(shared, spec, log)?;
+    let image = runner_image(shared, spec, log, control)?;
     // The run's tool, leased (kept in the cache) until the run ends.
     let tool = match &spec.tool {
         Some(t) => Some(
@@ -898,6 +899,7 @@ fn runner_image(
     shared: &Shared,
     spec: &RunSpec,
     log: &mut Pipeline,
+    control: &Control,
 ) -> Result<Option<crate::image::Lease>, RunError> {
     let config = &shared.config;
     let named = spec
@@ -910,12 +912,16 @@ fn runner_image(
     };
     let mut store = crate::image::Store::from_config(config);
     store.deadline = Some(log.started() + spec.run_timeout(config.run_timeout));
+    store.cancel = Some(control.cancelled.clone());
     let mut say = |m: &str| {
         let _ = log.line(&format!("liftoff: {m}"));
     };
     let lease = store
         .ensure(&shared.agent, name, false, &mut say)
-        .map_err(RunError::Image)?;
+        .map_err(|e| match e {
+            crate::image::Error::Cancelled { .. } => RunError::Cancelled { step: None },
+            e => RunError::Image(e),
+        })?;
     say(&format!("image {name}: {} as the root", lease.id()));
     Ok(Some(lease))
 }

@@ -151,9 +151,27 @@ fn message(v: &regorus::Value) -> String {
     }
 }
 
+/// The image reference a run uses: `runner.image`, else `default_image`
+/// (`SPACELIFT_DEFAULT_RUNNER_IMAGE`); `None` when the spec gives a
+/// `runner.root` or neither names an image (the host's /usr). Empty strings
+/// count as unset.
+pub fn docker_image<'a>(spec: &'a RunSpec, default_image: Option<&'a str>) -> Option<&'a str> {
+    if spec.runner.root.is_some() {
+        return None;
+    }
+    spec.runner
+        .image
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .or(default_image.filter(|s| !s.is_empty()))
+}
+
 /// The input document, in the seed's worker-side shape. Secret variable values
-/// are replaced by [`MASKED`].
-pub fn input(spec: &RunSpec, worker_version: &str) -> Value {
+/// are replaced by [`MASKED`]. `default_image` is
+/// `SPACELIFT_DEFAULT_RUNNER_IMAGE`: with the spec's `runner.image` it makes
+/// `static_run_environment.docker_image`, the reference the run's root comes
+/// from (null for a `runner.root` or the host's /usr).
+pub fn input(spec: &RunSpec, worker_version: &str, default_image: Option<&str>) -> Value {
     let env: serde_json::Map<String, Value> = spec
         .environment
         .iter()
@@ -192,6 +210,7 @@ pub fn input(spec: &RunSpec, worker_version: &str) -> Value {
             "commit_sha": spec.commit.hash,
             "commit_branch": spec.commit.branch,
             "environment_variables": env,
+            "docker_image": docker_image(spec, default_image),
             "runner_image": spec.runner.image,
             "runner_root": spec.runner.root,
         },
@@ -206,7 +225,7 @@ fn sample_input() -> Value {
                 "triggered_by": null, "user_provided_metadata": []},
         "static_run_environment": {"stack_id": "s", "stack_slug": "s", "stack_name": "s", "run_type": "PROPOSED",
                 "run_ulid": "01SAMPLE", "commit_sha": "0", "commit_branch": "main", "environment_variables": {},
-                "runner_image": null, "runner_root": null},
+                "docker_image": null, "runner_image": null, "runner_root": null},
         "worker_version": "0",
     })
 }

@@ -9,6 +9,7 @@ pub mod plane;
 pub mod plane_server;
 pub mod poll_plane;
 pub mod registry;
+pub mod relay;
 pub mod runs;
 pub mod sandbox;
 pub mod scrape;
