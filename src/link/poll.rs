@@ -9,15 +9,17 @@
 //! [`Transport`] methods from its own thread:
 //! - `connect` = `POST …/session` with the will (a refusal of the
 //!   certificate or `401`/`403` is [`ConnectError::CertificateRejected`]),
-//!   then two threads for the connection: the *poller* (`GET …/commands`,
-//!   held by the plane, commands handed to `next` in order, the cursor
-//!   advanced past them) and the *sender* (`POST …/messages`, batches of
-//!   what `publish` queued, one batch at a time, in order);
-//! - `publish` queues (never blocks); `in_flight` counts what is queued or
-//!   being sent until its batch is answered `2xx`;
-//! - `next` waits for a command or for either thread to report the
-//!   connection [`Lost`] (failed request, bad answer, timeout), or for the
-//!   session's [`Waker`] (something to send: no idle tick delays it);
+//!   a ping that opens the second connection (both TLS handshakes on the
+//!   session's thread), then one thread for the connection, the *poller*
+//!   (`GET …/commands`, held by the plane, commands handed to `next` in
+//!   order, the cursor advanced past them);
+//! - `publish` queues (never blocks); `in_flight` counts what is queued
+//!   until its batch is answered `2xx`;
+//! - `next` first sends what is queued (`POST …/messages`, one batch at a
+//!   time, in order, each bounded by the request timeout), then waits for a
+//!   command, for the poller to report the connection [`Lost`] (failed
+//!   request, bad answer, timeout), or for the session's [`Waker`]
+//!   (something to send: no idle tick delays it);
 //! - `disconnect` lets the last batch (`bye`) go, then `DELETE …/session`.
 //!
 //! Every request of a connection checks one stop flag, so an old
@@ -37,7 +39,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ureq::Agent;
@@ -459,32 +461,19 @@ enum Inbound {
     Wake,
 }
 
-/// What `publish` queued, shared with the sender thread.
-#[derive(Default)]
-struct Queue {
-    /// Oldest first; the first `sending` are in the current batch.
-    waiting: VecDeque<Vec<u8>>,
-    sending: usize,
-}
-
-struct Outgoing {
-    queue: Mutex<Queue>,
-    changed: Condvar,
-}
-
 /// One live connection.
 struct Conn {
     region: usize,
     /// Tags this connection's [`Inbound`] messages.
     generation: u64,
-    outgoing: Arc<Outgoing>,
+    /// What `publish` queued, oldest first; sent by `next` in batches.
+    queue: VecDeque<Vec<u8>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.outgoing.changed.notify_all();
     }
 }
 
@@ -516,6 +505,38 @@ impl PollTransport {
     fn drop_conn(&mut self, reason: String) -> Lost {
         self.conn = None;
         Lost(reason)
+    }
+
+    /// Sends what `publish` queued, one batch at a time, in order, until
+    /// the queue is empty or `end` has passed; a batch leaves the queue
+    /// when it is answered `2xx`. Runs on the session's thread: a batch is
+    /// small, and its request is bounded by the request timeout.
+    fn send_batches(&mut self, end: Instant) -> Result<(), RequestError> {
+        let s = &self.client.settings;
+        let path = s.worker_path("messages");
+        while let Some(c) = self.conn.as_mut() {
+            if c.queue.is_empty() || Instant::now() >= end {
+                break;
+            }
+            let n = c.queue.len().min(MAX_BATCH);
+            let mut body =
+                Vec::with_capacity(2 + c.queue.iter().take(n).map(Vec::len).sum::<usize>());
+            body.push(b'[');
+            for (i, m) in c.queue.iter().take(n).enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(m);
+            }
+            body.push(b']');
+            let region = c.region;
+            self.client
+                .request(region, Method::Post(&body), &path, s.request_timeout)?;
+            if let Some(c) = self.conn.as_mut() {
+                c.queue.drain(..n);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -573,10 +594,6 @@ impl Transport for PollTransport {
             .limit(MAX_ANSWER)
             .read_to_vec();
         let stop = Arc::new(AtomicBool::new(false));
-        let outgoing = Arc::new(Outgoing {
-            queue: Mutex::new(Queue::default()),
-            changed: Condvar::new(),
-        });
         self.generation += 1;
         let generation = self.generation;
         let poller = {
@@ -588,34 +605,20 @@ impl Transport for PollTransport {
             );
             move || poll_loop(&client, region, generation, &cursor, &stop, &tx)
         };
-        let sender = {
-            let (client, outgoing, stop, tx) = (
-                self.client.clone(),
-                outgoing.clone(),
-                stop.clone(),
-                self.inbound_tx.clone(),
-            );
-            move || send_loop(&client, region, generation, &outgoing, &stop, &tx)
-        };
-        for (name, f) in [
-            ("liftoff-poll", Box::new(poller) as Box<dyn FnOnce() + Send>),
-            ("liftoff-post", Box::new(sender)),
-        ] {
-            if let Err(e) = std::thread::Builder::new()
-                .name(name.into())
-                .stack_size(256 * 1024)
-                .spawn(f)
-            {
-                stop.store(true, Ordering::SeqCst);
-                return Err(ConnectError::Failed(format!(
-                    "cannot start the {name} thread: {e}"
-                )));
-            }
+        if let Err(e) = std::thread::Builder::new()
+            .name("liftoff-poll".into())
+            .stack_size(256 * 1024)
+            .spawn(poller)
+        {
+            stop.store(true, Ordering::SeqCst);
+            return Err(ConnectError::Failed(format!(
+                "cannot start the long-poll thread: {e}"
+            )));
         }
         self.conn = Some(Conn {
             region,
             generation,
-            outgoing,
+            queue: VecDeque::new(),
             stop,
         });
         Ok(())
@@ -623,23 +626,18 @@ impl Transport for PollTransport {
 
     fn publish(&mut self, payload: Vec<u8>) -> Result<(), PublishError> {
         let window = self.client.settings.window;
-        let Some(c) = self.conn.as_ref() else {
+        let Some(c) = self.conn.as_mut() else {
             return Err(PublishError::NotConnected);
         };
-        let mut q = lock(&c.outgoing.queue);
-        if q.waiting.len() >= window {
+        if c.queue.len() >= window {
             return Err(PublishError::Full);
         }
-        q.waiting.push_back(payload);
-        drop(q);
-        c.outgoing.changed.notify_all();
+        c.queue.push_back(payload);
         Ok(())
     }
 
     fn in_flight(&self) -> usize {
-        self.conn
-            .as_ref()
-            .map_or(0, |c| lock(&c.outgoing.queue).waiting.len())
+        self.conn.as_ref().map_or(0, |c| c.queue.len())
     }
 
     fn next(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, Lost> {
@@ -647,6 +645,9 @@ impl Transport for PollTransport {
             return Err(Lost("not connected".into()));
         };
         let end = Instant::now() + timeout;
+        if let Err(e) = self.send_batches(end) {
+            return Err(self.drop_conn(format!("sending a batch failed: {e}")));
+        }
         loop {
             let left = end.saturating_duration_since(Instant::now());
             match self.inbound.recv_timeout(left) {
@@ -676,25 +677,11 @@ impl Transport for PollTransport {
         let Some(c) = self.conn.take() else {
             return;
         };
-        // Let the last batch (the `bye`) be answered, briefly.
-        let end = Instant::now() + Duration::from_secs(3);
-        {
-            let mut q = lock(&c.outgoing.queue);
-            while !q.waiting.is_empty() && !c.stop.load(Ordering::SeqCst) {
-                let left = end.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                q = c
-                    .outgoing
-                    .changed
-                    .wait_timeout(q, left)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
-            }
-        }
         let region = c.region;
-        drop(c);
+        self.conn = Some(c);
+        // The last batch (the `bye`), briefly.
+        let _ = self.send_batches(Instant::now() + Duration::from_secs(3));
+        self.conn = None;
         let s = &self.client.settings;
         let path = s.worker_path("session");
         if let Err(e) = self
@@ -779,65 +766,6 @@ fn poll_loop(
             delay = delay.max(MIN_POLL_SPACING.saturating_sub(started.elapsed()));
         }
         pause(delay, stop);
-    }
-}
-
-/// The sender: one batch at a time, in order; a batch leaves the queue when
-/// it is answered `2xx`.
-fn send_loop(
-    client: &Client,
-    region: usize,
-    generation: u64,
-    outgoing: &Outgoing,
-    stop: &AtomicBool,
-    tx: &Sender<Inbound>,
-) {
-    let s = &client.settings;
-    let path = s.worker_path("messages");
-    loop {
-        let body = {
-            let mut q = lock(&outgoing.queue);
-            while q.waiting.is_empty() && !stop.load(Ordering::SeqCst) {
-                q = outgoing.changed.wait(q).unwrap_or_else(|p| p.into_inner());
-            }
-            if stop.load(Ordering::SeqCst) {
-                return;
-            }
-            q.sending = q.waiting.len().min(MAX_BATCH);
-            let mut body = Vec::with_capacity(2 + q.waiting.iter().map(Vec::len).sum::<usize>());
-            body.push(b'[');
-            for (i, m) in q.waiting.iter().take(q.sending).enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(m);
-            }
-            body.push(b']');
-            body
-        };
-        let result = client.request(region, Method::Post(&body), &path, s.request_timeout);
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        match result {
-            Ok(_) => {
-                let mut q = lock(&outgoing.queue);
-                let n = q.sending;
-                q.waiting.drain(..n);
-                q.sending = 0;
-                drop(q);
-                outgoing.changed.notify_all();
-            }
-            Err(e) => {
-                stop.store(true, Ordering::SeqCst);
-                outgoing.changed.notify_all();
-                let _ = tx.send(Inbound::Lost(
-                    generation,
-                    format!("sending a batch failed: {e}"),
-                ));
-                return;
-            }
-        }
     }
 }
 
