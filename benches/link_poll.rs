@@ -13,6 +13,9 @@
 //!    `accepted` through the secondary (the plane offers a fresh `assign`
 //!    every 100 ms), median of 5. Target ≤ 3 s.
 //!
+//! Set `LIFTOFF_TEST_BIN` to the static musl build to measure the shipped
+//! binary (the RSS figure is a musl figure; a glibc build maps libc too).
+//!
 //! `cargo bench --bench link_poll` measures; without `--bench` in the
 //! arguments (as under `cargo test --all-targets`) it does a short smoke
 //! round of each.
