@@ -379,6 +379,7 @@ impl Plane {
                 match phase {
                     RunPhase::Accepted => {
                         if run.phase == "assigned" {
+                            super::metrics::dispatched(&run);
                             run.phase = "accepted".into();
                         }
                     }
@@ -391,6 +392,9 @@ impl Plane {
                     RunPhase::Rejected => end(&mut run, "rejected", &reason, env.ts),
                     RunPhase::Started => {
                         if matches!(run.phase.as_str(), "assigned" | "accepted") {
+                            if run.phase == "assigned" {
+                                super::metrics::dispatched(&run);
+                            }
                             run.phase = "started".into();
                             run.started_ms = env.ts;
                         }

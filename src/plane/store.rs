@@ -179,6 +179,8 @@ pub trait Store: Send + Sync {
     /// Runs in submission order; `open` only those not final.
     fn runs(&self, open: bool) -> Result<Vec<RunRow>>;
     fn put_run(&self, run: &RunRow) -> Result<()>;
+    /// Ended runs counted by (pool id, final phase).
+    fn run_results(&self) -> Result<Vec<(String, String, u64)>>;
     /// Saves `run` and queues `command` for `worker` in one transaction.
     fn put_run_and_enqueue(&self, run: &RunRow, worker: &str, command: &str) -> Result<i64>;
 
@@ -644,6 +646,27 @@ impl Store for Sqlite {
             )
             .map_err(db_err)?;
             Ok(())
+        })
+    }
+
+    fn run_results(&self) -> Result<Vec<(String, String, u64)>> {
+        self.with(|tx| {
+            let mut s = tx
+                .prepare(
+                    "SELECT json_extract(doc, '$.pool_id'), json_extract(doc, '$.phase'), COUNT(*) \
+                     FROM runs WHERE final = 1 GROUP BY 1, 2",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                })
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
         })
     }
 
