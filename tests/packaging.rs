@@ -72,7 +72,9 @@ fn find_named(dir: &str, prefix: &str, ext: &str) -> PathBuf {
         })
         .collect();
     found.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
-    found.pop().unwrap_or_else(|| panic!("no {prefix}*.{ext} in {dir}"))
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("no {prefix}*.{ext} in {dir}"))
 }
 
 #[test]
@@ -208,7 +210,9 @@ fn plane_deb_installs_its_user_and_data_directory_removes_and_purges_and_rpm_is_
     assert_eq!(mode("/lib/systemd/system/liftoff-plane.service"), 0o644);
     for doc in ["plane.md", "protocol.md", "operations.md"] {
         assert!(
-            Path::new("/usr/share/doc/liftoff-plane").join(doc).is_file(),
+            Path::new("/usr/share/doc/liftoff-plane")
+                .join(doc)
+                .is_file(),
             "{doc}"
         );
     }
@@ -219,7 +223,11 @@ fn plane_deb_installs_its_user_and_data_directory_removes_and_purges_and_rpm_is_
     run("getent", &["group", "liftoff-plane"]);
     assert_eq!(mode("/var/lib/liftoff-plane"), 0o700);
     let meta = std::fs::metadata("/var/lib/liftoff-plane").unwrap();
-    assert_eq!(meta.uid(), uid, "the data directory belongs to liftoff-plane");
+    assert_eq!(
+        meta.uid(),
+        uid,
+        "the data directory belongs to liftoff-plane"
+    );
     run(
         "systemd-analyze",
         &["verify", "/lib/systemd/system/liftoff-plane.service"],
