@@ -4,6 +4,12 @@
 //! the unit with systemd-analyze, then remove and purge. The .rpm is inspected
 //! with rpm -qpl / --scripts / --configfiles (no RPM-based host here).
 //!
+//! The same for liftoff-plane's .deb and .rpm (`--variant plane`): its own
+//! system user, a 0700 data directory it owns and can `init`, the unit, the
+//! docs; remove keeps the data, purge deletes it.
+//!
+//! The two package tests run one at a time (one dpkg lock, one build).
+//!
 //! This test installs a package system-wide: it needs root (CI runs as root)
 //! and fails, with that reason, without it.
 
@@ -33,29 +39,53 @@ fn mode(p: &str) -> u32 {
         & 0o7777
 }
 
-fn find(dir: &str, ext: &str) -> PathBuf {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{dir}: {e}"))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
-        .collect();
-    found.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
-    found.pop().unwrap_or_else(|| panic!("no .{ext} in {dir}"))
-}
-
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").unwrap().uid() == 0
 }
 
-#[test]
-fn deb_installs_upgrades_removes_and_purges_and_rpm_is_complete() {
+static SERIAL: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
+/// Builds the packages (once per test process) and holds the lock that keeps
+/// the dpkg tests apart.
+fn packages() -> std::sync::MutexGuard<'static, bool> {
     assert!(
         is_root(),
         "this test installs the .deb with dpkg and needs root: run the suite as root (CI does)"
     );
-    run("scripts/package.sh", &[]);
-    let deb = find("target/x86_64-unknown-linux-musl/debian", "deb");
-    let rpm = find("target/x86_64-unknown-linux-musl/generate-rpm", "rpm");
+    let mut built = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built {
+        run("scripts/package.sh", &[]);
+        *built = true;
+    }
+    built
+}
+
+fn find_named(dir: &str, prefix: &str, ext: &str) -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            name.strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect();
+    found.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("no {prefix}*.{ext} in {dir}"))
+}
+
+#[test]
+fn deb_installs_upgrades_removes_and_purges_and_rpm_is_complete() {
+    let _built = packages();
+    let deb = find_named("target/x86_64-unknown-linux-musl/debian", "liftoff_", "deb");
+    let rpm = find_named(
+        "target/x86_64-unknown-linux-musl/generate-rpm",
+        "liftoff-",
+        "rpm",
+    );
     let deb = deb.to_str().unwrap();
 
     // A clean start: nothing of an earlier run left.
@@ -153,6 +183,115 @@ fn deb_installs_upgrades_removes_and_purges_and_rpm_is_complete() {
         .find(|l| l.starts_with("/etc/liftoff/liftoff.env"))
         .unwrap();
     assert!(env_line.contains("0100600"), "{env_line}");
+}
+
+#[test]
+fn plane_deb_installs_its_user_and_data_directory_removes_and_purges_and_rpm_is_complete() {
+    let _built = packages();
+    let deb = find_named(
+        "target/x86_64-unknown-linux-musl/debian",
+        "liftoff-plane_",
+        "deb",
+    );
+    let rpm = find_named(
+        "target/x86_64-unknown-linux-musl/generate-rpm",
+        "liftoff-plane-",
+        "rpm",
+    );
+    let deb = deb.to_str().unwrap();
+    let _ = Command::new("dpkg")
+        .args(["--purge", "liftoff-plane"])
+        .output();
+
+    run("dpkg", &["-i", deb]);
+    assert_eq!(mode("/usr/bin/liftoff-plane"), 0o755);
+    let v = run("/usr/bin/liftoff-plane", &["--version"]);
+    assert!(String::from_utf8_lossy(&v.stdout).contains("liftoff-plane"));
+    assert_eq!(mode("/lib/systemd/system/liftoff-plane.service"), 0o644);
+    for doc in ["plane.md", "protocol.md", "operations.md"] {
+        assert!(
+            Path::new("/usr/share/doc/liftoff-plane")
+                .join(doc)
+                .is_file(),
+            "{doc}"
+        );
+    }
+    let user = run("getent", &["passwd", "liftoff-plane"]);
+    let user = String::from_utf8_lossy(&user.stdout).to_string();
+    assert!(user.contains("/usr/sbin/nologin"), "{user}");
+    let uid: u32 = user.split(':').nth(2).unwrap().parse().unwrap();
+    run("getent", &["group", "liftoff-plane"]);
+    assert_eq!(mode("/var/lib/liftoff-plane"), 0o700);
+    let meta = std::fs::metadata("/var/lib/liftoff-plane").unwrap();
+    assert_eq!(
+        meta.uid(),
+        uid,
+        "the data directory belongs to liftoff-plane"
+    );
+    run(
+        "systemd-analyze",
+        &["verify", "/lib/systemd/system/liftoff-plane.service"],
+    );
+
+    // The documented first step works: `init` as the plane's user.
+    run(
+        "runuser",
+        &[
+            "-u",
+            "liftoff-plane",
+            "--",
+            "/usr/bin/liftoff-plane",
+            "init",
+            "--data",
+            "/var/lib/liftoff-plane",
+            "--name",
+            "localhost",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let cfg = std::fs::metadata("/var/lib/liftoff-plane/plane.json").unwrap();
+    assert_eq!((cfg.uid(), cfg.mode() & 0o7777), (uid, 0o600));
+
+    // Reinstall (upgrade path) keeps the data directory as it is.
+    run("dpkg", &["-i", deb]);
+    assert!(Path::new("/var/lib/liftoff-plane/plane.json").is_file());
+    assert_eq!(mode("/var/lib/liftoff-plane"), 0o700);
+
+    // Remove keeps the data (the pool CA, the database); purge deletes it.
+    run("dpkg", &["-r", "liftoff-plane"]);
+    assert!(!Path::new("/usr/bin/liftoff-plane").exists());
+    assert!(
+        Path::new("/var/lib/liftoff-plane/plane.json").exists(),
+        "the data directory must survive remove"
+    );
+    run("dpkg", &["--purge", "liftoff-plane"]);
+    assert!(!Path::new("/var/lib/liftoff-plane").exists());
+
+    let rpm = rpm.to_str().unwrap();
+    let list = String::from_utf8(run("rpm", &["-qpl", rpm]).stdout).unwrap();
+    for f in [
+        "/usr/bin/liftoff-plane",
+        "/usr/lib/systemd/system/liftoff-plane.service",
+        "/usr/share/liftoff-plane/maintainer-common.sh",
+        "/usr/share/doc/liftoff-plane/plane.md",
+    ] {
+        assert!(list.lines().any(|l| l == f), "{f} missing from rpm: {list}");
+    }
+    let name = String::from_utf8(run("rpm", &["-qp", "--qf", "%{NAME}", rpm]).stdout).unwrap();
+    assert_eq!(name, "liftoff-plane");
+    let scripts = String::from_utf8(run("rpm", &["-qp", "--scripts", rpm]).stdout).unwrap();
+    for s in [
+        "plane_create_user",
+        "plane_create_dirs",
+        "plane_enable_and_maybe_start",
+        "plane_stop",
+    ] {
+        assert!(
+            scripts.contains(s),
+            "{s} missing from rpm scripts: {scripts}"
+        );
+    }
 }
 
 #[test]

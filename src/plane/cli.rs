@@ -107,6 +107,10 @@ enum Cmd {
         /// An MQTT broker for tokens, REGION=mqtts://host:port (repeatable).
         #[arg(long = "broker")]
         brokers: Vec<String>,
+        /// Serve Prometheus `/metrics` and `/healthz` over plain HTTP on
+        /// ADDR:PORT (e.g. 127.0.0.1:9465; default: not served).
+        #[arg(long = "metrics-listen")]
+        metrics_listen: Option<String>,
     },
     /// Run the plane.
     Serve {
@@ -255,6 +259,7 @@ fn run(cli: Cli) -> Result<i32> {
             cert,
             key,
             brokers,
+            metrics_listen,
         } => {
             let brokers = brokers
                 .iter()
@@ -279,6 +284,7 @@ fn run(cli: Cli) -> Result<i32> {
                 cert,
                 key,
                 brokers,
+                metrics_listen,
             };
             let d = super::config::init(&data, &opts)?;
             println!(
@@ -313,6 +319,10 @@ pub fn serve(data: &Path) -> Result<i32> {
     );
     let plane = open(data)?;
     let listener = super::server::bind(&plane.data.config.listen)?;
+    if let Some(addr) = plane.data.config.metrics_listen.clone() {
+        super::metrics::start(plane.clone(), &addr)?;
+        tracing::info!(metrics = %addr, "liftoff-plane metrics served");
+    }
     tracing::info!(listen = %plane.data.config.listen, "liftoff-plane serving");
     let notifier = crate::notify::Notifier::from_env();
     notifier.ready();

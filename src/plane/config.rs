@@ -79,6 +79,10 @@ pub struct Config {
     /// Seconds between re-sends of an unanswered assign, drain, cycle or cancel.
     #[serde(default = "default_resend")]
     pub resend_s: u64,
+    /// Where the plain-HTTP `/metrics` and `/healthz` listener binds,
+    /// `ADDR:PORT`; absent: not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// An opened data directory.
@@ -163,6 +167,8 @@ pub struct InitOptions {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub brokers: Vec<BrokerUrl>,
+    /// The `/metrics` listener, `ADDR:PORT` (none: not served).
+    pub metrics_listen: Option<String>,
 }
 
 /// Creates a data directory. Refuses one that already holds a plane.
@@ -252,6 +258,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Data> {
         namespace: default_namespace(),
         poll_grace_s: default_grace(),
         resend_s: default_resend(),
+        metrics_listen: opts.metrics_listen.clone(),
     };
     let token = random_hex(32);
     let object_key = random_hex(32);

@@ -379,6 +379,7 @@ impl Plane {
                 match phase {
                     RunPhase::Accepted => {
                         if run.phase == "assigned" {
+                            super::metrics::dispatched(&run);
                             run.phase = "accepted".into();
                         }
                     }
@@ -391,6 +392,9 @@ impl Plane {
                     RunPhase::Rejected => end(&mut run, "rejected", &reason, env.ts),
                     RunPhase::Started => {
                         if matches!(run.phase.as_str(), "assigned" | "accepted") {
+                            if run.phase == "assigned" {
+                                super::metrics::dispatched(&run);
+                            }
                             run.phase = "started".into();
                             run.started_ms = env.ts;
                         }
@@ -831,10 +835,27 @@ impl Plane {
         if let Some(src) = source {
             self.objects.put(&source_key(&id), src)?;
         }
-        let stored = self.store.insert_run(&run)?;
+        // The insert and its first dispatch round are one transaction (one
+        // fsync, not two): with an idle worker, the run is assigned by the
+        // time the submit is answered.
+        let mut stored = None;
+        let out = self.store.transaction(&mut || {
+            let s = self.store.insert_run(&run)?;
+            if s.id == id {
+                self.tick_locked(false)?;
+            }
+            stored = Some(s);
+            Ok(())
+        });
+        self.flush(out.is_ok());
+        out?;
         drop(_g);
+        let stored = stored.ok_or_else(|| Error::Storage("a run vanished in its insert".into()))?;
+        // Runs of a busy stack or pool wait for the next round. The answer
+        // is the run as queued (its assignment, if any, shows in `run show`).
         self.wake();
-        Ok((stored.clone(), stored.id == id))
+        let new = stored.id == id;
+        Ok((stored, new))
     }
 
     pub fn cancel(&self, run_id: &str, reason: &str) -> Result<RunRow> {

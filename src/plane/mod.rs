@@ -9,7 +9,9 @@
 //! workers, the admin API of [`admin`] for the CLI, the signed object URLs
 //! of [`objects`]) and the [`dispatch`] thread (queue, assign re-sends,
 //! drain/cycle/cancel re-sends, the poll grace). Worker messages from any
-//! transport go through [`dispatch::Plane::record`]. Every CLI command but
+//! transport go through [`dispatch::Plane::record`]. With
+//! `metrics_listen` set, `serve` also starts [`metrics`] (Prometheus
+//! `/metrics` and `/healthz` over plain HTTP) before the HTTPS listener. Every CLI command but
 //! `init`, `serve` and `dev` talks to the admin API through [`client`].
 //!
 //! Nothing else in the crate imports this room; the `liftoff` binary never
@@ -23,6 +25,7 @@ pub mod config;
 pub mod dev;
 pub mod dispatch;
 pub mod httpd;
+pub mod metrics;
 pub mod mqtt;
 pub mod objects;
 pub mod pki;

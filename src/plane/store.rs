@@ -11,8 +11,15 @@
 //!
 //! Call order: [`Sqlite::open`] at start (creates the schema), then any method
 //! from any thread (one connection behind a mutex).
+//!
+//! Workers are also kept in memory (read on every dispatch round: decoding
+//! a thousand rows each time was most of a round's cost): the cache is
+//! written after its row is written, and dropped (re-read on the next use)
+//! when a transaction rolls back, so it never holds a change the database
+//! does not.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
 use parking_lot::ReentrantMutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -179,6 +186,8 @@ pub trait Store: Send + Sync {
     /// Runs in submission order; `open` only those not final.
     fn runs(&self, open: bool) -> Result<Vec<RunRow>>;
     fn put_run(&self, run: &RunRow) -> Result<()>;
+    /// Ended runs counted by (pool id, final phase).
+    fn run_results(&self) -> Result<Vec<(String, String, u64)>>;
     /// Saves `run` and queues `command` for `worker` in one transaction.
     fn put_run_and_enqueue(&self, run: &RunRow, worker: &str, command: &str) -> Result<i64>;
 
@@ -195,6 +204,8 @@ struct Inner {
     conn: RefCell<Connection>,
     /// Inside [`Store::transaction`]: calls do not begin or commit their own.
     depth: Cell<u32>,
+    /// Every worker row by id, as written (`None`: read it again).
+    workers: RefCell<Option<BTreeMap<String, WorkerRow>>>,
 }
 
 fn db_err(e: rusqlite::Error) -> Error {
@@ -325,6 +336,7 @@ impl Sqlite {
             conn: ReentrantMutex::new(Inner {
                 conn: RefCell::new(conn),
                 depth: Cell::new(0),
+                workers: RefCell::new(None),
             }),
         })
     }
@@ -352,6 +364,28 @@ impl Sqlite {
     }
 }
 
+impl Sqlite {
+    /// `f` on the worker cache, loaded from the table first if needed.
+    fn with_workers<T>(&self, f: impl FnOnce(&BTreeMap<String, WorkerRow>) -> T) -> Result<T> {
+        let inner = self.conn.lock();
+        if inner.workers.borrow().is_none() {
+            let docs: Vec<String> = self.with(|tx| {
+                let mut s = tx.prepare("SELECT doc FROM workers").map_err(db_err)?;
+                let rows = s.query_map([], |r| r.get(0)).map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+            })?;
+            let mut m = BTreeMap::new();
+            for d in docs {
+                let w = decode_worker(&d)?;
+                m.insert(w.id.clone(), w);
+            }
+            *inner.workers.borrow_mut() = Some(m);
+        }
+        let cache = inner.workers.borrow();
+        Ok(f(cache.as_ref().expect("loaded above")))
+    }
+}
+
 impl Store for Sqlite {
     fn transaction(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let inner = self.conn.lock();
@@ -367,7 +401,7 @@ impl Store for Sqlite {
         let out = f();
         inner.depth.set(0);
         let conn = inner.conn.borrow();
-        match out {
+        let out = match out {
             Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 db_err(e)
@@ -376,7 +410,12 @@ impl Store for Sqlite {
                 let _ = conn.execute_batch("ROLLBACK");
                 Err(e)
             }
+        };
+        if out.is_err() {
+            // Worker rows written in it are rolled back: read them again.
+            *inner.workers.borrow_mut() = None;
         }
+        out
     }
 
     fn create_pool(&self, p: &PoolRow) -> Result<()> {
@@ -481,27 +520,20 @@ impl Store for Sqlite {
                 .map_err(db_err)?;
             }
             Ok(())
-        })
+        })?;
+        let inner = self.conn.lock();
+        if let Some(m) = inner.workers.borrow_mut().as_mut() {
+            m.insert(w.id.clone(), w.clone());
+        }
+        Ok(())
     }
 
     fn worker(&self, id: &str) -> Result<Option<WorkerRow>> {
-        let doc: Option<String> = self.with(|tx| {
-            tx.query_row("SELECT doc FROM workers WHERE id = ?1", [id], |r| r.get(0))
-                .optional()
-                .map_err(db_err)
-        })?;
-        doc.map(|d| decode_worker(&d)).transpose()
+        self.with_workers(|m| m.get(id).cloned())
     }
 
     fn workers(&self) -> Result<Vec<WorkerRow>> {
-        let docs: Vec<String> = self.with(|tx| {
-            let mut s = tx
-                .prepare("SELECT doc FROM workers ORDER BY id")
-                .map_err(db_err)?;
-            let rows = s.query_map([], |r| r.get(0)).map_err(db_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
-        })?;
-        docs.iter().map(|d| decode_worker(d)).collect()
+        self.with_workers(|m| m.values().cloned().collect())
     }
 
     fn record_event(&self, worker: &str, id: &str, seq: Option<u64>, body: &str) -> Result<bool> {
@@ -644,6 +676,27 @@ impl Store for Sqlite {
             )
             .map_err(db_err)?;
             Ok(())
+        })
+    }
+
+    fn run_results(&self) -> Result<Vec<(String, String, u64)>> {
+        self.with(|tx| {
+            let mut s = tx
+                .prepare(
+                    "SELECT json_extract(doc, '$.pool_id'), json_extract(doc, '$.phase'), COUNT(*) \
+                     FROM runs WHERE final = 1 GROUP BY 1, 2",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                })
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
         })
     }
 
