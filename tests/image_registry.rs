@@ -160,10 +160,21 @@ fn pulls_verify_unpack_and_cache_from_a_tls_registry() {
     drop(leases);
 
     // Cached: no registry needed; by digest; through the index; zstd.
+    let image_cache = &liftoff::metrics::launcher::IMAGE_CACHE;
+    let hits = image_cache.hits.get();
     let cached = store
         .ensure(&agent, &reference, false, &mut |_| {})
         .unwrap();
     assert_eq!(cached.id(), id);
+    assert!(
+        image_cache.hits.get() > hits,
+        "a cached image is a cache hit"
+    );
+    assert!(image_cache.misses.get() > 0, "the first pull was a miss");
+    assert!(
+        image_cache.size_bytes.get() > 0.0,
+        "the cache's size is reported"
+    );
     let digest = reg.digest("test/app:v1");
     let by_digest = store
         .ensure(

@@ -101,8 +101,18 @@ fn a_local_directory_serves_flat_and_per_version_releases() {
         );
     }
     let t = w.tools(Some(&rel), None, Some(trust_a(&w)));
+    let cache = &liftoff::metrics::launcher::TOOL_CACHE;
+    let misses = cache.misses.get();
     let lease = provide(&t, ToolName::OpenTofu, "1.7.3").unwrap();
     assert!(run_binary(&lease.binary).contains("tofu v1.7.3"));
+    assert!(cache.misses.get() > misses, "a download is a cache miss");
+    let hits = cache.hits.get();
+    provide(&t, ToolName::OpenTofu, "1.7.3").unwrap();
+    assert!(
+        cache.hits.get() > hits,
+        "an installed version is a cache hit"
+    );
+    assert!(cache.size_bytes.get() > 0.0, "the cache's size is reported");
     let lease = provide(&t, ToolName::OpenTofu, "~> 1.7").unwrap();
     assert_eq!(
         lease.version.to_string(),

@@ -25,6 +25,7 @@
 //! [`Store::prune`] (`tmp/`, blobs no image uses, then least recently used
 //! roots until the cache fits `LIFTOFF_IMAGE_CACHE_MAX_BYTES`).
 
+use crate::metrics::launcher::IMAGE_CACHE;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -261,6 +262,7 @@ impl Store {
         self.open()?;
         if !refresh {
             if let Some(l) = self.lease(&r)? {
+                IMAGE_CACHE.hits.inc();
                 return Ok(l);
             }
         }
@@ -271,10 +273,12 @@ impl Store {
             match self.lease(&r)? {
                 Some(l) if !refresh => {
                     log(&format!("image {shown}: pulled meanwhile by another run"));
+                    IMAGE_CACHE.hits.inc();
                     l
                 }
                 _ => {
                     log(&format!("image {shown}: pulling"));
+                    IMAGE_CACHE.misses.inc();
                     let started = std::time::Instant::now();
                     let l = self.pull(agent, &r, log)?;
                     log(&format!(
@@ -289,6 +293,7 @@ impl Store {
         if let Err(e) = self.prune(self.budget, false) {
             log(&format!("image cache: prune failed: {e}"));
         }
+        IMAGE_CACHE.size_bytes.set(self.usage() as f64);
         Ok(lease)
     }
 

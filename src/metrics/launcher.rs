@@ -75,10 +75,20 @@ impl Default for CacheMetrics {
 /// The provider cache (`LIFTOFF_PROVIDER_CACHE_DIR`).
 pub static PROVIDER_CACHE: CacheMetrics = CacheMetrics::new();
 
-/// Every cache, by its `cache` label. Hook for the image and tool caches:
-/// add `pub static IMAGE_CACHE: CacheMetrics = CacheMetrics::new();` and
-/// `("image", &IMAGE_CACHE)` here, then record into it.
-pub static CACHES: &[(&str, &CacheMetrics)] = &[("provider", &PROVIDER_CACHE)];
+/// The runner image cache (`LIFTOFF_IMAGE_CACHE_DIR`): a hit is an image
+/// a run found unpacked, a miss one it had to pull.
+pub static IMAGE_CACHE: CacheMetrics = CacheMetrics::new();
+
+/// The OpenTofu/Terraform cache (`LIFTOFF_TOOLS_CACHE_DIR`): a hit is a
+/// version a run found installed, a miss one it had to download.
+pub static TOOL_CACHE: CacheMetrics = CacheMetrics::new();
+
+/// Every cache, by its `cache` label.
+pub static CACHES: &[(&str, &CacheMetrics)] = &[
+    ("provider", &PROVIDER_CACHE),
+    ("image", &IMAGE_CACHE),
+    ("tool", &TOOL_CACHE),
+];
 
 /// Host figures, as the worker's sampler last saw them.
 #[derive(Debug, Default, Clone)]

@@ -276,6 +276,9 @@ impl Cache {
                 removed.push(format!("{} {}", i.tool, i.version));
             }
         }
+        crate::metrics::launcher::TOOL_CACHE
+            .size_bytes
+            .set(total as f64);
         removed
     }
 }

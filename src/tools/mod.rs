@@ -28,6 +28,7 @@ pub mod source;
 pub mod version;
 pub mod zip;
 
+use crate::metrics::launcher::TOOL_CACHE;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -274,6 +275,7 @@ impl Tools {
                 "{} {version} (cached, verified when installed)",
                 tool.name()
             ));
+            TOOL_CACHE.hits.inc();
             return Ok(lease);
         }
         let v = version.to_string();
@@ -289,6 +291,7 @@ impl Tools {
                 "{} {version} (installed by another run meanwhile)",
                 tool.name()
             ));
+            TOOL_CACHE.hits.inc();
             return Ok(lease);
         }
         let sources = match from {
@@ -299,6 +302,7 @@ impl Tools {
             let Some(binary) = self.download(tool, &version, s)? else {
                 continue;
             };
+            TOOL_CACHE.misses.inc();
             let lease = self
                 .cache
                 .install(tool, &version, &binary)
