@@ -452,11 +452,12 @@ pub fn parse_poll_answer(body: &[u8]) -> Result<PollAnswer, String> {
     })
 }
 
-/// What the connection threads (and the waker) tell `next`, tagged with
-/// the connection it belongs to: one channel lives as long as the
-/// transport, and `next` drops what an older connection left in it.
+/// What the poller (and the waker) tell `next`: one channel lives as long
+/// as the transport; `next` hands over every command in it, whichever
+/// connection brought it, and ignores a `Lost` tagged with an older
+/// connection.
 enum Inbound {
-    Command(u64, Vec<u8>),
+    Command(Vec<u8>),
     Lost(u64, String),
     Wake,
 }
@@ -651,13 +652,16 @@ impl Transport for PollTransport {
         loop {
             let left = end.saturating_duration_since(Instant::now());
             match self.inbound.recv_timeout(left) {
-                Ok(Inbound::Command(g, bytes)) if g == current => return Ok(Some(bytes)),
+                // A command is handed over whichever connection brought it:
+                // the poller advanced the cursor past it, so dropping it
+                // would lose it (the worker de-duplicates by id).
+                Ok(Inbound::Command(bytes)) => return Ok(Some(bytes)),
                 Ok(Inbound::Lost(g, reason)) if g == current => {
                     return Err(self.drop_conn(reason));
                 }
                 Ok(Inbound::Wake) => return Ok(None),
-                // an older connection's leftovers
-                Ok(_) => continue,
+                // an older connection's end
+                Ok(Inbound::Lost(..)) => continue,
                 Err(RecvTimeoutError::Timeout) => return Ok(None),
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(self.drop_conn("the long-poll channel closed".into()));
@@ -756,7 +760,7 @@ fn poll_loop(
         };
         let empty = answer.commands.is_empty();
         for c in answer.commands {
-            if tx.send(Inbound::Command(generation, c)).is_err() {
+            if tx.send(Inbound::Command(c)).is_err() {
                 return;
             }
         }
