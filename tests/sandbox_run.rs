@@ -353,6 +353,69 @@ fn a_root_directory_replaces_the_host_root() {
     assert_eq!(r.code, 125, "{r:#?}");
 }
 
+/// A run's tool over /bin (`/bin/terraform`), read-only, in a root whose
+/// /bin is a real directory (an image) and, in `tools_run`, on a merged-/usr
+/// host where /bin links to usr/bin.
+#[test]
+fn a_bin_overlay_adds_entries_to_an_image_bin() {
+    require_root();
+    use liftoff::sandbox::{BindMount, Exit, SandboxSpec, spawn};
+    use std::io::Read;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("image");
+    let tool = d.path().join("tool");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(&tool).unwrap();
+    let src = d.path().join("who.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <sys/statvfs.h>\nint main(int c,char**v){struct statvfs s;if(statvfs(v[0],&s))return 9;printf(\"%s %s\\n\",v[0],(s.f_flag&ST_RDONLY)?\"read-only\":\"writable\");return 0;}\n",
+    )
+    .unwrap();
+    for out in [root.join("bin/image-own"), tool.join("terraform")] {
+        let st = std::process::Command::new("musl-gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("musl-gcc builds the static test binary");
+        assert!(st.success());
+    }
+    let ws = tempfile::tempdir().unwrap();
+    let run = |argv: &str| {
+        let mut spec = SandboxSpec::new(ws.path(), vec![argv.into()]);
+        spec.root = Some(root.clone());
+        spec.mounts.push(BindMount {
+            source: tool.clone(),
+            target: "/mnt/tools/bin".into(),
+            writable: false,
+        });
+        spec.bin_overlay = Some("/mnt/tools/bin".into());
+        let mut sb = spawn(&spec).unwrap();
+        let mut out = String::new();
+        sb.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert_eq!(sb.wait().unwrap().exit, Exit::Code(0), "{argv}: {out}");
+        out
+    };
+    assert_eq!(run("/bin/terraform"), "/bin/terraform read-only\n");
+    assert_eq!(run("/bin/image-own"), "/bin/image-own read-only\n");
+    assert_eq!(
+        run("/mnt/tools/bin/terraform"),
+        "/mnt/tools/bin/terraform read-only\n"
+    );
+    // Nothing was written into the image.
+    assert!(!root.join("bin/terraform").exists());
+    // An overlay of a directory that is not one of the mounts is refused.
+    let mut spec = SandboxSpec::new(ws.path(), vec!["/bin/image-own".into()]);
+    spec.root = Some(root.clone());
+    spec.bin_overlay = Some("/mnt/tools/bin".into());
+    let e = spawn(&spec).err().expect("refused");
+    assert!(
+        e.to_string().contains("is not one of the sandbox's mounts"),
+        "{e}"
+    );
+}
+
 #[test]
 fn runtime_landlock_runs_without_namespaces() {
     require_root();

@@ -108,7 +108,7 @@ fn a_step_runs_the_verified_tool_from_path() {
         &ex,
         "tool-run-1",
         "~> 1.8",
-        "tofu version; terraform version; command -v tofu; echo \"PATH=$PATH\"; if echo x > /mnt/tools/bin/tofu; then echo WRITABLE; else echo read-only; fi",
+        "tofu version; terraform version; /bin/terraform version; /bin/tofu version; command -v tofu; echo \"PATH=$PATH\"; if echo x > /mnt/tools/bin/tofu; then echo WRITABLE; else echo read-only; fi; if echo x > /bin/terraform; then echo BIN-WRITABLE; fi; /bin/sh -c 'echo host-bin-still-there'; ls /usr/bin | grep -c '^ls$'",
     );
     assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
     assert!(
@@ -119,9 +119,13 @@ fn a_step_runs_the_verified_tool_from_path() {
     assert_eq!(
         log.matches("tofu v1.9.1 (liftoff test build) version")
             .count(),
-        2,
+        4,
         "{log}"
     );
+    // /bin/terraform and /bin/tofu, as the seed's runs call them, and the
+    // root's /bin (here the host's, merged into /usr/bin) is all still there.
+    assert!(log.contains("host-bin-still-there"), "{log}");
+    assert!(!log.contains("BIN-WRITABLE"), "{log}");
     assert!(log.contains("PATH=/mnt/tools/bin:"), "{log}");
     assert!(
         log.contains("read-only") && !log.contains("WRITABLE"),

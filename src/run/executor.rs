@@ -19,7 +19,7 @@
 //!    run ends);
 //!    the run's `tool` ([`crate::tools::Tools::provide`]: cached, or
 //!    downloaded and verified; leased until the run ends, bound read-only
-//!    at `/mnt/tools/bin`, first on PATH);
+//!    at `/mnt/tools/bin`, first on PATH, and over `/bin` (`/bin/terraform`));
 //! 5. [`RunEvent::Started`], then each step in its own sandbox (cwd
 //!    `/mnt/workspace/source`), output masked into the log; a step marked
 //!    `outputs` is not logged: its stdout is filtered and PUT to the outputs
@@ -969,6 +969,8 @@ fn sandbox_spec(
                 *v = format!("{}:{v}", crate::tools::JOB_BIN_DIR);
             }
         }
+        // And in /bin, as the seed's runs call `/bin/terraform`.
+        s.bin_overlay = Some(crate::tools::JOB_BIN_DIR.into());
     }
     s.cwd = Some(PathBuf::from(WORKSPACE).join("source"));
     s.hostname = "spacelift".into();

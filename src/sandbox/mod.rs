@@ -165,6 +165,10 @@ pub struct SandboxSpec {
     pub host_id: u32,
     /// CA bundle for /etc/ssl/certs/ca-certificates.crt; default: the host's.
     pub ca_bundle: Option<PathBuf>,
+    /// A sandbox directory (one of `mounts`' targets) whose entries also
+    /// appear in the job's /bin, over what the root's /bin holds: a
+    /// read-only overlay (the run's tool as `/bin/terraform`).
+    pub bin_overlay: Option<PathBuf>,
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
@@ -190,6 +194,7 @@ impl SandboxSpec {
             name,
             host_id: DEFAULT_HOST_ID,
             ca_bundle: None,
+            bin_overlay: None,
             stdin: Stdio::Null,
             stdout: Stdio::Piped,
             stderr: Stdio::Piped,

@@ -21,7 +21,9 @@
 //!    directory's entries), merged-usr symlinks copied as symlinks;
 //! 4. /etc written (passwd, group, hosts, resolv.conf, nsswitch.conf,
 //!    hostname) plus read-only binds of the CA bundle and loader files;
-//! 5. workspace rw at /mnt/workspace, /tmp and the home as tmpfs, extra mounts;
+//! 5. workspace rw at /mnt/workspace, /tmp and the home as tmpfs, extra mounts,
+//!    then the bin overlay (an extra mount's entries over the directory /bin
+//!    is or links to: a read-only overlayfs, no upper layer);
 //! 6. a minimal /dev (device binds, devpts, shm), a fresh /proc with masked
 //!    and read-only paths;
 //! 7. `pivot_root(".", ".")` in the new root, the old root detached under
@@ -403,6 +405,9 @@ fn plan_with(spec: &SandboxSpec, one_pivot: bool) -> Result<Plan, Error> {
     for m in &spec.mounts {
         extra_mount(&mut p, m)?;
     }
+    if let Some(dir) = &spec.bin_overlay {
+        bin_overlay(&mut p, spec, dir)?;
+    }
     // 6: /dev and /proc.
     dev(&mut p)?;
     proc(&mut p)?;
@@ -448,6 +453,111 @@ fn extra_mount(p: &mut Plan, m: &BindMount) -> Result<(), Error> {
         .map_err(|e| Error::new(format!("mount source {}: {e}", m.source.display())))?;
     let dst = p.nr(&m.target.to_string_lossy());
     p.bind(&src, &dst, m.writable)
+}
+
+/// `dir`'s entries (a directory the plan already mounted) over the job's
+/// /bin: where /bin is a symlink (merged /usr: `bin -> usr/bin`), over the
+/// directory it names. A read-only overlayfs whose lower layers are `dir`
+/// then the directory itself, both already in the root under construction,
+/// so nothing of the host is written and the host's /usr/bin stays as it
+/// is. A root without /bin gets `dir` bound there.
+fn bin_overlay(p: &mut Plan, spec: &SandboxSpec, dir: &Path) -> Result<(), Error> {
+    check_target(dir)?;
+    if !spec.mounts.iter().any(|m| m.target == dir) {
+        return Err(Error::new(format!(
+            "bin overlay {} is not one of the sandbox's mounts",
+            dir.display()
+        )));
+    }
+    let root = spec.root.as_deref().unwrap_or(Path::new("/"));
+    let Some(bin) = bin_dir_of(root)? else {
+        let lower = p.nr(&dir.to_string_lossy());
+        let dst = p.nr("/bin");
+        p.mkdirs(&dst)?;
+        let what = format!("bind {} read-only at /bin", dir.display());
+        p.push(
+            Op::Bind {
+                src: cs(lower)?,
+                dst: cs(dst)?,
+                rw: false,
+                dev: false,
+            },
+            what,
+        );
+        return Ok(());
+    };
+    let (upper, lower) = (p.nr(&dir.to_string_lossy()), p.nr(&bin));
+    for l in [&upper, &lower] {
+        let ok = l.to_str().is_some_and(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+        });
+        if !ok {
+            return Err(Error::new(format!(
+                "bin overlay: {} has characters an overlayfs lowerdir cannot hold",
+                p.inside(l).display()
+            )));
+        }
+    }
+    let data = format!("lowerdir={}:{}", upper.display(), lower.display());
+    let what = format!(
+        "mount a read-only overlayfs of {} over {bin} (overlayfs in a user namespace needs Linux 5.11)",
+        dir.display()
+    );
+    p.push(
+        Op::Mount {
+            src: cs("overlay")?,
+            dst: cs(&lower)?,
+            fstype: cs("overlay")?,
+            flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            data: cs(data)?,
+        },
+        what,
+    );
+    Ok(())
+}
+
+/// The directory the job's /bin is in `root` (the host's / or an image):
+/// `/bin` itself, or where its symlink points (one link, resolved inside
+/// the root, every component a real directory); `None` when there is none.
+fn bin_dir_of(root: &Path) -> Result<Option<String>, Error> {
+    let bin = root.join("bin");
+    let meta = match std::fs::symlink_metadata(&bin) {
+        Ok(m) => m,
+        Err(_) => return Ok(None),
+    };
+    let rel = if meta.file_type().is_symlink() {
+        let t = std::fs::read_link(&bin)
+            .map_err(|e| Error::new(format!("read link {}: {e}", bin.display())))?;
+        let mut out = PathBuf::new();
+        for c in t.components() {
+            match c {
+                Component::Normal(n) => out.push(n),
+                Component::ParentDir => {
+                    out.pop();
+                }
+                _ => {}
+            }
+        }
+        out
+    } else {
+        PathBuf::from("bin")
+    };
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            _ => {
+                return Err(Error::new(format!(
+                    "the root's /bin links to /{}, which is not a directory of the root: \
+                     the run's tool cannot appear in /bin",
+                    rel.display()
+                )));
+            }
+        }
+    }
+    Ok(Some(format!("/{}", rel.display())))
 }
 
 /// The job's /etc: its own passwd, group, hosts, resolv.conf, nsswitch.conf,
