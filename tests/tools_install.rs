@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use liftoff::tools::openpgp::PgpError;
+use liftoff::tools::source::SourceError;
 use liftoff::tools::zip::ZipError;
-use liftoff::tools::{Problem, Settings, ToolError, ToolName, Tools};
+use liftoff::tools::{Bound, Problem, Settings, ToolError, ToolName, Tools};
 use support::tool_release::{
-    Files, Signing, ToolServer, keys, lay_out, release, serve_releases, serve_tofudl,
+    Files, Signing, ToolServer, keys, lay_out, platform, release, serve_releases, serve_tofudl,
 };
 
 struct World {
@@ -83,7 +84,7 @@ fn run_binary(path: &Path) -> String {
 }
 
 fn provide(t: &Tools, tool: ToolName, v: &str) -> Result<liftoff::tools::cache::Lease, ToolError> {
-    t.provide(tool, v, &mut |m| eprintln!("note: {m}"))
+    t.provide(tool, v, &Bound::default(), &mut |m| eprintln!("note: {m}"))
 }
 
 /// Air-gapped: release files in a local directory, flat and one directory
@@ -593,4 +594,80 @@ fn the_tool_command_installs_lists_and_removes() {
     let (code, _, err) = liftoff(&["tool", "rm", "terraform", "1.8.5"]);
     assert_eq!(code, 1);
     assert!(err.contains("not cached"), "{err}");
+}
+
+/// A run waits for its tool only until its timeout or its cancellation: a
+/// mirror that hangs mid-download, a version another run is installing
+/// (its lock held), and a run already cancelled each end with their own
+/// error, and nothing is installed.
+#[test]
+fn a_stalled_download_ends_at_the_runs_deadline_or_cancel() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+    let w = World::new();
+    let s = ToolServer::start();
+    serve_releases(
+        &s,
+        "/m",
+        "tofu",
+        &[(
+            "1.8.5",
+            release("tofu", "1.8.5", None, Some(signing(true, "SHA512"))),
+        )],
+    );
+    s.stall(&format!("/m/tofu/1.8.5/tofu_1.8.5_{}.zip", platform()));
+    let t = w.tools(None, Some(s.url("/m")), Some(trust_a(&w)));
+    let within = |secs| Bound {
+        deadline: Some(Instant::now() + Duration::from_secs(secs)),
+        cancel: None,
+    };
+    let started = Instant::now();
+    let e = t
+        .provide(ToolName::OpenTofu, "1.8.5", &within(2), &mut |_| {})
+        .expect_err("the stalled download fails");
+    assert!(
+        matches!(*e.problem, Problem::Source(SourceError::Deadline)),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("timeout ran out"), "{e}");
+    named(&e, "1.8.5", "release mirror");
+    // It ended at the deadline, not when the server gave up (120 s).
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(t.cache().versions(ToolName::OpenTofu).is_empty());
+
+    // Cancelled: no request is made at all.
+    let gets = s.count("_SHA256SUMS");
+    let cancelled = Bound {
+        deadline: None,
+        cancel: Some(Arc::new(AtomicBool::new(true))),
+    };
+    let e = t
+        .provide(ToolName::OpenTofu, "~> 1.8", &cancelled, &mut |_| {})
+        .expect_err("a cancelled run gets no tool");
+    assert!(
+        matches!(*e.problem, Problem::Source(SourceError::Cancelled)),
+        "{e:?}"
+    );
+    assert_eq!(s.count("_SHA256SUMS"), gets);
+
+    // Another run holds the version's install lock: waiting ends too.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(
+            w.dir
+                .join(format!("cache/.locks/opentofu-1.9.0-{}.lock", platform())),
+        )
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let e = t
+        .provide(ToolName::OpenTofu, "1.9.0", &within(1), &mut |_| {})
+        .expect_err("waiting for the lock ends");
+    assert!(
+        matches!(*e.problem, Problem::Source(SourceError::Deadline)),
+        "{e:?}"
+    );
+    drop(held);
 }

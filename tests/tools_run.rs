@@ -18,7 +18,7 @@ use liftoff::run::executor::SandboxExecutor;
 use liftoff::run::spec::RunSpec;
 use serde_json::json;
 use support::runs::{events, open_tempdir, until_end};
-use support::tool_release::{Signing, ToolServer, keys, release, serve_releases};
+use support::tool_release::{Signing, ToolServer, keys, platform, release, serve_releases};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -50,8 +50,10 @@ impl World {
                 ("1.7.0", tampered),
                 ("1.8.5", release("tofu", "1.8.5", None, Some(sign))),
                 ("1.9.1", release("tofu", "1.9.1", None, Some(sign))),
+                ("1.6.0", release("tofu", "1.6.0", None, Some(sign))),
             ],
         );
+        server.stall(&format!("/m/tofu/1.6.0/tofu_1.6.0_{}.zip", platform()));
         std::fs::write(path.join("keys.asc"), keys().a.export()).unwrap();
         World {
             _dir: dir,
@@ -83,11 +85,19 @@ impl World {
         version: &str,
         shell: &str,
     ) -> (RunEvent, String) {
-        let spec = json!({
-            "run_id": run, "run_type": "proposed",
-            "tool": {"name": "opentofu", "version": version},
-            "steps": [{"name": "version", "shell": shell}],
-        });
+        self.run_spec(
+            ex,
+            json!({
+                "run_id": run, "run_type": "proposed",
+                "tool": {"name": "opentofu", "version": version},
+                "steps": [{"name": "version", "shell": shell}],
+            }),
+        )
+    }
+
+    fn run_spec(&self, ex: &SandboxExecutor, spec: serde_json::Value) -> (RunEvent, String) {
+        let run = spec["run_id"].as_str().unwrap().to_string();
+        let run = run.as_str();
         let spec = RunSpec::from_json(spec.to_string().as_bytes()).unwrap();
         let (ev, rx) = events(run);
         let out = self.dir.join(format!("{run}.log"));
@@ -186,4 +196,29 @@ fn a_tampered_release_fails_the_run_before_any_step() {
     let bad = json!({"run_id": "x", "run_type": "proposed", "tool": {"name": "pulumi", "version": "1.0.0"}, "steps": [{"name": "s", "argv": ["true"]}]});
     let err = RunSpec::from_json(bad.to_string().as_bytes()).unwrap_err();
     assert!(err.contains("unknown variant"), "{err}");
+}
+
+/// The run's timeout covers fetching its tool: a mirror that hangs
+/// mid-download fails the run when the timeout runs out, before any step.
+#[test]
+fn a_hanging_mirror_fails_the_run_at_its_timeout() {
+    let w = World::new();
+    let ex = w.executor();
+    let (end, log) = w.run_spec(
+        &ex,
+        json!({
+            "run_id": "tool-stall", "run_type": "proposed",
+            "timeouts": {"run": "3s"},
+            "tool": {"name": "opentofu", "version": "1.6.0"},
+            "steps": [{"name": "version", "shell": "echo STEP-RAN"}],
+        }),
+    );
+    match end {
+        RunEvent::Failed { reason } => {
+            assert!(reason.contains("opentofu 1.6.0"), "{reason}");
+            assert!(reason.contains("timeout ran out"), "{reason}");
+        }
+        other => panic!("expected a failed run, got {other:?}; log:\n{log}"),
+    }
+    assert!(!log.contains("STEP-RAN"), "{log}");
 }

@@ -76,7 +76,9 @@ fn run_inner(cmd: ToolCommand, env: &Env) -> Result<(), i32> {
             let tool = name(&n)?;
             let tools = open(env)?;
             let lease = tools
-                .provide(tool, &version, &mut |m| eprintln!("liftoff: {m}"))
+                .provide(tool, &version, &crate::tools::Bound::default(), &mut |m| {
+                    eprintln!("liftoff: {m}")
+                })
                 .map_err(|e| {
                     eprintln!("liftoff: error: {e}");
                     1

@@ -616,14 +616,24 @@ fn run_logged(
     let image = runner_image(shared, spec, log, control)?;
     // The run's tool, leased (kept in the cache) until the run ends.
     let tool = match &spec.tool {
-        Some(t) => Some(
-            shared
+        Some(t) => {
+            let bound = crate::tools::Bound {
+                deadline: Some(log.started() + spec.run_timeout(config.run_timeout)),
+                cancel: Some(control.cancelled.clone()),
+            };
+            let lease = shared
                 .tools
-                .provide(t.name, &t.version, &mut |m| {
+                .provide(t.name, &t.version, &bound, &mut |m| {
                     let _ = log.line(&format!("liftoff: tool: {m}"));
                 })
-                .map_err(RunError::Tool)?,
-        ),
+                .map_err(|e| match *e.problem {
+                    crate::tools::Problem::Source(crate::tools::source::SourceError::Cancelled) => {
+                        RunError::Cancelled { step: None }
+                    }
+                    _ => RunError::Tool(e),
+                })?;
+            Some(lease)
+        }
         None => None,
     };
     if control.cancelled() {

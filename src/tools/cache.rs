@@ -23,8 +23,9 @@ use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use super::ToolName;
+use super::source::Bound;
 use super::version::Version;
+use super::{Problem, ToolName};
 
 /// This host's platform as the vendors name it (`linux_amd64`).
 pub fn platform() -> String {
@@ -125,22 +126,36 @@ impl Cache {
     }
 
     /// The exclusive lock under which one version is downloaded and
-    /// installed (blocks while another run holds it).
-    pub fn install_lock(&self, tool: ToolName, v: &Version) -> Result<Flock<File>, String> {
+    /// installed: waits while another run holds it, until `bound` ends
+    /// (checked every 50 ms).
+    pub fn install_lock(
+        &self,
+        tool: ToolName,
+        v: &Version,
+        bound: &Bound,
+    ) -> Result<Flock<File>, Problem> {
         let locks = self.root.join(".locks");
-        fs::create_dir_all(&locks).map_err(|e| err("create", &locks, e))?;
+        fs::create_dir_all(&locks).map_err(|e| Problem::Cache(err("create", &locks, e)))?;
         let _ = fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755));
         let path =
             self.root
                 .join(".locks")
                 .join(format!("{}-{v}-{}.lock", tool.name(), platform()));
-        let f = fs::OpenOptions::new()
+        let mut f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| err("open", &path, e))?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| err("lock", &path, e))
+            .map_err(|e| Problem::Cache(err("open", &path, e)))?;
+        loop {
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) => f = back,
+                Err((_, e)) => return Err(Problem::Cache(err("lock", &path, e))),
+            }
+            bound.left().map_err(Problem::Source)?;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Installs a verified binary atomically and leases it.

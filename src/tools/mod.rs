@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use self::cache::{Cache, Lease};
 use self::openpgp::Keyring;
+pub use self::source::Bound;
 use self::source::{Source, SourceError};
 use self::version::{Constraint, Version};
 
@@ -239,10 +240,13 @@ impl Tools {
 
     /// The verified tool, leased for the caller's run (see the module doc).
     /// `note` hears what happens (for the run's log).
+    /// `bound` is the run's timeout and cancellation (also while waiting
+    /// for another run's download of the same version).
     pub fn provide(
         &self,
         tool: ToolName,
         wanted: &str,
+        bound: &Bound,
         note: &mut dyn FnMut(&str),
     ) -> Result<Lease, ToolError> {
         let fail = |version: &str, source: String, problem| ToolError {
@@ -255,8 +259,16 @@ impl Tools {
             .map_err(|e| fail(wanted, "the run spec".into(), Problem::Checksums(e)))?;
         let (version, from) = match constraint.exact() {
             Some(v) => (v.clone(), None),
-            None => match self.resolve(tool, &constraint) {
+            None => match self.resolve(tool, &constraint, bound) {
                 Ok((v, s)) => (v, Some(s)),
+                Err(e)
+                    if matches!(
+                        *e.problem,
+                        Problem::Source(SourceError::Cancelled | SourceError::Deadline)
+                    ) =>
+                {
+                    return Err(e);
+                }
                 Err(e) => {
                     // Sources unreachable: a cached match still serves.
                     let cached = self.cache.versions(tool);
@@ -279,13 +291,10 @@ impl Tools {
             return Ok(lease);
         }
         let v = version.to_string();
-        let _lock = self.cache.install_lock(tool, &version).map_err(|m| {
-            fail(
-                &v,
-                self.cache.root().display().to_string(),
-                Problem::Cache(m),
-            )
-        })?;
+        let _lock = self
+            .cache
+            .install_lock(tool, &version, bound)
+            .map_err(|p| fail(&v, self.cache.root().display().to_string(), p))?;
         if let Some(lease) = self.cache.lease(tool, &version) {
             note(&format!(
                 "{} {version} (installed by another run meanwhile)",
@@ -299,7 +308,7 @@ impl Tools {
             None => self.sources(tool),
         };
         for s in &sources {
-            let Some(binary) = self.download(tool, &version, s)? else {
+            let Some(binary) = self.download(tool, &version, s, bound)? else {
                 continue;
             };
             TOOL_CACHE.misses.inc();
@@ -320,10 +329,15 @@ impl Tools {
     }
 
     /// The newest version matching `c` in the first source listing one.
-    fn resolve(&self, tool: ToolName, c: &Constraint) -> Result<(Version, Source), ToolError> {
+    fn resolve(
+        &self,
+        tool: ToolName,
+        c: &Constraint,
+        bound: &Bound,
+    ) -> Result<(Version, Source), ToolError> {
         let mut listed = Vec::new();
         for s in self.sources(tool) {
-            let list = match s.versions(&self.agent, tool) {
+            let list = match s.versions(&self.agent, tool, bound) {
                 Ok(l) => l,
                 Err(SourceError::NotServed(_)) => continue,
                 Err(e) => {
@@ -355,6 +369,7 @@ impl Tools {
         tool: ToolName,
         version: &Version,
         s: &Source,
+        bound: &Bound,
     ) -> Result<Option<Vec<u8>>, ToolError> {
         let fail = |problem| ToolError {
             tool,
@@ -363,7 +378,7 @@ impl Tools {
             problem: Box::new(problem),
         };
         let fetch = |file: &str, max| {
-            s.fetch(&self.agent, tool, version, file, max)
+            s.fetch(&self.agent, tool, version, file, max, bound)
                 .map_err(|e| fail(Problem::Source(e)))
         };
         let p = tool.product();
@@ -407,7 +422,7 @@ impl Tools {
 
     /// Installs a version for `liftoff tool install` (lease dropped).
     pub fn install(&self, tool: ToolName, version: &str) -> Result<(Version, PathBuf), ToolError> {
-        let lease = self.provide(tool, version, &mut |_| {})?;
+        let lease = self.provide(tool, version, &Bound::default(), &mut |_| {})?;
         Ok((lease.version.clone(), lease.binary.clone()))
     }
 }

@@ -22,7 +22,9 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::ToolName;
 use super::version::Version;
@@ -50,6 +52,39 @@ pub enum SourceError {
     Garbage(String),
     /// This source does not serve this tool at all.
     NotServed(String),
+    /// The run was cancelled while waiting for the tool.
+    Cancelled,
+    /// The run's timeout ran out while waiting for the tool.
+    Deadline,
+}
+
+/// How long a run waits for its tool: until its timeout, or its
+/// cancellation. Every request's timeout is the time left (at most
+/// [`DOWNLOAD_TIMEOUT`]); a body is read in pieces, each checking both.
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub deadline: Option<Instant>,
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Bound {
+    /// The time left for one request, or why there is none.
+    pub fn left(&self) -> Result<Duration, SourceError> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+        {
+            return Err(SourceError::Cancelled);
+        }
+        match self.deadline {
+            None => Ok(DOWNLOAD_TIMEOUT),
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Ok(left.min(DOWNLOAD_TIMEOUT)),
+                _ => Err(SourceError::Deadline),
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for SourceError {
@@ -58,6 +93,10 @@ impl std::fmt::Display for SourceError {
             SourceError::Down(m) | SourceError::Garbage(m) | SourceError::NotServed(m) => {
                 f.write_str(m)
             }
+            SourceError::Cancelled => f.write_str("the run was cancelled while the tool was fetched"),
+            SourceError::Deadline => f.write_str(
+                "the run's timeout ran out while the tool was fetched: raise the run's timeout, or pre-seed the host with `liftoff tool install`",
+            ),
         }
     }
 }
@@ -166,6 +205,7 @@ impl Source {
         &self,
         agent: &ureq::Agent,
         tool: ToolName,
+        bound: &Bound,
     ) -> Result<Vec<Version>, SourceError> {
         let p = tool.product();
         let mut out = Vec::new();
@@ -205,7 +245,7 @@ impl Source {
                         crate::http::redact_url(api)
                     )));
                 }
-                let body = get(agent, api, MAX_LIST)?.ok_or_else(|| {
+                let body = get(agent, api, MAX_LIST, bound)?.ok_or_else(|| {
                     SourceError::Garbage(format!("{} answered 404", crate::http::redact_url(api)))
                 })?;
                 let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
@@ -228,7 +268,7 @@ impl Source {
             }
             Source::Releases { base } => {
                 let url = format!("{base}/{p}/index.json");
-                let body = get(agent, &url, MAX_LIST)?.ok_or_else(|| {
+                let body = get(agent, &url, MAX_LIST, bound)?.ok_or_else(|| {
                     SourceError::Garbage(format!(
                         "{} answered 404: it is not a releases.hashicorp.com-layout mirror of {p}",
                         crate::http::redact_url(&url)
@@ -263,6 +303,7 @@ impl Source {
         version: &Version,
         file: &str,
         max: u64,
+        bound: &Bound,
     ) -> Result<Option<Vec<u8>>, SourceError> {
         match self {
             Source::Dir(d) => {
@@ -291,11 +332,11 @@ impl Source {
                 let url = template
                     .replace("{version}", &version.to_string())
                     .replace("{artifact}", file);
-                get(agent, &url, max)
+                get(agent, &url, max, bound)
             }
             Source::Releases { base } => {
                 let url = format!("{base}/{}/{version}/{file}", tool.product());
-                get(agent, &url, max)
+                get(agent, &url, max, bound)
             }
         }
     }
@@ -320,33 +361,50 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// GETs `url` following redirects (see the module doc); `Ok(None)` on 404
-/// or 410.
-pub fn get(agent: &ureq::Agent, url: &str, max: u64) -> Result<Option<Vec<u8>>, SourceError> {
+/// or 410. Each request gets the time `bound` leaves; the body is read in
+/// pieces so a cancellation or the deadline ends a slow download.
+pub fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    max: u64,
+    bound: &Bound,
+) -> Result<Option<Vec<u8>>, SourceError> {
     let mut url = url.to_string();
     for _ in 0..=MAX_REDIRECTS {
         let shown = crate::http::redact_url(&url);
+        let left = bound.left()?;
         let response = agent
             .get(&url)
             .config()
-            .timeout_global(Some(DOWNLOAD_TIMEOUT))
+            .timeout_global(Some(left))
             .build()
             .call()
-            .map_err(|e| SourceError::Down(format!("cannot reach {shown}: {e}")))?;
+            .map_err(|e| {
+                bound
+                    .left()
+                    .err()
+                    .unwrap_or_else(|| SourceError::Down(format!("cannot reach {shown}: {e}")))
+            })?;
         let status = response.status().as_u16();
         match status {
             200..=299 => {
                 let mut data = Vec::new();
-                response
-                    .into_body()
-                    .into_with_config()
-                    .limit(max)
-                    .reader()
-                    .read_to_end(&mut data)
-                    .map_err(|e| {
-                        SourceError::Down(format!(
-                            "reading {shown} failed (cut short, or more than {max} bytes): {e}"
-                        ))
+                let mut body = response.into_body().into_with_config().limit(max).reader();
+                let mut piece = vec![0u8; 64 << 10];
+                loop {
+                    let n = body.read(&mut piece).map_err(|e| {
+                        bound.left().err().unwrap_or_else(|| {
+                            SourceError::Down(format!(
+                                "reading {shown} failed (cut short, or more than {max} bytes): {e}"
+                            ))
+                        })
                     })?;
+                    if n == 0 {
+                        break;
+                    }
+                    data.extend_from_slice(&piece[..n]);
+                    bound.left()?;
+                }
                 return Ok(Some(data));
             }
             301 | 302 | 303 | 307 | 308 => {

@@ -259,6 +259,9 @@ pub struct ToolServer {
     pub addr: SocketAddr,
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     gets: Arc<Mutex<Vec<String>>>,
+    /// Paths answered with a 200 whose body stops after one byte (a
+    /// mirror that hangs mid-download), held open for two minutes.
+    stalls: Arc<Mutex<Vec<String>>>,
 }
 
 impl ToolServer {
@@ -269,6 +272,7 @@ impl ToolServer {
             addr,
             files: Arc::default(),
             gets: Arc::default(),
+            stalls: Arc::default(),
         };
         let server = s.clone();
         std::thread::spawn(move || {
@@ -287,6 +291,11 @@ impl ToolServer {
 
     pub fn put(&self, path: &str, body: Vec<u8>) {
         self.files.lock().unwrap().insert(path.to_string(), body);
+    }
+
+    /// `path` hangs after its headers and one byte of its body.
+    pub fn stall(&self, path: &str) {
+        self.stalls.lock().unwrap().push(path.to_string());
     }
 
     /// GETs of paths ending with `suffix`.
@@ -321,6 +330,11 @@ impl ToolServer {
                 }
             }
             self.gets.lock().unwrap().push(path.clone());
+            if self.stalls.lock().unwrap().contains(&path) {
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nP");
+                std::thread::sleep(Duration::from_secs(120));
+                return;
+            }
             let answer = if let Some(rest) = path.strip_prefix("/r/") {
                 format!("HTTP/1.1 302 Found\r\nLocation: /{rest}\r\nContent-Length: 0\r\n\r\n")
                     .into_bytes()
