@@ -848,7 +848,14 @@ impl Plane {
             Ok(())
         });
         self.flush(out.is_ok());
-        out?;
+        if let Err(e) = out {
+            // Nothing half-written: the run was not stored, so neither is
+            // its source.
+            if source.is_some() {
+                let _ = self.objects.remove(&source_key(&id));
+            }
+            return Err(e);
+        }
         drop(_g);
         let stored = stored.ok_or_else(|| Error::Storage("a run vanished in its insert".into()))?;
         // Runs of a busy stack or pool wait for the next round. The answer

@@ -49,9 +49,12 @@ pub enum Error {
     /// The plane's own configuration or data directory is unusable: HTTP
     /// 500, exit 78.
     Config(String),
-    /// The disk or the database failed (full disk, I/O error): HTTP 507 or
-    /// 500, exit 74. Nothing was half-written: the transaction was rolled back.
+    /// The disk or the database failed (I/O error): HTTP 500, exit 74.
+    /// Nothing was half-written: the transaction was rolled back.
     Storage(String),
+    /// The disk under the data directory is full: HTTP 507, exit 74.
+    /// Nothing was half-written.
+    DiskFull(String),
     /// The plane could not be reached or answered nonsense (CLI side): exit 69.
     Unavailable(String),
 }
@@ -66,6 +69,7 @@ impl Error {
             | Error::Forbidden(m)
             | Error::Config(m)
             | Error::Storage(m)
+            | Error::DiskFull(m)
             | Error::Unavailable(m) => m,
         }
     }
@@ -78,7 +82,7 @@ impl Error {
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::Conflict(_) => 409,
-            Error::Storage(m) if m.contains("full") => 507,
+            Error::DiskFull(_) => 507,
             Error::Config(_) | Error::Storage(_) => 500,
             Error::Unavailable(_) => 503,
         }
@@ -92,7 +96,7 @@ impl Error {
             Error::Conflict(_) => 4,
             Error::Unauthorized(_) | Error::Forbidden(_) => 77,
             Error::Config(_) => crate::EXIT_CONFIG,
-            Error::Storage(_) => 74,
+            Error::Storage(_) | Error::DiskFull(_) => 74,
             Error::Unavailable(_) => 69,
         }
     }
@@ -105,7 +109,7 @@ impl Error {
             403 => Error::Forbidden(message),
             404 => Error::NotFound(message),
             409 => Error::Conflict(message),
-            507 => Error::Storage(message),
+            507 => Error::DiskFull(message),
             _ => Error::Unavailable(format!("the plane answered HTTP {status}: {message}")),
         }
     }
@@ -126,20 +130,29 @@ pub fn now_ms() -> u64 {
     crate::link::protocol::now_ms()
 }
 
+impl Error {
+    /// A failed file operation: [`Error::DiskFull`] when the disk (or the
+    /// quota) is full, else [`Error::Storage`].
+    pub fn io(what: &str, path: &std::path::Path, e: &std::io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::DiskFull(format!(
+                "cannot {what} {}: the disk under the data directory is full ({e}): free space; nothing was written",
+                path.display()
+            )),
+            _ => Error::Storage(format!("cannot {what} {}: I/O error ({e})", path.display())),
+        }
+    }
+}
+
 /// Writes `data` to `path` atomically (temporary file, fsync, rename) with
-/// `mode`; a full disk leaves the old file in place.
+/// `mode`; a full disk leaves the old file in place and no temporary one.
 pub fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let fail = |e: std::io::Error| {
         let _ = std::fs::remove_file(&tmp);
-        let what = if e.raw_os_error() == Some(libc::ENOSPC) {
-            "the disk is full"
-        } else {
-            "I/O error"
-        };
-        Error::Storage(format!("cannot write {}: {what} ({e})", path.display()))
+        Error::io("write", path, &e)
     };
     let mut f = std::fs::OpenOptions::new()
         .write(true)

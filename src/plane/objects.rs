@@ -31,6 +31,9 @@ pub trait Objects: Send + Sync {
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
     /// The object, or `None` when there is none.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Removes the object (none is no error): undoing a `put` whose run
+    /// could not be stored.
+    fn remove(&self, key: &str) -> Result<()>;
 }
 
 /// Objects on local disk with HMAC-signed URLs.
@@ -133,8 +136,7 @@ impl Objects for DiskObjects {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let path = self.path(key)?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::Storage(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, &e))?;
         }
         super::write_file(&path, data, 0o600)
     }
@@ -144,6 +146,15 @@ impl Objects for DiskObjects {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Storage(format!("cannot read object {key}: {e}"))),
+        }
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path, &e)),
         }
     }
 }

@@ -214,7 +214,7 @@ fn db_err(e: rusqlite::Error) -> Error {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull
     );
     if full {
-        Error::Storage(format!(
+        Error::DiskFull(format!(
             "the disk under the data directory is full ({e}): free space; nothing was written"
         ))
     } else {
