@@ -696,9 +696,39 @@ pub fn as_identity<T: Send, E: Send + From<Error>>(
     })
 }
 
+/// `p` resolved as text, the way a symlink's target is read inside a
+/// root: `a/./b/../c` is `a/c`, a leading `/` and a `..` above the top are
+/// dropped. Nothing is looked up on disk.
+pub fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lexical_resolution_stays_at_the_top() {
+        for (p, want) in [
+            ("usr/bin", "usr/bin"),
+            ("/usr/bin", "usr/bin"),
+            ("./a/./b/../c", "a/c"),
+            ("../../etc", "etc"),
+            ("a/../../..", ""),
+        ] {
+            assert_eq!(lexical(Path::new(p)), PathBuf::from(want), "{p}");
+        }
+    }
 
     #[test]
     fn dotdot_and_absolute_paths_are_refused_before_any_call() {

@@ -529,17 +529,7 @@ fn bin_dir_of(root: &Path) -> Result<Option<String>, Error> {
     let rel = if meta.file_type().is_symlink() {
         let t = std::fs::read_link(&bin)
             .map_err(|e| Error::new(format!("read link {}: {e}", bin.display())))?;
-        let mut out = PathBuf::new();
-        for c in t.components() {
-            match c {
-                Component::Normal(n) => out.push(n),
-                Component::ParentDir => {
-                    out.pop();
-                }
-                _ => {}
-            }
-        }
-        out
+        crate::beneath::lexical(&t)
     } else {
         PathBuf::from("bin")
     };
