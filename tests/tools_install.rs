@@ -77,14 +77,41 @@ fn trust_a(w: &World) -> PathBuf {
     p
 }
 
+/// Runs an installed binary. ETXTBSY is retried: another test thread's
+/// fork can briefly hold a copy of the fd the cache wrote the binary with
+/// (until that child execs), the race Go's os/exec retries too.
 fn run_binary(path: &Path) -> String {
-    let out = Command::new(path).arg("version").output().unwrap();
+    let mut tries = 0;
+    let out = loop {
+        match Command::new(path).arg("version").output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn provide(t: &Tools, tool: ToolName, v: &str) -> Result<liftoff::tools::cache::Lease, ToolError> {
     t.provide(tool, v, &Bound::default(), &mut |m| eprintln!("note: {m}"))
+}
+
+/// `s` serving tofu 1.8.5 at /m (signed by key `a`'s subkey, SHA-512), and
+/// tools using it as their mirror, trusting `a`.
+fn tofu_185_mirror(w: &World, s: &ToolServer) -> Tools {
+    serve_releases(
+        s,
+        "/m",
+        "tofu",
+        &[(
+            "1.8.5",
+            release("tofu", "1.8.5", None, Some(signing(true, "SHA512"))),
+        )],
+    );
+    w.tools(None, Some(s.url("/m")), Some(trust_a(w)))
 }
 
 /// Air-gapped: release files in a local directory, flat and one directory
@@ -452,18 +479,8 @@ fn operator_keys_are_needed_for_a_self_signed_mirror() {
 /// and both get it.
 #[test]
 fn concurrent_installs_download_once() {
-    let w = World::new();
-    let s = ToolServer::start();
-    serve_releases(
-        &s,
-        "/m",
-        "tofu",
-        &[(
-            "1.8.5",
-            release("tofu", "1.8.5", None, Some(signing(true, "SHA512"))),
-        )],
-    );
-    let t = w.tools(None, Some(s.url("/m")), Some(trust_a(&w)));
+    let (w, s) = (World::new(), ToolServer::start());
+    let t = tofu_185_mirror(&w, &s);
     std::thread::scope(|sc| {
         let runs: Vec<_> = (0..4)
             .map(|_| sc.spawn(|| provide(&t, ToolName::OpenTofu, "1.8.5").map(|l| l.binary)))
@@ -605,19 +622,9 @@ fn a_stalled_download_ends_at_the_runs_deadline_or_cancel() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
-    let w = World::new();
-    let s = ToolServer::start();
-    serve_releases(
-        &s,
-        "/m",
-        "tofu",
-        &[(
-            "1.8.5",
-            release("tofu", "1.8.5", None, Some(signing(true, "SHA512"))),
-        )],
-    );
+    let (w, s) = (World::new(), ToolServer::start());
     s.stall(&format!("/m/tofu/1.8.5/tofu_1.8.5_{}.zip", platform()));
-    let t = w.tools(None, Some(s.url("/m")), Some(trust_a(&w)));
+    let t = tofu_185_mirror(&w, &s);
     let within = |secs| Bound {
         deadline: Some(Instant::now() + Duration::from_secs(secs)),
         cancel: None,
