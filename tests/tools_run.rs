@@ -63,6 +63,10 @@ impl World {
     }
 
     fn executor(&self) -> SandboxExecutor {
+        self.executor_with(&[])
+    }
+
+    fn executor_with(&self, more: &[(&str, &str)]) -> SandboxExecutor {
         let d = |s: &str| self.dir.join(s).display().to_string();
         let env: Env = [
             ("LIFTOFF_STATE_DIR".to_string(), d("state")),
@@ -73,6 +77,7 @@ impl World {
             ("LIFTOFF_JOB_MEMORY".into(), "512MiB".into()),
         ]
         .into_iter()
+        .chain(more.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
         let config = Config::load(&env).config;
         SandboxExecutor::new(config, env, None).unwrap()
@@ -221,4 +226,40 @@ fn a_hanging_mirror_fails_the_run_at_its_timeout() {
         other => panic!("expected a failed run, got {other:?}; log:\n{log}"),
     }
     assert!(!log.contains("STEP-RAN"), "{log}");
+}
+
+/// Runtime landlock (hosts without user namespaces) has no mount
+/// namespace: the job's paths are the host's. The working directory, the
+/// workspace variable, the provider-cache layer and the tool's directory
+/// on PATH are host paths the landlock rules allow, and the tool still runs
+/// and stays read-only. The job reaches them by path as its unprivileged
+/// host id, so (as docs/configuration.md says of this runtime) the state
+/// directory's parents must be traversable: the test opens its private
+/// directory to traversal (0711), which runtime liftoff never needs.
+#[test]
+fn runtime_landlock_runs_see_host_paths_and_the_tool() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    support::sandbox::require(liftoff::sandbox::landlock::abi() >= 1, "landlock");
+    std::fs::set_permissions(&w.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let ex = w.executor_with(&[("SPACELIFT_WORKER_RUNTIME", "landlock")]);
+    let (end, log) = w.run(
+        &ex,
+        "tool-landlock",
+        "1.9.1",
+        "tofu version; pwd; echo \"WS=$SPACELIFT_WORKSPACE_ROOT\"; echo \"CACHE=$TF_PLUGIN_CACHE_DIR\"; touch \"$TF_PLUGIN_CACHE_DIR/written\" && echo cache-writable; if echo x > \"$(command -v tofu)\"; then echo TOOL-WRITABLE; fi",
+    );
+    assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
+    assert!(log.contains("tofu v1.9.1"), "{log}");
+    let ws = w.dir.join("state/runs/tool-landlock/workspace");
+    assert!(
+        log.contains(&format!("\n{}\n", ws.join("source").display())),
+        "{log}"
+    );
+    assert!(log.contains(&format!("WS={}", ws.display())), "{log}");
+    assert!(
+        !log.contains("CACHE=/mnt") && log.contains("cache-writable"),
+        "{log}"
+    );
+    assert!(!log.contains("TOOL-WRITABLE"), "{log}");
 }

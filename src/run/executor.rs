@@ -983,11 +983,56 @@ fn sandbox_spec(
         s.bin_overlay = Some(crate::tools::JOB_BIN_DIR.into());
     }
     s.cwd = Some(PathBuf::from(WORKSPACE).join("source"));
+    if s.runtime != sandbox::Runtime::Liftoff {
+        host_view(&mut s, workspace, tool);
+    }
     s.hostname = "spacelift".into();
     s.stdin = Stdio::Null;
     s.stdout = Stdio::Piped;
     s.stderr = Stdio::Piped;
     Ok(s)
+}
+
+/// Without a mount namespace (runtime landlock or none) nothing is mounted
+/// where the job looks: its paths are the host's. The working directory,
+/// `SPACELIFT_WORKSPACE_ROOT` and every variable naming a mount's sandbox
+/// path (`TF_PLUGIN_CACHE_DIR`: the run's provider-cache layer) become the
+/// host paths the landlock rules allow, and the tool's host directory goes
+/// first on PATH (there is no `/bin` overlay).
+fn host_view(
+    s: &mut sandbox::SandboxSpec,
+    workspace: &Path,
+    tool: Option<&crate::tools::cache::Lease>,
+) {
+    s.cwd = Some(workspace.join("source"));
+    s.bin_overlay = None;
+    let mut moved: Vec<(String, String)> = s
+        .mounts
+        .iter()
+        .map(|m| {
+            (
+                m.target.display().to_string(),
+                m.source.display().to_string(),
+            )
+        })
+        .collect();
+    moved.push((WORKSPACE.into(), workspace.display().to_string()));
+    for (k, v) in &mut s.env {
+        if k == "PATH" {
+            if let Some(t) = tool {
+                let rest = v
+                    .strip_prefix(crate::tools::JOB_BIN_DIR)
+                    .map_or(v.as_str(), |r| r.trim_start_matches(':'));
+                *v = format!("{}:{rest}", t.bin_dir.display());
+            }
+            continue;
+        }
+        if let Some((_, host)) = moved.iter().find(|(sandbox, _)| sandbox == v) {
+            *v = host.clone();
+        }
+    }
+    // The mounts' sources stay as they are: the landlock rules allow them
+    // (read-only or read-write) where they are on the host.
 }
 
 struct StepOutcome {
