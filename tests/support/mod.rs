@@ -2,6 +2,7 @@
 //! and certificates made with the openssl CLI, ...) and one `pub mod` line.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod brokers;
 pub mod http_server;
 pub mod pki;
