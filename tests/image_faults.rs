@@ -18,6 +18,7 @@ use liftoff::image::{Error, Lease, Store};
 use support::registry::{Registry, build_image, v1_manifest};
 use support::relay::{Fault, Relay, Rule};
 use support::runs::open_tempdir;
+use support::tmpfs::Tmpfs;
 
 fn store(dir: &Path, reg: &Registry, cache: &Path) -> (Store, ureq::Agent) {
     let pairs: Vec<(String, String)> = vec![
@@ -234,30 +235,6 @@ fn a_connection_stalled_mid_blob_ends_at_the_deadline() {
     nothing_half_written(&cache);
 }
 
-/// Unmounts the tmpfs when the test ends, however it ends.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: u64) -> Mounted {
-    std::fs::create_dir_all(dir).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-        .arg("tmpfs")
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount -t tmpfs {} failed", dir.display());
-    Mounted(dir.to_path_buf())
-}
-
 #[test]
 fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
     let uid = support::registry::run("id", &["-u"]);
@@ -273,7 +250,7 @@ fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
 
     // Full while the busybox layer downloads.
     let small = d.path().join("small");
-    let _m1 = mount_tmpfs(&small, 256 << 10);
+    let _m1 = Tmpfs::mount_at(&small, &format!("size={},mode=0700", 256 << 10));
     let (s, agent) = store(d.path(), &reg, &small);
     let (e, msg) = pull_fails(&s, &agent, &reference);
     assert!(matches!(e, Error::Cache { .. }), "{e:?}");
@@ -284,7 +261,7 @@ fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
 
     // Room for the blobs but not for the unpacked root.
     let mid = d.path().join("mid");
-    let _m2 = mount_tmpfs(&mid, blobs + (512 << 10));
+    let m2 = Tmpfs::mount_at(&mid, &format!("size={},mode=0700", blobs + (512 << 10)));
     let (s, agent) = store(d.path(), &reg, &mid);
     let (e, msg) = pull_fails(&s, &agent, &reference);
     assert!(msg.contains("No space left"), "{e:?}");
@@ -295,12 +272,7 @@ fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
     nothing_half_written(&mid);
 
     // Given room, the same cache pulls the image (reusing the whole blobs).
-    let st = std::process::Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&mid)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    m2.remount("size=64m");
     let lease = pull_whole(&s, &agent, &reference);
     assert_eq!(reg.blob_gets(&layers[0].0), 2, "fetched once per cache");
     drop(lease);

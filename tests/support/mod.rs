@@ -14,6 +14,7 @@ pub mod relay;
 pub mod runs;
 pub mod sandbox;
 pub mod scrape;
+pub mod tmpfs;
 pub mod tool_release;
 
 use std::path::PathBuf;
