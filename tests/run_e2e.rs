@@ -286,27 +286,34 @@ fn the_first_failing_step_ends_the_run_with_its_exit_code() {
     assert!(!log.contains("NEVER-RUNS"), "{log}");
 }
 
-#[test]
-fn policy_denial_goes_to_the_log_and_the_event() {
-    let w = World::new();
-    let policy = w.dir.join("deny.rego");
-    std::fs::write(
-        &policy,
-        "package spacelift\ndeny contains sprintf(\"branch %s may not run here\", [input.run.commit.branch]) if { true }\n",
-    )
-    .unwrap();
+/// Run `id` (one step that echoes `STEP-RAN`) under the initialization
+/// policy `rego`, written to `file` in the world's directory.
+fn run_under_policy(w: &World, file: &str, rego: &str, id: &str) -> Vec<RunEvent> {
+    let policy = w.dir.join(file);
+    std::fs::write(&policy, rego).unwrap();
     let (mut ex, spki) = w.executor(&[(
         "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
         policy.to_str().unwrap(),
     )]);
-    let id = "01RUNDENY0000000000000000A";
-    let evs = run(
+    run(
         &mut ex,
         assign(
             id,
             &spki,
-            &spec(id, &w, json!([{"name": "x", "shell": "echo STEP-RAN"}])),
+            &spec(id, w, json!([{"name": "x", "shell": "echo STEP-RAN"}])),
         ),
+    )
+}
+
+#[test]
+fn policy_denial_goes_to_the_log_and_the_event() {
+    let w = World::new();
+    let id = "01RUNDENY0000000000000000A";
+    let evs = run_under_policy(
+        &w,
+        "deny.rego",
+        "package spacelift\ndeny contains sprintf(\"branch %s may not run here\", [input.run.commit.branch]) if { true }\n",
+        id,
     );
     match terminal(&evs) {
         RunEvent::Rejected { reason } => {
@@ -327,24 +334,12 @@ fn policy_denial_goes_to_the_log_and_the_event() {
 #[test]
 fn a_policy_that_fails_to_evaluate_rejects_the_run() {
     let w = World::new();
-    let policy = w.dir.join("conflict.rego");
-    std::fs::write(
-        &policy,
-        "package spacelift\nx := 1 if { input.run.id != \"01SAMPLE\" }\nx := 2 if { input.run.id != \"01SAMPLE\" }\ndeny contains \"never\" if { x == 3 }\n",
-    )
-    .unwrap();
-    let (mut ex, spki) = w.executor(&[(
-        "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
-        policy.to_str().unwrap(),
-    )]);
     let id = "01RUNPOLICYERR00000000000A";
-    let evs = run(
-        &mut ex,
-        assign(
-            id,
-            &spki,
-            &spec(id, &w, json!([{"name": "x", "shell": "echo STEP-RAN"}])),
-        ),
+    let evs = run_under_policy(
+        &w,
+        "conflict.rego",
+        "package spacelift\nx := 1 if { input.run.id != \"01SAMPLE\" }\nx := 2 if { input.run.id != \"01SAMPLE\" }\ndeny contains \"never\" if { x == 3 }\n",
+        id,
     );
     match terminal(&evs) {
         RunEvent::Rejected { reason } => {
