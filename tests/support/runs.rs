@@ -219,6 +219,16 @@ pub fn open_tempdir() -> tempfile::TempDir {
     d
 }
 
+/// The names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
