@@ -11,6 +11,7 @@ pub mod plane_server;
 pub mod poll_plane;
 pub mod registry;
 pub mod relay;
+pub mod rng;
 pub mod runs;
 pub mod sandbox;
 pub mod scrape;
