@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod brokers;
+pub mod http_head;
 pub mod http_server;
 pub mod pki;
 pub mod plane;
