@@ -11,9 +11,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use support::bench::until_accepted_in;
 use support::brokers::Brokers;
-use support::plane::{self, Plane, command, is_type};
+use support::plane::{self, Plane, is_type};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -36,30 +36,15 @@ fn main() {
         let skip = plane.events().len();
         let t0 = Instant::now();
         b.primary().kill();
-        let mut n = 0;
-        let took = loop {
-            let run = format!("F{round}x{n}");
-            n += 1;
-            plane.send(
-                &wid,
-                &command(
-                    "assign",
-                    json!({"run_id": run, "run_type": "read", "state": {"command": "true"}}),
-                ),
-            );
-            let got = plane
-                .events_with_region()
-                .into_iter()
-                .skip(skip)
-                .any(|(r, v)| {
-                    r == "eu-central-1" && v["type"] == "run" && v["phase"] == "accepted"
-                });
-            if got {
-                break t0.elapsed();
-            }
-            assert!(t0.elapsed() < t, "no failover: {}", l.stderr());
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let took = until_accepted_in(
+            "eu-central-1",
+            &plane,
+            &|c| plane.send(&wid, c),
+            round,
+            (skip, t0),
+            t,
+            &|| l.stderr(),
+        );
         times.push(took);
         eprintln!("round {round}: {:.3} s", took.as_secs_f64());
         // bring the primary back and wait for the fail-back

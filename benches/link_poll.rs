@@ -26,30 +26,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::bench::{cpu_secs, status_kib, until_accepted_in};
 use support::brokers::Brokers;
 use support::pki::Pool;
 use support::plane::{self, Launcher, Plane, Record, command, is_type};
 use support::poll_plane::PollPlane;
 
 const T: Duration = Duration::from_secs(30);
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -161,30 +144,15 @@ fn main() {
         let skip = poll_plane.events().len();
         let t0 = Instant::now();
         poll_plane.endpoints[0].kill();
-        let mut k = 0;
-        let took = loop {
-            let run = format!("F{round}x{k}");
-            k += 1;
-            poll_plane.send(
-                &poll_id,
-                &command(
-                    "assign",
-                    json!({"run_id": run, "run_type": "read", "state": {"command": "true"}}),
-                ),
-            );
-            let got = poll_plane
-                .events_with_region()
-                .into_iter()
-                .skip(skip)
-                .any(|(r, v)| {
-                    r == "eu-central-1" && v["type"] == "run" && v["phase"] == "accepted"
-                });
-            if got {
-                break t0.elapsed();
-            }
-            assert!(t0.elapsed() < T, "no failover: {}", poll.stderr());
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let took = until_accepted_in(
+            "eu-central-1",
+            &poll_plane,
+            &|c| poll_plane.send(&poll_id, c),
+            round,
+            (skip, t0),
+            T,
+            &|| poll.stderr(),
+        );
         eprintln!("round {round}: {:.3} s", took.as_secs_f64());
         times.push(took);
         poll_plane.endpoints[0].start();

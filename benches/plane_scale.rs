@@ -19,16 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::bench::status_kib;
 use support::plane_server::{Binding, PlaneProc};
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn fake_worker(
     b: Binding,
@@ -95,7 +87,7 @@ fn main() {
     let pool = plane.pool("bench", 2048);
     let pid = plane.pid();
     std::thread::sleep(Duration::from_secs(1));
-    let base = rss_kib(pid, "VmRSS:");
+    let base = status_kib(pid, "VmRSS:");
 
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -123,7 +115,7 @@ fn main() {
     let connect = t0.elapsed();
     // Idle: every worker holds a long poll.
     std::thread::sleep(Duration::from_secs(if full { 10 } else { 3 }));
-    let idle = rss_kib(pid, "VmRSS:");
+    let idle = status_kib(pid, "VmRSS:");
     let threads_plane = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -152,7 +144,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let dispatched = t1.elapsed();
-    let peak = rss_kib(pid, "VmHWM:");
+    let peak = status_kib(pid, "VmHWM:");
     stop.store(true, Ordering::Relaxed);
 
     let mib = |k: u64| k as f64 / 1024.0;

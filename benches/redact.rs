@@ -8,24 +8,18 @@
 //! `LIFTOFF_BENCH_MIB` overrides the corpus size; `LIFTOFF_BENCH_SECRETS=N`
 //! runs only the N-secret case (for profiling).
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
-use liftoff::logs::redact::{Redactor, RedactorBuilder};
+use liftoff::logs::redact::{Matcher, Redactor, RedactorBuilder};
+use support::rng::Rng;
 
 const WRITE: usize = 16 * 1024;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 fn corpus(bytes: usize, rng: &mut Rng) -> Vec<u8> {
     // Like `head -c N /dev/urandom | base64`: 76-column lines.
@@ -53,6 +47,24 @@ fn secret(rng: &mut Rng) -> Vec<u8> {
     (0..32)
         .map(|_| ALNUM[(rng.next() % ALNUM.len() as u64) as usize])
         .collect()
+}
+
+/// One pass of `text` through a fresh redactor in WRITE-sized writes:
+/// the seconds it took and the bytes it put out.
+fn timed_pass(matcher: &Arc<Matcher>, text: &[u8], out: &mut Vec<u8>) -> (f64, usize) {
+    let mut r = Redactor::new(matcher.clone());
+    let mut masked = 0usize;
+    let t = Instant::now();
+    for piece in text.chunks(WRITE) {
+        out.clear();
+        r.write(piece, out);
+        masked += out.len();
+        black_box(&out);
+    }
+    out.clear();
+    r.flush(out);
+    masked += out.len();
+    (t.elapsed().as_secs_f64(), masked)
 }
 
 fn gbps(bytes: usize, secs: f64) -> f64 {
@@ -115,19 +127,7 @@ fn main() {
         let matcher = b.build();
         let patterns = matcher.len();
         let secs = best(&mut || {
-            let mut r = Redactor::new(matcher.clone());
-            let mut masked = 0usize;
-            let t = Instant::now();
-            for piece in text.chunks(WRITE) {
-                out.clear();
-                r.write(piece, &mut out);
-                masked += out.len();
-                black_box(&out);
-            }
-            out.clear();
-            r.flush(&mut out);
-            masked += out.len();
-            let secs = t.elapsed().as_secs_f64();
+            let (secs, masked) = timed_pass(&matcher, &text, &mut out);
             assert_eq!(masked, len, "random corpus should contain no secret");
             secs
         });
@@ -158,18 +158,7 @@ fn main() {
         pem.extend_from_slice(b"-----END PRIVATE KEY-----\n");
         b.secret("KEY", &pem);
         let matcher = b.build();
-        let secs = best(&mut || {
-            let mut r = Redactor::new(matcher.clone());
-            let t = Instant::now();
-            for piece in text.chunks(WRITE) {
-                out.clear();
-                r.write(piece, &mut out);
-                black_box(&out);
-            }
-            out.clear();
-            r.flush(&mut out);
-            t.elapsed().as_secs_f64()
-        });
+        let secs = best(&mut || timed_pass(&matcher, &text, &mut out).0);
         let speed = gbps(len, secs);
         println!(
             "  100 secrets and a {}-byte PEM key ({} patterns, longest {}) {speed:7.2} GB/s",
@@ -205,19 +194,7 @@ fn adversarial(
     let text = vec![b'a'; (mib << 20) / 4];
     let len = text.len();
     let secs = best(&mut || {
-        let mut r = Redactor::new(matcher.clone());
-        let mut masked = 0usize;
-        let t = Instant::now();
-        for piece in text.chunks(WRITE) {
-            out.clear();
-            r.write(piece, out);
-            masked += out.len();
-            black_box(&out);
-        }
-        out.clear();
-        r.flush(out);
-        masked += out.len();
-        let secs = t.elapsed().as_secs_f64();
+        let (secs, masked) = timed_pass(&matcher, &text, out);
         assert_eq!(masked, len, "a run of `a` is not the secret `a…ab`");
         secs
     });

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use support::sandbox::{bin, eventually, require_root, unique};
+use support::tmpfs::Tmpfs;
 
 const SECRET: &str = "s3cr3t-Value/with+chars&more";
 
@@ -479,36 +480,10 @@ fn failure_reasons_are_masked_and_urls_redacted() {
     assert!(err.contains("http://***@127.0.0.1:9/"), "{err}");
 }
 
-/// An 8 MiB tmpfs mounted at `<private dir>/state`, unmounted on drop.
-struct SmallFs {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-impl SmallFs {
-    fn mount() -> SmallFs {
-        require_root();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state");
-        std::fs::create_dir(&path).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8m,mode=0755", "liftoff-test"])
-            .arg(&path)
-            .status()
-            .expect("mount(8) is needed to mount a small tmpfs");
-        assert!(
-            st.success(),
-            "mounting an 8 MiB tmpfs at {} failed (needs root and CAP_SYS_ADMIN)",
-            path.display()
-        );
-        SmallFs { _dir: dir, path }
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
+/// An 8 MiB tmpfs mounted at `<temporary dir>/state`, unmounted on drop.
+fn small_fs() -> Tmpfs {
+    require_root();
+    Tmpfs::mount("size=8m,mode=0755")
 }
 
 const FILL: &str = "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/workspace/fill; echo \"fill ended: $?\"; i=0; while :; do i=$((i+1)); echo \"line $i after the fill\"; done";
@@ -535,7 +510,7 @@ fn assert_log_kept(log: &str, err: &str) {
 /// tests/logs_disk_full.rs.)
 #[test]
 fn a_job_filling_the_state_disk_keeps_its_terminal_output() {
-    let fs = SmallFs::mount();
+    let fs = small_fs();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec_file(
         dir.path(),
@@ -563,7 +538,7 @@ fn a_job_filling_the_state_disk_keeps_its_terminal_output() {
 /// written directly, no spool), in spec mode and in plain `liftoff exec`.
 #[test]
 fn a_job_filling_the_disk_keeps_its_log_file_and_the_reason() {
-    let fs = SmallFs::mount();
+    let fs = small_fs();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec_file(
         dir.path(),
@@ -581,7 +556,7 @@ fn a_job_filling_the_disk_keeps_its_log_file_and_the_reason() {
     assert_log_kept(&std::fs::read_to_string(&log).unwrap(), &err);
     assert_eq!(code, 1, "{err}");
 
-    let fs = SmallFs::mount();
+    let fs = small_fs();
     let ws = fs.path.join("ws");
     std::fs::create_dir(&ws).unwrap();
     let log = fs.path.join("exec.log");

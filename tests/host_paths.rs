@@ -519,7 +519,6 @@ fn extraction_runs_with_the_jobs_identity() {
 /// letter gzips to about 65 KB.
 fn long_name_archive(len: usize, pax: bool) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut h = tar::Header::new_gnu();
     let (kind, name, body_len) = if pax {
         // One PAX record: "<n> path=<name>\n".
         let rec_body = len + " path=\n".len();
@@ -531,12 +530,8 @@ fn long_name_archive(len: usize, pax: bool) -> Vec<u8> {
     } else {
         (tar::EntryType::GNULongName, "././@LongLink", len + 1)
     };
-    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
-    h.set_entry_type(kind);
-    h.set_size(body_len as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    gz.write_all(h.as_bytes()).unwrap();
+    gz.write_all(raw_header(name, kind, body_len as u64).as_bytes())
+        .unwrap();
     if pax {
         gz.write_all(format!("{body_len} path=").as_bytes())
             .unwrap();
@@ -551,13 +546,26 @@ fn long_name_archive(len: usize, pax: bool) -> Vec<u8> {
     gz.write_all(if pax { b"\n" } else { b"\0" }).unwrap();
     gz.write_all(&vec![0u8; (512 - body_len % 512) % 512])
         .unwrap();
-    let mut f = tar::Header::new_gnu();
-    f.as_gnu_mut().unwrap().name[..4].copy_from_slice(b"file");
-    f.set_entry_type(tar::EntryType::Regular);
-    f.set_size(0);
-    f.set_mode(0o644);
-    f.set_cksum();
-    gz.write_all(f.as_bytes()).unwrap();
+    end_with_empty_file(gz, "file")
+}
+
+/// A tar header written by hand: `name` (ASCII, up to 100 bytes) as is,
+/// mode 0644.
+fn raw_header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    h
+}
+
+/// Ends a hand-written archive: an empty regular file `name`, then the two
+/// zero blocks.
+fn end_with_empty_file(mut gz: flate2::write::GzEncoder<Vec<u8>>, name: &str) -> Vec<u8> {
+    gz.write_all(raw_header(name, tar::EntryType::Regular, 0).as_bytes())
+        .unwrap();
     gz.write_all(&[0u8; 1024]).unwrap();
     gz.finish().unwrap()
 }
@@ -661,26 +669,17 @@ fn long_names_within_the_bound_still_extract_and_are_cut_in_messages() {
 /// builder refuses `..`).
 fn long_name_tar(name: &str) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut h = tar::Header::new_gnu();
-    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
-    h.set_entry_type(tar::EntryType::GNULongName);
-    h.set_size(name.len() as u64 + 1);
-    h.set_mode(0o644);
-    h.set_cksum();
+    let h = raw_header(
+        "././@LongLink",
+        tar::EntryType::GNULongName,
+        name.len() as u64 + 1,
+    );
     gz.write_all(h.as_bytes()).unwrap();
     let mut body = name.as_bytes().to_vec();
     body.push(0);
     body.resize(body.len().div_ceil(512) * 512, 0);
     gz.write_all(&body).unwrap();
-    let mut f = tar::Header::new_gnu();
-    f.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"short");
-    f.set_entry_type(tar::EntryType::Regular);
-    f.set_size(0);
-    f.set_mode(0o644);
-    f.set_cksum();
-    gz.write_all(f.as_bytes()).unwrap();
-    gz.write_all(&[0u8; 1024]).unwrap();
-    gz.finish().unwrap()
+    end_with_empty_file(gz, "short")
 }
 
 // --------------------------------------------------------- item 18: slow

@@ -1,9 +1,12 @@
 //! Host health from recorded /proc files (tests/fixtures/proc), the warning
 //! throttle, and the disk threshold on a real, small tmpfs.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use liftoff::hostwatch::*;
+use support::tmpfs::Tmpfs;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(Path::new("tests/fixtures/proc").join(name)).unwrap()
@@ -251,81 +254,37 @@ fn memory_warnings() {
     );
 }
 
-fn is_root() -> bool {
-    nix_uid() == 0
-}
-
-fn nix_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|u| u.parse().unwrap()))
-        .unwrap()
-}
-
-/// A 4 MiB tmpfs, unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn new() -> Tmpfs {
-        assert!(
-            is_root(),
-            "this test mounts a tmpfs and needs root: run the suite as root (CI does)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount -t tmpfs failed");
-        Tmpfs(dir)
-    }
-    fn path(&self) -> PathBuf {
-        self.0.path().to_path_buf()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 #[test]
 fn disk_threshold_closes_and_reopens_the_gate() {
-    let fs = Tmpfs::new();
+    let fs = Tmpfs::mount("size=4m");
     let mut gate = DiskGate::new(90);
-    let used = disk_used_percent(&fs.path()).unwrap();
+    let used = disk_used_percent(&fs.path).unwrap();
     assert!(used < 5.0, "{used}");
-    assert_eq!(gate.observe(&fs.path(), used), None);
+    assert_eq!(gate.observe(&fs.path, used), None);
 
-    let big = fs.path().join("fill");
+    let big = fs.path.join("fill");
     std::fs::write(&big, vec![7u8; 3900 * 1024]).unwrap();
-    let used = disk_used_percent(&fs.path()).unwrap();
+    let used = disk_used_percent(&fs.path).unwrap();
     assert!(used > 90.0, "{used}");
-    match gate.observe(&fs.path(), used) {
+    match gate.observe(&fs.path, used) {
         Some(GateChange::Close(reason)) => {
             assert!(
                 reason.contains("above SPACELIFT_LAUNCHER_DISK_USAGE_THRESHOLD (90%)"),
                 "{reason}"
             );
-            assert!(reason.contains(&fs.path().display().to_string()));
+            assert!(reason.contains(&fs.path.display().to_string()));
         }
         other => panic!("gate did not close: {other:?}"),
     }
     assert!(gate.is_closed());
-    assert_eq!(gate.observe(&fs.path(), used), None, "no repeated change");
+    assert_eq!(gate.observe(&fs.path, used), None, "no repeated change");
 
     // The hostwatch disk warning, from the same real filesystem.
     let mut w = HostWatch::new(Thresholds::default());
     let src = Sources {
         proc_dir: "/nonexistent".into(),
         job_cpu_stat: None,
-        disks: vec![("workspace".into(), fs.path())],
+        disks: vec![("workspace".into(), fs.path.clone())],
     };
     assert!(
         w.observe(0, &sample(&src)).is_empty(),
@@ -341,7 +300,7 @@ fn disk_threshold_closes_and_reopens_the_gate() {
     );
 
     std::fs::remove_file(&big).unwrap();
-    let used = disk_used_percent(&fs.path()).unwrap();
-    assert_eq!(gate.observe(&fs.path(), used), Some(GateChange::Open));
+    let used = disk_used_percent(&fs.path).unwrap();
+    assert_eq!(gate.observe(&fs.path, used), Some(GateChange::Open));
     assert!(!gate.is_closed());
 }

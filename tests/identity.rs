@@ -211,25 +211,8 @@ fn certificate_for_an_ec_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ca = TestCa::new(&d.join("ca"), "ca");
-    pki::openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ec.key",
-            "-out",
-            "ec.csr",
-            "-subj",
-            "/CN=ec",
-        ],
-    );
-    ca.sign(&d.join("ec.csr"), &d.join("ec.crt"), 30);
+    let (_, csr) = pki::ec_key_and_csr(d, "ec");
+    ca.sign(&csr, &d.join("ec.crt"), 30);
     let tok = token::parse(&pki::token(
         "p",
         &std::fs::read_to_string(d.join("ec.crt")).unwrap(),

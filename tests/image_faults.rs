@@ -14,10 +14,11 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use liftoff::config::{Config, Env};
-use liftoff::image::{Error, Store};
-use support::registry::{Registry, build_image};
+use liftoff::image::{Error, Lease, Store};
+use support::registry::{Registry, build_image, v1_manifest};
 use support::relay::{Fault, Relay, Rule};
 use support::runs::open_tempdir;
+use support::tmpfs::Tmpfs;
 
 fn store(dir: &Path, reg: &Registry, cache: &Path) -> (Store, ureq::Agent) {
     let pairs: Vec<(String, String)> = vec![
@@ -49,18 +50,7 @@ fn registry_with_image(d: &Path) -> (Registry, Vec<(String, u64)>) {
     let reg = Registry::start(&d.join("registry"), None);
     let layout = build_image(d);
     reg.push(&format!("oci:{}:v1", layout.display()), "test/app:v1", &[]);
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let v1 = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
-        .unwrap();
-    let hex = v1["digest"].as_str().unwrap().trim_start_matches("sha256:");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
-            .unwrap();
+    let (_, manifest) = v1_manifest(&layout);
     let layers = manifest["layers"]
         .as_array()
         .unwrap()
@@ -99,6 +89,49 @@ fn nothing_half_written(cache: &Path) {
     }
 }
 
+/// A relay in front of `reg` that injects `fault` into the first `times`
+/// fetches of `blob`.
+fn blob_fault(reg: &Registry, blob: &str, fault: Fault, times: usize) -> Relay {
+    Relay::start(
+        reg,
+        vec![Rule::new(&format!("/blobs/{blob}"), fault, times)],
+    )
+}
+
+/// The test image as pulled through `host` (the registry or a relay).
+fn app_v1(host: &str) -> String {
+    format!("{host}/test/app:v1")
+}
+
+/// Pulls `reference`, which must succeed with the busybox layer unpacked.
+fn pull_whole(s: &Store, agent: &ureq::Agent, reference: &str) -> Lease {
+    let lease = s.ensure(agent, reference, false, &mut |_| {}).unwrap();
+    assert!(lease.root().join("bin/busybox").is_file());
+    lease
+}
+
+/// Pulls `reference`, which must fail: the error and its message (shown).
+fn pull_fails(s: &Store, agent: &ureq::Agent, reference: &str) -> (Error, String) {
+    let e = s.ensure(agent, reference, false, &mut |_| {}).unwrap_err();
+    let msg = e.to_string();
+    eprintln!("error: {msg}");
+    (e, msg)
+}
+
+/// A registry error that says it may pass if tried again.
+fn assert_transient(e: &Error) {
+    assert!(
+        matches!(
+            e,
+            Error::Registry {
+                transient: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn status_429_and_5xx_are_tried_again_then_named() {
     let d = open_tempdir();
@@ -116,9 +149,7 @@ fn status_429_and_5xx_are_tried_again_then_named() {
         ],
     );
     let (s, agent) = store(d.path(), &reg, &d.path().join("cache-ok"));
-    let reference = format!("{}/test/app:v1", relay.host);
-    let lease = s.ensure(&agent, &reference, false, &mut |_| {}).unwrap();
-    assert!(lease.root().join("bin/busybox").is_file());
+    let lease = pull_whole(&s, &agent, &app_v1(&relay.host));
     assert_eq!(
         (relay.injected(0), relay.injected(1), relay.injected(2)),
         (1, 1, 1)
@@ -137,22 +168,9 @@ fn status_429_and_5xx_are_tried_again_then_named() {
         let relay = Relay::start(&reg, vec![Rule::new(&path, Fault::Status(code), 1000)]);
         let cache = d.path().join(format!("cache-{code}"));
         let (s, agent) = store(d.path(), &reg, &cache);
-        let reference = format!("{}/test/app:v1", relay.host);
-        let e = s
-            .ensure(&agent, &reference, false, &mut |_| {})
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::Registry {
-                    transient: true,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        let msg = e.to_string();
-        eprintln!("error: {msg}");
+        let reference = app_v1(&relay.host);
+        let (e, msg) = pull_fails(&s, &agent, &reference);
+        assert_transient(&e);
         assert!(msg.contains(&reference), "names the image: {msg}");
         assert!(
             msg.contains(&format!("HTTP {code}")),
@@ -172,50 +190,21 @@ fn a_connection_cut_mid_blob_is_tried_again_and_never_kept_half() {
     assert!(*size > 100_000, "the busybox layer is large enough to cut");
 
     // Cut once after 64 KiB: the second try gets it whole.
-    let relay = Relay::start(
-        &reg,
-        vec![Rule::new(
-            &format!("/blobs/{busybox}"),
-            Fault::CutAfter(64 << 10),
-            1,
-        )],
-    );
+    let relay = blob_fault(&reg, busybox, Fault::CutAfter(64 << 10), 1);
     let (s, agent) = store(d.path(), &reg, &d.path().join("cache-ok"));
-    let reference = format!("{}/test/app:v1", relay.host);
-    let lease = s.ensure(&agent, &reference, false, &mut |_| {}).unwrap();
-    assert!(lease.root().join("bin/busybox").is_file());
+    let lease = pull_whole(&s, &agent, &app_v1(&relay.host));
     assert_eq!(relay.injected(0), 1);
     assert_eq!(relay.requests(&format!("/blobs/{busybox}")), 2);
     drop(lease);
     drop(relay);
 
     // Cut every time: an error naming the image and the blob, nothing kept.
-    let relay = Relay::start(
-        &reg,
-        vec![Rule::new(
-            &format!("/blobs/{busybox}"),
-            Fault::CutAfter(64 << 10),
-            1000,
-        )],
-    );
+    let relay = blob_fault(&reg, busybox, Fault::CutAfter(64 << 10), 1000);
     let cache = d.path().join("cache-cut");
     let (s, agent) = store(d.path(), &reg, &cache);
-    let reference = format!("{}/test/app:v1", relay.host);
-    let e = s
-        .ensure(&agent, &reference, false, &mut |_| {})
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::Registry {
-                transient: true,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    let msg = e.to_string();
-    eprintln!("error: {msg}");
+    let reference = app_v1(&relay.host);
+    let (e, msg) = pull_fails(&s, &agent, &reference);
+    assert_transient(&e);
     assert!(msg.contains(&reference), "{msg}");
     assert!(msg.contains(busybox.as_str()), "names the blob: {msg}");
     assert_eq!(relay.injected(0), 3, "tried 3 times");
@@ -228,24 +217,13 @@ fn a_connection_stalled_mid_blob_ends_at_the_deadline() {
     let d = open_tempdir();
     let (reg, layers) = registry_with_image(d.path());
     let busybox = &layers[0].0;
-    let relay = Relay::start(
-        &reg,
-        vec![Rule::new(
-            &format!("/blobs/{busybox}"),
-            Fault::StallAfter(64 << 10),
-            1000,
-        )],
-    );
+    let relay = blob_fault(&reg, busybox, Fault::StallAfter(64 << 10), 1000);
     let cache = d.path().join("cache");
     let (mut s, agent) = store(d.path(), &reg, &cache);
     // A run's pull is bounded by the run's timeout: here 8 s.
     s.deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(8));
-    let reference = format!("{}/test/app:v1", relay.host);
-    let e = s
-        .ensure(&agent, &reference, false, &mut |_| {})
-        .unwrap_err();
-    let msg = e.to_string();
-    eprintln!("error: {msg}");
+    let reference = app_v1(&relay.host);
+    let (e, msg) = pull_fails(&s, &agent, &reference);
     assert!(matches!(e, Error::Registry { .. }), "{e:?}");
     assert!(msg.contains(&reference), "{msg}");
     assert!(msg.contains("timeout"), "names the cause: {msg}");
@@ -255,30 +233,6 @@ fn a_connection_stalled_mid_blob_ends_at_the_deadline() {
     );
     assert!(relay.injected(0) >= 1);
     nothing_half_written(&cache);
-}
-
-/// Unmounts the tmpfs when the test ends, however it ends.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: u64) -> Mounted {
-    std::fs::create_dir_all(dir).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-        .arg("tmpfs")
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount -t tmpfs {} failed", dir.display());
-    Mounted(dir.to_path_buf())
 }
 
 #[test]
@@ -292,17 +246,13 @@ fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
     let d = open_tempdir();
     let (reg, layers) = registry_with_image(d.path());
     let blobs: u64 = layers.iter().map(|l| l.1).sum();
-    let reference = format!("{}/test/app:v1", reg.host);
+    let reference = app_v1(&reg.host);
 
     // Full while the busybox layer downloads.
     let small = d.path().join("small");
-    let _m1 = mount_tmpfs(&small, 256 << 10);
+    let _m1 = Tmpfs::mount_at(&small, &format!("size={},mode=0700", 256 << 10));
     let (s, agent) = store(d.path(), &reg, &small);
-    let e = s
-        .ensure(&agent, &reference, false, &mut |_| {})
-        .unwrap_err();
-    let msg = e.to_string();
-    eprintln!("error: {msg}");
+    let (e, msg) = pull_fails(&s, &agent, &reference);
     assert!(matches!(e, Error::Cache { .. }), "{e:?}");
     assert!(msg.contains("No space left"), "{msg}");
     assert!(msg.contains(&reference), "names the image: {msg}");
@@ -311,13 +261,9 @@ fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
 
     // Room for the blobs but not for the unpacked root.
     let mid = d.path().join("mid");
-    let _m2 = mount_tmpfs(&mid, blobs + (512 << 10));
+    let m2 = Tmpfs::mount_at(&mid, &format!("size={},mode=0700", blobs + (512 << 10)));
     let (s, agent) = store(d.path(), &reg, &mid);
-    let e = s
-        .ensure(&agent, &reference, false, &mut |_| {})
-        .unwrap_err();
-    let msg = e.to_string();
-    eprintln!("error: {msg}");
+    let (e, msg) = pull_fails(&s, &agent, &reference);
     assert!(msg.contains("No space left"), "{e:?}");
     assert!(
         msg.contains(&reference) || msg.contains("image cache"),
@@ -326,14 +272,8 @@ fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
     nothing_half_written(&mid);
 
     // Given room, the same cache pulls the image (reusing the whole blobs).
-    let st = std::process::Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&mid)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let lease = s.ensure(&agent, &reference, false, &mut |_| {}).unwrap();
-    assert!(lease.root().join("bin/busybox").is_file());
+    m2.remount("size=64m");
+    let lease = pull_whole(&s, &agent, &reference);
     assert_eq!(reg.blob_gets(&layers[0].0), 2, "fetched once per cache");
     drop(lease);
 }
@@ -349,7 +289,7 @@ fn a_cancel_stops_a_pull_at_its_next_step() {
     let (mut s, agent) = store(d.path(), &reg, &cache);
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     s.cancel = Some(cancel.clone());
-    let reference = format!("{}/test/app:v1", reg.host);
+    let reference = app_v1(&reg.host);
     let e = s
         .ensure(&agent, &reference, false, &mut |m| {
             if m.contains("bytes to fetch") {
@@ -379,19 +319,12 @@ fn a_cancel_mid_blob_stops_the_download() {
     let d = open_tempdir();
     let (reg, layers) = registry_with_image(d.path());
     let busybox = layers[0].0.clone();
-    let relay = Relay::start(
-        &reg,
-        vec![Rule::new(
-            &format!("/blobs/{busybox}"),
-            Fault::PauseAfter(64 << 10),
-            1,
-        )],
-    );
+    let relay = blob_fault(&reg, &busybox, Fault::PauseAfter(64 << 10), 1);
     let cache = d.path().join("cache");
     let (mut s, agent) = store(d.path(), &reg, &cache);
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     s.cancel = Some(cancel.clone());
-    let reference = format!("{}/test/app:v1", relay.host);
+    let reference = app_v1(&relay.host);
     let e = std::thread::scope(|scope| {
         let pull = scope.spawn(|| s.ensure(&agent, &reference, false, &mut |_| {}));
         relay.wait_paused();

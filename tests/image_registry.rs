@@ -15,7 +15,7 @@ use std::sync::Arc;
 use liftoff::config::{Config, Env};
 use liftoff::image::{Error, Store};
 use support::registry::{Registry, build_image, run};
-use support::runs::open_tempdir;
+use support::runs::{names, open_tempdir};
 
 fn setup(
     dir: &Path,
@@ -47,15 +47,6 @@ fn setup(
     };
     let agent = liftoff::http::agent_from_config(&config).unwrap();
     (Store::from_config(&config), agent, pairs)
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 fn check_root(root: &Path) {

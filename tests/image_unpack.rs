@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use liftoff::beneath::Root;
 use liftoff::image::sha256;
 use liftoff::image::unpack::{Budget, apply};
-use support::runs::open_tempdir;
+use support::runs::{names, open_tempdir};
 
 enum E<'a> {
     File(&'a str, &'a [u8], u32, u64),
@@ -226,15 +226,6 @@ fn a_wrong_diff_id_is_refused() {
     )
     .unwrap_err();
     assert!(err.contains("diff_id") && err.contains(&wrong), "{err}");
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

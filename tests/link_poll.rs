@@ -54,6 +54,18 @@ impl World {
         )
     }
 
+    /// The durable events the consumer got from `wid` are seq 1, 2, …
+    /// with no gap and no repeat.
+    fn assert_seqs_gapless(&self, wid: &str) {
+        let seqs: Vec<u64> = self
+            .plane
+            .delivered(wid)
+            .iter()
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    }
+
     fn hello(&self, l: &Launcher, region: &str, skip: usize) -> Value {
         self.plane
             .wait_after(skip, T, |v| is_type(v, "hello") && v["region"] == region)
@@ -122,13 +134,7 @@ fn round_trips_over_long_poll() {
     for id in &durable {
         assert_eq!(w.plane.copies(id), 1, "{id} re-sent although acked");
     }
-    let seqs: Vec<u64> = w
-        .plane
-        .delivered(&wid)
-        .iter()
-        .map(|v| v["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    w.assert_seqs_gapless(&wid);
 
     // a command while a poll is held: taken at once
     let end = Instant::now() + T;
@@ -236,13 +242,7 @@ fn failover_when_killed_and_when_frozen_and_fail_back() {
     w.hello(&l, "eu-west-1", skip);
 
     // nothing durable lost or doubled past de-duplication
-    let seqs: Vec<u64> = w
-        .plane
-        .delivered(&wid)
-        .iter()
-        .map(|v| v["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    w.assert_seqs_gapless(&wid);
     for run in ["F1", "F2"] {
         let n = w
             .plane

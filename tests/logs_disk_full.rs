@@ -8,8 +8,9 @@
 //! not `direct`, so every byte goes through the real spool on the small
 //! disk). Needs root to mount the tmpfs; fails with the reason otherwise.
 
+mod support;
+
 use std::io::Write;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,43 +18,7 @@ use liftoff::logs::redact::RedactorBuilder;
 use liftoff::logs::sink::{DeliverError, Sink};
 use liftoff::logs::spool::Chunk;
 use liftoff::logs::{Ended, Kill, Options, Pipeline};
-
-/// An 8 MiB tmpfs, unmounted on drop.
-struct SmallFs {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-impl SmallFs {
-    fn mount() -> SmallFs {
-        // SAFETY: geteuid cannot fail.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "this test mounts a small tmpfs: run it as root"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state");
-        std::fs::create_dir(&path).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8m,mode=0755", "liftoff-test"])
-            .arg(&path)
-            .status()
-            .expect("mount(8) is needed to mount a small tmpfs");
-        assert!(
-            st.success(),
-            "mounting an 8 MiB tmpfs at {} failed (needs root and CAP_SYS_ADMIN)",
-            path.display()
-        );
-        SmallFs { _dir: dir, path }
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
+use support::tmpfs::Tmpfs;
 
 /// Stands in for a network sink (see the module comment): keeps every
 /// delivered byte, in order.
@@ -87,7 +52,7 @@ impl Kill for Stop {
 
 #[test]
 fn a_producer_filling_the_spool_disk_keeps_its_spooled_log_and_the_reason() {
-    let fs = SmallFs::mount();
+    let fs = Tmpfs::mount("size=8m,mode=0755");
     let got = Arc::new(Mutex::new(Vec::new()));
     let opts = Options::new("01DISKFULL00000000000000", fs.path.join("spool"));
     let mut b = RedactorBuilder::new();

@@ -3,28 +3,10 @@
 //! replacement, and what is held back is exactly the longest live partial
 //! match. Seeded, so a failure names a case that can be replayed.
 
+mod support;
+
 use liftoff::logs::redact::{MASK, Redactor, RedactorBuilder, reference_mask, variants};
-
-/// SplitMix64: small, seeded, good enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, alphabet: &[u8], len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|_| alphabet[self.below(alphabet.len())])
-            .collect()
-    }
-}
+use support::rng::Rng;
 
 fn longest_live_partial(text: &[u8], patterns: &[Vec<u8>]) -> usize {
     let mut best = 0;

@@ -18,6 +18,13 @@ struct GroupKill {
 }
 
 impl GroupKill {
+    fn of(child: &Child) -> GroupKill {
+        GroupKill {
+            pgid: child.id(),
+            stages: Vec::new(),
+        }
+    }
+
     fn signal(&mut self, sig: &'static str) {
         self.stages.push(sig);
         let _ = Command::new("kill")
@@ -63,23 +70,25 @@ fn run(
         chunk_interval: Duration::from_millis(200),
         ..Options::new("01RUNTIMEOUT", dir.path().join("spool"))
     };
-    let mut p = Pipeline::start(
-        opts,
-        RedactorBuilder::new().build(),
-        Box::new(FileSink::create(&log).unwrap()),
-        None,
-    )
-    .unwrap();
+    let mut p = to_file(opts, &RedactorBuilder::new(), &log);
     let mut child = spawn(script);
-    let mut kill = GroupKill {
-        pgid: child.id(),
-        stages: Vec::new(),
-    };
+    let mut kill = GroupKill::of(&child);
     let ended = p.pump(child.stdout.take().unwrap(), &mut kill).unwrap();
     let report = p.finish();
     assert_eq!(report.delivered.error, None);
     let text = read(&log);
     (ended, text, kill.stages, child, report.warnings)
+}
+
+/// A pipeline writing the masked log to the file `log`.
+fn to_file(opts: Options, masks: &RedactorBuilder, log: &Path) -> Pipeline {
+    Pipeline::start(
+        opts,
+        masks.build(),
+        Box::new(FileSink::create(log).unwrap()),
+        None,
+    )
+    .unwrap()
 }
 
 fn read(p: &Path) -> String {
@@ -141,13 +150,7 @@ fn debug_command_is_logged_masked_before_the_step() {
     let opts = Options::new("01RUNDEBUG", dir.path().join("spool"));
     let mut b = RedactorBuilder::new();
     b.secret("TF_VAR_password", b"hunter2hunter2");
-    let mut p = Pipeline::start(
-        opts,
-        b.build(),
-        Box::new(FileSink::create(&log).unwrap()),
-        None,
-    )
-    .unwrap();
+    let mut p = to_file(opts, &b, &log);
     p.debug_command(&[
         "terraform",
         "apply",
@@ -157,10 +160,7 @@ fn debug_command_is_logged_masked_before_the_step() {
     ])
     .unwrap();
     let mut child = spawn("echo applied");
-    let mut kill = GroupKill {
-        pgid: child.id(),
-        stages: Vec::new(),
-    };
+    let mut kill = GroupKill::of(&child);
     assert_eq!(
         p.pump(child.stdout.take().unwrap(), &mut kill).unwrap(),
         Ended::Closed
@@ -185,18 +185,9 @@ fn reason_line_starts_a_line_after_a_masked_secret_ending_in_newline() {
     };
     let mut b = RedactorBuilder::new();
     b.secret("S", b"secret-line\n");
-    let mut p = Pipeline::start(
-        opts,
-        b.build(),
-        Box::new(FileSink::create(&log).unwrap()),
-        None,
-    )
-    .unwrap();
+    let mut p = to_file(opts, &b, &log);
     let mut child = spawn("echo secret-line; sleep 600");
-    let mut kill = GroupKill {
-        pgid: child.id(),
-        stages: Vec::new(),
-    };
+    let mut kill = GroupKill::of(&child);
     let ended = p.pump(child.stdout.take().unwrap(), &mut kill).unwrap();
     assert_eq!(ended, Ended::NoOutput(Duration::from_secs(2)));
     child.wait().unwrap();
@@ -250,21 +241,11 @@ fn timeouts_go_on_after_the_job_closes_its_output() {
             chunk_interval: Duration::from_millis(200),
             ..Options::new("01RUNCLOSED", dir.path().join("spool"))
         };
-        let mut p = Pipeline::start(
-            opts,
-            RedactorBuilder::new().build(),
-            Box::new(FileSink::create(&log).unwrap()),
-            None,
-        )
-        .unwrap();
+        let mut p = to_file(opts, &RedactorBuilder::new(), &log);
         let mut child = spawn("echo closing; exec >&- 2>&-; exec sleep 600");
         let pipe = child.stdout.take().unwrap();
-        let pgid = child.id();
         let mut tree = ChildTree {
-            group: GroupKill {
-                pgid,
-                stages: Vec::new(),
-            },
+            group: GroupKill::of(&child),
             child: &mut child,
         };
         let ended = p.pump(pipe, &mut tree).unwrap();

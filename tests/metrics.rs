@@ -368,26 +368,9 @@ fn the_long_poll_transport_is_labelled_and_counted() {
 /// ready again. Needs root to mount the tmpfs.
 #[test]
 fn a_full_disk_is_not_ready_until_it_has_room_again() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test mounts a tmpfs and needs root: run the suite as root (CI does)"
-    );
     let dir = support::runs::open_tempdir();
     let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount -t tmpfs failed");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(state.clone());
+    let _unmount = support::tmpfs::Tmpfs::mount_at(&state, "size=8m");
     let b = Brokers::start(dir.path());
     let plane = Plane::start(&b);
     let a = addr();

@@ -422,31 +422,8 @@ fn the_admin_api_needs_the_token_and_bad_input_gets_clear_errors() {
     let out = plane.cli(&["pool", "create", "p", "--csr", short.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("1024-bit RSA key"));
-    support::pki::openssl(
-        &dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ec.key",
-            "-out",
-            "ec.csr",
-            "-subj",
-            "/CN=ec",
-        ],
-    );
-    let out = plane.cli(&[
-        "pool",
-        "create",
-        "p",
-        "--csr",
-        dir.join("ec.csr").to_str().unwrap(),
-    ]);
+    let (_, ec) = support::pki::ec_key_and_csr(&dir, "ec");
+    let out = plane.cli(&["pool", "create", "p", "--csr", ec.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not RSA"));
     std::fs::write(dir.join("junk.csr"), "hello").unwrap();

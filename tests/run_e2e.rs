@@ -286,27 +286,34 @@ fn the_first_failing_step_ends_the_run_with_its_exit_code() {
     assert!(!log.contains("NEVER-RUNS"), "{log}");
 }
 
-#[test]
-fn policy_denial_goes_to_the_log_and_the_event() {
-    let w = World::new();
-    let policy = w.dir.join("deny.rego");
-    std::fs::write(
-        &policy,
-        "package spacelift\ndeny contains sprintf(\"branch %s may not run here\", [input.run.commit.branch]) if { true }\n",
-    )
-    .unwrap();
+/// Run `id` (one step that echoes `STEP-RAN`) under the initialization
+/// policy `rego`, written to `file` in the world's directory.
+fn run_under_policy(w: &World, file: &str, rego: &str, id: &str) -> Vec<RunEvent> {
+    let policy = w.dir.join(file);
+    std::fs::write(&policy, rego).unwrap();
     let (mut ex, spki) = w.executor(&[(
         "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
         policy.to_str().unwrap(),
     )]);
-    let id = "01RUNDENY0000000000000000A";
-    let evs = run(
+    run(
         &mut ex,
         assign(
             id,
             &spki,
-            &spec(id, &w, json!([{"name": "x", "shell": "echo STEP-RAN"}])),
+            &spec(id, w, json!([{"name": "x", "shell": "echo STEP-RAN"}])),
         ),
+    )
+}
+
+#[test]
+fn policy_denial_goes_to_the_log_and_the_event() {
+    let w = World::new();
+    let id = "01RUNDENY0000000000000000A";
+    let evs = run_under_policy(
+        &w,
+        "deny.rego",
+        "package spacelift\ndeny contains sprintf(\"branch %s may not run here\", [input.run.commit.branch]) if { true }\n",
+        id,
     );
     match terminal(&evs) {
         RunEvent::Rejected { reason } => {
@@ -327,24 +334,12 @@ fn policy_denial_goes_to_the_log_and_the_event() {
 #[test]
 fn a_policy_that_fails_to_evaluate_rejects_the_run() {
     let w = World::new();
-    let policy = w.dir.join("conflict.rego");
-    std::fs::write(
-        &policy,
-        "package spacelift\nx := 1 if { input.run.id != \"01SAMPLE\" }\nx := 2 if { input.run.id != \"01SAMPLE\" }\ndeny contains \"never\" if { x == 3 }\n",
-    )
-    .unwrap();
-    let (mut ex, spki) = w.executor(&[(
-        "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY",
-        policy.to_str().unwrap(),
-    )]);
     let id = "01RUNPOLICYERR00000000000A";
-    let evs = run(
-        &mut ex,
-        assign(
-            id,
-            &spki,
-            &spec(id, &w, json!([{"name": "x", "shell": "echo STEP-RAN"}])),
-        ),
+    let evs = run_under_policy(
+        &w,
+        "conflict.rego",
+        "package spacelift\nx := 1 if { input.run.id != \"01SAMPLE\" }\nx := 2 if { input.run.id != \"01SAMPLE\" }\ndeny contains \"never\" if { x == 3 }\n",
+        id,
     );
     match terminal(&evs) {
         RunEvent::Rejected { reason } => {
@@ -613,26 +608,34 @@ fn through_the_brokers_assign_runs_and_reports() {
         .wait_for(LIMIT, |v| is_type(v, "hello"))
         .unwrap_or_else(|| panic!("no hello: {}", l.stderr()));
     let spki = spki_of(&b.pool.cert);
+    let send_sealed = |id: &str, sealed: &identity::Envelope| {
+        plane.send(
+            &wid,
+            &command(
+                "assign",
+                json!({"run_id": id, "run_type": "read", "state": sealed}),
+            ),
+        );
+    };
+    // Seals a spec of `steps` for `id`, assigns it, waits for its end.
+    let run_to_end = |id: &str, steps: serde_json::Value| {
+        let s = spec(id, &w, steps);
+        send_sealed(
+            id,
+            &identity::seal_run_state(&spki, id, s.to_string().as_bytes()).unwrap(),
+        );
+        plane
+            .wait_for(LIMIT, |v| {
+                is_run(v, id, "finished") || is_run(v, id, "failed")
+            })
+            .unwrap_or_else(|| panic!("no end of run: {}", l.stderr()))
+    };
 
     let id = "01RUNBROKER00000000000000A";
-    let s = spec(
+    let fin = run_to_end(
         id,
-        &w,
         json!([{"name": "hi", "shell": "cat hello.txt; echo $TOP_SECRET; exit 4"}]),
     );
-    let sealed = identity::seal_run_state(&spki, id, s.to_string().as_bytes()).unwrap();
-    plane.send(
-        &wid,
-        &command(
-            "assign",
-            json!({"run_id": id, "run_type": "read", "state": sealed}),
-        ),
-    );
-    let fin = plane
-        .wait_for(LIMIT, |v| {
-            is_run(v, id, "finished") || is_run(v, id, "failed")
-        })
-        .unwrap_or_else(|| panic!("no end of run: {}", l.stderr()));
     assert_eq!(fin["phase"], "finished", "{fin}\n{}", l.stderr());
     assert_eq!(fin["exit_code"], 4, "{fin}");
     assert_eq!(fin["steps"][0]["name"], "hi", "{fin}");
@@ -661,13 +664,7 @@ fn through_the_brokers_assign_runs_and_reports() {
     let id2 = "01RUNBROKERTAMPERED000000A";
     let mut sealed = identity::seal_run_state(&spki, id2, b"{}").unwrap();
     sealed.nonce = "AAAAAAAAAAAAAAAA".into();
-    plane.send(
-        &wid,
-        &command(
-            "assign",
-            json!({"run_id": id2, "run_type": "read", "state": sealed}),
-        ),
-    );
+    send_sealed(id2, &sealed);
     let failed = plane
         .wait_for(LIMIT, |v| is_run(v, id2, "failed"))
         .unwrap_or_else(|| panic!("no failure: {}", l.stderr()));
@@ -677,24 +674,7 @@ fn through_the_brokers_assign_runs_and_reports() {
     );
 
     let id3 = "01RUNBROKERNEXT0000000000A";
-    let s = spec(
-        id3,
-        &w,
-        json!([{"name": "ok", "shell": "echo next-run-ok"}]),
-    );
-    let sealed = identity::seal_run_state(&spki, id3, s.to_string().as_bytes()).unwrap();
-    plane.send(
-        &wid,
-        &command(
-            "assign",
-            json!({"run_id": id3, "run_type": "read", "state": sealed}),
-        ),
-    );
-    let fin = plane
-        .wait_for(LIMIT, |v| {
-            is_run(v, id3, "finished") || is_run(v, id3, "failed")
-        })
-        .unwrap_or_else(|| panic!("no end of run: {}", l.stderr()));
+    let fin = run_to_end(id3, json!([{"name": "ok", "shell": "echo next-run-ok"}]));
     assert_eq!(fin["exit_code"], 0, "{fin}\n{}", l.stderr());
     assert!(w.log(id3).contains("next-run-ok"));
 }

@@ -20,6 +20,21 @@ fn spec(run_type: &str) -> RunSpec {
     .unwrap()
 }
 
+/// The run's private provider-cache layer, as the executor would pass it.
+const LAYER: &str = "/var/lib/liftoff/runs/01JRUN/provider-cache";
+
+fn build(spec: &RunSpec, config: &Config, launcher: &Env) -> env::Launch {
+    env::build(spec, config, launcher, std::path::Path::new(LAYER))
+}
+
+/// Where each mount appears in the sandbox, in order.
+fn targets(l: &env::Launch) -> Vec<String> {
+    l.mounts
+        .iter()
+        .map(|m| m.sandbox.display().to_string())
+        .collect()
+}
+
 struct Setup {
     _dirs: Vec<tempfile::TempDir>,
     launcher: Env,
@@ -77,12 +92,7 @@ fn setup() -> Setup {
 #[test]
 fn whitelist_and_mounts_for_read_only_runs() {
     let s = setup();
-    let l = env::build(
-        &spec("proposed"),
-        &s.config,
-        &s.launcher,
-        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
-    );
+    let l = build(&spec("proposed"), &s.config, &s.launcher);
     assert_eq!(
         l.env.get("AWS_REGION").map(String::as_str),
         Some("eu-west-1")
@@ -112,19 +122,14 @@ fn whitelist_and_mounts_for_read_only_runs() {
         Some("/home/spacelift")
     );
     assert_eq!(l.missing_whitelist, vec!["ABSENT"]);
-    let targets: Vec<String> = l
-        .mounts
-        .iter()
-        .map(|m| m.sandbox.display().to_string())
-        .collect();
     assert_eq!(
-        targets,
+        targets(&l),
         vec!["/mnt/all", "/mnt/ro", "/var/cache/liftoff/providers"]
     );
     assert!(l.mounts[1].read_only);
     assert_eq!(
         l.mounts[2].host,
-        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
+        std::path::Path::new(LAYER),
         "the run's private layer"
     );
     assert!(!l.mounts[2].read_only);
@@ -133,24 +138,14 @@ fn whitelist_and_mounts_for_read_only_runs() {
 #[test]
 fn whitelist_and_mounts_for_write_runs() {
     let s = setup();
-    let l = env::build(
-        &spec("tracked"),
-        &s.config,
-        &s.launcher,
-        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
-    );
+    let l = build(&spec("tracked"), &s.config, &s.launcher);
     assert_eq!(
         l.env.get("APPLY_ONLY").map(String::as_str),
         Some("apply-secret")
     );
     assert!(!l.env.contains_key("PLAN_ONLY"));
-    let targets: Vec<String> = l
-        .mounts
-        .iter()
-        .map(|m| m.sandbox.display().to_string())
-        .collect();
     assert_eq!(
-        targets,
+        targets(&l),
         vec!["/mnt/all", "/mnt/wo", "/var/cache/liftoff/providers"]
     );
 }
@@ -158,12 +153,7 @@ fn whitelist_and_mounts_for_write_runs() {
 #[test]
 fn secrets_for_the_redactor() {
     let s = setup();
-    let l = env::build(
-        &spec("tracked"),
-        &s.config,
-        &s.launcher,
-        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
-    );
+    let l = build(&spec("tracked"), &s.config, &s.launcher);
     let values: Vec<&str> = l.secrets.iter().map(|(_, v)| v.as_str()).collect();
     assert!(values.contains(&"hunter22"), "secret run variable");
     assert!(values.contains(&"eu-west-1"), "SPACELIFT_MASK_ENVS value");
@@ -202,12 +192,7 @@ fn launcher_secrets_are_never_whitelisted() {
         loaded.warnings
     );
     for run_type in ["proposed", "tracked"] {
-        let l = env::build(
-            &spec(run_type),
-            &loaded.config,
-            &launcher,
-            std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
-        );
+        let l = build(&spec(run_type), &loaded.config, &launcher);
         for secret in [
             "SPACELIFT_POOL_PRIVATE_KEY",
             "SPACELIFT_TOKEN",
@@ -240,12 +225,7 @@ fn a_run_may_set_its_own_plugin_cache() {
         value: "/mnt/workspace/cache".into(),
         secret: false,
     });
-    let l = env::build(
-        &sp,
-        &s.config,
-        &s.launcher,
-        std::path::Path::new("/var/lib/liftoff/runs/01JRUN/provider-cache"),
-    );
+    let l = build(&sp, &s.config, &s.launcher);
     assert_eq!(
         l.env.get("TF_PLUGIN_CACHE_DIR").map(String::as_str),
         Some("/mnt/workspace/cache")

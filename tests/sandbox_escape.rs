@@ -804,6 +804,32 @@ fn daemon_marker() -> String {
     format!("{}", 700000 + unique() % 100000)
 }
 
+/// The host's processes of the probe's daemon (`sleep <m>`).
+fn daemon_pids(m: &str) -> Vec<i32> {
+    host_pids_with(&format!("sleep {m}"))
+}
+
+/// Whether the daemon is gone from the host within `within`.
+fn daemon_gone(m: &str, within: Duration) -> bool {
+    eventually(within, || daemon_pids(m).is_empty())
+}
+
+/// `liftoff exec` of the probe's `daemon` command, stdout piped, running
+/// once its daemon shows on the host.
+fn spawn_probe_daemon(m: &str, stderr: Stdio) -> std::process::Child {
+    let mount = format!("{}:/opt/probe:ro", probe_dir().display());
+    let child = liftoff_exec(&["--mount", &mount], &["/opt/probe/probe", "daemon", m])
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !daemon_pids(m).is_empty()),
+        "the daemon never started"
+    );
+    child
+}
+
 #[test]
 fn daemonized_grandchild_dies_on_timeout() {
     require_root();
@@ -812,10 +838,7 @@ fn daemonized_grandchild_dies_on_timeout() {
     assert_eq!(r.code, 124, "{r:#?}");
     assert!(r.stdout.contains("daemon started"), "{r:#?}");
     assert!(
-        eventually(Duration::from_secs(2), || host_pids_with(&format!(
-            "sleep {m}"
-        ))
-        .is_empty()),
+        daemon_gone(&m, Duration::from_secs(2)),
         "a daemonized grandchild survived the timeout"
     );
 }
@@ -824,28 +847,13 @@ fn daemonized_grandchild_dies_on_timeout() {
 fn daemonized_grandchild_dies_on_cancel() {
     require_root();
     let m = daemon_marker();
-    let mount = format!("{}:/opt/probe:ro", probe_dir().display());
-    let mut child = liftoff_exec(&["--mount", &mount], &["/opt/probe/probe", "daemon", &m])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || !host_pids_with(&format!(
-            "sleep {m}"
-        ))
-        .is_empty()),
-        "the daemon never started"
-    );
+    let mut child = spawn_probe_daemon(&m, Stdio::piped());
     // SAFETY: SIGTERM to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(!status.success());
     assert!(
-        eventually(Duration::from_secs(3), || host_pids_with(&format!(
-            "sleep {m}"
-        ))
-        .is_empty()),
+        daemon_gone(&m, Duration::from_secs(3)),
         "a daemonized grandchild survived the cancel"
     );
 }
@@ -854,27 +862,13 @@ fn daemonized_grandchild_dies_on_cancel() {
 fn nothing_survives_launcher_sigkill() {
     require_root();
     let m = daemon_marker();
-    let mount = format!("{}:/opt/probe:ro", probe_dir().display());
-    let mut child = liftoff_exec(&["--mount", &mount], &["/opt/probe/probe", "daemon", &m])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || !host_pids_with(&format!(
-            "sleep {m}"
-        ))
-        .is_empty()),
-        "the daemon never started"
-    );
+    let mut child = spawn_probe_daemon(&m, Stdio::inherit());
     child.kill().unwrap();
     let _ = child.wait();
     assert!(
-        eventually(Duration::from_secs(3), || host_pids_with(&format!(
-            "sleep {m}"
-        ))
-        .is_empty()),
+        daemon_gone(&m, Duration::from_secs(3)),
         "a job process survived the launcher's SIGKILL: {:?}",
-        host_pids_with(&format!("sleep {m}"))
+        daemon_pids(&m)
     );
 }
 

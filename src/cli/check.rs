@@ -338,7 +338,7 @@ fn config_has_error(report: &Report, var: &str) -> bool {
 /// is a configuration error (the pool was reset: exit 78); anything else is
 /// a host/network error (exit 1).
 pub fn connectivity(config: &Config, identity: &Identity, report: &mut Report) {
-    use crate::link::probe::{self, ProbeErrorKind};
+    use crate::link::probe;
     let Some(token) = &config.token else { return };
     if crate::link::comms_protocol(config) == Ok(crate::config::CommsProtocol::Poll) {
         return poll_connectivity(config, identity, &token.pool_id, report);
@@ -372,37 +372,14 @@ pub fn connectivity(config: &Config, identity: &Identity, report: &mut Report) {
         ));
     }
     for (broker, handle) in probes {
-        let name = format!("broker {}", broker.region);
-        let target = format!("{}:{}", broker.host, broker.port);
-        match handle.join() {
-            Ok(Ok(took)) => report.push(
-                name,
-                Status::Ok,
-                Area::Host,
-                format!(
-                    "{target}: TLS handshake and MQTT CONNECT in {} ms",
-                    took.as_millis()
-                ),
-            ),
-            Ok(Err(e)) if e.kind == ProbeErrorKind::CertificateRejected => report.push(
-                name,
-                Status::Error,
-                Area::Config,
-                format!(
-                    "{target}: {}: {} ({})",
-                    e.kind.name(),
-                    crate::worker::RESET_MESSAGE,
-                    e.detail
-                ),
-            ),
-            Ok(Err(e)) => report.push(
-                name,
-                Status::Error,
-                Area::Host,
-                format!("{target}: {} error: {}", e.kind.name(), e.detail),
-            ),
-            Err(_) => report.push(name, Status::Error, Area::Host, "the probe crashed"),
-        }
+        push_probe(
+            report,
+            format!("broker {}", broker.region),
+            &format!("{}:{}", broker.host, broker.port),
+            "TLS handshake and MQTT CONNECT",
+            handle.join().map(|r| r.map_err(|e| (e.kind, e.detail))),
+            "the probe crashed",
+        );
     }
 }
 
@@ -411,7 +388,6 @@ pub fn connectivity(config: &Config, identity: &Identity, report: &mut Report) {
 /// parallel, naming the layer that failed (DNS, TCP, proxy, TLS, HTTP).
 fn poll_connectivity(config: &Config, identity: &Identity, pool: &str, report: &mut Report) {
     use crate::link::poll::{self, PollSettings};
-    use crate::link::probe::ProbeErrorKind;
     let settings = match PollSettings::from_config(config, identity, "check") {
         Ok(s) => s,
         Err(e) => return report.push("endpoints", Status::Error, Area::Config, e),
@@ -423,36 +399,55 @@ fn poll_connectivity(config: &Config, identity: &Identity, pool: &str, report: &
         })
         .collect();
     for (endpoint, handle) in settings.endpoints.iter().zip(checks) {
-        let name = format!("endpoint {}", endpoint.region);
-        let target = crate::http::redact_url(&endpoint.url);
-        match handle.join() {
-            Ok(Ok(took)) => report.push(
-                name,
-                Status::Ok,
-                Area::Host,
-                format!(
-                    "{target}: TLS handshake and an authenticated request for pool {pool} in {} ms",
-                    took.as_millis()
-                ),
+        push_probe(
+            report,
+            format!("endpoint {}", endpoint.region),
+            &crate::http::redact_url(&endpoint.url),
+            &format!("TLS handshake and an authenticated request for pool {pool}"),
+            handle.join().map(|r| r.map_err(|e| (e.kind, e.detail))),
+            "the check crashed",
+        );
+    }
+}
+
+/// One connectivity line: `<target>: <done> in N ms`; a refused
+/// certificate is a configuration error (the pool was reset), any other
+/// failure a host error naming its layer; `crashed` when the thread
+/// panicked.
+fn push_probe(
+    report: &mut Report,
+    name: String,
+    target: &str,
+    done: &str,
+    joined: std::thread::Result<
+        Result<std::time::Duration, (crate::link::probe::ProbeErrorKind, String)>,
+    >,
+    crashed: &str,
+) {
+    use crate::link::probe::ProbeErrorKind;
+    match joined {
+        Ok(Ok(took)) => report.push(
+            name,
+            Status::Ok,
+            Area::Host,
+            format!("{target}: {done} in {} ms", took.as_millis()),
+        ),
+        Ok(Err((kind, detail))) if kind == ProbeErrorKind::CertificateRejected => report.push(
+            name,
+            Status::Error,
+            Area::Config,
+            format!(
+                "{target}: {}: {} ({detail})",
+                kind.name(),
+                crate::worker::RESET_MESSAGE,
             ),
-            Ok(Err(e)) if e.kind == ProbeErrorKind::CertificateRejected => report.push(
-                name,
-                Status::Error,
-                Area::Config,
-                format!(
-                    "{target}: {}: {} ({})",
-                    e.kind.name(),
-                    crate::worker::RESET_MESSAGE,
-                    e.detail
-                ),
-            ),
-            Ok(Err(e)) => report.push(
-                name,
-                Status::Error,
-                Area::Host,
-                format!("{target}: {} error: {}", e.kind.name(), e.detail),
-            ),
-            Err(_) => report.push(name, Status::Error, Area::Host, "the check crashed"),
-        }
+        ),
+        Ok(Err((kind, detail))) => report.push(
+            name,
+            Status::Error,
+            Area::Host,
+            format!("{target}: {} error: {detail}", kind.name()),
+        ),
+        Err(_) => report.push(name, Status::Error, Area::Host, crashed),
     }
 }

@@ -893,40 +893,37 @@ impl Plane {
     }
 
     pub fn run(&self, run_id: &str) -> Result<RunRow> {
-        self.store.run(run_id)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no run {run_id:?}: `liftoff-plane run list` shows the runs"
-            ))
-        })
+        found(self.store.run(run_id)?, "run", run_id)
     }
 
     pub fn worker(&self, id: &str) -> Result<WorkerRow> {
-        self.store.worker(id)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no worker {id:?}: `liftoff-plane worker list` shows the workers"
-            ))
-        })
+        found(self.store.worker(id)?, "worker", id)
     }
 
     pub fn drain(&self, worker: &str, on: bool) -> Result<WorkerRow> {
-        let _g = self.lock();
-        let mut w = self.worker(worker)?;
-        if w.gone {
-            return Err(Error::Conflict(format!(
-                "worker {worker} is gone ({})",
-                w.gone_reason
-            )));
-        }
-        w.want_drain = Some(on);
-        w.drain_cmd = ulid();
-        w.resend_ms = 0;
-        self.store.put_worker(&w)?;
-        drop(_g);
-        self.wake();
-        Ok(w)
+        self.command_live_worker(worker, |w| {
+            w.want_drain = Some(on);
+            w.drain_cmd = ulid();
+            w.resend_ms = 0;
+        })
     }
 
     pub fn cycle_worker(&self, worker: &str) -> Result<WorkerRow> {
+        self.command_live_worker(worker, |w| {
+            if w.cycle_cmd.is_empty() {
+                w.cycle_cmd = ulid();
+                w.resend_ms = 0;
+            }
+        })
+    }
+
+    /// Applies `set` (a command to send) to a worker that is not gone,
+    /// stores it and wakes the dispatcher to send it.
+    fn command_live_worker(
+        &self,
+        worker: &str,
+        set: impl FnOnce(&mut WorkerRow),
+    ) -> Result<WorkerRow> {
         let _g = self.lock();
         let mut w = self.worker(worker)?;
         if w.gone {
@@ -935,10 +932,7 @@ impl Plane {
                 w.gone_reason
             )));
         }
-        if w.cycle_cmd.is_empty() {
-            w.cycle_cmd = ulid();
-            w.resend_ms = 0;
-        }
+        set(&mut w);
         self.store.put_worker(&w)?;
         drop(_g);
         self.wake();
@@ -962,11 +956,7 @@ impl Plane {
     }
 
     pub fn pool(&self, name: &str) -> Result<PoolRow> {
-        self.store.pool(name)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no pool {name:?}: `liftoff-plane pool list` shows the pools"
-            ))
-        })
+        found(self.store.pool(name)?, "pool", name)
     }
 
     /// Creates a pool from a CSR; returns it and its token.
@@ -1120,6 +1110,16 @@ impl Plane {
         }
         "waiting for a free worker".into()
     }
+}
+
+/// The `what` (run, worker, pool) named `id`, or a not-found error that
+/// says which command lists them.
+fn found<T>(row: Option<T>, what: &str, id: &str) -> Result<T> {
+    row.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no {what} {id:?}: `liftoff-plane {what} list` shows the {what}s"
+        ))
+    })
 }
 
 fn eligible(w: &WorkerRow) -> bool {

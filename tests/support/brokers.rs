@@ -233,36 +233,14 @@ pub fn revoke(ca: &TestCa, cert: &Path) -> PathBuf {
     let c = conf.to_str().unwrap();
     let (cert_s, key_s) = (ca.cert_path(), ca.key_path());
     let (cert_s, key_s) = (cert_s.to_str().unwrap(), key_s.to_str().unwrap());
-    pki::openssl(
-        &ca.dir,
-        &[
-            "ca",
-            "-config",
-            c,
-            "-cert",
-            cert_s,
-            "-keyfile",
-            key_s,
-            "-revoke",
-            cert.to_str().unwrap(),
-        ],
-    );
+    let ca_cmd = |what: &[&str]| {
+        let mut args = vec!["ca", "-config", c, "-cert", cert_s, "-keyfile", key_s];
+        args.extend_from_slice(what);
+        pki::openssl(&ca.dir, &args);
+    };
+    ca_cmd(&["-revoke", cert.to_str().unwrap()]);
     let crl = ca.dir.join("crl.pem");
-    pki::openssl(
-        &ca.dir,
-        &[
-            "ca",
-            "-config",
-            c,
-            "-cert",
-            cert_s,
-            "-keyfile",
-            key_s,
-            "-gencrl",
-            "-out",
-            crl.to_str().unwrap(),
-        ],
-    );
+    ca_cmd(&["-gencrl", "-out", crl.to_str().unwrap()]);
     crl
 }
 

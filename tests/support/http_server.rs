@@ -5,7 +5,7 @@
 //! full but the connection closed without an answer (the client cannot know
 //! it arrived, so it sends it again: the object is overwritten).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,37 +126,17 @@ fn serve<S: Read + Write>(
 ) {
     let mut reader = BufReader::new(conn);
     loop {
-        // Request line and headers.
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let mut content_length = None;
-        let mut chunked = false;
-        loop {
-            let mut h = String::new();
-            match reader.read_line(&mut h) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                if k == "content-length" {
-                    content_length = v.parse::<u64>().ok();
-                }
-                if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-                    chunked = true;
-                }
-            }
-        }
+        let Some(head) = super::http_head::read_head(&mut reader) else {
+            return;
+        };
+        let (method, path) = (head.method.clone(), head.target.clone());
+        let content_length = head
+            .header("content-length")
+            .and_then(|v| v.parse::<u64>().ok());
+        let chunked = head
+            .headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
         let n = requests.fetch_add(1, Ordering::SeqCst);
         if chunked {
             state.lock().unwrap().chunked += 1;

@@ -2,7 +2,9 @@
 //! and certificates made with the openssl CLI, ...) and one `pub mod` line.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod brokers;
+pub mod http_head;
 pub mod http_server;
 pub mod pki;
 pub mod plane;
@@ -10,9 +12,11 @@ pub mod plane_server;
 pub mod poll_plane;
 pub mod registry;
 pub mod relay;
+pub mod rng;
 pub mod runs;
 pub mod sandbox;
 pub mod scrape;
+pub mod tmpfs;
 pub mod tool_release;
 
 use std::path::PathBuf;

@@ -133,25 +133,38 @@ impl TestCa {
 
 /// A pool key and CSR made as the seed says: returns (key path, csr path).
 pub fn pool_key_and_csr(dir: &Path, name: &str, bits: u32) -> (PathBuf, PathBuf) {
+    key_and_csr(dir, name, &["-newkey", &format!("rsa:{bits}")])
+}
+
+/// A P-256 EC key and CSR (which pools refuse): returns (key path, csr
+/// path).
+pub fn ec_key_and_csr(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    key_and_csr(
+        dir,
+        name,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+    )
+}
+
+/// `openssl req -new <newkey> -nodes` into `dir/<name>.key` and
+/// `dir/<name>.csr`, subject `/CN=<name>`.
+fn key_and_csr(dir: &Path, name: &str, newkey: &[&str]) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let key = dir.join(format!("{name}.key"));
     let csr = dir.join(format!("{name}.csr"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            &format!("rsa:{bits}"),
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            csr.to_str().unwrap(),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    let subject = format!("/CN={name}");
+    let mut args = vec!["req", "-new"];
+    args.extend_from_slice(newkey);
+    args.extend([
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+        "-subj",
+        &subject,
+    ]);
+    openssl(dir, &args);
     (key, csr)
 }
 

@@ -385,6 +385,30 @@ pub fn launch_with(
     state: &std::path::Path,
     extra: &[(&str, &str)],
 ) -> Launcher {
+    spawn_run(
+        token,
+        key,
+        state,
+        &[
+            ("LIFTOFF_FAILBACK_AFTER", "2s"),
+            ("LIFTOFF_PROBE_INTERVAL", "1s"),
+            ("SPACELIFT_METADATA_instance_id", "i-test"),
+        ],
+        extra,
+    )
+}
+
+/// `liftoff run` with a clean environment: the token, the base64 pool key,
+/// the state directory, debug logs to a file in it and short intervals so
+/// tests stay quick; then `env` (the caller's fixed settings), then
+/// `extra` (the test's).
+pub fn spawn_run(
+    token: &str,
+    key: &str,
+    state: &std::path::Path,
+    env: &[(&str, &str)],
+    extra: &[(&str, &str)],
+) -> Launcher {
     use std::process::{Command, Stdio};
     std::fs::create_dir_all(state).unwrap();
     let log = state.join(format!("launcher-{}.log", liftoff::link::protocol::ulid()));
@@ -399,15 +423,12 @@ pub fn launch_with(
         .env("LIFTOFF_LOG", "info,liftoff=debug")
         .env("LIFTOFF_HEARTBEAT_INTERVAL", "1s")
         .env("LIFTOFF_MQTT_KEEPALIVE", "4s")
-        .env("LIFTOFF_FAILBACK_AFTER", "2s")
-        .env("LIFTOFF_PROBE_INTERVAL", "1s")
         .env("LIFTOFF_RESEND_AFTER", "3s")
         .env("LIFTOFF_KILL_GRACE", "2s")
-        .env("SPACELIFT_METADATA_instance_id", "i-test")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in extra {
+    for (k, v) in env.iter().chain(extra) {
         cmd.env(k, v);
     }
     Launcher {

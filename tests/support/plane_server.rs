@@ -375,36 +375,13 @@ pub fn launch_worker(
     roots: &Path,
     extra: &[(&str, &str)],
 ) -> super::plane::Launcher {
-    std::fs::create_dir_all(state).unwrap();
-    let log = state.join(format!("launcher-{}.log", liftoff::link::protocol::ulid()));
-    let mut cmd = Command::new(super::liftoff_bin());
-    cmd.arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SPACELIFT_TOKEN", &pool.token)
-        .env(
-            "SPACELIFT_POOL_PRIVATE_KEY",
-            super::pki::base64_file(&pool.key),
-        )
-        .env("ADDITIONAL_ROOT_CAS", roots)
-        .env("LIFTOFF_STATE_DIR", state)
-        .env("LIFTOFF_PROVIDER_CACHE_DIR", state.join("providers"))
-        .env("LIFTOFF_LOG", "info,liftoff=debug")
-        .env("LIFTOFF_HEARTBEAT_INTERVAL", "1s")
-        .env("LIFTOFF_MQTT_KEEPALIVE", "4s")
-        .env("LIFTOFF_RESEND_AFTER", "3s")
-        .env("LIFTOFF_KILL_GRACE", "2s")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    super::plane::Launcher {
-        child: cmd.spawn().unwrap(),
-        state: state.to_path_buf(),
-        log,
-    }
+    super::plane::spawn_run(
+        &pool.token,
+        &super::pki::base64_file(&pool.key),
+        state,
+        &[("ADDITIONAL_ROOT_CAS", roots.to_str().unwrap())],
+        extra,
+    )
 }
 
 /// A run spec file in `dir` whose one step prints `marker`.

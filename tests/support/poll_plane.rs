@@ -32,6 +32,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use serde_json::{Value, json};
 
 use super::brokers::{free_ports, listens};
+use super::http_head::{Head, read_head};
 use super::pki::{self, Pool};
 use super::plane::{POOL, Record, command};
 
@@ -441,27 +442,18 @@ struct Request {
 }
 
 fn read_request(r: &mut impl BufRead) -> Option<Request> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
+    let Head {
+        method,
+        target,
+        headers,
+    } = read_head(r)?;
+    if method.is_empty() || target.is_empty() {
         return None;
     }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let target = parts.next()?.to_string();
     let mut length = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().ok()?;
+    for (k, v) in &headers {
+        if k == "content-length" {
+            length = v.parse().ok()?;
         }
     }
     let mut body = vec![0; length];

@@ -175,6 +175,25 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
     (format!("sha256:{h}"), bytes.len())
 }
 
+/// The index entry tagged `v1` in the OCI layout at `layout`, and the
+/// manifest it names.
+pub fn v1_manifest(layout: &Path) -> (serde_json::Value, serde_json::Value) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let v1 = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
+        .unwrap()
+        .clone();
+    let hex = v1["digest"].as_str().unwrap().trim_start_matches("sha256:");
+    let manifest =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap();
+    (v1, manifest)
+}
+
 /// Builds the test image in the OCI layout `dir/layout` with umoci, as tag
 /// `v1`: layer 1 busybox-static (`/bin/busybox`, `/bin/sh`), `/etc/image-marker`,
 /// `/opq/{old1,old2}` and `/to-delete`; layer 2 deletes `/to-delete` (a
@@ -239,21 +258,7 @@ pub fn build_image(dir: &Path) -> PathBuf {
     // The two-platform index.
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let v1 = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
-        .unwrap()
-        .clone();
-    let hexd = v1["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&hexd)).unwrap())
-            .unwrap();
+    let (v1, manifest) = v1_manifest(&layout);
     let chex = manifest["config"]["digest"]
         .as_str()
         .unwrap()

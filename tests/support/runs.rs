@@ -4,7 +4,7 @@
 //! with its event channel.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -79,38 +79,15 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>) {
     };
     let mut reader = BufReader::new(conn);
     loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("").to_string();
-        let path = target.split('?').next().unwrap_or("").to_string();
-        let mut len = None;
-        let mut chunked = false;
-        loop {
-            let mut h = String::new();
-            match reader.read_line(&mut h) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let k = k.trim().to_ascii_lowercase();
-                if k == "content-length" {
-                    len = v.trim().parse::<usize>().ok();
-                }
-                if k == "transfer-encoding" {
-                    chunked = true;
-                }
-            }
-        }
-        if chunked {
+        let Some(head) = super::http_head::read_head(&mut reader) else {
+            return;
+        };
+        let method = head.method.as_str();
+        let path = head.target.split('?').next().unwrap_or("").to_string();
+        let len = head
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok());
+        if head.header("transfer-encoding").is_some() {
             let _ = out.write_all(
                 b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             );
@@ -120,7 +97,7 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        match method.as_str() {
+        match method {
             "GET" => {
                 let file = {
                     let mut s = state.lock().unwrap();
@@ -217,6 +194,16 @@ pub fn open_tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     d
+}
+
+/// The names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
 }
 
 pub fn path_str(p: &Path) -> String {

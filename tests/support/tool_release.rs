@@ -8,7 +8,7 @@
 //! releases.hashicorp.com layouts, or laid out in a local directory.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -315,20 +315,10 @@ impl ToolServer {
         };
         let mut reader = BufReader::new(conn);
         loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            let Some(head) = super::http_head::read_head(&mut reader) else {
                 return;
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                    return;
-                }
-                if h.trim_end().is_empty() {
-                    break;
-                }
-            }
+            };
+            let path = head.target;
             self.gets.lock().unwrap().push(path.clone());
             if self.stalls.lock().unwrap().contains(&path) {
                 let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nP");
