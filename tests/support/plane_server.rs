@@ -23,9 +23,9 @@ pub struct PlaneProc {
     pub data: PathBuf,
     pub port: u16,
     child: Option<Child>,
-    /// `serve` runs with its data directory on a tmpfs of this size, in a
-    /// mount namespace of its own ([`PlaneProc::start_on_tmpfs`]).
-    tmpfs: Option<String>,
+    /// The data directory's own small tmpfs ([`PlaneProc::start_on_tmpfs`]),
+    /// unmounted after the plane is killed.
+    _tmpfs: Option<super::tmpfs::Tmpfs>,
 }
 
 /// A pool made by `pool create` from an openssl CSR.
@@ -43,32 +43,19 @@ impl PlaneProc {
         Self::start_with(None)
     }
 
-    /// A plane whose data directory is a small tmpfs (`size`, e.g. "4m"):
-    /// `init` writes it on disk, then `serve` runs under `unshare -m`, which
-    /// mounts the tmpfs over the directory and copies the state in, so a
-    /// full disk is a real ENOSPC and nothing outside the plane's mount
-    /// namespace is touched. The CLI reads the on-disk copy (URL, admin
-    /// token, CA), which is the same. Needs root (mount); fails loudly
-    /// without it.
+    /// A plane whose data directory is a small tmpfs of its own (`size`,
+    /// e.g. "6m"), so a full disk is a real ENOSPC. Needs root (mount);
+    /// fails loudly without it.
     pub fn start_on_tmpfs(size: &str) -> PlaneProc {
-        super::sandbox::require_root();
-        Self::start_with(Some(size.to_string()))
+        Self::start_with(Some(size))
     }
 
-    /// Where the running plane sees its data directory, seen from here
-    /// (through its mount namespace: `/proc/PID/root`).
-    pub fn served_data(&self) -> PathBuf {
-        match self.tmpfs {
-            None => self.data.clone(),
-            Some(_) => PathBuf::from(format!("/proc/{}/root", self.pid()))
-                .join(self.data.strip_prefix("/").unwrap()),
-        }
-    }
-
-    fn start_with(tmpfs: Option<String>) -> PlaneProc {
+    fn start_with(tmpfs: Option<&str>) -> PlaneProc {
         let dir = super::runs::open_tempdir();
         let port = super::brokers::free_ports(1)[0];
         let data = dir.path().join("data");
+        let tmpfs = tmpfs
+            .map(|size| super::tmpfs::Tmpfs::mount_at(&data, &format!("size={size},mode=0700")));
         let out = Command::new(plane_bin())
             .args(["init", "--data"])
             .arg(&data)
@@ -86,7 +73,7 @@ impl PlaneProc {
             data,
             port,
             child: None,
-            tmpfs,
+            _tmpfs: tmpfs,
         };
         p.serve();
         p
@@ -104,28 +91,8 @@ impl PlaneProc {
             .append(true)
             .open(self.dir.path().join("plane.log"))
             .unwrap();
-        let mut cmd = match &self.tmpfs {
-            None => {
-                let mut c = Command::new(plane_bin());
-                c.args(["serve", "--data"]).arg(&self.data);
-                c
-            }
-            Some(size) => {
-                let mut c = Command::new("unshare");
-                c.args(["-m", "--propagation", "private", "--", "sh", "-ec"])
-                    .arg(concat!(
-                        "seed=$(mktemp -d \"$1.XXXXXX\"); cp -a \"$1/.\" \"$seed/\"; ",
-                        "mount -t tmpfs -o \"size=$3,mode=0700\" liftoff-plane-data \"$1\"; ",
-                        "cp -a \"$seed/.\" \"$1/\"; rm -rf \"$seed\"; ",
-                        "exec \"$2\" serve --data \"$1\""
-                    ))
-                    .arg("sh")
-                    .arg(&self.data)
-                    .arg(plane_bin())
-                    .arg(size);
-                c
-            }
-        };
+        let mut cmd = Command::new(plane_bin());
+        cmd.args(["serve", "--data"]).arg(&self.data);
         let child = cmd
             .env("LIFTOFF_PLANE_LOG", "info,liftoff=debug")
             .stdin(Stdio::null())
