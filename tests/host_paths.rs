@@ -219,6 +219,46 @@ fn merge_never_follows_a_job_link_out_of_its_layer() {
     assert!(!cache.dir().join("h/n/b").exists());
 }
 
+#[test]
+fn layer_never_builds_through_a_link_left_in_it() {
+    let t = scratch();
+    let host = t.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("keep"), "root only").unwrap();
+    let cache = ProviderCache::open(&t.path().join("cache"), 1 << 30).unwrap();
+    let seed = t.path().join("seed");
+    let pkg = seed.join("h/n/a/1.0.0/linux_amd64");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("terraform-provider-a"), "provider bytes").unwrap();
+    assert_eq!(cache.merge(&seed).unwrap().packages, 1);
+    // What a job of an earlier run could have left in a layer at the same
+    // place: its top directory a link to a host directory, and a layer that
+    // is itself a link.
+    let layer = t.path().join("layer");
+    std::fs::create_dir_all(&layer).unwrap();
+    std::os::unix::fs::symlink(&host, layer.join("h")).unwrap();
+    let as_link = t.path().join("layer-link");
+    std::os::unix::fs::symlink(&host, &as_link).unwrap();
+    let before = snapshot(&host);
+    let e = cache.layer(&layer, Some((61984, 61984))).unwrap_err();
+    assert!(e.contains("symlink"), "{e}");
+    let e = cache.layer(&as_link, Some((61984, 61984))).unwrap_err();
+    assert!(e.contains("symlink"), "{e}");
+    assert_eq!(
+        snapshot(&host),
+        before,
+        "the layer was built through a link"
+    );
+    // A fresh layer still gets the package.
+    let fresh = t.path().join("fresh");
+    assert_eq!(cache.layer(&fresh, None).unwrap().packages, 1);
+    assert_eq!(
+        std::fs::read_to_string(fresh.join("h/n/a/1.0.0/linux_amd64/terraform-provider-a"))
+            .unwrap(),
+        "provider bytes"
+    );
+}
+
 // --------------------------------------------- items 2, 3: via the executor
 
 /// A world for plain runs through the real executor (as `liftoff exec

@@ -89,18 +89,25 @@ impl ProviderCache {
     /// Builds a run's private layer at `layer`: directories owned by the job
     /// (`owner`), every file a hard link to the shared, read-only copy (a copy
     /// when the layer is on another filesystem).
+    ///
+    /// The layer is the job's directory: it is built from its own fd through
+    /// [`beneath::Root`], never through a symlink (a leftover of an earlier
+    /// job there is refused, not followed), and only directories are given
+    /// to the job.
     pub fn layer(&self, layer: &Path, owner: Option<(u32, u32)>) -> Result<Stats, String> {
         let _lock = self.lock()?;
-        fs::create_dir_all(layer).map_err(|e| err("cannot create", layer, e))?;
-        chown(layer, owner)?;
+        let dst = beneath::Root::create(layer).map_err(|e| err("cannot create", layer, e))?;
+        let src = beneath::Root::open(&self.dir).map_err(|e| err("cannot open", &self.dir, e))?;
         let mut stats = Stats::default();
-        for rel in self.packages()? {
-            link_tree(&self.dir.join(&rel), &layer.join(rel), &mut stats.bytes)?;
+        for rel in packages(&src) {
+            link_tree(&src, &dst, &rel, &mut stats.bytes)?;
             stats.packages += 1;
         }
         // Directories above the packages belong to the job too, so that it can
         // add providers beside the shared ones.
-        own_dirs(layer, owner)?;
+        if let Some(owner) = owner {
+            own_dirs(&dst, Path::new(""), owner)?;
+        }
         Ok(stats)
     }
 
@@ -257,48 +264,80 @@ fn packages(root: &beneath::Root) -> Vec<PathBuf> {
     level
 }
 
-fn chown(p: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
-    if let Some((u, g)) = owner {
-        std::os::unix::fs::lchown(p, Some(u), Some(g))
-            .map_err(|e| err("cannot give to the job", p, e))?;
-    }
-    Ok(())
-}
-
-fn own_dirs(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
-    chown(dir, owner)?;
-    for e in fs::read_dir(dir)
-        .map_err(|e| err("cannot read", dir, e))?
-        .flatten()
-    {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            own_dirs(&e.path(), owner)?;
+/// Gives `rel` and every directory below it (no symlink followed) to `owner`.
+fn own_dirs(layer: &beneath::Root, rel: &Path, owner: (u32, u32)) -> Result<(), String> {
+    layer
+        .chown(rel, owner)
+        .map_err(|e| err("cannot give to the job", layer.path(), e))?;
+    let entries = layer
+        .read_dir(rel)
+        .map_err(|e| err("cannot read", layer.path(), e))?;
+    for (name, kind) in entries {
+        if kind == beneath::Kind::Dir {
+            own_dirs(layer, &rel.join(name), owner)?;
         }
     }
     Ok(())
 }
 
-fn link_tree(src: &Path, dst: &Path, bytes: &mut u64) -> Result<(), String> {
-    fs::create_dir_all(dst).map_err(|e| err("cannot create", dst, e))?;
-    for e in fs::read_dir(src)
-        .map_err(|e| err("cannot read", src, e))?
-        .flatten()
-    {
-        let (from, to) = (e.path(), dst.join(e.file_name()));
-        let ft = e.file_type().map_err(|x| err("cannot stat", &from, x))?;
-        if ft.is_dir() {
-            link_tree(&from, &to, bytes)?;
-        } else if ft.is_file() {
-            if fs::hard_link(&from, &to).is_err() {
-                fs::copy(&from, &to).map_err(|x| err("cannot copy", &from, x))?;
+/// Links the shared package `rel` into the layer at the same place: each
+/// file hard-linked (copied when the layer is on another filesystem), each
+/// directory created beneath the layer's fd (an existing symlink on the way
+/// refuses the layer).
+fn link_tree(
+    shared: &beneath::Root,
+    layer: &beneath::Root,
+    rel: &Path,
+    bytes: &mut u64,
+) -> Result<(), String> {
+    layer
+        .mkdir_all(rel, 0o755, None)
+        .map_err(|e| err("cannot create", layer.path(), e))?;
+    let entries = shared
+        .read_dir(rel)
+        .map_err(|e| err("cannot read", shared.path(), e))?;
+    for (name, kind) in entries {
+        let p = rel.join(&name);
+        match kind {
+            beneath::Kind::Dir => link_tree(shared, layer, &p, bytes)?,
+            beneath::Kind::File => {
+                let size = match layer.link_from(shared, &p, &p) {
+                    Ok(()) => shared
+                        .stat(&p)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |st| st.st_size as u64),
+                    // Another filesystem (EXDEV) or too many links: a copy.
+                    Err(beneath::Error::Io { .. }) => copy_into(shared, layer, &p)?,
+                    Err(e) => return Err(err("cannot link into", layer.path(), e)),
+                };
+                *bytes += size;
             }
-            *bytes += e.metadata().map_or(0, |m| m.len());
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&from).map_err(|x| err("cannot read", &from, x))?;
-            let _ = std::os::unix::fs::symlink(target, &to);
+            beneath::Kind::Symlink => {
+                if let Ok(target) = shared.read_link(&p) {
+                    let _ = layer.symlink(&p, &target);
+                }
+            }
+            beneath::Kind::Special => {}
         }
     }
     Ok(())
+}
+
+/// Copies the shared file `rel` into the layer (a new file, its mode kept).
+fn copy_into(shared: &beneath::Root, layer: &beneath::Root, rel: &Path) -> Result<u64, String> {
+    let (mut from, size) = shared
+        .open_regular(rel, beneath::Follow::Never, u64::MAX)
+        .map_err(|e| err("cannot copy from", shared.path(), e))?;
+    let mode = from.metadata().map_or(0o444, |m| m.mode() & 0o777);
+    let mut to = layer
+        .create_file(rel, 0o600)
+        .map_err(|e| err("cannot copy into", layer.path(), e))?;
+    std::io::copy(&mut (&mut from).take(size), &mut to)
+        .map_err(|e| err("cannot copy", &layer.path().join(rel), e))?;
+    to.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| err("cannot set the mode of", &layer.path().join(rel), e))?;
+    Ok(size)
 }
 
 /// Copies a package from the job's layer into the shared cache: files
