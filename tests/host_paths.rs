@@ -416,6 +416,42 @@ fn a_leftover_run_directory_is_not_trusted() {
 }
 
 #[test]
+fn a_leftover_that_cannot_be_removed_fails_the_run() {
+    let w = World::new();
+    let id = "01HOSTPATHSBUSY000000000AA";
+    // A leftover workspace that is a mount point: removing it fails (EBUSY),
+    // and the run must not build on it.
+    let ws = w.dir.join("state/runs").join(id).join("workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "leftover"])
+        .arg(&ws)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "this test needs mount(8) and CAP_SYS_ADMIN to make a leftover that cannot be removed"
+    );
+    std::fs::write(ws.join("left"), "by an earlier run").unwrap();
+    let (end, log) = w.run(plain_spec(
+        id,
+        json!([{"name": "never", "shell": "true"}]),
+        json!([]),
+    ));
+    let _ = std::process::Command::new("umount").arg(&ws).status();
+    match end {
+        RunEvent::Failed { reason } => {
+            assert!(
+                reason.contains("cannot remove what an earlier run left"),
+                "{reason}"
+            )
+        }
+        other => panic!("the run went on over a leftover: {other:?}\n{log}"),
+    }
+    assert!(!log.contains("step 1/1"), "{log}");
+}
+
+#[test]
 fn a_fifo_artifact_does_not_block_the_run() {
     let w = World::new();
     let id = "01HOSTPATHSFIFO000000000AA";
