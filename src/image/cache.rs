@@ -14,6 +14,12 @@
 //!   crash's leftover, removed by the next prune);
 //! - `locks/`, `cache.lock`: flocks (below).
 //!
+//! Every name under the cache is liftoff's: a validated digest's hex or the
+//! SHA-256 of a reference, so plain `std::fs` is used on them. The only
+//! archive-controlled tree, `rootfs/`, is written by [`super::unpack`]
+//! beneath its fd and otherwise only removed (`remove_dir_all` never follows
+//! a link).
+//!
 //! Locks: a [`Lease`] holds a shared flock on its root's `lock` (its mtime
 //! is the last use); removal takes it exclusively without waiting, so a
 //! root in use is never removed. One pull per reference at a time

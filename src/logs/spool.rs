@@ -19,6 +19,10 @@
 //! [`Spool::disk_full`] turns true: the pipeline then stops the job and
 //! writes its reason, which the remaining reserves hold.
 //!
+//! The spool is the launcher's alone (`<state dir>/spool`, mode 0700, names
+//! it chose: a validated run id, sequence numbers and digests); no job can
+//! reach it, so plain `std::fs` is used here.
+//!
 //! Call order: [`Spool::open`] (a run's directory), [`Spool::existing`] (chunks
 //! already there), [`Spool::write`] for each new chunk, [`Spool::open_chunk`]
 //! to read one back verified, [`Spool::remove`] once delivered,

@@ -121,6 +121,9 @@ impl ProviderCache {
         let mut stats = Stats::default();
         let layer_root = beneath::Root::open(layer).map_err(|e| err("cannot open", layer, e))?;
         for rel in packages(&layer_root) {
+            // Plain std::fs from here on is on the shared cache, which only
+            // the launcher writes (a job sees its layer); `rel` is five plain
+            // names read from the layer (no `..`, no link followed).
             let dest = self.dir.join(&rel);
             if fs::symlink_metadata(&dest).is_ok() {
                 continue;
@@ -201,6 +204,7 @@ impl ProviderCache {
     /// Deletes least recently used packages until the cache fits its limit.
     /// Returns what was deleted.
     pub fn prune(&self) -> Result<Stats, String> {
+        // The shared cache only: the launcher's, no job writes there.
         let _lock = self.lock()?;
         let mut all: Vec<(SystemTime, u64, PathBuf)> = self
             .packages()?
