@@ -190,9 +190,10 @@ impl Store {
     /// Pulls and imports hold this shared; prune and rm exclusively.
     pub(crate) fn shared(&self) -> Result<Flock<File>, Error> {
         self.open()?;
-        Ok(self
-            .flock("cache.lock", FlockArg::LockShared)?
-            .expect("blocking lock"))
+        // A blocking flock never answers "would block"; if it ever did,
+        // that is an error, not a panic.
+        self.flock("cache.lock", FlockArg::LockShared)?
+            .ok_or_else(|| self.err(&self.dir.join("cache.lock"), "cannot be locked"))
     }
 
     /// A lease on image `id` if it is cached.

@@ -359,13 +359,16 @@ impl<R: BufRead> Read for Zstd<R> {
                 }
                 self.src = self.dec.take().map(|d| d.into_inner());
             }
-            let Some(src) = self.src.as_mut() else {
+            let Some(mut src) = self.src.take() else {
                 return Ok(0);
             };
-            if src.fill_buf()?.is_empty() {
-                return Ok(0);
+            match src.fill_buf().map(|b| b.is_empty()) {
+                Ok(false) => {}
+                other => {
+                    self.src = Some(src);
+                    return other.map(|_| 0);
+                }
             }
-            let src = self.src.take().expect("checked above");
             let dec = ruzstd::decoding::StreamingDecoder::new(src)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
             self.dec = Some(dec);
