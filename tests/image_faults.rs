@@ -318,6 +318,8 @@ fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
         .unwrap_err();
     let msg = e.to_string();
     eprintln!("error: {msg}");
+    // Typed where it happens (ENOSPC while unpacking), not read from the text.
+    assert!(matches!(e, Error::Cache { .. }), "{e:?}");
     assert!(msg.contains("No space left"), "{e:?}");
     assert!(
         msg.contains(&reference) || msg.contains("image cache"),

@@ -481,20 +481,17 @@ impl Store {
                 }
                 let blob = self.blob(l);
                 let f = File::open(&blob).map_err(|e| self.err(&blob, e))?;
-                unpack::apply(&root, f, d, &mut budget).map_err(|detail| {
+                unpack::apply(&root, f, d, &mut budget).map_err(|e| match e {
                     // A full disk is the cache's problem, not the layer's.
-                    if detail.contains("os error 28") || detail.contains("os error 122") {
-                        Error::Cache {
-                            path: format!("{} (unpacking image {image})", self.dir.display()),
-                            detail: format!("layer {l}: {detail}"),
-                        }
-                    } else {
-                        Error::Layer {
-                            image: image.into(),
-                            layer: l.clone(),
-                            detail,
-                        }
-                    }
+                    unpack::LayerError::NoSpace(detail) => Error::Cache {
+                        path: format!("{} (unpacking image {image})", self.dir.display()),
+                        detail: format!("layer {l}: {detail}"),
+                    },
+                    unpack::LayerError::Bad(detail) => Error::Layer {
+                        image: image.into(),
+                        layer: l.clone(),
+                        detail,
+                    },
                 })?;
             }
             let meta = ImageFile {
