@@ -55,13 +55,58 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-fn err(what: &str, p: &Path, e: impl std::fmt::Display) -> String {
-    format!("provider cache: {what} {}: {e}", p.display())
+/// Why the provider cache could not do something: what it was doing, on
+/// which path, and the system's answer.
+#[derive(Debug)]
+pub enum CacheError {
+    /// The shared cache: its directory, its lock, a package being merged
+    /// into it or pruned from it. Check `LIFTOFF_PROVIDER_CACHE_DIR`.
+    Shared {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    /// A run's layer: building it, or reading what the job added (a link
+    /// or a special file where a directory or a file belongs).
+    Layer {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Shared { what, path, detail }
+            | CacheError::Layer { what, path, detail } => {
+                write!(f, "provider cache: {what} {}: {detail}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+fn err(what: &'static str, p: &Path, e: impl std::fmt::Display) -> CacheError {
+    CacheError::Shared {
+        what,
+        path: p.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+fn layer_err(what: &'static str, p: &Path, e: impl std::fmt::Display) -> CacheError {
+    CacheError::Layer {
+        what,
+        path: p.to_path_buf(),
+        detail: e.to_string(),
+    }
 }
 
 impl ProviderCache {
     /// Opens (creating) the cache directory: mode 0755, readable by jobs.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<ProviderCache, String> {
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<ProviderCache, CacheError> {
         fs::create_dir_all(dir).map_err(|e| err("cannot create", dir, e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
             .map_err(|e| err("cannot set the mode of", dir, e))?;
@@ -75,7 +120,7 @@ impl ProviderCache {
         &self.dir
     }
 
-    fn lock(&self) -> Result<Flock<fs::File>, String> {
+    fn lock(&self) -> Result<Flock<fs::File>, CacheError> {
         let path = self.dir.join(LOCK_FILE);
         let f = fs::OpenOptions::new()
             .create(true)
@@ -94,9 +139,9 @@ impl ProviderCache {
     /// [`beneath::Root`], never through a symlink (a leftover of an earlier
     /// job there is refused, not followed), and only directories are given
     /// to the job.
-    pub fn layer(&self, layer: &Path, owner: Option<(u32, u32)>) -> Result<Stats, String> {
+    pub fn layer(&self, layer: &Path, owner: Option<(u32, u32)>) -> Result<Stats, CacheError> {
         let _lock = self.lock()?;
-        let dst = beneath::Root::create(layer).map_err(|e| err("cannot create", layer, e))?;
+        let dst = beneath::Root::create(layer).map_err(|e| layer_err("cannot create", layer, e))?;
         let src = beneath::Root::open(&self.dir).map_err(|e| err("cannot open", &self.dir, e))?;
         let mut stats = Stats::default();
         for rel in packages(&src) {
@@ -116,10 +161,11 @@ impl ProviderCache {
     /// is the job's: it is read through [`beneath::Root`] from the layer's
     /// fd, never following a symlink, regular files only, each at most the
     /// cache's size limit.
-    pub fn merge(&self, layer: &Path) -> Result<Stats, String> {
+    pub fn merge(&self, layer: &Path) -> Result<Stats, CacheError> {
         let _lock = self.lock()?;
         let mut stats = Stats::default();
-        let layer_root = beneath::Root::open(layer).map_err(|e| err("cannot open", layer, e))?;
+        let layer_root =
+            beneath::Root::open(layer).map_err(|e| layer_err("cannot open", layer, e))?;
         for rel in packages(&layer_root) {
             // Plain std::fs from here on is on the shared cache, which only
             // the launcher writes (a job sees its layer); `rel` is five plain
@@ -203,7 +249,7 @@ impl ProviderCache {
 
     /// Deletes least recently used packages until the cache fits its limit.
     /// Returns what was deleted.
-    pub fn prune(&self) -> Result<Stats, String> {
+    pub fn prune(&self) -> Result<Stats, CacheError> {
         // The shared cache only: the launcher's, no job writes there.
         let _lock = self.lock()?;
         let mut all: Vec<(SystemTime, u64, PathBuf)> = self
@@ -238,7 +284,7 @@ impl ProviderCache {
 
 impl ProviderCache {
     /// The shared cache's packages, relative to its root.
-    fn packages(&self) -> Result<Vec<PathBuf>, String> {
+    fn packages(&self) -> Result<Vec<PathBuf>, CacheError> {
         let root = beneath::Root::open(&self.dir).map_err(|e| err("cannot open", &self.dir, e))?;
         Ok(packages(&root))
     }
@@ -269,13 +315,13 @@ fn packages(root: &beneath::Root) -> Vec<PathBuf> {
 }
 
 /// Gives `rel` and every directory below it (no symlink followed) to `owner`.
-fn own_dirs(layer: &beneath::Root, rel: &Path, owner: (u32, u32)) -> Result<(), String> {
+fn own_dirs(layer: &beneath::Root, rel: &Path, owner: (u32, u32)) -> Result<(), CacheError> {
     layer
         .chown(rel, owner)
-        .map_err(|e| err("cannot give to the job", layer.path(), e))?;
+        .map_err(|e| layer_err("cannot give to the job", layer.path(), e))?;
     let entries = layer
         .read_dir(rel)
-        .map_err(|e| err("cannot read", layer.path(), e))?;
+        .map_err(|e| layer_err("cannot read", layer.path(), e))?;
     for (name, kind) in entries {
         if kind == beneath::Kind::Dir {
             own_dirs(layer, &rel.join(name), owner)?;
@@ -293,10 +339,10 @@ fn link_tree(
     layer: &beneath::Root,
     rel: &Path,
     bytes: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), CacheError> {
     layer
         .mkdir_all(rel, 0o755, None)
-        .map_err(|e| err("cannot create", layer.path(), e))?;
+        .map_err(|e| layer_err("cannot create", layer.path(), e))?;
     let entries = shared
         .read_dir(rel)
         .map_err(|e| err("cannot read", shared.path(), e))?;
@@ -313,7 +359,7 @@ fn link_tree(
                         .map_or(0, |st| st.st_size as u64),
                     // Another filesystem (EXDEV) or too many links: a copy.
                     Err(beneath::Error::Io { .. }) => copy_into(shared, layer, &p)?,
-                    Err(e) => return Err(err("cannot link into", layer.path(), e)),
+                    Err(e) => return Err(layer_err("cannot link into", layer.path(), e)),
                 };
                 *bytes += size;
             }
@@ -329,18 +375,18 @@ fn link_tree(
 }
 
 /// Copies the shared file `rel` into the layer (a new file, its mode kept).
-fn copy_into(shared: &beneath::Root, layer: &beneath::Root, rel: &Path) -> Result<u64, String> {
+fn copy_into(shared: &beneath::Root, layer: &beneath::Root, rel: &Path) -> Result<u64, CacheError> {
     let (mut from, size) = shared
         .open_regular(rel, beneath::Follow::Never, u64::MAX)
         .map_err(|e| err("cannot copy from", shared.path(), e))?;
     let mode = from.metadata().map_or(0o444, |m| m.mode() & 0o777);
     let mut to = layer
         .create_file(rel, 0o600)
-        .map_err(|e| err("cannot copy into", layer.path(), e))?;
+        .map_err(|e| layer_err("cannot copy into", layer.path(), e))?;
     std::io::copy(&mut (&mut from).take(size), &mut to)
-        .map_err(|e| err("cannot copy", &layer.path().join(rel), e))?;
+        .map_err(|e| layer_err("cannot copy", &layer.path().join(rel), e))?;
     to.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| err("cannot set the mode of", &layer.path().join(rel), e))?;
+        .map_err(|e| layer_err("cannot set the mode of", &layer.path().join(rel), e))?;
     Ok(size)
 }
 
@@ -355,11 +401,11 @@ fn copy_tree_readonly(
     dst: &Path,
     max_file: u64,
     bytes: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), CacheError> {
     fs::create_dir_all(dst).map_err(|e| err("cannot create", dst, e))?;
     let entries = layer
         .read_dir(rel)
-        .map_err(|e| err("cannot read the layer", layer.path(), e))?;
+        .map_err(|e| layer_err("cannot read the layer", layer.path(), e))?;
     for (name, kind) in entries {
         let (from, to) = (rel.join(&name), dst.join(&name));
         match kind {
@@ -367,7 +413,7 @@ fn copy_tree_readonly(
             beneath::Kind::File => {
                 let (mut src, size) = layer
                     .open_regular(&from, beneath::Follow::Never, max_file)
-                    .map_err(|e| err("cannot copy from the layer", layer.path(), e))?;
+                    .map_err(|e| layer_err("cannot copy from the layer", layer.path(), e))?;
                 let exec = src.metadata().is_ok_and(|m| m.mode() & 0o111 != 0);
                 let mut out = fs::OpenOptions::new()
                     .write(true)

@@ -26,8 +26,10 @@ pub enum RunError {
     Policy(PolicyError),
     /// The run's log pipeline could not be started.
     Log(String),
-    /// The workspace or the provider-cache layer could not be prepared.
+    /// The workspace could not be prepared.
     Workspace(String),
+    /// The run's provider-cache layer could not be built.
+    Cache(super::cache::CacheError),
     /// The runner image could not be pulled, verified or unpacked.
     Image(crate::image::Error),
     /// The source could not be resolved, fetched or extracted (or its
@@ -67,6 +69,7 @@ impl fmt::Display for RunError {
             RunError::Source(e) => write!(f, "{e}"),
             RunError::Tool(e) => write!(f, "{e}"),
             RunError::Image(e) => write!(f, "{e}"),
+            RunError::Cache(e) => write!(f, "{e}"),
             RunError::Denied(deny) => write!(
                 f,
                 "rejected by the run initialization policy: {}",

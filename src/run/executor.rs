@@ -620,10 +620,7 @@ fn run_logged(
         )
         .map_err(RunError::Source)?;
     }
-    shared
-        .cache
-        .layer(layer, owner)
-        .map_err(RunError::Workspace)?;
+    shared.cache.layer(layer, owner).map_err(RunError::Cache)?;
     let image = runner_image(shared, spec, log, control)?;
     // The run's tool, leased (kept in the cache) until the run ends.
     let tool = match &spec.tool {
