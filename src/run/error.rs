@@ -25,7 +25,10 @@ pub enum RunError {
     /// rejected rather than run unchecked.
     Policy(PolicyError),
     /// The run's log pipeline could not be started.
-    Log(String),
+    LogStart(crate::logs::LogError),
+    /// The run's log could no longer be kept (spool or delivery) while a
+    /// step ran: the step was stopped.
+    Log(crate::logs::LogError),
     /// The workspace could not be prepared.
     Workspace(String),
     /// The run's provider-cache layer could not be built.
@@ -62,10 +65,9 @@ impl RunError {
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunError::State(m)
-            | RunError::Log(m)
-            | RunError::Workspace(m)
-            | RunError::Upload(m) => f.write_str(m),
+            RunError::State(m) | RunError::Workspace(m) | RunError::Upload(m) => f.write_str(m),
+            RunError::LogStart(e) => write!(f, "the run log cannot be started: {e}"),
+            RunError::Log(e) => write!(f, "{e}"),
             RunError::Source(e) => write!(f, "{e}"),
             RunError::Tool(e) => write!(f, "{e}"),
             RunError::Image(e) => write!(f, "{e}"),

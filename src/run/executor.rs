@@ -516,7 +516,7 @@ fn run(
         Ending { error, reason }
     };
     let mut log = Pipeline::start(opts, matcher.clone(), sink, Some(on_delivered))
-        .map_err(|e| shown(RunError::Log(format!("the run log cannot be started: {e}"))))?;
+        .map_err(|e| shown(RunError::LogStart(e)))?;
     // Host trouble (CPU steal, memory, disk) is told in the run's log.
     log.attach_notes(shared.host_notes.subscribe());
     for w in builder.warnings() {
