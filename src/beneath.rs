@@ -229,7 +229,19 @@ impl Root {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| Error::io("open the directory", &shown(path), e))?;
+        .map_err(|e| match e {
+            // O_NOFOLLOW | O_DIRECTORY on a symlink: ENOTDIR (or ELOOP).
+            Errno::ENOTDIR | Errno::ELOOP => match nix::sys::stat::lstat(path) {
+                Ok(st) if Kind::of(&st) == Kind::Symlink => Error::Symlink { path: shown(path) },
+                Ok(st) => Error::WrongKind {
+                    path: shown(path),
+                    wanted: "a directory",
+                    found: Kind::name(&st),
+                },
+                Err(_) => Error::io("open the directory", &shown(path), e),
+            },
+            e => Error::io("open the directory", &shown(path), e),
+        })?;
         Ok(Root {
             fd,
             path: path.to_path_buf(),
@@ -576,8 +588,15 @@ impl Root {
 
     /// Hard-links the regular file `existing` at `new` (both beneath).
     pub fn hard_link(&self, existing: &Path, new: &Path) -> Result<()> {
-        let (from_dir, from) = self.parent(existing)?;
-        match nix::sys::stat::fstatat(&from_dir, from, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        self.link_from(self, existing, new)
+    }
+
+    /// Hard-links the regular file `existing`, beneath `from` (another root
+    /// or this one), at `new` beneath this root. Neither path passes
+    /// through a symlink; `new` must not exist.
+    pub fn link_from(&self, from: &Root, existing: &Path, new: &Path) -> Result<()> {
+        let (from_dir, from_name) = from.parent(existing)?;
+        match nix::sys::stat::fstatat(&from_dir, from_name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if Kind::of(&st) == Kind::File => {}
             Ok(st) => {
                 return Err(Error::WrongKind {
@@ -589,8 +608,17 @@ impl Root {
             Err(e) => return Err(Error::io("stat", &shown(existing), e)),
         }
         let (to_dir, to) = self.parent(new)?;
-        nix::unistd::linkat(&from_dir, from, &to_dir, to, AtFlags::empty())
-            .map_err(|e| Error::io("create the hard link", &shown(new), e))
+        nix::unistd::linkat(&from_dir, from_name, &to_dir, to, AtFlags::empty()).map_err(|e| {
+            match e {
+                // From linkat, EXDEV says "another filesystem", not "escapes".
+                Errno::EXDEV => Error::Io {
+                    op: "create the hard link",
+                    path: shown(new),
+                    source: io::Error::from_raw_os_error(e as i32),
+                },
+                e => Error::io("create the hard link", &shown(new), e),
+            }
+        })
     }
 
     /// The names in the directory `rel` (no symlink on the way) with their

@@ -19,7 +19,7 @@ use liftoff::beneath::{self, Follow, Root};
 use liftoff::config::{Config, Env};
 use liftoff::logs::sink::FileSink;
 use liftoff::run::RunEvent;
-use liftoff::run::cache::ProviderCache;
+use liftoff::run::cache::{CacheError, ProviderCache};
 use liftoff::run::executor::SandboxExecutor;
 use liftoff::run::source::{Limits, extract_tar_gz};
 use liftoff::run::spec::RunSpec;
@@ -219,6 +219,47 @@ fn merge_never_follows_a_job_link_out_of_its_layer() {
     assert!(!cache.dir().join("h/n/b").exists());
 }
 
+#[test]
+fn layer_never_builds_through_a_link_left_in_it() {
+    let t = scratch();
+    let host = t.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("keep"), "root only").unwrap();
+    let cache = ProviderCache::open(&t.path().join("cache"), 1 << 30).unwrap();
+    let seed = t.path().join("seed");
+    let pkg = seed.join("h/n/a/1.0.0/linux_amd64");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("terraform-provider-a"), "provider bytes").unwrap();
+    assert_eq!(cache.merge(&seed).unwrap().packages, 1);
+    // What a job of an earlier run could have left in a layer at the same
+    // place: its top directory a link to a host directory, and a layer that
+    // is itself a link.
+    let layer = t.path().join("layer");
+    std::fs::create_dir_all(&layer).unwrap();
+    std::os::unix::fs::symlink(&host, layer.join("h")).unwrap();
+    let as_link = t.path().join("layer-link");
+    std::os::unix::fs::symlink(&host, &as_link).unwrap();
+    let before = snapshot(&host);
+    for l in [&layer, &as_link] {
+        let e = cache.layer(l, Some((61984, 61984))).unwrap_err();
+        assert!(matches!(e, CacheError::Layer { .. }), "{e:?}");
+        assert!(e.to_string().contains("symlink"), "{e}");
+    }
+    assert_eq!(
+        snapshot(&host),
+        before,
+        "the layer was built through a link"
+    );
+    // A fresh layer still gets the package.
+    let fresh = t.path().join("fresh");
+    assert_eq!(cache.layer(&fresh, None).unwrap().packages, 1);
+    assert_eq!(
+        std::fs::read_to_string(fresh.join("h/n/a/1.0.0/linux_amd64/terraform-provider-a"))
+            .unwrap(),
+        "provider bytes"
+    );
+}
+
 // --------------------------------------------- items 2, 3: via the executor
 
 /// A world for plain runs through the real executor (as `liftoff exec
@@ -373,6 +414,42 @@ fn a_leftover_run_directory_is_not_trusted() {
     ));
     assert_eq!(end, RunEvent::Finished { exit_code: 0 }, "{log}");
     assert_eq!(snapshot(&host), before, "the leftover link was followed");
+}
+
+#[test]
+fn a_leftover_that_cannot_be_removed_fails_the_run() {
+    let w = World::new();
+    let id = "01HOSTPATHSBUSY000000000AA";
+    // A leftover workspace that is a mount point: removing it fails (EBUSY),
+    // and the run must not build on it.
+    let ws = w.dir.join("state/runs").join(id).join("workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "leftover"])
+        .arg(&ws)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "this test needs mount(8) and CAP_SYS_ADMIN to make a leftover that cannot be removed"
+    );
+    std::fs::write(ws.join("left"), "by an earlier run").unwrap();
+    let (end, log) = w.run(plain_spec(
+        id,
+        json!([{"name": "never", "shell": "true"}]),
+        json!([]),
+    ));
+    let _ = std::process::Command::new("umount").arg(&ws).status();
+    match end {
+        RunEvent::Failed { reason } => {
+            assert!(
+                reason.contains("cannot remove what an earlier run left"),
+                "{reason}"
+            )
+        }
+        other => panic!("the run went on over a leftover: {other:?}\n{log}"),
+    }
+    assert!(!log.contains("step 1/1"), "{log}");
 }
 
 #[test]

@@ -264,6 +264,8 @@ fn a_full_disk_mid_pull_is_named_and_leaves_nothing_half_written() {
     let m2 = Tmpfs::mount_at(&mid, &format!("size={},mode=0700", blobs + (512 << 10)));
     let (s, agent) = store(d.path(), &reg, &mid);
     let (e, msg) = pull_fails(&s, &agent, &reference);
+    // Typed where it happens (ENOSPC while unpacking), not read from the text.
+    assert!(matches!(e, Error::Cache { .. }), "{e:?}");
     assert!(msg.contains("No space left"), "{e:?}");
     assert!(
         msg.contains(&reference) || msg.contains("image cache"),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use liftoff::beneath::Root;
 use liftoff::image::sha256;
-use liftoff::image::unpack::{Budget, apply};
+use liftoff::image::unpack::{Budget, LayerError, apply};
 use support::runs::{names, open_tempdir};
 
 enum E<'a> {
@@ -89,7 +89,7 @@ fn image() -> Image {
 
 fn apply_tar(img: &Image, tar: Vec<u8>) -> Result<(), String> {
     let id = sha256(&tar);
-    apply(&img.root, Cursor::new(tar), &id, &mut Budget::new(1 << 30))
+    apply(&img.root, Cursor::new(tar), &id, &mut Budget::new(1 << 30)).map_err(|e| e.to_string())
 }
 
 /// Nothing but the planted secret is outside, unchanged.
@@ -207,6 +207,8 @@ fn a_gzip_bomb_stops_at_the_bound() {
     let gz = gz.finish().unwrap();
     assert!(gz.len() < 1 << 20, "the bomb is small: {}", gz.len());
     let err = apply(&img.root, Cursor::new(gz), &id, &mut Budget::new(4 << 20)).unwrap_err();
+    assert!(matches!(err, LayerError::Bad(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("LIFTOFF_IMAGE_MAX_BYTES"), "{err}");
     let written = std::fs::metadata(img.rootfs.join("bomb")).map_or(0, |m| m.len());
     assert!(written <= 4 << 20, "{written}");
@@ -224,7 +226,8 @@ fn a_wrong_diff_id_is_refused() {
         &wrong,
         &mut Budget::new(1 << 30),
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("diff_id") && err.contains(&wrong), "{err}");
 }
 

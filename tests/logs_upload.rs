@@ -17,7 +17,7 @@ use liftoff::logs::redact::{Matcher, RedactorBuilder, reference_mask, variants};
 use liftoff::logs::sink::{DeliverError, PresignedSink, Sink, StdoutSink, UrlQueue};
 use liftoff::logs::spool::sha256;
 use liftoff::logs::upload::{Retry, recover};
-use liftoff::logs::{Ended, Kill, Options, Pipeline};
+use liftoff::logs::{Ended, Kill, LogError, Options, Pipeline};
 use support::http_server::HttpServer;
 
 struct NoKill;
@@ -632,7 +632,8 @@ fn uploads_over_https_trust_additional_root_cas() {
     let report = run(untrusted, "01RUNNOTLS");
     assert_eq!(report.delivered.chunks, 0);
     let err = report.delivered.error.unwrap();
-    assert!(err.contains("gave up"), "{err}");
+    assert!(matches!(err, LogError::Delivery(_)), "{err:?}");
+    assert!(err.to_string().contains("gave up"), "{err}");
 }
 
 #[test]

@@ -14,6 +14,12 @@
 //!   crash's leftover, removed by the next prune);
 //! - `locks/`, `cache.lock`: flocks (below).
 //!
+//! Every name under the cache is liftoff's: a validated digest's hex or the
+//! SHA-256 of a reference, so plain `std::fs` is used on them. The only
+//! archive-controlled tree, `rootfs/`, is written by [`super::unpack`]
+//! beneath its fd and otherwise only removed (`remove_dir_all` never follows
+//! a link).
+//!
 //! Locks: a [`Lease`] holds a shared flock on its root's `lock` (its mtime
 //! is the last use); removal takes it exclusively without waiting, so a
 //! root in use is never removed. One pull per reference at a time
@@ -184,9 +190,10 @@ impl Store {
     /// Pulls and imports hold this shared; prune and rm exclusively.
     pub(crate) fn shared(&self) -> Result<Flock<File>, Error> {
         self.open()?;
-        Ok(self
-            .flock("cache.lock", FlockArg::LockShared)?
-            .expect("blocking lock"))
+        // A blocking flock never answers "would block"; if it ever did,
+        // that is an error, not a panic.
+        self.flock("cache.lock", FlockArg::LockShared)?
+            .ok_or_else(|| self.err(&self.dir.join("cache.lock"), "cannot be locked"))
     }
 
     /// A lease on image `id` if it is cached.
@@ -474,20 +481,17 @@ impl Store {
                 }
                 let blob = self.blob(l);
                 let f = File::open(&blob).map_err(|e| self.err(&blob, e))?;
-                unpack::apply(&root, f, d, &mut budget).map_err(|detail| {
+                unpack::apply(&root, f, d, &mut budget).map_err(|e| match e {
                     // A full disk is the cache's problem, not the layer's.
-                    if detail.contains("os error 28") || detail.contains("os error 122") {
-                        Error::Cache {
-                            path: format!("{} (unpacking image {image})", self.dir.display()),
-                            detail: format!("layer {l}: {detail}"),
-                        }
-                    } else {
-                        Error::Layer {
-                            image: image.into(),
-                            layer: l.clone(),
-                            detail,
-                        }
-                    }
+                    unpack::LayerError::NoSpace(detail) => Error::Cache {
+                        path: format!("{} (unpacking image {image})", self.dir.display()),
+                        detail: format!("layer {l}: {detail}"),
+                    },
+                    unpack::LayerError::Bad(detail) => Error::Layer {
+                        image: image.into(),
+                        layer: l.clone(),
+                        detail,
+                    },
                 })?;
             }
             let meta = ImageFile {

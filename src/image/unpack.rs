@@ -26,6 +26,52 @@ use crate::beneath::{Kind, Root};
 
 use super::Hasher;
 
+/// Why a layer could not be applied.
+#[derive(Debug)]
+pub enum LayerError {
+    /// The host ran out of space or quota while writing it (ENOSPC,
+    /// EDQUOT): the cache's problem, not the layer's.
+    NoSpace(String),
+    /// The layer is not acceptable (bad tar, unsafe name, over the size
+    /// bound, wrong diff_id) or could not be read.
+    Bad(String),
+}
+
+impl LayerError {
+    /// An I/O failure while writing: classified by its errno.
+    fn writing(e: &io::Error, message: String) -> LayerError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => LayerError::NoSpace(message),
+            _ => LayerError::Bad(message),
+        }
+    }
+
+    /// A failed operation beneath the image's root.
+    fn beneath(shown: &str, e: crate::beneath::Error) -> LayerError {
+        let message = format!("entry {shown:?}: {e}");
+        match &e {
+            crate::beneath::Error::Io { source, .. } => LayerError::writing(source, message),
+            _ => LayerError::Bad(message),
+        }
+    }
+}
+
+impl From<String> for LayerError {
+    fn from(message: String) -> LayerError {
+        LayerError::Bad(message)
+    }
+}
+
+impl std::fmt::Display for LayerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerError::NoSpace(m) | LayerError::Bad(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for LayerError {}
+
 /// The job's uid and gid inside images.
 const JOB_ID: u64 = 1983;
 
@@ -54,7 +100,7 @@ pub fn apply(
     blob: impl Read + 'static,
     diff_id: &str,
     budget: &mut Budget,
-) -> Result<(), String> {
+) -> Result<(), LayerError> {
     let stream = decompress(BufReader::with_capacity(256 << 10, blob))
         .map_err(|e| format!("cannot read the layer: {e}"))?;
     let mut counted = Counted {
@@ -66,21 +112,22 @@ pub fn apply(
     };
     let result = entries(root, &mut counted, budget);
     if counted.over {
-        return Err(over(budget.max));
+        return Err(over(budget.max).into());
     }
     result?;
     // The tar's end may leave padding unread: it counts in the diff_id.
     let drained = io::copy(&mut counted, &mut io::sink());
     budget.read = counted.read;
     if counted.over {
-        return Err(over(budget.max));
+        return Err(over(budget.max).into());
     }
     drained.map_err(|e| format!("cannot read the layer: {e}"))?;
     let got = std::mem::take(&mut counted.hash).finish();
     if got != diff_id {
         return Err(format!(
             "its content hashes to {got}, not to the diff_id {diff_id} the image config names"
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -95,7 +142,7 @@ fn entries<R: Read>(
     root: &Root,
     stream: &mut Counted<R>,
     budget: &mut Budget,
-) -> Result<(), String> {
+) -> Result<(), LayerError> {
     let mut archive = tar::Archive::new(stream);
     // Paths this layer put in place (and their parents): an opaque
     // directory or a whiteout never removes them.
@@ -139,12 +186,12 @@ fn entries<R: Read>(
             .take()
             .or_else(|| entry.header().link_name_bytes().map(|l| l.into_owned()));
         if name_bytes.len() > MAX_NAME {
-            return Err(format!("an entry name is over {MAX_NAME} bytes"));
+            return Err(format!("an entry name is over {MAX_NAME} bytes").into());
         }
         let raw = PathBuf::from(std::ffi::OsString::from_vec(name_bytes));
         let Some(rel) = relative(&raw)? else { continue };
         let shown = crate::beneath::shown(&rel);
-        let ctx = |e: crate::beneath::Error| format!("entry {shown:?}: {e}");
+        let ctx = |e: crate::beneath::Error| LayerError::beneath(&shown, e);
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         let top = parent.as_os_str().is_empty();
@@ -214,26 +261,39 @@ fn entries<R: Read>(
             T::Link => {
                 let target = link(&entry, "hard link")?;
                 let Some(target) = relative(&target)? else {
-                    return Err(format!("entry {shown:?}: a hard link to the image's root"));
+                    return Err(format!("entry {shown:?}: a hard link to the image's root").into());
                 };
                 root.hard_link(&target, &rel).map_err(|e| {
-                    format!(
+                    let message = format!(
                         "entry {shown:?}: a hard link to {:?}: {e}",
                         crate::beneath::shown(&target)
-                    )
+                    );
+                    match &e {
+                        crate::beneath::Error::Io { source, .. } => {
+                            LayerError::writing(source, message)
+                        }
+                        _ => LayerError::Bad(message),
+                    }
                 })?;
             }
             _ => {
                 let mut file = root.create_file(&rel, 0o600).map_err(ctx)?;
                 let left = budget.max.saturating_sub(budget.written);
                 let n = io::copy(&mut (&mut entry).take(left.saturating_add(1)), &mut file)
-                    .map_err(|e| format!("entry {shown:?}: cannot write: {e}"))?;
+                    .map_err(|e| {
+                        LayerError::writing(&e, format!("entry {shown:?}: cannot write: {e}"))
+                    })?;
                 if n > left {
-                    return Err(over(budget.max));
+                    return Err(over(budget.max).into());
                 }
                 budget.written += n;
                 file.set_permissions(std::fs::Permissions::from_mode(perm | 0o600))
-                    .map_err(|e| format!("entry {shown:?}: cannot set its mode: {e}"))?;
+                    .map_err(|e| {
+                        LayerError::writing(
+                            &e,
+                            format!("entry {shown:?}: cannot set its mode: {e}"),
+                        )
+                    })?;
             }
         }
         for a in rel.ancestors() {
@@ -359,13 +419,16 @@ impl<R: BufRead> Read for Zstd<R> {
                 }
                 self.src = self.dec.take().map(|d| d.into_inner());
             }
-            let Some(src) = self.src.as_mut() else {
+            let Some(mut src) = self.src.take() else {
                 return Ok(0);
             };
-            if src.fill_buf()?.is_empty() {
-                return Ok(0);
+            match src.fill_buf().map(|b| b.is_empty()) {
+                Ok(false) => {}
+                other => {
+                    self.src = Some(src);
+                    return other.map(|_| 0);
+                }
             }
-            let src = self.src.take().expect("checked above");
             let dec = ruzstd::decoding::StreamingDecoder::new(src)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
             self.dec = Some(dec);

@@ -41,10 +41,13 @@
 //! [`Report::peak_buffered`] measures it; tests/logs_backpressure.rs holds
 //! it under [`BUFFER_LIMIT`] (2 MiB) with a fast job and a slow sink.
 
+pub mod error;
 pub mod redact;
 pub mod sink;
 pub mod spool;
 pub mod upload;
+
+pub use error::LogError;
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -339,9 +342,11 @@ impl Pipeline {
         matcher: Arc<Matcher>,
         sink: Box<dyn Sink>,
         on_delivered: Option<OnDelivered>,
-    ) -> Result<Pipeline, String> {
+    ) -> Result<Pipeline, LogError> {
         if opts.chunk_max == 0 {
-            return Err("the log chunk size must be at least 1 byte".into());
+            return Err(LogError::Options(
+                "the log chunk size must be at least 1 byte".into(),
+            ));
         }
         let mut opts = opts;
         if sink.direct() {
@@ -403,7 +408,7 @@ impl Pipeline {
     }
 
     /// Writes a launcher line into the log (masked like job output).
-    pub fn line(&mut self, text: &str) -> Result<(), String> {
+    pub fn line(&mut self, text: &str) -> Result<(), LogError> {
         // The job's output so far is final: the line interrupts it.
         self.flush_redactor(Instant::now());
         let at_line_start = self
@@ -441,7 +446,7 @@ impl Pipeline {
     /// With `SPACELIFT_DEBUG=true`: writes the exact command of a step, masked,
     /// before it runs: `+ 'arg 0' 'arg 1'` (each argument single-quoted as a
     /// shell would need).
-    pub fn debug_command<S: AsRef<OsStr>>(&mut self, argv: &[S]) -> Result<(), String> {
+    pub fn debug_command<S: AsRef<OsStr>>(&mut self, argv: &[S]) -> Result<(), LogError> {
         let words: Vec<String> = argv
             .iter()
             .map(|a| shell_quote(&a.as_ref().to_string_lossy()))
@@ -458,7 +463,7 @@ impl Pipeline {
     /// Writes pending notes after the masked output so far. The redactor's
     /// held-back bytes stay held: a secret the job is in the middle of
     /// printing is still masked when the rest arrives.
-    fn take_notes(&mut self, now: Instant) -> Result<(), String> {
+    fn take_notes(&mut self, now: Instant) -> Result<(), LogError> {
         let Some(notes) = &self.notes else {
             return Ok(());
         };
@@ -486,7 +491,7 @@ impl Pipeline {
     }
 
     /// Masks and chunks `data`.
-    fn input(&mut self, data: &[u8], now: Instant) -> Result<(), String> {
+    fn input(&mut self, data: &[u8], now: Instant) -> Result<(), LogError> {
         // Feed in pieces so the chunk never grows past chunk_max + READ_SIZE.
         for piece in data.chunks(READ_SIZE) {
             let before = self.chunk.len();
@@ -527,7 +532,7 @@ impl Pipeline {
     }
 
     /// Spools the chunk being built (if any) and queues it for delivery.
-    fn seal(&mut self) -> Result<(), String> {
+    fn seal(&mut self) -> Result<(), LogError> {
         if self.chunk.is_empty() {
             return Ok(());
         }
@@ -540,7 +545,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn seal_bytes(&mut self, body: &[u8]) -> Result<(), String> {
+    fn seal_bytes(&mut self, body: &[u8]) -> Result<(), LogError> {
         let seq = self.next_seq;
         match &mut self.delivery {
             Delivery::Spooled(uploader) => {
@@ -593,7 +598,11 @@ impl Pipeline {
     /// reader use [`Pipeline::pump_reader`]. Callers that run a job put the
     /// calling thread under `SCHED_BATCH` for the call
     /// (`sandbox::sched::Batch`), so the pump's wake-ups never preempt it.
-    pub fn pump<P: Read + AsFd>(&mut self, pipe: P, kill: &mut dyn Kill) -> Result<Ended, String> {
+    pub fn pump<P: Read + AsFd>(
+        &mut self,
+        pipe: P,
+        kill: &mut dyn Kill,
+    ) -> Result<Ended, LogError> {
         let mut pipe = pipe;
         let mut buf = vec![0u8; READ_SIZE];
         let pause = coalescing_pause(pipe.as_fd());
@@ -601,7 +610,7 @@ impl Pipeline {
         let mut timed_out: Option<Ended> = None;
         let mut terminated_at: Option<Instant> = None;
         let mut killed_at: Option<Instant> = None;
-        let mut failure: Option<String> = None;
+        let mut failure: Option<LogError> = None;
         // The pipe is at end of file; the tree may still run (the timeouts
         // keep counting until it exits).
         let mut closed = false;
@@ -747,16 +756,17 @@ impl Pipeline {
         &mut self,
         reader: R,
         kill: &mut dyn Kill,
-    ) -> Result<Ended, String> {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("cannot create a pipe for the log reader: {e}"))?;
+    ) -> Result<Ended, LogError> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+            LogError::Output(format!("cannot create a pipe for the log reader: {e}"))
+        })?;
         std::thread::Builder::new()
             .name("log-reader".into())
             .spawn(move || {
                 let mut reader = reader;
                 let _ = std::io::copy(&mut reader, &mut std::fs::File::from(w));
             })
-            .map_err(|e| format!("cannot start the log reader thread: {e}"))?;
+            .map_err(|e| LogError::Output(format!("cannot start the log reader thread: {e}")))?;
         self.pump(std::fs::File::from(r), kill)
     }
 
@@ -765,7 +775,7 @@ impl Pipeline {
         self.flush_redactor(Instant::now());
         let mut warnings = std::mem::take(&mut self.warnings);
         if let Err(e) = self.seal() {
-            warnings.push(e);
+            warnings.push(e.to_string());
         }
         // Nothing more is written: the disk-full reserve goes.
         self.spool.release_reserves();

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::error::LogError;
 use super::spool::Chunk;
 
 /// A failed delivery: `retryable` ones are tried again with backoff.
@@ -52,7 +53,7 @@ pub trait Sink: Send {
     /// Delivers one chunk; `body` reads exactly `chunk.len` bytes.
     fn deliver(&mut self, chunk: &Chunk, body: &mut File) -> Result<(), DeliverError>;
     /// End of the run's output.
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), LogError> {
         Ok(())
     }
     /// Sinks that keep the bytes on this host (a file, standard output) take
@@ -229,13 +230,18 @@ pub struct FileSink {
 pub const FILE_RESERVE: u64 = 4 << 20;
 
 impl FileSink {
-    pub fn create(path: &Path) -> Result<FileSink, String> {
+    pub fn create(path: &Path) -> Result<FileSink, LogError> {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)
-            .map_err(|e| format!("cannot create the log file {}: {e}", path.display()))?;
+            .map_err(|e| {
+                LogError::Sink(format!(
+                    "cannot create the log file {}: {e}",
+                    path.display()
+                ))
+            })?;
         let mut sink = FileSink {
             path: path.to_path_buf(),
             file,
@@ -334,7 +340,7 @@ impl Sink for FileSink {
         self.disk_full
     }
 
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), LogError> {
         // The reserve past the end is no longer needed: free its blocks.
         if self.reserved_to > self.committed && self.reserved_to != u64::MAX {
             if let (Ok(from), Ok(len)) = (
@@ -356,9 +362,12 @@ impl Sink for FileSink {
         }
         // No fsync: like a job writing its own file, the page cache has it
         // (an fsync of a 1.4 GB log doubled the end-to-end bench's time).
-        self.file
-            .flush()
-            .map_err(|e| format!("cannot write the log file {}: {e}", self.path.display()))
+        self.file.flush().map_err(|e| {
+            LogError::Sink(format!(
+                "cannot write the log file {}: {e}",
+                self.path.display()
+            ))
+        })
     }
 }
 
@@ -374,14 +383,15 @@ pub struct TerminalSink {
 impl TerminalSink {
     /// Standard output. Anything already buffered in Rust's `Stdout` is
     /// flushed first so nothing is reordered.
-    pub fn stdout() -> Result<TerminalSink, String> {
+    pub fn stdout() -> Result<TerminalSink, LogError> {
         use std::os::fd::AsFd as _;
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.flush();
-        let fd = stdout
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| format!("cannot use standard output for the job's output: {e}"))?;
+        let fd = stdout.as_fd().try_clone_to_owned().map_err(|e| {
+            LogError::Sink(format!(
+                "cannot use standard output for the job's output: {e}"
+            ))
+        })?;
         Ok(TerminalSink {
             out: File::from(fd),
         })
@@ -519,15 +529,15 @@ impl<W: Write + Send> Sink for StdoutSink<W> {
         self.out.flush().map_err(fail)
     }
 
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), LogError> {
         if !self.partial.is_empty() {
             let last = std::mem::take(&mut self.partial);
             self.emit(&last)
-                .map_err(|e| format!("cannot write to standard output: {e}"))?;
+                .map_err(|e| LogError::Sink(format!("cannot write to standard output: {e}")))?;
         }
         self.out
             .flush()
-            .map_err(|e| format!("cannot write to standard output: {e}"))
+            .map_err(|e| LogError::Sink(format!("cannot write to standard output: {e}")))
     }
 }
 

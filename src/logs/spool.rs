@@ -19,6 +19,10 @@
 //! [`Spool::disk_full`] turns true: the pipeline then stops the job and
 //! writes its reason, which the remaining reserves hold.
 //!
+//! The spool is the launcher's alone (`<state dir>/spool`, mode 0700, names
+//! it chose: a validated run id, sequence numbers and digests); no job can
+//! reach it, so plain `std::fs` is used here.
+//!
 //! Call order: [`Spool::open`] (a run's directory), [`Spool::existing`] (chunks
 //! already there), [`Spool::write`] for each new chunk, [`Spool::open_chunk`]
 //! to read one back verified, [`Spool::remove`] once delivered,
@@ -36,6 +40,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const RESERVES: [u64; 3] = [super::CHUNK_MAX as u64, 64 * 1024, 64 * 1024];
 
 use aws_lc_rs::digest;
+
+use super::error::LogError;
 
 /// One chunk of masked output: its run, sequence number (from 0, no gaps),
 /// length and SHA-256.
@@ -72,16 +78,16 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// A run id usable as a directory name: 1 to 64 of `[A-Za-z0-9_-]`.
-pub fn check_run_id(run_id: &str) -> Result<(), String> {
+pub fn check_run_id(run_id: &str) -> Result<(), LogError> {
     if run_id.is_empty()
         || run_id.len() > 64
         || !run_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        return Err(format!(
+        return Err(LogError::Spool(format!(
             "run id {run_id:?} cannot name a spool directory: use 1 to 64 letters, digits, '-' or '_' (a ULID)"
-        ));
+        )));
     }
     Ok(())
 }
@@ -100,7 +106,7 @@ pub struct Spool {
 impl Spool {
     /// Opens (creating, mode 0700) `<root>/<run_id>` and preallocates its
     /// reserve files (as many as there is room for).
-    pub fn open(root: &Path, run_id: &str) -> Result<Spool, String> {
+    pub fn open(root: &Path, run_id: &str) -> Result<Spool, LogError> {
         check_run_id(run_id)?;
         let dir = root.join(run_id);
         create_private_dir(root)?;
@@ -148,14 +154,14 @@ impl Spool {
     /// file left by a crash mid-write is kept as a chunk of what reached the
     /// disk (masked bytes, never lost); a file whose name cannot be read is
     /// moved aside as `*.bad` with a warning in the returned list.
-    pub fn existing(&self) -> Result<(Vec<Chunk>, Vec<String>), String> {
+    pub fn existing(&self) -> Result<(Vec<Chunk>, Vec<String>), LogError> {
         let mut chunks = Vec::new();
         let mut warnings = Vec::new();
         let entries = fs::read_dir(&self.dir).map_err(|e| {
-            format!(
+            LogError::Spool(format!(
                 "cannot list the log spool {}: {e}; check the state directory's permissions",
                 self.dir.display()
-            )
+            ))
         })?;
         let mut temps = Vec::new();
         for entry in entries.flatten() {
@@ -209,7 +215,7 @@ impl Spool {
     }
 
     /// Writes one chunk (masked bytes only) durably and returns its record.
-    pub fn write(&self, seq: u64, body: &[u8]) -> Result<Chunk, String> {
+    pub fn write(&self, seq: u64, body: &[u8]) -> Result<Chunk, LogError> {
         let chunk = Chunk {
             run_id: self.run_id.clone(),
             seq,
@@ -241,14 +247,17 @@ impl Spool {
                 let _ = fs::remove_file(&tmp);
                 match self.write_reserved(&chunk, body) {
                     Ok(true) => Ok(chunk),
-                    Ok(false) => Err(format!("{}; the log spool's reserve is used up", fail(e))),
-                    Err(r) => Err(format!(
+                    Ok(false) => Err(LogError::Spool(format!(
+                        "{}; the log spool's reserve is used up",
+                        fail(e)
+                    ))),
+                    Err(r) => Err(LogError::Spool(format!(
                         "{}; writing it into the reserve failed too: {r}",
                         fail(e)
-                    )),
+                    ))),
                 }
             }
-            Err(e) => Err(fail(e)),
+            Err(e) => Err(LogError::Spool(fail(e))),
         }
     }
 
@@ -273,16 +282,19 @@ impl Spool {
 
     /// Opens a chunk for sending: checks its length and SHA-256 and returns
     /// the file positioned at its start.
-    pub fn open_chunk(&self, chunk: &Chunk) -> Result<File, String> {
+    pub fn open_chunk(&self, chunk: &Chunk) -> Result<File, LogError> {
         let mut f = self.open_unchecked(chunk)?;
         let path = self.dir.join(chunk.file_name());
         let mut ctx = digest::Context::new(&digest::SHA256);
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0u64;
         loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| format!("cannot read spooled log chunk {}: {e}", path.display()))?;
+            let n = f.read(&mut buf).map_err(|e| {
+                LogError::Spool(format!(
+                    "cannot read spooled log chunk {}: {e}",
+                    path.display()
+                ))
+            })?;
             if n == 0 {
                 break;
             }
@@ -290,21 +302,29 @@ impl Spool {
             total += n as u64;
         }
         if total != chunk.len || ctx.finish().as_ref() != chunk.sha256 {
-            return Err(format!(
+            return Err(LogError::Spool(format!(
                 "spooled log chunk {} is damaged (length or SHA-256 differ from its name); it is kept for inspection and not uploaded",
                 path.display()
-            ));
+            )));
         }
-        f.seek(SeekFrom::Start(0))
-            .map_err(|e| format!("cannot read spooled log chunk {}: {e}", path.display()))?;
+        f.seek(SeekFrom::Start(0)).map_err(|e| {
+            LogError::Spool(format!(
+                "cannot read spooled log chunk {}: {e}",
+                path.display()
+            ))
+        })?;
         Ok(f)
     }
 
     /// Opens a chunk this process wrote itself (no need to hash it again).
-    pub fn open_unchecked(&self, chunk: &Chunk) -> Result<File, String> {
+    pub fn open_unchecked(&self, chunk: &Chunk) -> Result<File, LogError> {
         let path = self.dir.join(chunk.file_name());
-        File::open(&path)
-            .map_err(|e| format!("cannot open spooled log chunk {}: {e}", path.display()))
+        File::open(&path).map_err(|e| {
+            LogError::Spool(format!(
+                "cannot open spooled log chunk {}: {e}",
+                path.display()
+            ))
+        })
     }
 
     /// Removes a delivered chunk.
@@ -348,7 +368,7 @@ fn preallocate(path: &Path, size: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), String> {
+fn create_private_dir(dir: &Path) -> Result<(), LogError> {
     use std::os::unix::fs::DirBuilderExt;
     match fs::DirBuilder::new()
         .recursive(true)
@@ -356,10 +376,10 @@ fn create_private_dir(dir: &Path) -> Result<(), String> {
         .create(dir)
     {
         Ok(()) => Ok(()),
-        Err(e) => Err(format!(
+        Err(e) => Err(LogError::Spool(format!(
             "cannot create the log spool directory {}: {e}; check LIFTOFF_STATE_DIR and its permissions",
             dir.display()
-        )),
+        ))),
     }
 }
 
@@ -386,15 +406,15 @@ fn parse_name(run_id: &str, name: &str) -> Option<Chunk> {
 
 /// The run directories under `root` (what earlier processes left), sorted.
 /// A missing root is an empty list.
-pub fn runs(root: &Path) -> Result<Vec<String>, String> {
+pub fn runs(root: &Path) -> Result<Vec<String>, LogError> {
     let entries = match fs::read_dir(root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            return Err(format!(
+            return Err(LogError::Spool(format!(
                 "cannot list the log spool {}: {e}; check the state directory's permissions",
                 root.display()
-            ));
+            )));
         }
     };
     let mut out: Vec<String> = entries
@@ -428,7 +448,9 @@ mod tests {
             .unwrap();
         assert_eq!(s, "hello");
         fs::write(spool.dir().join(b.file_name()), b"w0rld").unwrap();
-        assert!(spool.open_chunk(&b).unwrap_err().contains("damaged"));
+        let e = spool.open_chunk(&b).unwrap_err();
+        assert!(matches!(e, LogError::Spool(_)), "{e:?}");
+        assert!(e.to_string().contains("damaged"));
         assert!(Spool::open(dir.path(), "../x").is_err());
     }
 

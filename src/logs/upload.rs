@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
+use super::error::LogError;
 use super::sink::{DeliverError, Sink};
 use super::spool::{Chunk, Spool, runs};
 
@@ -32,14 +33,14 @@ pub fn deliver(
     verify: bool,
     retry: &Retry,
     rng: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), LogError> {
     let tried = with_retries(chunk, retry, rng, || {
         let mut file = if verify {
             spool.open_chunk(chunk)
         } else {
             spool.open_unchecked(chunk)
         }
-        .map_err(DeliverError::fatal)?;
+        .map_err(|e| DeliverError::fatal(e.to_string()))?;
         sink.deliver(chunk, &mut file)
     });
     match tried {
@@ -48,12 +49,12 @@ pub fn deliver(
             crate::metrics::LAUNCHER.log_uploaded_bytes.add(chunk.len);
             Ok(())
         }
-        Err(Failed::Fatal(message)) => Err(message),
-        Err(Failed::GaveUp(last)) => Err(format!(
+        Err(Failed::Fatal(message)) => Err(LogError::Delivery(message)),
+        Err(Failed::GaveUp(last)) => Err(LogError::Delivery(format!(
             "{last} (gave up after {} tries; the chunk stays in the spool {} and is uploaded at the next start)",
             retry.attempts,
             spool.dir().display()
-        )),
+        ))),
     }
 }
 
@@ -64,10 +65,12 @@ pub fn deliver_direct(
     bytes: &[u8],
     retry: &Retry,
     rng: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), LogError> {
     with_retries(chunk, retry, rng, || sink.deliver_bytes(chunk, bytes)).map_err(|f| match f {
-        Failed::Fatal(message) => message,
-        Failed::GaveUp(last) => format!("{last} (gave up after {} tries)", retry.attempts),
+        Failed::Fatal(message) => LogError::Delivery(message),
+        Failed::GaveUp(last) => {
+            LogError::Delivery(format!("{last} (gave up after {} tries)", retry.attempts))
+        }
     })
 }
 
@@ -114,7 +117,7 @@ pub struct Delivered {
     /// has tens of thousands).
     pub chunks: usize,
     /// The first failure; later chunks were left in the spool.
-    pub error: Option<String>,
+    pub error: Option<LogError>,
     /// Chunks left in the spool.
     pub left: usize,
 }
@@ -206,13 +209,15 @@ impl Uploader {
         match self.handle.take().map(JoinHandle::join) {
             Some(Ok(d)) => d,
             Some(Err(_)) => Delivered {
-                error: Some("the log upload thread panicked; chunks stay in the spool".into()),
+                error: Some(LogError::Delivery(
+                    "the log upload thread panicked; chunks stay in the spool".into(),
+                )),
                 ..Delivered::default()
             },
             None => Delivered {
-                error: Some(
+                error: Some(LogError::Delivery(
                     "the log upload thread could not start; chunks stay in the spool".into(),
-                ),
+                )),
                 ..Delivered::default()
             },
         }
@@ -226,7 +231,7 @@ pub fn recover(
     root: &Path,
     mut sink_for: impl FnMut(&str) -> Option<Box<dyn Sink>>,
     retry: &Retry,
-) -> Result<Vec<(String, Delivered)>, String> {
+) -> Result<Vec<(String, Delivered)>, LogError> {
     let mut rng = seed();
     let mut out = Vec::new();
     for run_id in runs(root)? {

@@ -55,13 +55,58 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-fn err(what: &str, p: &Path, e: impl std::fmt::Display) -> String {
-    format!("provider cache: {what} {}: {e}", p.display())
+/// Why the provider cache could not do something: what it was doing, on
+/// which path, and the system's answer.
+#[derive(Debug)]
+pub enum CacheError {
+    /// The shared cache: its directory, its lock, a package being merged
+    /// into it or pruned from it. Check `LIFTOFF_PROVIDER_CACHE_DIR`.
+    Shared {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    /// A run's layer: building it, or reading what the job added (a link
+    /// or a special file where a directory or a file belongs).
+    Layer {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Shared { what, path, detail }
+            | CacheError::Layer { what, path, detail } => {
+                write!(f, "provider cache: {what} {}: {detail}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+fn err(what: &'static str, p: &Path, e: impl std::fmt::Display) -> CacheError {
+    CacheError::Shared {
+        what,
+        path: p.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+fn layer_err(what: &'static str, p: &Path, e: impl std::fmt::Display) -> CacheError {
+    CacheError::Layer {
+        what,
+        path: p.to_path_buf(),
+        detail: e.to_string(),
+    }
 }
 
 impl ProviderCache {
     /// Opens (creating) the cache directory: mode 0755, readable by jobs.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<ProviderCache, String> {
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<ProviderCache, CacheError> {
         fs::create_dir_all(dir).map_err(|e| err("cannot create", dir, e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
             .map_err(|e| err("cannot set the mode of", dir, e))?;
@@ -75,7 +120,7 @@ impl ProviderCache {
         &self.dir
     }
 
-    fn lock(&self) -> Result<Flock<fs::File>, String> {
+    fn lock(&self) -> Result<Flock<fs::File>, CacheError> {
         let path = self.dir.join(LOCK_FILE);
         let f = fs::OpenOptions::new()
             .create(true)
@@ -89,18 +134,25 @@ impl ProviderCache {
     /// Builds a run's private layer at `layer`: directories owned by the job
     /// (`owner`), every file a hard link to the shared, read-only copy (a copy
     /// when the layer is on another filesystem).
-    pub fn layer(&self, layer: &Path, owner: Option<(u32, u32)>) -> Result<Stats, String> {
+    ///
+    /// The layer is the job's directory: it is built from its own fd through
+    /// [`beneath::Root`], never through a symlink (a leftover of an earlier
+    /// job there is refused, not followed), and only directories are given
+    /// to the job.
+    pub fn layer(&self, layer: &Path, owner: Option<(u32, u32)>) -> Result<Stats, CacheError> {
         let _lock = self.lock()?;
-        fs::create_dir_all(layer).map_err(|e| err("cannot create", layer, e))?;
-        chown(layer, owner)?;
+        let dst = beneath::Root::create(layer).map_err(|e| layer_err("cannot create", layer, e))?;
+        let src = beneath::Root::open(&self.dir).map_err(|e| err("cannot open", &self.dir, e))?;
         let mut stats = Stats::default();
-        for rel in self.packages()? {
-            link_tree(&self.dir.join(&rel), &layer.join(rel), &mut stats.bytes)?;
+        for rel in packages(&src) {
+            link_tree(&src, &dst, &rel, &mut stats.bytes)?;
             stats.packages += 1;
         }
         // Directories above the packages belong to the job too, so that it can
         // add providers beside the shared ones.
-        own_dirs(layer, owner)?;
+        if let Some(owner) = owner {
+            own_dirs(&dst, Path::new(""), owner)?;
+        }
         Ok(stats)
     }
 
@@ -109,11 +161,15 @@ impl ProviderCache {
     /// is the job's: it is read through [`beneath::Root`] from the layer's
     /// fd, never following a symlink, regular files only, each at most the
     /// cache's size limit.
-    pub fn merge(&self, layer: &Path) -> Result<Stats, String> {
+    pub fn merge(&self, layer: &Path) -> Result<Stats, CacheError> {
         let _lock = self.lock()?;
         let mut stats = Stats::default();
-        let layer_root = beneath::Root::open(layer).map_err(|e| err("cannot open", layer, e))?;
+        let layer_root =
+            beneath::Root::open(layer).map_err(|e| layer_err("cannot open", layer, e))?;
         for rel in packages(&layer_root) {
+            // Plain std::fs from here on is on the shared cache, which only
+            // the launcher writes (a job sees its layer); `rel` is five plain
+            // names read from the layer (no `..`, no link followed).
             let dest = self.dir.join(&rel);
             if fs::symlink_metadata(&dest).is_ok() {
                 continue;
@@ -193,7 +249,8 @@ impl ProviderCache {
 
     /// Deletes least recently used packages until the cache fits its limit.
     /// Returns what was deleted.
-    pub fn prune(&self) -> Result<Stats, String> {
+    pub fn prune(&self) -> Result<Stats, CacheError> {
+        // The shared cache only: the launcher's, no job writes there.
         let _lock = self.lock()?;
         let mut all: Vec<(SystemTime, u64, PathBuf)> = self
             .packages()?
@@ -227,7 +284,7 @@ impl ProviderCache {
 
 impl ProviderCache {
     /// The shared cache's packages, relative to its root.
-    fn packages(&self) -> Result<Vec<PathBuf>, String> {
+    fn packages(&self) -> Result<Vec<PathBuf>, CacheError> {
         let root = beneath::Root::open(&self.dir).map_err(|e| err("cannot open", &self.dir, e))?;
         Ok(packages(&root))
     }
@@ -257,48 +314,80 @@ fn packages(root: &beneath::Root) -> Vec<PathBuf> {
     level
 }
 
-fn chown(p: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
-    if let Some((u, g)) = owner {
-        std::os::unix::fs::lchown(p, Some(u), Some(g))
-            .map_err(|e| err("cannot give to the job", p, e))?;
-    }
-    Ok(())
-}
-
-fn own_dirs(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
-    chown(dir, owner)?;
-    for e in fs::read_dir(dir)
-        .map_err(|e| err("cannot read", dir, e))?
-        .flatten()
-    {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            own_dirs(&e.path(), owner)?;
+/// Gives `rel` and every directory below it (no symlink followed) to `owner`.
+fn own_dirs(layer: &beneath::Root, rel: &Path, owner: (u32, u32)) -> Result<(), CacheError> {
+    layer
+        .chown(rel, owner)
+        .map_err(|e| layer_err("cannot give to the job", layer.path(), e))?;
+    let entries = layer
+        .read_dir(rel)
+        .map_err(|e| layer_err("cannot read", layer.path(), e))?;
+    for (name, kind) in entries {
+        if kind == beneath::Kind::Dir {
+            own_dirs(layer, &rel.join(name), owner)?;
         }
     }
     Ok(())
 }
 
-fn link_tree(src: &Path, dst: &Path, bytes: &mut u64) -> Result<(), String> {
-    fs::create_dir_all(dst).map_err(|e| err("cannot create", dst, e))?;
-    for e in fs::read_dir(src)
-        .map_err(|e| err("cannot read", src, e))?
-        .flatten()
-    {
-        let (from, to) = (e.path(), dst.join(e.file_name()));
-        let ft = e.file_type().map_err(|x| err("cannot stat", &from, x))?;
-        if ft.is_dir() {
-            link_tree(&from, &to, bytes)?;
-        } else if ft.is_file() {
-            if fs::hard_link(&from, &to).is_err() {
-                fs::copy(&from, &to).map_err(|x| err("cannot copy", &from, x))?;
+/// Links the shared package `rel` into the layer at the same place: each
+/// file hard-linked (copied when the layer is on another filesystem), each
+/// directory created beneath the layer's fd (an existing symlink on the way
+/// refuses the layer).
+fn link_tree(
+    shared: &beneath::Root,
+    layer: &beneath::Root,
+    rel: &Path,
+    bytes: &mut u64,
+) -> Result<(), CacheError> {
+    layer
+        .mkdir_all(rel, 0o755, None)
+        .map_err(|e| layer_err("cannot create", layer.path(), e))?;
+    let entries = shared
+        .read_dir(rel)
+        .map_err(|e| err("cannot read", shared.path(), e))?;
+    for (name, kind) in entries {
+        let p = rel.join(&name);
+        match kind {
+            beneath::Kind::Dir => link_tree(shared, layer, &p, bytes)?,
+            beneath::Kind::File => {
+                let size = match layer.link_from(shared, &p, &p) {
+                    Ok(()) => shared
+                        .stat(&p)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |st| st.st_size as u64),
+                    // Another filesystem (EXDEV) or too many links: a copy.
+                    Err(beneath::Error::Io { .. }) => copy_into(shared, layer, &p)?,
+                    Err(e) => return Err(layer_err("cannot link into", layer.path(), e)),
+                };
+                *bytes += size;
             }
-            *bytes += e.metadata().map_or(0, |m| m.len());
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&from).map_err(|x| err("cannot read", &from, x))?;
-            let _ = std::os::unix::fs::symlink(target, &to);
+            beneath::Kind::Symlink => {
+                if let Ok(target) = shared.read_link(&p) {
+                    let _ = layer.symlink(&p, &target);
+                }
+            }
+            beneath::Kind::Special => {}
         }
     }
     Ok(())
+}
+
+/// Copies the shared file `rel` into the layer (a new file, its mode kept).
+fn copy_into(shared: &beneath::Root, layer: &beneath::Root, rel: &Path) -> Result<u64, CacheError> {
+    let (mut from, size) = shared
+        .open_regular(rel, beneath::Follow::Never, u64::MAX)
+        .map_err(|e| err("cannot copy from", shared.path(), e))?;
+    let mode = from.metadata().map_or(0o444, |m| m.mode() & 0o777);
+    let mut to = layer
+        .create_file(rel, 0o600)
+        .map_err(|e| layer_err("cannot copy into", layer.path(), e))?;
+    std::io::copy(&mut (&mut from).take(size), &mut to)
+        .map_err(|e| layer_err("cannot copy", &layer.path().join(rel), e))?;
+    to.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| layer_err("cannot set the mode of", &layer.path().join(rel), e))?;
+    Ok(size)
 }
 
 /// Copies a package from the job's layer into the shared cache: files
@@ -312,11 +401,11 @@ fn copy_tree_readonly(
     dst: &Path,
     max_file: u64,
     bytes: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), CacheError> {
     fs::create_dir_all(dst).map_err(|e| err("cannot create", dst, e))?;
     let entries = layer
         .read_dir(rel)
-        .map_err(|e| err("cannot read the layer", layer.path(), e))?;
+        .map_err(|e| layer_err("cannot read the layer", layer.path(), e))?;
     for (name, kind) in entries {
         let (from, to) = (rel.join(&name), dst.join(&name));
         match kind {
@@ -324,7 +413,7 @@ fn copy_tree_readonly(
             beneath::Kind::File => {
                 let (mut src, size) = layer
                     .open_regular(&from, beneath::Follow::Never, max_file)
-                    .map_err(|e| err("cannot copy from the layer", layer.path(), e))?;
+                    .map_err(|e| layer_err("cannot copy from the layer", layer.path(), e))?;
                 let exec = src.metadata().is_ok_and(|m| m.mode() & 0o111 != 0);
                 let mut out = fs::OpenOptions::new()
                     .write(true)

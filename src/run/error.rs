@@ -25,9 +25,14 @@ pub enum RunError {
     /// rejected rather than run unchecked.
     Policy(PolicyError),
     /// The run's log pipeline could not be started.
-    Log(String),
-    /// The workspace or the provider-cache layer could not be prepared.
+    LogStart(crate::logs::LogError),
+    /// The run's log could no longer be kept (spool or delivery) while a
+    /// step ran: the step was stopped.
+    Log(crate::logs::LogError),
+    /// The workspace could not be prepared.
     Workspace(String),
+    /// The run's provider-cache layer could not be built.
+    Cache(super::cache::CacheError),
     /// The runner image could not be pulled, verified or unpacked.
     Image(crate::image::Error),
     /// The source could not be resolved, fetched or extracted (or its
@@ -60,13 +65,13 @@ impl RunError {
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunError::State(m)
-            | RunError::Log(m)
-            | RunError::Workspace(m)
-            | RunError::Upload(m) => f.write_str(m),
+            RunError::State(m) | RunError::Workspace(m) | RunError::Upload(m) => f.write_str(m),
+            RunError::LogStart(e) => write!(f, "the run log cannot be started: {e}"),
+            RunError::Log(e) => write!(f, "{e}"),
             RunError::Source(e) => write!(f, "{e}"),
             RunError::Tool(e) => write!(f, "{e}"),
             RunError::Image(e) => write!(f, "{e}"),
+            RunError::Cache(e) => write!(f, "{e}"),
             RunError::Denied(deny) => write!(
                 f,
                 "rejected by the run initialization policy: {}",

@@ -425,10 +425,17 @@ struct RunDir(PathBuf);
 impl RunDir {
     /// Removes what a crashed earlier run with the same id left (a job's
     /// links included, never followed) so that every later create and chown
-    /// starts from a directory liftoff made itself.
-    fn fresh(path: PathBuf) -> RunDir {
-        let _ = fs::remove_dir_all(&path);
-        RunDir(path)
+    /// starts from a directory liftoff made itself. A leftover that cannot
+    /// be removed fails the run: it is never built upon.
+    fn fresh(path: PathBuf) -> Result<RunDir, String> {
+        match fs::remove_dir_all(&path) {
+            Ok(()) => Ok(RunDir(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RunDir(path)),
+            Err(e) => Err(format!(
+                "cannot remove what an earlier run left in {}: {e}; remove it by hand",
+                path.display()
+            )),
+        }
     }
 }
 
@@ -509,7 +516,7 @@ fn run(
         Ending { error, reason }
     };
     let mut log = Pipeline::start(opts, matcher.clone(), sink, Some(on_delivered))
-        .map_err(|e| shown(RunError::Log(format!("the run log cannot be started: {e}"))))?;
+        .map_err(|e| shown(RunError::LogStart(e)))?;
     // Host trouble (CPU steal, memory, disk) is told in the run's log.
     log.attach_notes(shared.host_notes.subscribe());
     for w in builder.warnings() {
@@ -521,11 +528,14 @@ fn run(
         ));
     }
 
-    let _dir = RunDir::fresh(run_dir.clone());
-    let result = run_logged(
-        shared, &spec, &launch, &workspace, &layer, &mut log, events, control,
-    )
-    .map_err(shown);
+    let result = RunDir::fresh(run_dir.clone())
+        .map_err(RunError::Workspace)
+        .and_then(|_dir| {
+            run_logged(
+                shared, &spec, &launch, &workspace, &layer, &mut log, events, control,
+            )
+        })
+        .map_err(shown);
     if let Err(e) = &result {
         let _ = log.line(&format!("liftoff: run failed: {}", e.reason));
     }
@@ -583,20 +593,21 @@ fn run_logged(
     };
     let host = sandbox::namespaces::host_ids(sandbox::DEFAULT_HOST_ID);
     let owner = root.then_some(host);
-    let ws_error = |what: &str, p: &Path, e: std::io::Error| {
-        RunError::Workspace(format!("cannot {what} {}: {e}", p.display()))
+    // The workspace and its source directory are the job's: created (and
+    // given to it) beneath the run directory's fd, never through a link.
+    let ws_error = |e: &dyn std::fmt::Display| {
+        RunError::Workspace(format!(
+            "cannot create the workspace {}: {e}",
+            workspace.display()
+        ))
     };
-    fs::create_dir_all(workspace).map_err(|e| ws_error("create the workspace", workspace, e))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(workspace, Some(uid), Some(gid))
-            .map_err(|e| ws_error("chown the workspace", workspace, e))?;
-    }
+    let (Some(run_dir), Some(ws_name)) = (workspace.parent(), workspace.file_name()) else {
+        return Err(ws_error(&"not a directory below the run directory"));
+    };
+    crate::beneath::Root::create(run_dir)
+        .and_then(|r| r.mkdir_all(&Path::new(ws_name).join("source"), 0o755, owner))
+        .map_err(|e| ws_error(&e))?;
     let source_dir = workspace.join("source");
-    fs::create_dir_all(&source_dir).map_err(|e| ws_error("create", &source_dir, e))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&source_dir, Some(uid), Some(gid))
-            .map_err(|e| ws_error("chown", &source_dir, e))?;
-    }
     if let Some(src) = &spec.source {
         let url = source::resolve_url(&src.url, &config.vcs_mappings).map_err(RunError::Source)?;
         let run_timeout = spec.run_timeout(config.run_timeout);
@@ -609,10 +620,7 @@ fn run_logged(
         )
         .map_err(RunError::Source)?;
     }
-    shared
-        .cache
-        .layer(layer, owner)
-        .map_err(RunError::Workspace)?;
+    shared.cache.layer(layer, owner).map_err(RunError::Cache)?;
     let image = runner_image(shared, spec, log, control)?;
     // The run's tool, leased (kept in the cache) until the run ends.
     let tool = match &spec.tool {
