@@ -18,6 +18,15 @@ fn marker() -> String {
     format!("3000.{}", unique() % 1_000_000_000)
 }
 
+/// Fails with `why` unless no host process has `marker` as an argument
+/// within 5 s.
+fn assert_gone(marker: &str, why: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(marker).is_empty()),
+        "{why}"
+    );
+}
+
 /// Host pids with `arg` anywhere in their command line.
 fn pids_with_arg(arg: &str) -> Vec<i32> {
     let mut out = Vec::new();
@@ -168,10 +177,7 @@ fn no_output_timeout_kills_a_sleeping_job() {
         text.starts_with("started\n") && text.contains("no output for 1s: killed"),
         "{text}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 #[test]
@@ -189,10 +195,7 @@ fn no_output_timeout_kills_a_grandchild_holding_the_pipe() {
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("forked"), "{text}");
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the grandchild survived"
-    );
+    assert_gone(&marker, "the grandchild survived");
 }
 
 #[test]
@@ -222,10 +225,7 @@ fn run_timeout_kills_a_busy_job() {
         text.contains("tick") && text.trim_end().ends_with("run exceeded 2s: killed"),
         "{text}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 /// `liftoff exec` with `args` (and `-- /bin/sh -c script` unless `script` is
@@ -301,10 +301,7 @@ fn run_timeout_holds_for_a_job_that_closes_its_output() {
         text.starts_with("started\n") && text.trim_end().ends_with("run exceeded 2s: killed"),
         "{text}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 #[test]
@@ -327,10 +324,7 @@ fn no_output_timeout_holds_for_a_job_that_closes_its_output() {
     );
     assert_eq!(code, 124, "{out}{err}");
     assert!(out.contains("no output for 1s: killed"), "{out}");
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 #[test]
@@ -352,10 +346,7 @@ fn no_output_timeout_kills_a_silent_sleeper_with_mask() {
     );
     assert_eq!(code, 124, "{out}{err}");
     assert!(out.contains("no output for 1s: killed"), "{out}");
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 /// Writes a one-step run spec (plain JSON, as `liftoff exec --spec` takes)
@@ -407,10 +398,7 @@ fn spec_mode_timeouts_hold_for_a_step_that_closes_its_output() {
         assert!(err.contains(reason), "{err}");
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("started") && text.contains(reason), "{text}");
-        assert!(
-            eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-            "the job survived"
-        );
+        assert_gone(&marker, "the job survived");
     }
 }
 
