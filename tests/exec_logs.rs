@@ -479,6 +479,25 @@ const FILL: &str = "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/work
 /// [`FILL`] with an end: 2,000 lines after the fill.
 const FILL_THEN_END: &str = "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/workspace/fill; echo \"fill ended: $?\"; i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo \"line $i after the fill\"; done";
 
+/// `liftoff exec --spec` of a one-step spec running `script` (run 5m,
+/// logs 1m), the state directory on `fs`, with `args` after.
+fn spec_with_state_on(fs: &Tmpfs, script: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(
+        dir.path(),
+        script,
+        serde_json::json!({"run": "5m", "logs": "1m"}),
+    );
+    let mut all = vec!["--spec", spec.as_str()];
+    all.extend_from_slice(args);
+    exec_within(
+        BOUND,
+        &[("LIFTOFF_STATE_DIR", fs.path.to_str().unwrap())],
+        &all,
+        "",
+    )
+}
+
 fn assert_log_kept(log: &str, err: &str) {
     let tail = &log[log.len().saturating_sub(2000)..];
     assert!(log.contains("before-the-fill"), "{log:.2000}\n{err}");
@@ -499,19 +518,7 @@ fn assert_log_kept(log: &str, err: &str) {
 #[test]
 fn a_job_filling_the_state_disk_keeps_its_terminal_output() {
     let fs = small_fs();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = spec_file(
-        dir.path(),
-        FILL_THEN_END,
-        serde_json::json!({"run": "5m", "logs": "1m"}),
-    );
-    let state = fs.path.to_str().unwrap();
-    let (code, out, err) = exec_within(
-        BOUND,
-        &[("LIFTOFF_STATE_DIR", state)],
-        &["--spec", &spec],
-        "",
-    );
+    let (code, out, err) = spec_with_state_on(&fs, FILL_THEN_END, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("before-the-fill"), "{out:.2000}\n{err}");
     assert!(out.contains("fill ended: 1"), "{out:.2000}\n{err}");
@@ -527,20 +534,8 @@ fn a_job_filling_the_state_disk_keeps_its_terminal_output() {
 #[test]
 fn a_job_filling_the_disk_keeps_its_log_file_and_the_reason() {
     let fs = small_fs();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = spec_file(
-        dir.path(),
-        FILL,
-        serde_json::json!({"run": "5m", "logs": "1m"}),
-    );
-    let state = fs.path.to_str().unwrap();
     let log = fs.path.join("spec.log");
-    let (code, _, err) = exec_within(
-        BOUND,
-        &[("LIFTOFF_STATE_DIR", state)],
-        &["--spec", &spec, "--log-file", log.to_str().unwrap()],
-        "",
-    );
+    let (code, _, err) = spec_with_state_on(&fs, FILL, &["--log-file", log.to_str().unwrap()]);
     assert_log_kept(&std::fs::read_to_string(&log).unwrap(), &err);
     assert_eq!(code, 1, "{err}");
 
