@@ -104,13 +104,15 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>) {
                     s.gets.push(path.clone());
                     s.files.get(&path).cloned()
                 };
+                // Head and body in one write: no Nagle delay between them.
                 let r = match file {
-                    Some(f) => out
-                        .write_all(
+                    Some(f) => {
+                        let mut answer =
                             format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", f.len())
-                                .as_bytes(),
-                        )
-                        .and_then(|_| out.write_all(&f)),
+                                .into_bytes();
+                        answer.extend_from_slice(&f);
+                        out.write_all(&answer)
+                    }
                     None => out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
                 };
                 if r.is_err() {
