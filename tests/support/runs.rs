@@ -4,7 +4,7 @@
 //! with its event channel.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -73,11 +73,9 @@ impl FileServer {
 }
 
 fn serve(conn: TcpStream, state: Arc<Mutex<State>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut out) = conn.try_clone() else {
+    let Some((mut reader, mut out)) = super::http_head::split(conn) else {
         return;
     };
-    let mut reader = BufReader::new(conn);
     loop {
         let Some(head) = super::http_head::read_head(&mut reader) else {
             return;
