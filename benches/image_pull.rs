@@ -21,12 +21,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use liftoff::config::{Config, Env};
+use support::bench::median;
 use support::registry::{Registry, run};
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Five layers of ~10 MB each: half random bytes, half text.
 fn build_big(dir: &Path) -> String {

@@ -26,18 +26,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::bench::{cpu_secs, status_kib, until_accepted_in};
+use support::bench::{cpu_secs, median, status_kib, until_accepted_in};
 use support::brokers::Brokers;
 use support::pki::Pool;
 use support::plane::{self, Launcher, Plane, Record, command, is_type};
 use support::poll_plane::PollPlane;
 
 const T: Duration = Duration::from_secs(30);
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 /// Round trips of `drain` commands: queue one, wait for the status that
 /// shows it.
@@ -121,11 +116,11 @@ fn main() {
             std::thread::sleep(Duration::from_millis(2));
         }
     };
-    let poll_rt = drain_round_trips(n, &poll_plane, &|c| poll_plane.send(&poll_id, c), &held);
-    let mqtt_rt = drain_round_trips(n, &mqtt_plane, &|c| mqtt_plane.send(&mqtt_id, c), &|| {
+    let mut poll_rt = drain_round_trips(n, &poll_plane, &|c| poll_plane.send(&poll_id, c), &held);
+    let mut mqtt_rt = drain_round_trips(n, &mqtt_plane, &|c| mqtt_plane.send(&mqtt_id, c), &|| {
         std::thread::sleep(Duration::from_millis(20))
     });
-    let (pm, mm) = (median(poll_rt), median(mqtt_rt));
+    let (pm, mm) = (median(&mut poll_rt), median(&mut mqtt_rt));
     println!(
         "command round trip while a poll is held: long-poll median {:.1} ms, MQTT median {:.1} ms over {n}; ratio {:.2}×; target ≤ 20 ms: {:.2}× of target",
         pm.as_secs_f64() * 1000.0,
@@ -163,7 +158,7 @@ fn main() {
             })
             .expect("fail-back");
     }
-    let m = median(times);
+    let m = median(&mut times);
     println!(
         "long-poll failover: median {:.3} s over {rounds} rounds; target ≤ 3 s: {:.2}× of target",
         m.as_secs_f64(),

@@ -18,26 +18,22 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::bench::median;
 use support::brokers::{Brokers, free_ports};
 use support::plane::{self, Plane, is_type};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn time_n(n: usize, mut f: impl FnMut()) -> Duration {
     for _ in 0..n / 10 {
         f();
     }
     median(
-        (0..n)
+        &mut (0..n)
             .map(|_| {
                 let t = Instant::now();
                 f();
                 t.elapsed()
             })
-            .collect(),
+            .collect::<Vec<_>>(),
     )
 }
 

@@ -16,12 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::bench::median;
 use support::plane_server::{PlaneProc, launch_worker};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -106,7 +102,7 @@ fn main() {
         execs.push(t0.elapsed().as_secs_f64() * 1000.0);
         let _ = child.wait();
     }
-    let (p, e) = (median(planes.clone()), median(execs.clone()));
+    let (p, e) = (median(&mut planes.clone()), median(&mut execs.clone()));
     println!(
         "plane_latency: submit -> first log line readable through the plane, median of {n}: {p:.1} ms (target <= 100 ms: {:.2}x)",
         p / 100.0

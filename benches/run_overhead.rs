@@ -11,92 +11,22 @@
 //! the pool key and certificate); without `--bench` (cargo test) it is a
 //! 2-run smoke test.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use liftoff::config::{Config, Env};
 use liftoff::identity::{self, Identity, PoolKey};
 use liftoff::link::protocol::{Assignment, RunType};
 use liftoff::run::executor::SandboxExecutor;
 use liftoff::run::{RunEvent, RunEvents, RunExecutor};
-
-type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
-
-/// GET of registered bodies, PUT stores bodies (same map).
-fn server(files: Files) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let files = files.clone();
-            std::thread::spawn(move || serve(c, files));
-        }
-    });
-    addr
-}
-
-fn serve(conn: TcpStream, files: Files) {
-    let mut out = conn.try_clone().unwrap();
-    let mut r = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut p = line.split_whitespace();
-        let method = p.next().unwrap_or("").to_string();
-        let path = p
-            .next()
-            .unwrap_or("")
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        let reply = if method == "GET" {
-            match files.lock().unwrap().get(&path) {
-                Some(f) => {
-                    let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", f.len())
-                        .into_bytes();
-                    v.extend_from_slice(f);
-                    v
-                }
-                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
-            }
-        } else {
-            files.lock().unwrap().insert(path, body);
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()
-        };
-        if out.write_all(&reply).is_err() {
-            return;
-        }
-    }
-}
+use support::bench::median;
+use support::pki::Pool;
+use support::runs::FileServer;
 
 /// A 1 MiB tar.gz of incompressible bytes.
 fn source_archive() -> Vec<u8> {
@@ -135,20 +65,6 @@ fn stamp(text: &str) -> u128 {
         .unwrap_or_else(|| panic!("no timestamp in {text:?}"))
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let s = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the bench needs the openssl CLI");
-    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n = if full { 20 } else { 2 };
@@ -160,33 +76,10 @@ fn main() {
     let d = dir.path();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    openssl(d, &["genrsa", "-out", "k.pem", "2048"]);
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "k.pem",
-            "-subj",
-            "/CN=spacelift",
-            "-days",
-            "30",
-            "-out",
-            "c.pem",
-        ],
-    );
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let cert = std::fs::read_to_string(d.join("c.pem")).unwrap();
-    let token = b64.encode(
-        serde_json::json!({"version": 1, "pool_id": "01JD6Z8X5N4T3K2M1P0Q9R8S7T", "namespace": "spacelift",
-            "brokers": [{"region": "r", "url": "mqtts://127.0.0.1:1"}], "certificate": cert})
-        .to_string(),
-    );
-    let key = b64.encode(std::fs::read(d.join("k.pem")).unwrap());
+    let pool = Pool::new(&d.join("pki"), 2048, &[("r", "mqtts://127.0.0.1:1")]);
+    let key = pool.key_base64();
     let env: Env = [
-        ("SPACELIFT_TOKEN", token.as_str()),
+        ("SPACELIFT_TOKEN", pool.token.as_str()),
         ("SPACELIFT_POOL_PRIVATE_KEY", key.as_str()),
         ("LIFTOFF_STATE_DIR", d.join("state").to_str().unwrap()),
         (
@@ -211,12 +104,9 @@ fn main() {
     let spki = id.cert.spki_der.clone();
     let mut ex = SandboxExecutor::new(config.clone(), env.clone(), Some(Arc::new(id))).unwrap();
 
-    let files: Files = Arc::default();
-    files
-        .lock()
-        .unwrap()
-        .insert("/src.tar.gz".into(), source_archive());
-    let addr = server(files.clone());
+    let server = FileServer::start();
+    server.serve_file("/src.tar.gz", source_archive());
+    let addr = server.addr;
     let argv: Vec<String> = ["/bin/sh", "-c", "date +%s%N"]
         .iter()
         .map(|s| s.to_string())
@@ -249,7 +139,10 @@ fn main() {
             }
         }
         let log: String = {
-            let f = files.lock().unwrap();
+            let f: HashMap<String, Vec<u8>> = server
+                .puts(&format!("/logs/{run_id}/"))
+                .into_iter()
+                .collect();
             (0..8)
                 .filter_map(|c| f.get(&format!("/logs/{run_id}/{c}")))
                 .map(|b| String::from_utf8_lossy(b).into_owned())

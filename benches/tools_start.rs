@@ -9,6 +9,9 @@
 //! to an unprivileged host id); without `--bench` (cargo test) it is a
 //! 2-run smoke test.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +23,7 @@ use liftoff::run::{RunEvent, RunEvents};
 use liftoff::tools::ToolName;
 use liftoff::tools::cache::Cache;
 use liftoff::tools::version::Version;
+use support::bench::median;
 
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -60,11 +64,6 @@ fn one(ex: &SandboxExecutor, dir: &Path, run: &str, tool: bool) -> u128 {
     printed.saturating_sub(start)
 }
 
-fn median(mut v: Vec<u128>) -> f64 {
-    v.sort_unstable();
-    v[v.len() / 2] as f64 / 1e6
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n = if full { 20 } else { 2 };
@@ -103,7 +102,11 @@ fn main() {
         without.push(one(&ex, d, &format!("plain-{i}"), false));
         with.push(one(&ex, d, &format!("tool-{i}"), true));
     }
-    let (a, b) = (median(without), median(with));
+    // medians in ms
+    let (a, b) = (
+        median(&mut without) as f64 / 1e6,
+        median(&mut with) as f64 / 1e6,
+    );
     println!(
         "run start, median of {n} (ms): without tool {a:.2}   with cached tool {b:.2}   difference {:+.2} (target <= 2 ms)",
         b - a

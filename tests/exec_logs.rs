@@ -18,6 +18,15 @@ fn marker() -> String {
     format!("3000.{}", unique() % 1_000_000_000)
 }
 
+/// Fails with `why` unless no host process has `marker` as an argument
+/// within 5 s.
+fn assert_gone(marker: &str, why: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || pids_with_arg(marker).is_empty()),
+        "{why}"
+    );
+}
+
 /// Host pids with `arg` anywhere in their command line.
 fn pids_with_arg(arg: &str) -> Vec<i32> {
     let mut out = Vec::new();
@@ -168,10 +177,7 @@ fn no_output_timeout_kills_a_sleeping_job() {
         text.starts_with("started\n") && text.contains("no output for 1s: killed"),
         "{text}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 #[test]
@@ -189,10 +195,7 @@ fn no_output_timeout_kills_a_grandchild_holding_the_pipe() {
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("forked"), "{text}");
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the grandchild survived"
-    );
+    assert_gone(&marker, "the grandchild survived");
 }
 
 #[test]
@@ -222,10 +225,7 @@ fn run_timeout_kills_a_busy_job() {
         text.contains("tick") && text.trim_end().ends_with("run exceeded 2s: killed"),
         "{text}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 /// `liftoff exec` with `args` (and `-- /bin/sh -c script` unless `script` is
@@ -301,10 +301,7 @@ fn run_timeout_holds_for_a_job_that_closes_its_output() {
         text.starts_with("started\n") && text.trim_end().ends_with("run exceeded 2s: killed"),
         "{text}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 #[test]
@@ -327,10 +324,7 @@ fn no_output_timeout_holds_for_a_job_that_closes_its_output() {
     );
     assert_eq!(code, 124, "{out}{err}");
     assert!(out.contains("no output for 1s: killed"), "{out}");
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 #[test]
@@ -352,10 +346,7 @@ fn no_output_timeout_kills_a_silent_sleeper_with_mask() {
     );
     assert_eq!(code, 124, "{out}{err}");
     assert!(out.contains("no output for 1s: killed"), "{out}");
-    assert!(
-        eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-        "the job survived"
-    );
+    assert_gone(&marker, "the job survived");
 }
 
 /// Writes a one-step run spec (plain JSON, as `liftoff exec --spec` takes)
@@ -407,10 +398,7 @@ fn spec_mode_timeouts_hold_for_a_step_that_closes_its_output() {
         assert!(err.contains(reason), "{err}");
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("started") && text.contains(reason), "{text}");
-        assert!(
-            eventually(Duration::from_secs(5), || pids_with_arg(&marker).is_empty()),
-            "the job survived"
-        );
+        assert_gone(&marker, "the job survived");
     }
 }
 
@@ -491,6 +479,25 @@ const FILL: &str = "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/work
 /// [`FILL`] with an end: 2,000 lines after the fill.
 const FILL_THEN_END: &str = "echo before-the-fill; head -c 64000000 /dev/zero > /mnt/workspace/fill; echo \"fill ended: $?\"; i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo \"line $i after the fill\"; done";
 
+/// `liftoff exec --spec` of a one-step spec running `script` (run 5m,
+/// logs 1m), the state directory on `fs`, with `args` after.
+fn spec_with_state_on(fs: &Tmpfs, script: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(
+        dir.path(),
+        script,
+        serde_json::json!({"run": "5m", "logs": "1m"}),
+    );
+    let mut all = vec!["--spec", spec.as_str()];
+    all.extend_from_slice(args);
+    exec_within(
+        BOUND,
+        &[("LIFTOFF_STATE_DIR", fs.path.to_str().unwrap())],
+        &all,
+        "",
+    )
+}
+
 fn assert_log_kept(log: &str, err: &str) {
     let tail = &log[log.len().saturating_sub(2000)..];
     assert!(log.contains("before-the-fill"), "{log:.2000}\n{err}");
@@ -511,19 +518,7 @@ fn assert_log_kept(log: &str, err: &str) {
 #[test]
 fn a_job_filling_the_state_disk_keeps_its_terminal_output() {
     let fs = small_fs();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = spec_file(
-        dir.path(),
-        FILL_THEN_END,
-        serde_json::json!({"run": "5m", "logs": "1m"}),
-    );
-    let state = fs.path.to_str().unwrap();
-    let (code, out, err) = exec_within(
-        BOUND,
-        &[("LIFTOFF_STATE_DIR", state)],
-        &["--spec", &spec],
-        "",
-    );
+    let (code, out, err) = spec_with_state_on(&fs, FILL_THEN_END, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("before-the-fill"), "{out:.2000}\n{err}");
     assert!(out.contains("fill ended: 1"), "{out:.2000}\n{err}");
@@ -539,20 +534,8 @@ fn a_job_filling_the_state_disk_keeps_its_terminal_output() {
 #[test]
 fn a_job_filling_the_disk_keeps_its_log_file_and_the_reason() {
     let fs = small_fs();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = spec_file(
-        dir.path(),
-        FILL,
-        serde_json::json!({"run": "5m", "logs": "1m"}),
-    );
-    let state = fs.path.to_str().unwrap();
     let log = fs.path.join("spec.log");
-    let (code, _, err) = exec_within(
-        BOUND,
-        &[("LIFTOFF_STATE_DIR", state)],
-        &["--spec", &spec, "--log-file", log.to_str().unwrap()],
-        "",
-    );
+    let (code, _, err) = spec_with_state_on(&fs, FILL, &["--log-file", log.to_str().unwrap()]);
     assert_log_kept(&std::fs::read_to_string(&log).unwrap(), &err);
     assert_eq!(code, 1, "{err}");
 

@@ -3,14 +3,17 @@
 //! warning line into that run's log, on a line of its own, between the job's
 //! lines, without breaking the masking of a secret the job is printing.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use liftoff::hostwatch::{self, HostWatch, Sources, Thresholds};
 use liftoff::logs::redact::RedactorBuilder;
 use liftoff::logs::sink::FileSink;
 use liftoff::logs::{Kill, Options, Pipeline};
+use support::sandbox::eventually;
 
 struct NoKill;
 impl Kill for NoKill {
@@ -28,18 +31,9 @@ fn proc_fixture(stat: &str) -> tempfile::TempDir {
     d
 }
 
-/// Polls `f` until it holds, for at most 30 s (a bound for a stuck test,
-/// not a timing).
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
-}
+/// The bound of a wait for the job or the log (for a stuck test, not a
+/// timing).
+const BOUND: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_starved_host_warns_in_the_running_runs_log() {
@@ -95,11 +89,11 @@ fn a_starved_host_warns_in_the_running_runs_log() {
             disks: vec![],
         };
         w.observe(0, &hostwatch::sample(&src(&a)));
-        let job_printed = eventually(|| printed.exists());
+        let job_printed = eventually(BOUND, || printed.exists());
         for warning in w.observe(60, &hostwatch::sample(&src(&b))) {
             sampler_board.publish(&warning.line);
         }
-        let logged = eventually(|| {
+        let logged = eventually(BOUND, || {
             std::fs::read_to_string(&log_seen).is_ok_and(|t| t.contains("host CPU steal"))
         });
         std::fs::write(&go, "").unwrap();

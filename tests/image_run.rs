@@ -58,18 +58,22 @@ fn an_imported_image_is_the_root_of_a_run_without_any_registry() {
         ("HTTPS_PROXY".into(), "http://127.0.0.1:1".into()),
         ("NO_PROXY".into(), "127.0.0.1".into()),
     ];
-    let out = std::process::Command::new(support::liftoff_bin())
-        .env_clear()
-        .envs(base.iter().cloned())
-        .args(["image", "import", archive.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `liftoff image import FILE`, which must succeed: its stdout.
+    let import = |file: &std::path::Path| {
+        let out = std::process::Command::new(support::liftoff_bin())
+            .env_clear()
+            .envs(base.iter().cloned())
+            .args(["image", "import", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = import(&archive);
     assert!(
         stdout.starts_with("docker.io/offline/app:v1 sha256:"),
         "{stdout}"
@@ -86,18 +90,7 @@ fn an_imported_image_is_the_root_of_a_run_without_any_registry() {
             &format!("docker-archive:{}:saved/app:v2", saved.display()),
         ],
     );
-    let out = std::process::Command::new(support::liftoff_bin())
-        .env_clear()
-        .envs(base.iter().cloned())
-        .args(["image", "import", saved.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = import(&saved);
     assert!(
         stdout.starts_with("docker.io/saved/app:v2 sha256:"),
         "{stdout}"

@@ -197,9 +197,7 @@ fn sigkill_then_restart_resends_unacked_events() {
     let dir = tempfile::tempdir().unwrap();
     let b = Brokers::start(dir.path());
     let plane = Plane::start(&b);
-    plane
-        .auto_ack
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    plane.set_auto_ack(false);
     let state = dir.path().join("state");
     let mut l = plane::launch(&b, &state, &[]);
     let wid = l.worker_id();
@@ -212,9 +210,7 @@ fn sigkill_then_restart_resends_unacked_events() {
     l.kill9();
     let before = plane.copies(fin["id"].as_str().unwrap());
 
-    plane
-        .auto_ack
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    plane.set_auto_ack(true);
     let l2 = plane::launch(&b, &state, &[]);
     assert_eq!(l2.worker_id(), wid, "the worker keeps its id");
     // the plane, not having seen an ack-able answer, re-sends the assign:
@@ -353,9 +349,7 @@ fn restart_sends_hello_then_status_then_unacked_events() {
     let dir = tempfile::tempdir().unwrap();
     let b = Brokers::start(dir.path());
     let plane = Plane::start(&b);
-    plane
-        .auto_ack
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    plane.set_auto_ack(false);
     let state = dir.path().join("state");
     let mut l = plane::launch(&b, &state, &[]);
     let wid = l.worker_id();

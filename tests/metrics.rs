@@ -129,7 +129,7 @@ fn metrics_and_readiness_follow_a_real_worker() {
     wait(&a, "/readyz", T, "ready after undrain", |s, _| s == 200);
 
     // Events the plane does not acknowledge wait in the outbox, and age.
-    plane.auto_ack.store(false, Ordering::Relaxed);
+    plane.set_auto_ack(false);
     plane.send(&wid, &assign("M5", "true"));
     plane.wait_for(T, |v| is_run(v, "M5", "finished")).unwrap();
     let text = wait_metric(&a, "liftoff_outbox_pending_events", T, |v| v >= 3.0);
@@ -137,7 +137,7 @@ fn metrics_and_readiness_follow_a_real_worker() {
     wait_metric(&a, "liftoff_outbox_oldest_event_age_seconds", T, |v| {
         v >= 1.0
     });
-    plane.auto_ack.store(true, Ordering::Relaxed);
+    plane.set_auto_ack(true);
     // The re-send (LIFTOFF_RESEND_AFTER=3s) is acknowledged.
     let text = wait_metric(&a, "liftoff_outbox_pending_events", T, |v| v == 0.0);
     assert_eq!(

@@ -480,24 +480,18 @@ fn the_admin_api_needs_the_token_and_bad_input_gets_clear_errors() {
     .unwrap();
     let out = plane.cli(&["run", "submit", "nope", "--spec", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3));
-    let a = plane.cli_json(&[
-        "run",
-        "submit",
-        "p",
-        "--spec",
-        good.to_str().unwrap(),
-        "--idempotency-key",
-        "k1",
-    ]);
-    let b = plane.cli_json(&[
-        "run",
-        "submit",
-        "p",
-        "--spec",
-        good.to_str().unwrap(),
-        "--idempotency-key",
-        "k1",
-    ]);
+    let submit_k1 = || {
+        plane.cli_json(&[
+            "run",
+            "submit",
+            "p",
+            "--spec",
+            good.to_str().unwrap(),
+            "--idempotency-key",
+            "k1",
+        ])
+    };
+    let (a, b) = (submit_k1(), submit_k1());
     assert_eq!(a["id"], b["id"]);
     assert_eq!(
         (a["created"].as_bool(), b["created"].as_bool()),

@@ -136,13 +136,7 @@ fn runs_drain_undrain_and_cycle_over_mqtt_with_real_workers() {
     }
     let mut used = HashSet::new();
     for (i, run) in &runs {
-        let v = w.plane.wait_run(run, Duration::from_secs(120), done);
-        assert_eq!(
-            (v["phase"].as_str(), v["exit_code"].as_i64()),
-            (Some("finished"), Some(0)),
-            "{v}\n{}",
-            a.stderr()
-        );
+        let v = finished_ok(&w, run, Duration::from_secs(120), || a.stderr());
         used.insert(v["worker_id"].as_str().unwrap().to_string());
         let log = w.plane.cli(&["run", "logs", run, "--follow"]);
         let text = String::from_utf8_lossy(&log.stdout);
@@ -227,6 +221,25 @@ fn runs_drain_undrain_and_cycle_over_mqtt_with_real_workers() {
     let _ = &w.brokers;
 }
 
+/// Waits for `run` to end, which must be `finished` with exit code 0;
+/// `context` (e.g. a worker's stderr) is shown when it is not.
+fn finished_ok(w: &World, run: &str, within: Duration, context: impl Fn() -> String) -> Value {
+    let v = w.plane.wait_run(run, within, done);
+    assert_eq!(
+        (v["phase"].as_str(), v["exit_code"].as_i64()),
+        (Some("finished"), Some(0)),
+        "{v}\n{}",
+        context()
+    );
+    v
+}
+
+/// `run logs --follow`: the run's whole log.
+fn run_log(w: &World, run: &str) -> String {
+    let log = w.plane.cli(&["run", "logs", run, "--follow"]);
+    String::from_utf8_lossy(&log.stdout).into_owned()
+}
+
 /// Waits until `run` is `started`.
 fn started(w: &World, run: &str) {
     w.plane
@@ -276,15 +289,8 @@ fn crashes_mid_run_worker_sigkill_plane_sigkill_and_primary_broker_killed() {
     );
     started(&w, &run);
     w.plane.restart();
-    let v = w.plane.wait_run(&run, Duration::from_secs(90), done);
-    assert_eq!(
-        (v["phase"].as_str(), v["exit_code"].as_i64()),
-        (Some("finished"), Some(0)),
-        "{v}\n{}",
-        a.stderr()
-    );
-    let log = w.plane.cli(&["run", "logs", &run, "--follow"]);
-    let text = String::from_utf8_lossy(&log.stdout);
+    finished_ok(&w, &run, Duration::from_secs(90), || a.stderr());
+    let text = run_log(&w, &run);
     assert!(text.contains("one") && text.contains("two"), "{text}");
 
     // 3. The primary broker dies mid-run: the worker fails over, the plane
@@ -295,13 +301,7 @@ fn crashes_mid_run_worker_sigkill_plane_sigkill_and_primary_broker_killed() {
     );
     started(&w, &run);
     w.brokers.primary().kill();
-    let v = w.plane.wait_run(&run, Duration::from_secs(90), done);
-    assert_eq!(
-        (v["phase"].as_str(), v["exit_code"].as_i64()),
-        (Some("finished"), Some(0)),
-        "{v}\n{}",
-        a.stderr()
-    );
+    finished_ok(&w, &run, Duration::from_secs(90), || a.stderr());
     w.plane.wait_workers(Duration::from_secs(30), |l| {
         l.iter()
             .any(|x| x["id"] == ida.as_str() && x["region"] == "eu-central-1")
@@ -387,17 +387,11 @@ fn a_hundred_runs_across_two_long_poll_and_two_mqtt_workers_each_finish_once() {
         .collect();
     let mut by_worker: std::collections::HashMap<String, usize> = Default::default();
     for run in &runs {
-        let v = w.plane.wait_run(run, Duration::from_secs(600), done);
-        assert_eq!(
-            (v["phase"].as_str(), v["exit_code"].as_i64()),
-            (Some("finished"), Some(0)),
-            "{v}"
-        );
+        let v = finished_ok(&w, run, Duration::from_secs(600), String::new);
         *by_worker
             .entry(v["worker_id"].as_str().unwrap().to_string())
             .or_default() += 1;
-        let log = w.plane.cli(&["run", "logs", run, "--follow"]);
-        let text = String::from_utf8_lossy(&log.stdout);
+        let text = run_log(&w, run);
         let lines: Vec<&str> = text.lines().collect();
         assert!(
             text.contains(&format!("begin {run}")) && text.contains(&format!("end {run}")),

@@ -260,25 +260,9 @@ fn uid_is_1983_inside_and_unprivileged_outside() {
     );
     let m = format!("{}", 800000 + unique() % 100000);
     let mut child = liftoff_exec(&[], &["sleep", &m]).spawn().unwrap();
-    let marker = format!("sleep {m}");
-    assert!(eventually(Duration::from_secs(5), || !host_pids_with(
-        &marker
-    )
-    .is_empty()));
-    let pid = host_pids_with(&marker)[0];
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid_line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap()
-        .to_string();
+    let (uids, uid_line) = host_uids_of(&format!("sleep {m}"));
     child.kill().unwrap();
     let _ = child.wait();
-    let uids: Vec<u32> = uid_line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap())
-        .collect();
     assert!(
         uids.iter().all(|u| *u == liftoff::sandbox::DEFAULT_HOST_ID),
         "{uid_line}"

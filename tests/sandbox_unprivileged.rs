@@ -60,20 +60,9 @@ fn unprivileged_job_is_the_launchers_uid_outside() {
         .spawn()
         .unwrap();
     let marker = format!("sleep {m}");
-    assert!(eventually(Duration::from_secs(5), || !host_pids_with(
-        &marker
-    )
-    .is_empty()));
-    let pid = host_pids_with(&marker)[0];
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let (uids, line) = host_uids_of(&marker);
     child.kill().unwrap();
     let _ = child.wait();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    let uids: Vec<u32> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap())
-        .collect();
     assert!(uids.iter().all(|x| *x == uid), "{line}");
     // The launcher died: so did the job.
     assert!(eventually(Duration::from_secs(3), || host_pids_with(

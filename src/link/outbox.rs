@@ -349,18 +349,10 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::protocol::{RunPhase, WorkerMsg};
+    use crate::link::protocol::RunPhase;
 
     fn ev(run: &str) -> Envelope {
-        Envelope::new(WorkerMsg::Run {
-            run_id: run.into(),
-            phase: RunPhase::Started,
-            exit_code: None,
-            reason: None,
-            command_id: None,
-            duration_ms: None,
-            steps: Vec::new(),
-        })
+        Envelope::bare_run(run, RunPhase::Started)
     }
 
     fn tmp() -> PathBuf {

@@ -280,6 +280,21 @@ impl Envelope {
         }
         Ok(bytes)
     }
+
+    /// A bare run event (`run` in `phase`, nothing more), for the link's
+    /// unit tests.
+    #[cfg(test)]
+    pub(crate) fn bare_run(run: &str, phase: RunPhase) -> Envelope {
+        Envelope::new(WorkerMsg::Run {
+            run_id: run.into(),
+            phase,
+            exit_code: None,
+            reason: None,
+            command_id: None,
+            duration_ms: None,
+            steps: Vec::new(),
+        })
+    }
 }
 
 fn type_name(msg: &WorkerMsg) -> &'static str {
@@ -566,15 +581,7 @@ mod tests {
 
     #[test]
     fn envelope_is_flat_json_with_type() {
-        let mut e = Envelope::new(WorkerMsg::Run {
-            run_id: "R1".into(),
-            phase: RunPhase::Started,
-            exit_code: None,
-            reason: None,
-            command_id: None,
-            duration_ms: None,
-            steps: Vec::new(),
-        });
+        let mut e = Envelope::bare_run("R1", RunPhase::Started);
         e.seq = Some(7);
         let v: Value = serde_json::from_slice(&e.to_bytes().unwrap()).unwrap();
         assert_eq!(v["v"], 1);

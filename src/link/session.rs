@@ -944,18 +944,6 @@ mod tests {
         }
     }
 
-    fn run_event(run: &str, phase: RunPhase) -> Envelope {
-        Envelope::new(WorkerMsg::Run {
-            run_id: run.into(),
-            phase,
-            exit_code: None,
-            reason: None,
-            command_id: None,
-            duration_ms: None,
-            steps: Vec::new(),
-        })
-    }
-
     /// Polls `cond` on the fake's state (bounded; no fixed sleeps).
     fn wait(state: &Arc<Mutex<Fake>>, what: &str, cond: impl Fn(&Fake) -> bool) {
         let end = Instant::now() + Duration::from_secs(20);
@@ -981,10 +969,10 @@ mod tests {
         // events a previous launcher process left unacked
         let (mut outbox, _) = Outbox::open(dir.path(), Limits::default()).unwrap();
         outbox
-            .push(&mut run_event("R1", RunPhase::Accepted))
+            .push(&mut Envelope::bare_run("R1", RunPhase::Accepted))
             .unwrap();
         outbox
-            .push(&mut run_event("R1", RunPhase::Started))
+            .push(&mut Envelope::bare_run("R1", RunPhase::Started))
             .unwrap();
         let state = Arc::new(Mutex::new(Fake::default()));
         let transport = FakeTransport {
@@ -1105,7 +1093,7 @@ mod tests {
             steps: Vec::new(),
         });
         outbox
-            .push(&mut run_event("R1", RunPhase::Accepted))
+            .push(&mut Envelope::bare_run("R1", RunPhase::Accepted))
             .unwrap();
         outbox.push(&mut refused).unwrap();
         let state = Arc::new(Mutex::new(Fake {

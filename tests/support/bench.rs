@@ -1,4 +1,5 @@
-//! Pieces the benches share: a process's memory and CPU read from `/proc`
+//! Pieces the benches share: the median of samples, a process's memory
+//! and CPU read from `/proc`
 //! (`status_kib`, `cpu_secs`), and the failover clock (`until_accepted_in`):
 //! the caller notes the event count and the time, kills the primary, then
 //! calls it to offer fresh `assign`s until one is accepted through the
@@ -9,6 +10,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::plane::{Record, command};
+
+/// The median of `v` (the upper one of an even count); sorts `v`.
+pub fn median<T: PartialOrd + Copy>(v: &mut [T]) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("a sample is not NaN"));
+    v[v.len() / 2]
+}
 
 /// A `kB` field of `/proc/<pid>/status` (`"VmHWM:"`, `"VmRSS:"`), in KiB;
 /// 0 when the process or field is gone.

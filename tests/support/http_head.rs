@@ -1,9 +1,12 @@
 //! The head of an HTTP/1.1 request, read the same way by every small test
 //! server here (`runs::FileServer`, `http_server`, `tool_release`,
 //! `poll_plane`): [`read_head`] reads the request line and the headers up to
-//! the blank line; each server then reads the body its own way.
+//! the blank line; each server then reads the body its own way. [`split`]
+//! readies an accepted connection (read timeout, reader and writer).
 
-use std::io::BufRead;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::time::Duration;
 
 pub struct Head {
     pub method: String,
@@ -22,6 +25,14 @@ impl Head {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// An accepted connection with a 30 s read timeout, as a buffered reader
+/// for requests and a writer for answers; `None` when it cannot be cloned.
+pub fn split(conn: TcpStream) -> Option<(BufReader<TcpStream>, TcpStream)> {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let out = conn.try_clone().ok()?;
+    Some((BufReader::new(conn), out))
 }
 
 /// Reads a request line and headers; `None` when the connection ends (or

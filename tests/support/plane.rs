@@ -193,6 +193,12 @@ impl Plane {
         }
     }
 
+    /// Whether the double acks the durable events it receives (on by
+    /// default).
+    pub fn set_auto_ack(&self, on: bool) {
+        self.auto_ack.store(on, Ordering::Relaxed);
+    }
+
     /// Sends a command to a worker in both regions.
     pub fn send(&self, worker: &str, cmd: &Value) {
         self.send_raw(worker, cmd.to_string().into_bytes());

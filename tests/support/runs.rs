@@ -4,7 +4,7 @@
 //! with its event channel.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -73,11 +73,9 @@ impl FileServer {
 }
 
 fn serve(conn: TcpStream, state: Arc<Mutex<State>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut out) = conn.try_clone() else {
+    let Some((mut reader, mut out)) = super::http_head::split(conn) else {
         return;
     };
-    let mut reader = BufReader::new(conn);
     loop {
         let Some(head) = super::http_head::read_head(&mut reader) else {
             return;
@@ -104,13 +102,15 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>) {
                     s.gets.push(path.clone());
                     s.files.get(&path).cloned()
                 };
+                // Head and body in one write: no Nagle delay between them.
                 let r = match file {
-                    Some(f) => out
-                        .write_all(
+                    Some(f) => {
+                        let mut answer =
                             format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", f.len())
-                                .as_bytes(),
-                        )
-                        .and_then(|_| out.write_all(&f)),
+                                .into_bytes();
+                        answer.extend_from_slice(&f);
+                        out.write_all(&answer)
+                    }
                     None => out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
                 };
                 if r.is_err() {

@@ -154,6 +154,30 @@ pub fn host_pids_with(marker: &str) -> Vec<i32> {
     pids
 }
 
+/// The host uids (real, effective, saved, filesystem) of the first process
+/// whose command line starts with `marker`, once one shows (within 5 s),
+/// with the `Uid:` line of its `/proc/PID/status` they come from.
+pub fn host_uids_of(marker: &str) -> (Vec<u32>, String) {
+    assert!(
+        eventually(Duration::from_secs(5), || !host_pids_with(marker)
+            .is_empty()),
+        "no host process `{marker}`"
+    );
+    let pid = host_pids_with(marker)[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    let uids = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (uids, line)
+}
+
 /// Waits up to `limit` for `f` to hold.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;

@@ -8,12 +8,11 @@
 //! releases.hashicorp.com layouts, or laid out in a local directory.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// A gpg home with one RSA primary key and, optionally, a signing subkey.
 pub struct Gpg {
@@ -309,11 +308,9 @@ impl ToolServer {
     }
 
     fn serve(&self, conn: TcpStream) {
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-        let Ok(mut out) = conn.try_clone() else {
+        let Some((mut reader, mut out)) = super::http_head::split(conn) else {
             return;
         };
-        let mut reader = BufReader::new(conn);
         loop {
             let Some(head) = super::http_head::read_head(&mut reader) else {
                 return;
