@@ -319,7 +319,7 @@ impl ToolServer {
             self.gets.lock().unwrap().push(path.clone());
             if self.stalls.lock().unwrap().contains(&path) {
                 let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nP");
-                std::thread::sleep(Duration::from_secs(120));
+                std::thread::sleep(std::time::Duration::from_secs(120));
                 return;
             }
             let answer = if let Some(rest) = path.strip_prefix("/r/") {
