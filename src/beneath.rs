@@ -771,6 +771,44 @@ mod tests {
     }
 
     #[test]
+    fn link_from_another_root_never_passes_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, out) = (d.path().join("a"), d.path().join("b"), d.path().join("out"));
+        for p in [&a, &b, &out] {
+            std::fs::create_dir(p).unwrap();
+        }
+        std::fs::write(a.join("f"), "shared").unwrap();
+        std::os::unix::fs::symlink(&out, b.join("link")).unwrap();
+        std::os::unix::fs::symlink(a.join("f"), a.join("to-f")).unwrap();
+        let (ra, rb) = (Root::open(&a).unwrap(), Root::open(&b).unwrap());
+        rb.link_from(&ra, Path::new("f"), Path::new("f")).unwrap();
+        assert_eq!(std::fs::read_to_string(b.join("f")).unwrap(), "shared");
+        // Through a link on the new side: refused, nothing created outside.
+        let e = rb
+            .link_from(&ra, Path::new("f"), Path::new("link/f"))
+            .unwrap_err();
+        assert!(matches!(e, Error::Symlink { .. }), "{e:?}");
+        assert!(std::fs::read_dir(&out).unwrap().next().is_none());
+        // A link as the existing file: refused (only regular files).
+        let e = rb
+            .link_from(&ra, Path::new("to-f"), Path::new("g"))
+            .unwrap_err();
+        assert!(matches!(e, Error::WrongKind { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn open_names_a_symlinked_root() {
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path(), &link).unwrap();
+        let e = Root::open(&link).unwrap_err();
+        assert!(matches!(e, Error::Symlink { .. }), "{e:?}");
+        std::fs::write(d.path().join("file"), "").unwrap();
+        let e = Root::open(&d.path().join("file")).unwrap_err();
+        assert!(matches!(e, Error::WrongKind { .. }), "{e:?}");
+    }
+
+    #[test]
     fn long_names_are_cut_in_messages() {
         let long = "a".repeat(5000);
         let s = shown(Path::new(&long));

@@ -29,6 +29,30 @@ pub const WINDOW_SECS: u64 = 60;
 /// A warning of one kind is written at most this often.
 pub const REPEAT_SECS: u64 = 300;
 
+/// Why a host figure could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// A /proc or cgroup file is not in the format the kernel writes (or
+    /// lacks the line: an old kernel, no CPU limit on the cgroup).
+    Malformed(String),
+    /// `statvfs` failed on a watched path.
+    Statvfs(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Malformed(m) | ReadError::Statvfs(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+fn malformed(m: impl Into<String>) -> ReadError {
+    ReadError::Malformed(m.into())
+}
+
 /// Aggregate CPU time from the first line of /proc/stat, in clock ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CpuTimes {
@@ -37,24 +61,23 @@ pub struct CpuTimes {
 }
 
 /// Reads the aggregate `cpu` line of /proc/stat.
-pub fn parse_proc_stat(text: &str) -> Result<CpuTimes, String> {
+pub fn parse_proc_stat(text: &str) -> Result<CpuTimes, ReadError> {
     let line = text
         .lines()
         .find(|l| l.starts_with("cpu "))
-        .ok_or("/proc/stat has no aggregate cpu line")?;
+        .ok_or_else(|| malformed("/proc/stat has no aggregate cpu line"))?;
     let fields: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .map(|f| {
             f.parse::<u64>()
-                .map_err(|_| format!("/proc/stat: bad number {f:?}"))
+                .map_err(|_| malformed(format!("/proc/stat: bad number {f:?}")))
         })
         .collect::<Result<_, _>>()?;
     if fields.len() < 8 {
-        return Err(
-            "/proc/stat: the cpu line has fewer than 8 fields (kernel too old for steal time)"
-                .into(),
-        );
+        return Err(malformed(
+            "/proc/stat: the cpu line has fewer than 8 fields (kernel too old for steal time)",
+        ));
     }
     // user nice system idle iowait irq softirq steal [guest guest_nice]; guest
     // time is already counted in user and nice.
@@ -74,7 +97,7 @@ pub struct Pressure {
     pub full_avg60: f64,
 }
 
-pub fn parse_pressure(text: &str) -> Result<Pressure, String> {
+pub fn parse_pressure(text: &str) -> Result<Pressure, ReadError> {
     let mut p = Pressure::default();
     let mut saw_some = false;
     for line in text.lines() {
@@ -86,7 +109,7 @@ pub fn parse_pressure(text: &str) -> Result<Pressure, String> {
             };
             let value = || {
                 v.parse::<f64>()
-                    .map_err(|_| format!("pressure file: bad value {kv:?}"))
+                    .map_err(|_| malformed(format!("pressure file: bad value {kv:?}")))
             };
             match (kind, k) {
                 ("some", "avg10") => p.some_avg10 = value()?,
@@ -102,7 +125,7 @@ pub fn parse_pressure(text: &str) -> Result<Pressure, String> {
     if saw_some {
         Ok(p)
     } else {
-        Err("pressure file has no `some avg60=` line".into())
+        Err(malformed("pressure file has no `some avg60=` line"))
     }
 }
 
@@ -113,17 +136,17 @@ pub struct Memory {
     pub available_kib: u64,
 }
 
-pub fn parse_meminfo(text: &str) -> Result<Memory, String> {
-    let field = |name: &str| -> Result<u64, String> {
+pub fn parse_meminfo(text: &str) -> Result<Memory, ReadError> {
+    let field = |name: &str| -> Result<u64, ReadError> {
         let line = text
             .lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(':'))
-            .ok_or_else(|| format!("/proc/meminfo has no {name}"))?;
+            .ok_or_else(|| malformed(format!("/proc/meminfo has no {name}")))?;
         line[name.len() + 1..]
             .split_whitespace()
             .next()
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| format!("/proc/meminfo: bad {name} line {line:?}"))
+            .ok_or_else(|| malformed(format!("/proc/meminfo: bad {name} line {line:?}")))
     };
     Ok(Memory {
         total_kib: field("MemTotal")?,
@@ -139,7 +162,7 @@ pub struct Throttling {
     pub throttled: u64,
 }
 
-pub fn parse_cpu_stat(text: &str) -> Result<Throttling, String> {
+pub fn parse_cpu_stat(text: &str) -> Result<Throttling, ReadError> {
     let mut t = Throttling::default();
     let mut seen = 0;
     for line in text.lines() {
@@ -154,21 +177,23 @@ pub fn parse_cpu_stat(text: &str) -> Result<Throttling, String> {
         };
         *slot = v
             .parse()
-            .map_err(|_| format!("cpu.stat: bad {k} value {v:?}"))?;
+            .map_err(|_| malformed(format!("cpu.stat: bad {k} value {v:?}")))?;
         seen += 1;
     }
     if seen == 2 {
         Ok(t)
     } else {
-        Err("cpu.stat has no nr_periods/nr_throttled (no CPU limit on this cgroup?)".into())
+        Err(malformed(
+            "cpu.stat has no nr_periods/nr_throttled (no CPU limit on this cgroup?)",
+        ))
     }
 }
 
 /// Used space of the filesystem holding `path`, in percent of what an
 /// unprivileged user can use (as `df` computes it).
-pub fn disk_used_percent(path: &Path) -> Result<f64, String> {
-    let st =
-        nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs {}: {e}", path.display()))?;
+pub fn disk_used_percent(path: &Path) -> Result<f64, ReadError> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| ReadError::Statvfs(format!("statvfs {}: {e}", path.display())))?;
     let frsize = st.fragment_size() as u128;
     let total = st.blocks() as u128 * frsize;
     let free = st.blocks_free() as u128 * frsize;

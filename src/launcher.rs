@@ -148,7 +148,7 @@ pub fn run_from_env(env: &Env) -> i32 {
         Some(Arc::new(identity)),
     ) {
         Ok(sandbox) => sandbox.with_host_notes(host_notes.clone()),
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     #[cfg(debug_assertions)]
     let executor = crate::run::process::DevExecutor::new(executor, config.kill_grace);

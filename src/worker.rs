@@ -577,7 +577,7 @@ impl<E: RunExecutor> Worker<E> {
                 if let Err(e) = self.executor.start(a, events) {
                     tracing::error!(run = run_id, "run failed to start: {e}");
                     self.ended(&run_id, "failed", None);
-                    self.run_event(&run_id, RunPhase::Failed, None, Some(e), None);
+                    self.run_event(&run_id, RunPhase::Failed, None, Some(e.to_string()), None);
                     self.report_status();
                 }
             }

@@ -390,7 +390,7 @@ fn poll_connectivity(config: &Config, identity: &Identity, pool: &str, report: &
     use crate::link::poll::{self, PollSettings};
     let settings = match PollSettings::from_config(config, identity, "check") {
         Ok(s) => s,
-        Err(e) => return report.push("endpoints", Status::Error, Area::Config, e),
+        Err(e) => return report.push("endpoints", Status::Error, Area::Config, e.to_string()),
     };
     let checks: Vec<_> = (0..settings.endpoints.len())
         .map(|i| {

@@ -149,7 +149,8 @@ pub fn import(
                 }
             }
         };
-        let cfg = manifest::Config::parse(&blob(&config.digest)?, layers.len()).map_err(bad)?;
+        let cfg = manifest::Config::parse(&blob(&config.digest)?, layers.len())
+            .map_err(|e| bad(e.to_string()))?;
         let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
         for d in &digests {
             if !store_has(store, d) {
@@ -201,7 +202,8 @@ pub fn import(
         .iter()
         .map(|l| digest_of(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let cfg = manifest::Config::parse(&blob(&config)?, layers.len()).map_err(bad)?;
+    let cfg =
+        manifest::Config::parse(&blob(&config)?, layers.len()).map_err(|e| bad(e.to_string()))?;
     let names: Vec<String> = match name {
         Some(n) => parse_ref(n).into_iter().collect(),
         None => one

@@ -319,7 +319,9 @@ impl Store {
         client.deadline = self.deadline;
         client.cancel = self.cancel.clone();
         let (bytes, mut digest) = client.manifest(r.manifest_ref())?;
-        let (config, layers) = match manifest::parse(&bytes).map_err(&malformed)? {
+        let (config, layers) = match manifest::parse(&bytes)
+            .map_err(|e| malformed(e.to_string()))?
+        {
             Parsed::Image { config, layers } => (config, layers),
             Parsed::Index(entries) => {
                 let e = manifest::pick(&entries).map_err(|(want, have)| Error::Platform {
@@ -329,7 +331,7 @@ impl Store {
                 })?;
                 let (b, d) = client.manifest(&e.digest)?;
                 digest = d;
-                match manifest::parse(&b).map_err(&malformed)? {
+                match manifest::parse(&b).map_err(|e| malformed(e.to_string()))? {
                     Parsed::Image { config, layers } => (config, layers),
                     Parsed::Index(_) => return Err(malformed("an index inside an index".into())),
                 }
@@ -366,7 +368,8 @@ impl Store {
         };
         let config_blob = fetch(&config)?;
         let config_bytes = read_small(&config_blob).map_err(|e| self.err(&config_blob, e))?;
-        let parsed = manifest::Config::parse(&config_bytes, layers.len()).map_err(&malformed)?;
+        let parsed = manifest::Config::parse(&config_bytes, layers.len())
+            .map_err(|e| malformed(e.to_string()))?;
         let total: u64 = layers.iter().map(|l| l.size).sum();
         log(&format!(
             "image {shown}: manifest {digest}, {} layer(s), {total} bytes to fetch",

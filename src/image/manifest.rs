@@ -76,24 +76,53 @@ pub enum Parsed {
 /// Most layers an image may have.
 const MAX_LAYERS: usize = 256;
 
+/// Why a manifest, an index or an image config was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestError {
+    /// Not JSON, or not what the image spec says (a bad digest, diff_ids
+    /// that do not match the layers).
+    Malformed(String),
+    /// Valid, but not something liftoff takes (schema 1, a foreign layer,
+    /// an unknown compression, too many layers, an image not for linux).
+    Unsupported(String),
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ManifestError::Malformed(m) | ManifestError::Unsupported(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+fn malformed(m: impl Into<String>) -> ManifestError {
+    ManifestError::Malformed(m.into())
+}
+
+fn unsupported(m: impl Into<String>) -> ManifestError {
+    ManifestError::Unsupported(m.into())
+}
+
 /// Parses a manifest or index; the error says what is wrong.
-pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+pub fn parse(bytes: &[u8]) -> Result<Parsed, ManifestError> {
     let d: Document = serde_json::from_slice(bytes)
-        .map_err(|e| format!("the manifest is not valid JSON: {e}"))?;
+        .map_err(|e| malformed(format!("the manifest is not valid JSON: {e}")))?;
     if d.schema_version != 2 {
-        return Err(format!(
+        return Err(unsupported(format!(
             "schemaVersion {} is not supported (only 2: OCI and Docker v2 schema 2; push the image again with a current tool)",
             d.schema_version
-        ));
+        )));
     }
     let check = |what: &str, ds: &Descriptor| {
         if valid_digest(&ds.digest) {
             Ok(())
         } else {
-            Err(format!(
+            Err(malformed(format!(
                 "{what} digest {:?} is not sha256:<64 hex>",
                 ds.digest.chars().take(80).collect::<String>()
-            ))
+            )))
         }
     };
     match (d.manifests, d.config, d.layers) {
@@ -106,7 +135,10 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         (None, Some(config), Some(layers)) => {
             check("the config", &config)?;
             if layers.len() > MAX_LAYERS {
-                return Err(format!("{} layers, more than {MAX_LAYERS}", layers.len()));
+                return Err(unsupported(format!(
+                    "{} layers, more than {MAX_LAYERS}",
+                    layers.len()
+                )));
             }
             for l in &layers {
                 check("a layer", l)?;
@@ -114,7 +146,9 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
             }
             Ok(Parsed::Image { config, layers })
         }
-        _ => Err("neither an index (manifests) nor an image manifest (config and layers)".into()),
+        _ => Err(malformed(
+            "neither an index (manifests) nor an image manifest (config and layers)",
+        )),
     }
 }
 
@@ -162,13 +196,13 @@ pub fn pick(entries: &[Descriptor]) -> Result<&Descriptor, (String, String)> {
 pub struct Layer;
 
 impl Layer {
-    pub fn compression(d: &Descriptor) -> Result<(), String> {
+    pub fn compression(d: &Descriptor) -> Result<(), ManifestError> {
         let t = d.media_type.as_str();
         if t.contains("nondistributable") || t.contains("foreign") || !d.urls.is_empty() {
-            return Err(format!(
+            return Err(unsupported(format!(
                 "layer {} is a foreign (non-distributable) layer, which liftoff does not fetch",
                 d.digest
-            ));
+            )));
         }
         let known = t.is_empty()
             || t.ends_with(".tar")
@@ -179,10 +213,10 @@ impl Layer {
         if known {
             Ok(())
         } else {
-            Err(format!(
+            Err(unsupported(format!(
                 "layer {} has media type {t:?}; only tar, tar+gzip and tar+zstd layers are supported",
                 d.digest
-            ))
+            )))
         }
     }
 }
@@ -206,20 +240,23 @@ pub struct RootFs {
 
 impl Config {
     /// Parses a config and checks it against the number of layers.
-    pub fn parse(bytes: &[u8], layers: usize) -> Result<Config, String> {
+    pub fn parse(bytes: &[u8], layers: usize) -> Result<Config, ManifestError> {
         let c: Config = serde_json::from_slice(bytes)
-            .map_err(|e| format!("the image config is not valid: {e}"))?;
+            .map_err(|e| malformed(format!("the image config is not valid: {e}")))?;
         if c.rootfs.diff_ids.len() != layers {
-            return Err(format!(
+            return Err(malformed(format!(
                 "the config lists {} diff_ids for {layers} layers",
                 c.rootfs.diff_ids.len()
-            ));
+            )));
         }
         if let Some(d) = c.rootfs.diff_ids.iter().find(|d| !valid_digest(d)) {
-            return Err(format!("diff_id {d:?} is not sha256:<64 hex>"));
+            return Err(malformed(format!("diff_id {d:?} is not sha256:<64 hex>")));
         }
         if !c.os.is_empty() && c.os != "linux" {
-            return Err(format!("the image is for {:?}, not linux", c.os));
+            return Err(unsupported(format!(
+                "the image is for {:?}, not linux",
+                c.os
+            )));
         }
         Ok(c)
     }
@@ -258,17 +295,23 @@ mod tests {
 
     #[test]
     fn bad_documents_are_refused_with_the_reason() {
-        for (doc, why) in [
-            (r#"{"schemaVersion": 1}"#, "schemaVersion 1"),
-            (r#"{"schemaVersion": 2}"#, "neither"),
+        for (doc, why, unsupported) in [
+            (r#"{"schemaVersion": 1}"#, "schemaVersion 1", true),
+            (r#"{"schemaVersion": 2}"#, "neither", false),
             (
                 r#"{"schemaVersion": 2, "config": {"digest": "md5:x"}, "layers": []}"#,
                 "not sha256",
+                false,
             ),
-            ("nope", "not valid JSON"),
+            ("nope", "not valid JSON", false),
         ] {
             let e = parse(doc.as_bytes()).unwrap_err();
-            assert!(e.contains(why), "{e}");
+            assert_eq!(
+                matches!(e, ManifestError::Unsupported(_)),
+                unsupported,
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(why), "{e}");
         }
     }
 }

@@ -97,7 +97,8 @@ pub fn prepare(config: &Config, identity: &Identity, worker_id: &str) -> Result<
             (Box::new(mqtt::MqttTransport::new(settings)), primary)
         }
         CommsProtocol::Poll => {
-            let settings = poll::PollSettings::from_config(config, identity, worker_id)?;
+            let settings = poll::PollSettings::from_config(config, identity, worker_id)
+                .map_err(|e| e.to_string())?;
             let primary = settings.endpoints.first().map(|e| e.region.clone());
             (Box::new(poll::PollTransport::new(settings)), primary)
         }

@@ -61,6 +61,34 @@ pub const MAX_HINT: Duration = Duration::from_secs(60);
 /// to it.
 const MIN_POLL_SPACING: Duration = Duration::from_secs(1);
 
+/// Why the long-poll transport cannot be set up, or a poll's answer was
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollError {
+    /// The configuration gives no long-poll transport: no token, no
+    /// endpoint, an id that cannot go into a URL.
+    Config(String),
+    /// The mTLS agent could not be built (the token's CA, the worker's key,
+    /// `ADDITIONAL_ROOT_CAS`, the proxy).
+    Agent(String),
+    /// The plane's answer to a poll is not what the protocol says.
+    Answer(String),
+}
+
+impl std::fmt::Display for PollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollError::Config(m) | PollError::Agent(m) | PollError::Answer(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for PollError {}
+
+fn bad_answer(m: impl Into<String>) -> PollError {
+    PollError::Answer(m.into())
+}
+
 /// What the long-poll transport needs.
 #[derive(Clone)]
 pub struct PollSettings {
@@ -86,11 +114,14 @@ impl PollSettings {
         config: &Config,
         identity: &Identity,
         worker_id: &str,
-    ) -> Result<PollSettings, String> {
-        let token = config.token.as_ref().ok_or("SPACELIFT_TOKEN is not set")?;
+    ) -> Result<PollSettings, PollError> {
+        let token = config
+            .token
+            .as_ref()
+            .ok_or_else(|| PollError::Config("SPACELIFT_TOKEN is not set".into()))?;
         let endpoints = endpoints(config);
         if endpoints.is_empty() {
-            return Err("SPACELIFT_WORKER_COMMS_PROTOCOL is poll, but the token names no endpoint and SPACELIFT_WORKER_COMMS_URL is not set: generate a new token or set SPACELIFT_WORKER_COMMS_URL=https://…".into());
+            return Err(PollError::Config("SPACELIFT_WORKER_COMMS_PROTOCOL is poll, but the token names no endpoint and SPACELIFT_WORKER_COMMS_URL is not set: generate a new token or set SPACELIFT_WORKER_COMMS_URL=https://…".into()));
         }
         let request_timeout = Duration::from_secs(10);
         let agent = crate::http::mtls_agent(
@@ -102,7 +133,8 @@ impl PollSettings {
                 connect: request_timeout,
                 call: config.poll_wait + request_timeout,
             },
-        )?;
+        )
+        .map_err(PollError::Agent)?;
         check_id("pool_id", &token.pool_id)?;
         check_id("worker id", worker_id)?;
         Ok(PollSettings {
@@ -144,16 +176,16 @@ pub fn endpoints(config: &Config) -> Vec<Endpoint> {
 }
 
 /// Ids go into URL paths: only the protocol's id characters.
-fn check_id(what: &str, id: &str) -> Result<(), String> {
+fn check_id(what: &str, id: &str) -> Result<(), PollError> {
     if id.is_empty()
         || id.len() > 128
         || !id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(format!(
+        return Err(PollError::Config(format!(
             "the {what} {id:?} cannot be used in a long-poll URL: expected 1-128 of A-Z a-z 0-9 - _"
-        ));
+        )));
     }
     Ok(())
 }
@@ -405,7 +437,7 @@ pub struct PollAnswer {
 }
 
 /// Parses a `2xx` answer to `GET …/commands`.
-pub fn parse_poll_answer(body: &[u8]) -> Result<PollAnswer, String> {
+pub fn parse_poll_answer(body: &[u8]) -> Result<PollAnswer, PollError> {
     #[derive(serde::Deserialize)]
     struct Raw<'a> {
         #[serde(borrow)]
@@ -419,22 +451,29 @@ pub fn parse_poll_answer(body: &[u8]) -> Result<PollAnswer, String> {
             .chars()
             .filter(|c| !c.is_control())
             .collect();
-        format!("not a JSON object with cursor and commands ({e}); it starts {start:?}")
+        bad_answer(format!(
+            "not a JSON object with cursor and commands ({e}); it starts {start:?}"
+        ))
     })?;
     let cursor: String = match raw.cursor {
-        None => return Err("no \"cursor\"".into()),
+        None => return Err(bad_answer("no \"cursor\"")),
         Some(c) => {
-            serde_json::from_str(c.get()).map_err(|_| "\"cursor\" is not a string".to_string())?
+            serde_json::from_str(c.get()).map_err(|_| bad_answer("\"cursor\" is not a string"))?
         }
     };
     if !valid_cursor(&cursor) {
-        return Err("\"cursor\" is not 1-128 of A-Z a-z 0-9 . _ ~ -".into());
+        return Err(bad_answer("\"cursor\" is not 1-128 of A-Z a-z 0-9 . _ ~ -"));
     }
-    let list: Vec<&serde_json::value::RawValue> =
-        serde_json::from_str(raw.commands.ok_or("no \"commands\" list")?.get())
-            .map_err(|_| "\"commands\" is not a list".to_string())?;
+    let list: Vec<&serde_json::value::RawValue> = serde_json::from_str(
+        raw.commands
+            .ok_or_else(|| bad_answer("no \"commands\" list"))?
+            .get(),
+    )
+    .map_err(|_| bad_answer("\"commands\" is not a list"))?;
     if list.iter().any(|c| !c.get().starts_with('{')) {
-        return Err("\"commands\" holds something that is not a JSON object".into());
+        return Err(bad_answer(
+            "\"commands\" holds something that is not a JSON object",
+        ));
     }
     let commands = list.iter().map(|c| c.get().as_bytes().to_vec()).collect();
     let next_poll = match raw.next_poll_ms {
@@ -442,7 +481,9 @@ pub fn parse_poll_answer(body: &[u8]) -> Result<PollAnswer, String> {
         Some(v) => Some(
             v.as_u64()
                 .map(|ms| Duration::from_millis(ms).min(MAX_HINT))
-                .ok_or("\"next_poll_ms\" is not a whole number of milliseconds")?,
+                .ok_or_else(|| {
+                    bad_answer("\"next_poll_ms\" is not a whole number of milliseconds")
+                })?,
         ),
     };
     Ok(PollAnswer {
@@ -817,7 +858,12 @@ mod tests {
             ),
         ] {
             let e = parse_poll_answer(bad).unwrap_err();
-            assert!(e.contains(why), "{}: {e}", String::from_utf8_lossy(bad));
+            assert!(matches!(e, PollError::Answer(_)), "{e:?}");
+            assert!(
+                e.to_string().contains(why),
+                "{}: {e}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

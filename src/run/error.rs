@@ -13,6 +13,57 @@ use crate::sandbox;
 use super::policy::PolicyError;
 use super::source::SourceError;
 
+/// Why the run executor could not be set up at start-up (the launcher
+/// stops with it).
+#[derive(Debug)]
+pub enum SetupError {
+    /// The run initialization policy could not be loaded.
+    Policy(PolicyError),
+    /// The provider cache directory could not be opened.
+    Cache(super::cache::CacheError),
+    /// The HTTP agent could not be built (a proxy, `ADDITIONAL_ROOT_CAS`).
+    Agent(String),
+    /// The tool cache could not be opened.
+    Tools(String),
+    /// The state directory could not be prepared.
+    StateDir(String),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Policy(e) => {
+                write!(f, "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: {e}")
+            }
+            SetupError::Cache(e) => write!(f, "LIFTOFF_PROVIDER_CACHE_DIR: {e}"),
+            SetupError::Agent(m) | SetupError::Tools(m) | SetupError::StateDir(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// Why a run could not be started at all (the worker reports it failed
+/// with this reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// The run's thread or process could not be started.
+    Spawn(String),
+    /// The assignment cannot be run by this executor (the development
+    /// executor's state has no command).
+    Assignment(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Spawn(m) | StartError::Assignment(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 /// A run that ended without an exit code of its own.
 #[derive(Debug)]
 pub enum RunError {

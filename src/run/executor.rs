@@ -53,7 +53,7 @@ use crate::sandbox::{self, BindMount, Sandbox, Stdio};
 
 use super::cache::ProviderCache;
 use super::env::{self, WORKSPACE};
-use super::error::RunError;
+use super::error::{RunError, SetupError, StartError};
 use super::interface::{RunEvent, RunEvents, RunExecutor};
 use super::outputs;
 use super::policy::{self, Policy};
@@ -151,25 +151,23 @@ impl SandboxExecutor {
         config: Config,
         launcher_env: Env,
         identity: Option<Arc<Identity>>,
-    ) -> Result<SandboxExecutor, String> {
+    ) -> Result<SandboxExecutor, SetupError> {
         let policy = match &config.run_initialization_policy {
-            Some(p) => Some(
-                Policy::load(p)
-                    .map_err(|e| format!("SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY: {e}"))?,
-            ),
+            Some(p) => Some(Policy::load(p).map_err(SetupError::Policy)?),
             None => None,
         };
         let cache =
             ProviderCache::open(&config.provider_cache_dir, config.provider_cache_max_bytes)
-                .map_err(|e| format!("LIFTOFF_PROVIDER_CACHE_DIR: {e}"))?;
-        let agent = crate::http::agent_from_config(&config)?;
+                .map_err(SetupError::Cache)?;
+        let agent = crate::http::agent_from_config(&config).map_err(SetupError::Agent)?;
         let tools =
-            crate::tools::Tools::open(crate::tools::Settings::from_config(&config), agent.clone())?;
+            crate::tools::Tools::open(crate::tools::Settings::from_config(&config), agent.clone())
+                .map_err(SetupError::Tools)?;
         fs::create_dir_all(config.state_dir.join("runs")).map_err(|e| {
-            format!(
+            SetupError::StateDir(format!(
                 "cannot create {}: {e}; LIFTOFF_STATE_DIR must be a writable directory",
                 config.state_dir.join("runs").display()
-            )
+            ))
         })?;
         // Runtime liftoff binds the workspace by file descriptor (opened by
         // the launcher), so the state directory may stay private. Without a
@@ -186,7 +184,12 @@ impl SandboxExecutor {
                 let mode = m.permissions().mode() & 0o7777;
                 if mode & 0o011 != 0o011 {
                     fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o011)).map_err(
-                        |e| format!("cannot let runs pass through {}: {e}", dir.display()),
+                        |e| {
+                            SetupError::StateDir(format!(
+                                "cannot let runs pass through {}: {e}",
+                                dir.display()
+                            ))
+                        },
                     )?;
                 }
             }
@@ -313,7 +316,7 @@ fn ending(e: Ending) -> RunEvent {
 }
 
 impl RunExecutor for SandboxExecutor {
-    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), String> {
+    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), StartError> {
         let control = Arc::new(Control::default());
         self.runs
             .lock()
@@ -340,7 +343,7 @@ impl RunExecutor for SandboxExecutor {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&run_id);
-            return Err(format!("cannot start a run thread: {e}"));
+            return Err(StartError::Spawn(format!("cannot start a run thread: {e}")));
         }
         Ok(())
     }
@@ -883,7 +886,8 @@ fn upload_outputs(
     stdout: &[u8],
     log: &mut Pipeline,
 ) -> Result<(), String> {
-    let out = outputs::filter(stdout, shared.config.sensitive_output_upload)?;
+    let out = outputs::filter(stdout, shared.config.sensitive_output_upload)
+        .map_err(|e| e.to_string())?;
     if !out.dropped.is_empty() {
         let _ = log.line(&format!(
             "liftoff: sensitive outputs not uploaded (SPACELIFT_SENSITIVE_OUTPUT_UPLOAD_ENABLED is not true): {}",

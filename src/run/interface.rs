@@ -70,7 +70,11 @@ pub trait RunExecutor: Send {
     /// Starts the run and returns at once; the run reports through `events`
     /// (at least the terminal event). An `Err` means it never started: the
     /// worker reports the run failed with that reason.
-    fn start(&mut self, assignment: Assignment, events: RunEvents) -> Result<(), String>;
+    fn start(
+        &mut self,
+        assignment: Assignment,
+        events: RunEvents,
+    ) -> Result<(), super::error::StartError>;
 
     /// Graceful cancel: SIGTERM the job's process tree, SIGKILL it after
     /// `kill_grace`; then the run reports [`RunEvent::Failed`] (or

@@ -10,6 +10,25 @@ use serde_json::{Map, Value};
 /// Most bytes an outputs document may have.
 pub const MAX_OUTPUTS: usize = 4 << 20;
 
+/// Why the outputs step's output cannot be uploaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputsError {
+    /// Over [`MAX_OUTPUTS`] bytes.
+    TooLarge(String),
+    /// Not the JSON `tofu output -json` prints.
+    Malformed(String),
+}
+
+impl std::fmt::Display for OutputsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputsError::TooLarge(m) | OutputsError::Malformed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for OutputsError {}
+
 /// The filtered document and the names of the outputs dropped as sensitive.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outputs {
@@ -19,35 +38,35 @@ pub struct Outputs {
 
 /// Parses `tofu output -json` (`{"name": {"sensitive": bool, "type": …,
 /// "value": …}}`) and drops sensitive outputs unless `keep_sensitive`.
-pub fn filter(json: &[u8], keep_sensitive: bool) -> Result<Outputs, String> {
+pub fn filter(json: &[u8], keep_sensitive: bool) -> Result<Outputs, OutputsError> {
     if json.len() > MAX_OUTPUTS {
-        return Err(format!(
+        return Err(OutputsError::TooLarge(format!(
             "the outputs step printed more than {MAX_OUTPUTS} bytes"
-        ));
+        )));
     }
     let doc: Value = serde_json::from_slice(json).map_err(|e| {
-        format!(
+        OutputsError::Malformed(format!(
             "the outputs step did not print JSON ({e}): expected the output of `tofu output -json`"
-        )
+        ))
     })?;
     let Value::Object(map) = doc else {
-        return Err("the outputs step printed JSON that is not an object: expected the output of `tofu output -json`".into());
+        return Err(OutputsError::Malformed("the outputs step printed JSON that is not an object: expected the output of `tofu output -json`".into()));
     };
     let mut kept = Map::new();
     let mut dropped = Vec::new();
     for (name, output) in map {
         let Some(obj) = output.as_object() else {
-            return Err(format!(
+            return Err(OutputsError::Malformed(format!(
                 "output {name:?} is not an object with sensitive/type/value"
-            ));
+            )));
         };
         let sensitive = match obj.get("sensitive") {
             None | Some(Value::Bool(false)) => false,
             Some(Value::Bool(true)) => true,
             Some(_) => {
-                return Err(format!(
+                return Err(OutputsError::Malformed(format!(
                     "output {name:?}: \"sensitive\" must be true or false"
-                ));
+                )));
             }
         };
         if sensitive && !keep_sensitive {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::link::protocol::{Assignment, Upload};
 
+use super::error::StartError;
 use super::executor::SandboxExecutor;
 use super::interface::{RunEvent, RunEvents, RunExecutor};
 
@@ -35,13 +36,17 @@ fn signal_group(pgid: nix::unistd::Pid, sig: nix::sys::signal::Signal) {
 }
 
 impl RunExecutor for ProcessExecutor {
-    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), String> {
+    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), StartError> {
         use std::os::unix::process::CommandExt;
         let command = a
             .state
             .get("command")
             .and_then(|c| c.as_str())
-            .ok_or("the process executor needs \"state\": {\"command\": \"...\"}")?;
+            .ok_or_else(|| {
+                StartError::Assignment(
+                    "the process executor needs \"state\": {\"command\": \"...\"}".into(),
+                )
+            })?;
         let mut child = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
@@ -51,7 +56,7 @@ impl RunExecutor for ProcessExecutor {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+            .map_err(|e| StartError::Spawn(format!("cannot start /bin/sh: {e}")))?;
         let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
         self.groups
             .lock()
@@ -85,7 +90,7 @@ impl RunExecutor for ProcessExecutor {
                     },
                 });
             })
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
+            .map_err(|e| StartError::Spawn(format!("cannot start a thread: {e}")))?;
         Ok(())
     }
 
@@ -160,7 +165,7 @@ impl DevExecutor {
 }
 
 impl RunExecutor for DevExecutor {
-    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), String> {
+    fn start(&mut self, a: Assignment, events: RunEvents) -> Result<(), StartError> {
         let plain = a.state.get("command").is_some() && a.state.get("alg").is_none();
         if plain {
             self.process.start(a, events)
