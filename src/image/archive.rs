@@ -57,7 +57,7 @@ pub fn import(
         if kind.is_symlink() {
             if let Ok(Some(t)) = entry.link_name() {
                 let t = path.parent().unwrap_or(Path::new("")).join(t);
-                links.push((path, normalize(&t)));
+                links.push((path, crate::beneath::lexical(&t)));
             }
             continue;
         }
@@ -192,7 +192,7 @@ pub fn import(
     };
     let digest_of = |p: &str| {
         files
-            .get(&normalize(Path::new(p)))
+            .get(&crate::beneath::lexical(Path::new(p)))
             .cloned()
             .ok_or_else(|| bad(format!("{p} named by manifest.json is missing")))
     };
@@ -229,19 +229,4 @@ fn store_has(store: &Store, d: &str) -> bool {
         .join("blobs/sha256")
         .join(d.trim_start_matches("sha256:"))
         .is_file()
-}
-
-/// `a/./b/../c` → `a/c` (never above the top).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
 }
