@@ -410,6 +410,8 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
         return run_piped(spec, &config, run);
     }
     let signals = CancelSignals::block();
+    let show_timings = env.get("LIFTOFF_EXEC_TIMINGS").is_some();
+    sandbox::time_child_phases(show_timings);
     let mut sb = match sandbox::spawn(&spec) {
         Ok(sb) => sb,
         Err(e) => return fail(e),
@@ -417,7 +419,6 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
     for w in &sb.warnings {
         eprintln!("liftoff: warning: {w}");
     }
-    let show_timings = env.get("LIFTOFF_EXEC_TIMINGS").is_some();
     if show_timings {
         for (what, t) in &sb.timings {
             eprintln!(

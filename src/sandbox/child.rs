@@ -40,6 +40,103 @@ pub(crate) const STEP_EXEC: u32 = 17;
 pub(crate) const STEP_PDEATHSIG: u32 = 18;
 pub(crate) const STEP_CGROUP: u32 = 19;
 pub(crate) const STEP_MOUNT: u32 = 1000;
+/// Marks of the phase clock only ([`Trace`]), never errors.
+pub(crate) const MARK_GO: u32 = 900;
+pub(crate) const MARK_JOB: u32 = 901;
+
+/// The child's phase clock (`LIFTOFF_EXEC_TIMINGS`): (mark, CLOCK_MONOTONIC
+/// ns) pairs that init and the job append, with system calls only, to a
+/// page shared with the launcher (mapped before the clone). Off (null)
+/// unless asked for: no cost then.
+pub(crate) struct Trace {
+    /// `[count, (mark, ns)...]`; null when off.
+    page: *mut u64,
+}
+
+/// Pairs a trace page holds.
+const TRACE_SLOTS: usize = (TRACE_PAGE / 8 - 1) / 2;
+const TRACE_PAGE: usize = 8192;
+
+impl Trace {
+    pub(crate) fn off() -> Trace {
+        Trace {
+            page: std::ptr::null_mut(),
+        }
+    }
+
+    /// A shared page for the child's marks; off when it cannot be mapped.
+    pub(crate) fn new() -> Trace {
+        // SAFETY: a fresh anonymous shared mapping, unmapped in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                TRACE_PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Trace::off();
+        }
+        Trace { page: p as *mut u64 }
+    }
+
+    /// CLOCK_MONOTONIC in ns (the clock of `Instant`).
+    pub(crate) fn now() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime into a stack timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    /// Child side: appends (mark, now).
+    pub(crate) fn mark(&self, mark: u32) {
+        if self.page.is_null() {
+            return;
+        }
+        let now = Trace::now();
+        // SAFETY: the page is mapped for the child's whole life; the count
+        // is claimed atomically (init and the job may both write).
+        unsafe {
+            let count = &*(self.page as *const std::sync::atomic::AtomicU64);
+            let i = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+            if i < TRACE_SLOTS {
+                *self.page.add(1 + 2 * i) = mark as u64;
+                *self.page.add(2 + 2 * i) = now;
+            }
+        }
+    }
+
+    /// Parent side: the marks written so far.
+    pub(crate) fn read(&self) -> Vec<(u32, u64)> {
+        if self.page.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: reading the shared page; the child wrote whole slots
+        // before the launcher reads (after the job's exec).
+        unsafe {
+            let count = &*(self.page as *const std::sync::atomic::AtomicU64);
+            let n = (count.load(std::sync::atomic::Ordering::Acquire) as usize).min(TRACE_SLOTS);
+            (0..n)
+                .map(|i| (*self.page.add(1 + 2 * i) as u32, *self.page.add(2 + 2 * i)))
+                .collect()
+        }
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if !self.page.is_null() {
+            // SAFETY: unmapping the page mapped in `new`.
+            unsafe { libc::munmap(self.page as *mut libc::c_void, TRACE_PAGE) };
+        }
+    }
+}
 
 /// Words for a step number (parent side).
 pub(crate) fn describe(step: u32, ops: &[(Op, String)], program: &str) -> String {
@@ -97,6 +194,7 @@ pub(crate) struct ChildPlan {
     pub cgroup_tasks: Vec<i32>,
     pub err_fd: i32,
     pub status_fd: i32,
+    pub trace: Trace,
 }
 
 fn errno() -> i32 {
@@ -179,6 +277,7 @@ fn launcher_alive(plan: &ChildPlan) {
 pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     let e = plan.err_fd;
     wait_for_go(plan);
+    plan.trace.mark(MARK_GO);
     // The namespace's root (0) is unmapped, so the job id keeps our
     // capabilities inside the namespace until the job drops them.
     become_ids(e, plan.drop_groups, JOB_ID, JOB_ID);
@@ -197,8 +296,10 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     if plan.loopback {
         ok_or_fail(e, STEP_LOOPBACK, namespaces::loopback_up());
     }
+    plan.trace.mark(STEP_LOOPBACK);
     for (i, (op, _)) in plan.ops.iter().enumerate() {
         ok_or_fail(e, STEP_MOUNT + i as u32, op.run());
+        plan.trace.mark(STEP_MOUNT + i as u32);
     }
     // Block every signal before the fork: init takes them with sigwaitinfo.
     let all = init::block_all();
@@ -339,6 +440,7 @@ pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
 /// seccomp, exec. Never returns.
 fn run_job(plan: &ChildPlan) -> ! {
     let e = plan.err_fd;
+    plan.trace.mark(MARK_JOB);
     // SAFETY: prctl with constant arguments.
     ok_or_fail(
         e,
@@ -368,8 +470,10 @@ fn run_job(plan: &ChildPlan) -> ! {
         )
     };
     init::reset_signals();
+    plan.trace.mark(STEP_STDIO);
     ok_or_fail(e, STEP_RLIMITS, rlimits::apply(&plan.rlimits));
     ok_or_fail(e, STEP_CAPS, drop_capabilities());
+    plan.trace.mark(STEP_CAPS);
     // SAFETY: prctl with constant arguments.
     ok_or_fail(
         e,
@@ -379,11 +483,13 @@ fn run_job(plan: &ChildPlan) -> ! {
     if let Some(rules) = &plan.landlock {
         ok_or_fail(e, STEP_LANDLOCK, rules.apply());
     }
+    plan.trace.mark(STEP_LANDLOCK);
     // SAFETY: chdir to a valid C string.
     ok_or_fail(e, STEP_CWD, sys(unsafe { libc::chdir(plan.cwd.as_ptr()) }));
     if let Some(p) = plan.seccomp {
         ok_or_fail(e, STEP_SECCOMP, seccomp::apply(p));
     }
+    plan.trace.mark(STEP_SECCOMP);
     let mut last = libc::ENOENT;
     for path in &plan.exec_paths {
         // SAFETY: execve with NULL-terminated argv/envp arrays of C strings

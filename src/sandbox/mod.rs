@@ -65,7 +65,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use crate::config::{LandlockMode, Network, Runtime};
-pub use spawn::spawn;
+pub use spawn::{spawn, time_child_phases};
 
 /// The job's uid and gid inside the sandbox (the seed's runner convention).
 pub const JOB_ID: u32 = 1983;
@@ -304,8 +304,9 @@ pub struct Sandbox {
     pub stderr: Option<File>,
     /// What is not enforced on this host (said once, never silently).
     pub warnings: Vec<String>,
-    /// Time since `spawn` was called at each setup phase (for tuning).
-    pub timings: Vec<(&'static str, Duration)>,
+    /// Time since `spawn` was called at each setup phase (for tuning; with
+    /// [`time_child_phases`], the child's phases too).
+    pub timings: Vec<(std::borrow::Cow<'static, str>, Duration)>,
 }
 
 impl Sandbox {

@@ -10,11 +10,13 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cgroup::JobCgroup;
-use super::child::{self, ChildPlan};
+use super::child::{self, ChildPlan, Trace};
 use super::landlock::{self, Rules};
 use super::mounts::Op;
 use super::namespaces::{self, NetnsGuard};
@@ -165,19 +167,76 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
 /// Time since `spawn` was called at each setup phase ([`Sandbox::timings`]).
 struct Clock {
     t0: Instant,
-    timings: Vec<(&'static str, Duration)>,
+    /// `t0` as CLOCK_MONOTONIC ns (the child's marks use that clock).
+    t0_ns: u64,
+    timings: Vec<(Cow<'static, str>, Duration)>,
 }
 
 impl Clock {
     fn start() -> Clock {
         Clock {
             t0: Instant::now(),
+            t0_ns: Trace::now(),
             timings: Vec::with_capacity(8),
         }
     }
     fn mark(&mut self, phase: &'static str) {
-        self.timings.push((phase, self.t0.elapsed()));
+        self.timings.push((phase.into(), self.t0.elapsed()));
     }
+
+    /// The child's marks ([`Trace`]) as phases: the steps, the mount plan
+    /// as one phase, and its slowest operations.
+    fn child_phases(&mut self, marks: &[(u32, u64)], ops: &[(Op, String)]) {
+        let at = |ns: u64| Duration::from_nanos(ns.saturating_sub(self.t0_ns));
+        let mut slow: Vec<(Duration, usize)> = Vec::new();
+        let mut prev = None;
+        let mut mounts = 0;
+        for (mark, ns) in marks {
+            let what: &'static str = match *mark {
+                child::MARK_GO => "child: got the go (v1 cgroups joined)",
+                child::STEP_LOOPBACK => "child: ids, cgroup namespace, hostname",
+                child::MARK_JOB => "job: started (init forked it)",
+                child::STEP_STDIO => "job: session, stdio, signals reset",
+                child::STEP_CAPS => "job: rlimits, capabilities dropped",
+                child::STEP_LANDLOCK => "job: no_new_privs, landlock",
+                child::STEP_SECCOMP => "job: cwd, seccomp (execve next)",
+                m if m >= child::STEP_MOUNT => {
+                    let i = (m - child::STEP_MOUNT) as usize;
+                    if let Some(p) = prev {
+                        slow.push((at(*ns).saturating_sub(at(p)), i));
+                    }
+                    mounts += 1;
+                    prev = Some(*ns);
+                    if i + 1 == ops.len() {
+                        self.timings.push((
+                            format!("child: mount plan done ({mounts} operations)").into(),
+                            at(*ns),
+                        ));
+                    }
+                    continue;
+                }
+                _ => "child: mark",
+            };
+            prev = Some(*ns);
+            self.timings.push((what.into(), at(*ns)));
+        }
+        slow.sort_by(|a, b| b.0.cmp(&a.0));
+        for (d, i) in slow.iter().take(5) {
+            if let Some((_, what)) = ops.get(*i) {
+                self.timings
+                    .push((format!("  (slowest mount operations) {what}").into(), *d));
+            }
+        }
+    }
+}
+
+/// Whether [`spawn`] also times the phases inside the child (one shared
+/// page per start): `liftoff exec` with `LIFTOFF_EXEC_TIMINGS`.
+static CHILD_TIMINGS: AtomicBool = AtomicBool::new(false);
+
+/// Times the child's phases too ([`Sandbox::timings`]); for tuning.
+pub fn time_child_phases(on: bool) {
+    CHILD_TIMINGS.store(on, Ordering::Relaxed);
 }
 
 /// The phases of the module doc of `sandbox`, in order.
@@ -197,7 +256,12 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let cgroup = create_cgroup(spec, root, &mut warnings)?;
     clock.mark("cgroups created");
     let (child_ends, parent_ends) = open_pipes(spec, cgroup.as_ref())?;
-    let plan = child_plan(spec, prepared, &command, &child_ends, cgroup.is_some());
+    let trace = if CHILD_TIMINGS.load(Ordering::Relaxed) {
+        Trace::new()
+    } else {
+        Trace::off()
+    };
+    let plan = child_plan(spec, prepared, &command, &child_ends, cgroup.is_some(), trace);
     // 3-4. Named network, clone.
     let started = clone_child(spec, &plan, cgroup)?;
     drop(child_ends);
@@ -208,6 +272,7 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     // 6. Exec or error.
     wait_for_exec(&started, parent_ends.err_r, &plan, &command.program)?;
     clock.mark("job exec'd");
+    clock.child_phases(&plan.trace.read(), &plan.ops);
     Ok(Sandbox {
         pid: started.pid,
         pidfd: started.pidfd,
@@ -298,6 +363,7 @@ fn child_plan(
     command: &Command,
     ends: &ChildEnds,
     cgroupns: bool,
+    trace: Trace,
 ) -> ChildPlan {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -321,6 +387,7 @@ fn child_plan(
         cgroup_tasks: ends.cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
         err_fd: ends.err_w.as_raw_fd(),
         status_fd: ends.status_w.as_raw_fd(),
+        trace,
     }
 }
 
