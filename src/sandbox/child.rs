@@ -4,10 +4,12 @@
 //! multi-threaded launcher.
 //!
 //! Order (runtime liftoff), in [`run_init`]: PDEATHSIG → wait for the go →
-//! uid/gid 1983 → cgroup namespace → hostname → loopback → mount plan → start
-//! the job ([`spawn_job`]: vfork-like, [`run_job`]) → become init
-//! ([`super::init::serve`]).
-//! Runtimes landlock/none: [`run_direct`] (the child is the job).
+//! uid/gid 1983 → hostname → loopback → mount plan → wait for the cgroups
+//! (the launcher completes them meanwhile) and join the v1 ones → cgroup
+//! namespace → start the job ([`spawn_job`]: vfork-like, [`run_job`]) →
+//! become init ([`super::init::serve`]).
+//! Runtimes landlock/none: [`run_direct`] (the child is the job; it waits
+//! for the cgroups right after the go).
 //!
 //! Errors go to the parent through the error pipe as (step, errno); the
 //! parent turns the step number into words ([`describe`]).
@@ -189,9 +191,9 @@ pub(crate) struct ChildPlan {
     pub cwd: CString,
     /// Child ends for fds 0, 1, 2; -1 = inherit.
     pub stdio: [i32; 3],
+    /// The launcher's socket: the go, then the cgroups' readiness with the
+    /// v1 `tasks` files to join ([`wait_for_cgroups`]).
     pub sync_fd: i32,
-    /// v1 `tasks` files opened by the parent: the child writes "0".
-    pub cgroup_tasks: Vec<i32>,
     pub err_fd: i32,
     pub status_fd: i32,
     pub trace: Trace,
@@ -244,18 +246,80 @@ fn wait_for_go(plan: &ChildPlan) {
         // SAFETY: _exit ends the child without running anything else.
         unsafe { libc::_exit(125) };
     }
-    for fd in &plan.cgroup_tasks {
-        // SAFETY: write of a constant to an fd the parent opened; close it.
+}
+
+/// Most v1 `tasks` files the launcher sends (pids, memory, cpu).
+const MAX_TASK_FDS: usize = 4;
+
+/// Waits for the launcher's second message: the job's cgroups are complete
+/// (limits written), with the v1 `tasks` files (opened by the launcher) to
+/// join: "0" moves this process itself, which skips the threadgroup lock
+/// and its RCU grace period that writing a pid costs. Closes the socket.
+/// A hang-up means the launcher is gone: exit.
+fn wait_for_cgroups(plan: &ChildPlan) {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // u64s: aligned for cmsghdr. CMSG_SPACE of MAX_TASK_FDS ints.
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the
+    // recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = loop {
+        // SAFETY: recvmsg into the stack buffers described by `msg`.
+        let n = unsafe { libc::recvmsg(plan.sync_fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        break n;
+    };
+    if n != 1 {
+        // SAFETY: _exit ends the child without running anything else.
+        unsafe { libc::_exit(125) };
+    }
+    let mut fds = [-1i32; MAX_TASK_FDS];
+    let mut count = 0;
+    // SAFETY: walking the control messages recvmsg filled in, within
+    // `msg_controllen`; each SCM_RIGHTS payload is an array of ints.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const i32;
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / std::mem::size_of::<i32>() {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    if count < MAX_TASK_FDS {
+                        fds[count] = fd;
+                        count += 1;
+                    } else {
+                        libc::close(fd);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    for fd in &fds[..count] {
+        // SAFETY: write of a constant to an fd the launcher opened; close it.
         let r = unsafe { libc::write(*fd, b"0".as_ptr() as *const libc::c_void, 1) };
         if r < 0 {
             fail(plan.err_fd, STEP_CGROUP, errno());
         }
-        // SAFETY: closing our copy.
+        // SAFETY: closing the received fd.
         unsafe { libc::close(*fd) };
     }
+    // SAFETY: closing our end of the launcher's socket.
+    unsafe { libc::close(plan.sync_fd) };
 }
 
-/// The launcher keeps the sync pipe's write end for the job's lifetime: a
+/// The launcher keeps its end of the sync socket for the job's lifetime: a
 /// hang-up means it died before PDEATHSIG was (re)armed.
 fn launcher_alive(plan: &ChildPlan) {
     let mut p = libc::pollfd {
@@ -269,8 +333,6 @@ fn launcher_alive(plan: &ChildPlan) {
         // SAFETY: _exit ends the child.
         unsafe { libc::_exit(125) };
     }
-    // SAFETY: closing our copy of the sync pipe.
-    unsafe { libc::close(plan.sync_fd) };
 }
 
 /// Pid 1 of the new namespaces (runtime liftoff). Never returns.
@@ -282,14 +344,6 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     // capabilities inside the namespace until the job drops them.
     become_ids(e, plan.drop_groups, JOB_ID, JOB_ID);
     launcher_alive(plan);
-    if plan.cgroupns {
-        // SAFETY: unshare with a constant flag.
-        ok_or_fail(
-            e,
-            STEP_CGROUPNS,
-            sys(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }),
-        );
-    }
     if let Some(h) = &plan.hostname {
         ok_or_fail(e, STEP_HOSTNAME, namespaces::set_hostname(h));
     }
@@ -301,6 +355,18 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
         ok_or_fail(e, STEP_MOUNT + i as u32, op.run());
         plan.trace.mark(STEP_MOUNT + i as u32);
     }
+    // The launcher completed the cgroups meanwhile; join them, then the
+    // cgroup namespace is rooted at them.
+    wait_for_cgroups(plan);
+    if plan.cgroupns {
+        // SAFETY: unshare with a constant flag.
+        ok_or_fail(
+            e,
+            STEP_CGROUPNS,
+            sys(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }),
+        );
+    }
+    plan.trace.mark(STEP_CGROUP);
     // Block every signal before the fork: init takes them with sigwaitinfo.
     let all = init::block_all();
     let pid = spawn_job(plan);
@@ -433,6 +499,7 @@ pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
         None => set_pdeathsig(e),
     }
     launcher_alive(plan);
+    wait_for_cgroups(plan);
     run_job(plan)
 }
 

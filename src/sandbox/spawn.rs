@@ -60,6 +60,26 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The launcher-child channel: a seqpacket socket pair (messages keep their
+/// bounds, and the second one carries fds).
+fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair into a two-element array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(Error::os("socketpair", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds are fresh and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 fn cstr(s: &[u8], what: &str) -> Result<CString, Error> {
     CString::new(s).map_err(|_| Error::new(format!("{what} contains a NUL byte")))
 }
@@ -193,8 +213,9 @@ impl Clock {
         let mut mounts = 0;
         for (mark, ns) in marks {
             let what: &'static str = match *mark {
-                child::MARK_GO => "child: got the go (v1 cgroups joined)",
+                child::MARK_GO => "child: got the go",
                 child::STEP_LOOPBACK => "child: ids, cgroup namespace, hostname",
+                child::STEP_CGROUP => "child: cgroups joined, cgroup namespace",
                 child::MARK_JOB => "job: started (init forked it)",
                 child::STEP_STDIO => "job: session, stdio, signals reset",
                 child::STEP_CAPS => "job: rlimits, capabilities dropped",
@@ -252,10 +273,10 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let prepared = prepare(spec, &workspace, &mut warnings, &mut clock)?;
     let command = Command::new(spec, &workspace)?;
     clock.mark("plan: argv, env");
-    // 2. cgroups, and the pipes between launcher and child.
+    // 2. The cgroup the clone enters, and the pipes between launcher and child.
     let cgroup = create_cgroup(spec, root, &mut warnings)?;
-    clock.mark("cgroups created");
-    let (child_ends, parent_ends) = open_pipes(spec, cgroup.as_ref())?;
+    clock.mark("cgroup created");
+    let (child_ends, parent_ends) = open_pipes(spec)?;
     let trace = if CHILD_TIMINGS.load(Ordering::Relaxed) {
         Trace::new()
     } else {
@@ -266,9 +287,12 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let started = clone_child(spec, &plan, cgroup)?;
     drop(child_ends);
     clock.mark("cloned");
-    // 5. Maps, cgroup, go.
+    // 5. Maps, go; then the cgroups completed while the child mounts.
     let lifeline = release(&started, liftoff, host, parent_ends.sync_w)?;
     clock.mark("maps written, child released");
+    let mut started = started;
+    complete_cgroup(&mut started, &lifeline)?;
+    clock.mark("cgroups completed (limits), sent to the child");
     // 6. Exec or error.
     wait_for_exec(&started, parent_ends.err_r, &plan, &command.program)?;
     clock.mark("job exec'd");
@@ -384,7 +408,6 @@ fn child_plan(
         cwd: command.cwd.clone(),
         stdio: ends.stdio(),
         sync_fd: ends.sync_r.as_raw_fd(),
-        cgroup_tasks: ends.cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
         err_fd: ends.err_w.as_raw_fd(),
         status_fd: ends.status_w.as_raw_fd(),
         trace,
@@ -540,14 +563,21 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// The job's cgroups with the limits written. An unprivileged launcher
+/// The job's cgroups: a root launcher makes what the clone needs
+/// ([`JobCgroup::begin`]) and completes the rest while the child sets up
+/// ([`complete_cgroup`]). An unprivileged launcher makes them all here, and
 /// without a delegated cgroup runs the job without (said in `warnings`).
 fn create_cgroup(
     spec: &SandboxSpec,
     root: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Option<JobCgroup>, Error> {
-    match JobCgroup::create(&spec.name, &spec.limits) {
+    let made = if root {
+        JobCgroup::begin(&spec.name, &spec.limits)
+    } else {
+        JobCgroup::create(&spec.name, &spec.limits)
+    };
+    match made {
         Ok(cg) => Ok(Some(cg)),
         Err(e) if !root => {
             warnings.push(if spec.runtime == Runtime::Liftoff {
@@ -565,8 +595,8 @@ fn create_cgroup(
     }
 }
 
-/// The child's ends of the pipes and stdio, and the v1 `tasks` files it
-/// joins: closed in the launcher right after the clone.
+/// The child's ends of the pipes and stdio: closed in the launcher right
+/// after the clone.
 struct ChildEnds {
     sync_r: OwnedFd,
     err_w: OwnedFd,
@@ -574,7 +604,6 @@ struct ChildEnds {
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    cgroup_tasks: Vec<OwnedFd>,
 }
 
 impl ChildEnds {
@@ -596,19 +625,8 @@ struct ParentEnds {
     stderr: Option<File>,
 }
 
-fn open_pipes(
-    spec: &SandboxSpec,
-    cgroup: Option<&JobCgroup>,
-) -> Result<(ChildEnds, ParentEnds), Error> {
-    let mut cgroup_tasks = Vec::new();
-    for f in cgroup.map(|c| c.v1_task_files()).unwrap_or_default() {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&f)
-            .map_err(|e| Error::new(format!("open {}: {e}", f.display())))?;
-        cgroup_tasks.push(OwnedFd::from(file));
-    }
-    let (sync_r, sync_w) = pipe()?;
+fn open_pipes(spec: &SandboxSpec) -> Result<(ChildEnds, ParentEnds), Error> {
+    let (sync_r, sync_w) = socketpair()?;
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
     let (in_child, in_parent) = stdio(spec.stdin, true)?;
@@ -635,7 +653,6 @@ fn open_pipes(
             stdin: in_child,
             stdout: out_child,
             stderr: errs_child,
-            cgroup_tasks,
         },
         ParentEnds {
             sync_w,
@@ -796,8 +813,8 @@ fn clone_child(
 }
 
 /// Phase 5: writes the uid/gid maps, moves the child into its v2 cgroup
-/// when the clone could not, sets its OOM score, and lets it go. Returns the
-/// sync pipe's write end, kept for the job's lifetime (the lifeline).
+/// when the clone could not, and lets it go. Returns the launcher's end of
+/// the sync socket, kept for the job's lifetime (the lifeline).
 fn release(
     started: &Started,
     liftoff: bool,
@@ -813,17 +830,86 @@ fn release(
             cg.add_v2(pid).map_err(|e| started.abort(e))?;
         }
     }
-    // Best effort: raising a score needs no privilege beyond owning the
-    // process; a host without the file keeps the default.
-    let _ = std::fs::write(
-        format!("/proc/{pid}/oom_score_adj"),
-        child::JOB_OOM_SCORE_ADJ,
-    );
     let mut sync_w = File::from(sync_w);
     sync_w
         .write_all(&[1])
         .map_err(|e| started.abort(Error::os("start the sandbox", e)))?;
     Ok(sync_w)
+}
+
+/// Phase 5, while the child mounts: completes the cgroups (v1 directories,
+/// controllers, limits), sets the child's OOM score, and sends the child the
+/// second message - the limits are in place - with the v1 `tasks` files to
+/// join. The child starts the job only after it.
+fn complete_cgroup(started: &mut Started, sync: &File) -> Result<(), Error> {
+    let pid = started.pid;
+    let mut tasks = Vec::new();
+    if let Some(cg) = started.cgroup.as_mut() {
+        if let Err(e) = cg.finish() {
+            return Err(started.abort(e));
+        }
+        for f in cg.v1_task_files() {
+            match std::fs::OpenOptions::new().write(true).open(&f) {
+                Ok(file) => tasks.push(OwnedFd::from(file)),
+                Err(e) => {
+                    return Err(
+                        started.abort(Error::new(format!("open {}: {e}", f.display())))
+                    );
+                }
+            }
+        }
+    }
+    // Best effort: raising a score needs no privilege beyond owning the
+    // process; a host without the file keeps the default. Before the job
+    // exists: everything it forks inherits it.
+    let _ = std::fs::write(
+        format!("/proc/{pid}/oom_score_adj"),
+        child::JOB_OOM_SCORE_ADJ,
+    );
+    send_fds(sync, &tasks).map_err(|e| started.abort(Error::os("start the sandbox", e)))
+}
+
+/// One byte with `fds` attached (SCM_RIGHTS).
+fn send_fds(sock: &File, fds: &[OwnedFd]) -> std::io::Result<()> {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = std::mem::size_of_val(raw.as_slice()) as u32;
+    // SAFETY: CMSG_SPACE is arithmetic on a length.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8).max(1)];
+    let mut byte = [1u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the
+    // sendmsg call, and the control message is written within `control`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !raw.is_empty() {
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = space as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr() as *const u8,
+                libc::CMSG_DATA(c),
+                payload as usize,
+            );
+        }
+        loop {
+            if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) == 1 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
 }
 
 /// Phase 6: reads the error pipe until EOF (the job's exec) or a setup
