@@ -45,6 +45,7 @@ pub(crate) const STEP_MOUNT: u32 = 1000;
 /// Marks of the phase clock only ([`Trace`]), never errors.
 pub(crate) const MARK_GO: u32 = 900;
 pub(crate) const MARK_JOB: u32 = 901;
+pub(crate) const MARK_READY: u32 = 902;
 
 /// The child's phase clock (`LIFTOFF_EXEC_TIMINGS`): (mark, CLOCK_MONOTONIC
 /// ns) pairs that init and the job append, with system calls only, to a
@@ -176,6 +177,13 @@ pub(crate) struct ChildPlan {
     pub hostname: Option<CString>,
     pub loopback: bool,
     pub cgroupns: bool,
+    /// Where in `ops` init starts the job (`ops.len()`: after all of them,
+    /// the job suspends init; before: they prepare at once, see
+    /// [`spawn_job`]).
+    pub job_at: usize,
+    /// The pipe on which init tells an early job the root is finished.
+    pub ready_r: i32,
+    pub ready_w: i32,
     /// Drop supplementary groups (a root launcher can; an unprivileged one
     /// has setgroups denied).
     pub drop_groups: bool,
@@ -351,7 +359,10 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
         ok_or_fail(e, STEP_LOOPBACK, namespaces::loopback_up());
     }
     plan.trace.mark(STEP_LOOPBACK);
-    for (i, (op, _)) in plan.ops.iter().enumerate() {
+    // The mount plan up to where the job starts (`job_at`: all of it when
+    // the job waits for init).
+    let (first, rest) = plan.ops.split_at(plan.job_at.min(plan.ops.len()));
+    for (i, (op, _)) in first.iter().enumerate() {
         ok_or_fail(e, STEP_MOUNT + i as u32, op.run());
         plan.trace.mark(STEP_MOUNT + i as u32);
     }
@@ -367,17 +378,32 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
         );
     }
     plan.trace.mark(STEP_CGROUP);
+    // Init is a copy of the launcher's memory: never dumpable, so the job
+    // cannot read its /proc files (environ, mem, maps) even under an
+    // unprivileged launcher, where the uid change above was a no-op. (The
+    // job shares this memory until its execve, which gives it its own.)
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // Block every signal before the fork: init takes them with sigwaitinfo.
     let all = init::block_all();
-    let pid = spawn_job(plan);
+    let early = !rest.is_empty();
+    let pid = spawn_job(plan, early);
     if pid < 0 {
         fail(e, STEP_FORK, errno());
     }
-    // Init is a copy of the launcher's memory: never dumpable, so the job
-    // cannot read its /proc files (environ, mem, maps) even under an
-    // unprivileged launcher, where the uid change above was a no-op.
-    // SAFETY: prctl with constant arguments.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // The rest of the plan while the job prepares itself; then the job may
+    // go on (landlock, cwd, execve in the finished root).
+    for (i, (op, _)) in rest.iter().enumerate() {
+        let i = first.len() + i;
+        ok_or_fail(e, STEP_MOUNT + i as u32, op.run());
+        plan.trace.mark(STEP_MOUNT + i as u32);
+    }
+    if early {
+        // SAFETY: one byte from a stack buffer to the job's pipe (EPIPE if
+        // the job already failed: SIGPIPE is blocked, the job's error is in
+        // the error pipe).
+        unsafe { libc::write(plan.ready_w, [1u8].as_ptr() as *const libc::c_void, 1) };
+    }
     // SAFETY: closing init's copies: the error pipe (so the parent sees EOF
     // at the job's exec) and every other fd but the status pipe.
     unsafe {
@@ -395,18 +421,25 @@ pub(crate) fn run_init(plan: &ChildPlan) -> ! {
 const JOB_STACK: usize = 256 << 10;
 
 /// Starts the job as posix_spawn does: a clone sharing init's memory
-/// (CLONE_VM) on a stack of its own, init suspended until the job's execve
-/// or exit (CLONE_VFORK). No copy of the launcher's page tables, no
-/// copy-on-write faults in either process, and the job's execve drops a
+/// (CLONE_VM) on a stack of its own. No copy of the launcher's page tables,
+/// no copy-on-write faults in either process, and the job's execve drops a
 /// reference instead of tearing a copied address space down. Not libc's
 /// fork(): it runs atfork handlers and takes malloc locks that another
-/// launcher thread may have held at clone time. Returns the job's pid, or
-/// -1 (errno set).
-fn spawn_job(plan: &ChildPlan) -> libc::pid_t {
+/// launcher thread may have held at clone time.
+///
+/// `early`: init goes on with the rest of the mount plan while the job
+/// prepares itself (session, signals, limits, capabilities, seccomp) and
+/// waits for init's word ([`ChildPlan::ready_r`]) before landlock, cwd and
+/// execve. The job then makes raw system calls only ([`super::sys`]): init's
+/// calls set the `errno` they share. Otherwise (CLONE_VFORK) init is
+/// suspended until the job's execve or exit. Returns the job's pid, or -1
+/// (errno set).
+fn spawn_job(plan: &ChildPlan, early: bool) -> libc::pid_t {
     extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `arg` is the `&ChildPlan` passed below; init is suspended
-        // (CLONE_VFORK) and keeps it alive until the job's execve or exit.
-        run_job(unsafe { &*(arg as *const ChildPlan) })
+        // SAFETY: `arg` is the `&ChildPlan` passed below, in a frame of
+        // init that is never left.
+        let plan = unsafe { &*(arg as *const ChildPlan) };
+        run_job(plan, plan.job_at < plan.ops.len())
     }
     // SAFETY: a fresh anonymous mapping for the job's stack; init never
     // unmaps it (it exits when the job does, its memory goes with it).
@@ -430,14 +463,20 @@ fn spawn_job(plan: &ChildPlan) -> libc::pid_t {
         return -1;
     }
     // SAFETY: the job runs `entry` on the top of its own stack in init's
-    // memory while init is suspended; the job only makes system calls on
-    // `plan` (no allocation, no locks; its signal handlers are its own copy
-    // without CLONE_SIGHAND) until execve or _exit, which resume init.
+    // memory; it only makes system calls on `plan` (no allocation, no
+    // locks; its signal handlers are its own copy without CLONE_SIGHAND)
+    // until execve or _exit. `plan` lives in a frame init never leaves, and
+    // init only reads it; with `early` both run at once (raw calls in the
+    // job, see above), else init is suspended until the job's execve.
     unsafe {
         libc::clone(
             entry,
             (stack as *mut u8).add(JOB_STACK) as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            if early {
+                libc::CLONE_VM | libc::SIGCHLD
+            } else {
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD
+            },
             plan as *const ChildPlan as *mut libc::c_void,
         )
     }
@@ -500,69 +539,132 @@ pub(crate) fn run_direct(plan: &ChildPlan) -> ! {
     }
     launcher_alive(plan);
     wait_for_cgroups(plan);
-    run_job(plan)
+    run_job(plan, false)
+}
+
+/// A raw system call in the job ([`super::sys`]): the kernel's error or
+/// the value.
+fn job_call(nr: libc::c_long, a: [usize; 6]) -> Result<usize, i32> {
+    // SAFETY: every caller passes arguments valid for `nr` (constants, fds,
+    // pointers into `plan` or the stack).
+    unsafe { super::sys::call(nr, a) }
+}
+
+/// Reports (step, errno) on the error pipe and exits, with raw calls.
+fn job_fail(err_fd: i32, step: u32, errno: i32) -> ! {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&step.to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    let _ = job_call(
+        libc::SYS_write,
+        [err_fd as usize, buf.as_ptr() as usize, buf.len(), 0, 0, 0],
+    );
+    let _ = job_call(libc::SYS_exit, [125, 0, 0, 0, 0, 0]);
+    // exit does not return.
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+fn job_ok(err_fd: i32, step: u32, r: Result<usize, i32>) {
+    if let Err(e) = r {
+        job_fail(err_fd, step, e)
+    }
 }
 
 /// The job: session, stdio, signals, limits, privileges, landlock, cwd,
-/// seccomp, exec. Never returns.
-fn run_job(plan: &ChildPlan) -> ! {
+/// seccomp, exec. Never returns. Raw system calls only (`early`: init runs
+/// at the same time in the same memory). `early`: seccomp comes before the
+/// wait for init's finished root, then landlock and cwd in it.
+fn run_job(plan: &ChildPlan, early: bool) -> ! {
     let e = plan.err_fd;
     plan.trace.mark(MARK_JOB);
-    // SAFETY: prctl with constant arguments.
-    ok_or_fail(
-        e,
-        STEP_PDEATHSIG,
-        sys(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
-    );
-    // A new session: no controlling terminal to inject input into.
-    // SAFETY: setsid has no arguments.
-    ok_or_fail(e, STEP_SETSID, sys(unsafe { libc::setsid() }));
-    for (target, fd) in plan.stdio.iter().enumerate() {
-        if *fd >= 0 {
-            // SAFETY: dup2 of a valid fd onto 0/1/2 (clears CLOEXEC there).
-            ok_or_fail(
-                e,
-                STEP_STDIO,
-                sys(unsafe { libc::dup2(*fd, target as i32) }),
-            );
-        }
+    let pdeathsig = [
+        libc::PR_SET_PDEATHSIG as usize,
+        libc::SIGKILL as usize,
+        0,
+        0,
+        0,
+        0,
+    ];
+    job_ok(e, STEP_PDEATHSIG, job_call(libc::SYS_prctl, pdeathsig));
+    if early {
+        // Only init writes it: a hang-up then means init is gone.
+        let _ = job_call(libc::SYS_close, [plan.ready_w as usize, 0, 0, 0, 0, 0]);
     }
-    // SAFETY: every fd above 2 closes at exec (the launcher's included).
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    // A new session: no controlling terminal to inject input into.
+    job_ok(e, STEP_SETSID, job_call(libc::SYS_setsid, [0; 6]));
+    for (target, fd) in plan.stdio.iter().enumerate() {
+        if *fd < 0 {
+            continue;
+        }
+        let r = if *fd as usize == target {
+            // Already there (the launcher had it closed): keep it at exec.
+            job_call(libc::SYS_fcntl, [target, libc::F_SETFD as usize, 0, 0, 0, 0])
+        } else {
+            // dup3 with no flags: as dup2, without CLOEXEC on the copy.
+            job_call(libc::SYS_dup3, [*fd as usize, target, 0, 0, 0, 0])
+        };
+        job_ok(e, STEP_STDIO, r);
+    }
+    // Every fd above 2 closes at exec (the launcher's included).
+    let _ = job_call(
+        libc::SYS_close_range,
+        [3, u32::MAX as usize, libc::CLOSE_RANGE_CLOEXEC as usize, 0, 0, 0],
+    );
     init::reset_signals();
     plan.trace.mark(STEP_STDIO);
-    ok_or_fail(e, STEP_RLIMITS, rlimits::apply(&plan.rlimits));
-    ok_or_fail(e, STEP_CAPS, drop_capabilities());
+    job_ok(e, STEP_RLIMITS, rlimits::apply(&plan.rlimits).map(|_| 0));
+    job_ok(e, STEP_CAPS, drop_capabilities().map(|_| 0));
     plan.trace.mark(STEP_CAPS);
-    // SAFETY: prctl with constant arguments.
-    ok_or_fail(
-        e,
-        STEP_NNP,
-        sys(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
-    );
+    let nnp = [libc::PR_SET_NO_NEW_PRIVS as usize, 1, 0, 0, 0, 0];
+    job_ok(e, STEP_NNP, job_call(libc::SYS_prctl, nnp));
+    if early {
+        if let Some(p) = plan.seccomp {
+            job_ok(e, STEP_SECCOMP, seccomp::apply(p).map(|_| 0));
+        }
+        plan.trace.mark(STEP_SECCOMP);
+        let mut b = [0u8; 1];
+        let n = loop {
+            let r = job_call(
+                libc::SYS_read,
+                [plan.ready_r as usize, b.as_mut_ptr() as usize, 1, 0, 0, 0],
+            );
+            if r != Err(libc::EINTR) {
+                break r;
+            }
+        };
+        if n != Ok(1) {
+            // Init is gone (it reported its error): stop here.
+            let _ = job_call(libc::SYS_exit, [125, 0, 0, 0, 0, 0]);
+        }
+        plan.trace.mark(MARK_READY);
+    }
     if let Some(rules) = &plan.landlock {
-        ok_or_fail(e, STEP_LANDLOCK, rules.apply());
+        job_ok(e, STEP_LANDLOCK, rules.apply().map(|_| 0));
     }
     plan.trace.mark(STEP_LANDLOCK);
-    // SAFETY: chdir to a valid C string.
-    ok_or_fail(e, STEP_CWD, sys(unsafe { libc::chdir(plan.cwd.as_ptr()) }));
-    if let Some(p) = plan.seccomp {
-        ok_or_fail(e, STEP_SECCOMP, seccomp::apply(p));
+    let cwd = [plan.cwd.as_ptr() as usize, 0, 0, 0, 0, 0];
+    job_ok(e, STEP_CWD, job_call(libc::SYS_chdir, cwd));
+    if !early {
+        if let Some(p) = plan.seccomp {
+            job_ok(e, STEP_SECCOMP, seccomp::apply(p).map(|_| 0));
+        }
     }
-    plan.trace.mark(STEP_SECCOMP);
+    plan.trace.mark(STEP_CWD);
     let mut last = libc::ENOENT;
     for path in &plan.exec_paths {
-        // SAFETY: execve with NULL-terminated argv/envp arrays of C strings
-        // that live in `plan`.
-        unsafe { libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
-        let err = errno();
+        let args = [
+            path.as_ptr() as usize,
+            plan.argv.as_ptr() as usize,
+            plan.envp.as_ptr() as usize,
+            0,
+            0,
+            0,
+        ];
+        let err = match job_call(libc::SYS_execve, args) {
+            Ok(_) => continue,
+            Err(err) => err,
+        };
         if err != libc::ENOENT && err != libc::ENOTDIR {
             last = err;
         }
@@ -570,37 +672,39 @@ fn run_job(plan: &ChildPlan) -> ! {
             break;
         }
     }
-    fail(e, STEP_EXEC, last)
+    job_fail(e, STEP_EXEC, last)
 }
 
 /// Drops every capability: bounding set, ambient, then the three sets.
+/// Raw system calls ([`super::sys`]).
 fn drop_capabilities() -> Result<(), i32> {
-    for cap in 0..64 {
-        // SAFETY: PR_CAPBSET_DROP with a capability number; EINVAL past the
-        // last capability is expected.
-        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
-        if r < 0 {
-            let err = errno();
-            if err == libc::EINVAL {
-                break;
-            }
+    for cap in 0..64usize {
+        // PR_CAPBSET_DROP with a capability number; EINVAL past the last
+        // capability is expected.
+        let r = job_call(
+            libc::SYS_prctl,
+            [libc::PR_CAPBSET_DROP as usize, cap, 0, 0, 0, 0],
+        );
+        match r {
+            Ok(_) => {}
+            Err(libc::EINVAL) => break,
             // EPERM: no CAP_SETPCAP (runtime landlock as a plain user): the
             // bounding set cannot matter without capabilities.
-            if err != libc::EPERM {
-                return Err(err);
-            }
+            Err(libc::EPERM) => {}
+            Err(e) => return Err(e),
         }
     }
-    // SAFETY: prctl with constant arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+    let _ = job_call(
+        libc::SYS_prctl,
+        [
+            libc::PR_CAP_AMBIENT as usize,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as usize,
             0,
             0,
             0,
-        )
-    };
+            0,
+        ],
+    );
     #[repr(C)]
     struct Header {
         version: u32,
@@ -628,7 +732,17 @@ fn drop_capabilities() -> Result<(), i32> {
             inheritable: 0,
         },
     ];
-    // SAFETY: capset with a v3 header and two data structs.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
-    if r < 0 { Err(errno()) } else { Ok(()) }
+    // capset with a v3 header and two data structs.
+    job_call(
+        libc::SYS_capset,
+        [
+            &header as *const Header as usize,
+            data.as_ptr() as usize,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )
+    .map(|_| ())
 }

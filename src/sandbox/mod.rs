@@ -57,6 +57,7 @@ pub mod rlimits;
 pub mod sched;
 pub mod seccomp;
 mod spawn;
+mod sys;
 
 use std::fmt;
 use std::fs::File;

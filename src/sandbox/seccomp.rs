@@ -441,20 +441,16 @@ fn install(prog: &[sock_filter]) -> Result<(), i32> {
         filter: prog.as_ptr() as *mut libc::sock_filter,
     };
     // SAFETY: a valid sock_fprog pointing at a live program; seccompiler's
-    // sock_filter has the kernel's layout.
-    let r = unsafe {
-        libc::syscall(
+    // sock_filter has the kernel's layout. A raw call: errno is left alone.
+    unsafe {
+        super::sys::call3(
             libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_SET_MODE_FILTER as usize,
             0,
-            &fprog as *const libc::sock_fprog,
+            &fprog as *const libc::sock_fprog as usize,
         )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    } else {
-        Ok(())
     }
+    .map(|_| ())
 }
 
 /// Child side: installs the filter (needs no_new_privs).

@@ -219,8 +219,10 @@ impl Clock {
                 child::MARK_JOB => "job: started (init forked it)",
                 child::STEP_STDIO => "job: session, stdio, signals reset",
                 child::STEP_CAPS => "job: rlimits, capabilities dropped",
-                child::STEP_LANDLOCK => "job: no_new_privs, landlock",
-                child::STEP_SECCOMP => "job: cwd, seccomp (execve next)",
+                child::STEP_SECCOMP => "job: no_new_privs, seccomp",
+                child::MARK_READY => "job: init's root finished",
+                child::STEP_LANDLOCK => "job: landlock",
+                child::STEP_CWD => "job: cwd (execve next)",
                 m if m >= child::STEP_MOUNT => {
                     let i = (m - child::STEP_MOUNT) as usize;
                     if let Some(p) = prev {
@@ -392,7 +394,19 @@ fn child_plan(
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let liftoff = spec.runtime == Runtime::Liftoff;
+    // An early job (see `child::spawn_job`) where the raw system calls are:
+    // init starts it before /proc, whose mount, masks, pivot_root and the
+    // detach of the old root then overlap the job's own preparation.
+    let job_at = prepared
+        .ops
+        .iter()
+        .position(|(op, _)| matches!(op, Op::Mount { fstype, .. } if fstype.as_bytes() == b"proc"))
+        .filter(|_| super::sys::RAW)
+        .unwrap_or(prepared.ops.len());
     ChildPlan {
+        job_at,
+        ready_r: ends.ready_r.as_raw_fd(),
+        ready_w: ends.ready_w.as_raw_fd(),
         ops: prepared.ops,
         hostname: command.hostname.clone(),
         loopback: spec.network == Network::None,
@@ -599,6 +613,8 @@ fn create_cgroup(
 /// after the clone.
 struct ChildEnds {
     sync_r: OwnedFd,
+    ready_r: OwnedFd,
+    ready_w: OwnedFd,
     err_w: OwnedFd,
     status_w: OwnedFd,
     stdin: Option<OwnedFd>,
@@ -627,6 +643,7 @@ struct ParentEnds {
 
 fn open_pipes(spec: &SandboxSpec) -> Result<(ChildEnds, ParentEnds), Error> {
     let (sync_r, sync_w) = socketpair()?;
+    let (ready_r, ready_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
     let (in_child, in_parent) = stdio(spec.stdin, true)?;
@@ -648,6 +665,8 @@ fn open_pipes(spec: &SandboxSpec) -> Result<(ChildEnds, ParentEnds), Error> {
     Ok((
         ChildEnds {
             sync_r,
+            ready_r,
+            ready_w,
             err_w,
             status_w,
             stdin: in_child,
