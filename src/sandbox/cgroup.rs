@@ -290,12 +290,13 @@ impl JobCgroup {
                     // subtrees (once: the launcher stays in `supervisor`).
                     let sup = unit.join("supervisor");
                     mkdir(&sup)?;
-                    write(&sup.join("cgroup.procs"), &std::process::id().to_string())
-                        .map_err(|e| {
+                    write(&sup.join("cgroup.procs"), &std::process::id().to_string()).map_err(
+                        |e| {
                             Error::new(format!(
                                 "{e}: is the unit started with Delegate=yes? (see docs/security.md)"
                             ))
-                        })?;
+                        },
+                    )?;
                 }
                 let dir = parent.jobs.join(name);
                 cg.oom_file = Some(dir.join("memory.events"));
@@ -304,7 +305,12 @@ impl JobCgroup {
             }
             Layout::Hybrid { unified, .. } => Some(
                 unified
-                    .join(own.unified.as_deref().unwrap_or("/").trim_start_matches('/'))
+                    .join(
+                        own.unified
+                            .as_deref()
+                            .unwrap_or("/")
+                            .trim_start_matches('/'),
+                    )
                     .join("liftoff")
                     .join(name),
             ),

@@ -4,10 +4,12 @@
 //! multi-threaded launcher.
 //!
 //! Order (runtime liftoff), in [`run_init`]: PDEATHSIG → wait for the go →
-//! uid/gid 1983 → hostname → loopback → mount plan → wait for the cgroups
-//! (the launcher completes them meanwhile) and join the v1 ones → cgroup
-//! namespace → start the job ([`spawn_job`]: vfork-like, [`run_job`]) →
-//! become init ([`super::init::serve`]).
+//! uid/gid 1983 → hostname → loopback → mount plan up to /proc → wait for
+//! the cgroups (the launcher completes them meanwhile) and join the v1 ones
+//! → cgroup namespace → start the job ([`spawn_job`], [`run_job`]: it
+//! prepares itself meanwhile) → the rest of the plan (/proc, pivot_root,
+//! old root detached) → tell the job the root is finished → become init
+//! ([`super::init::serve`]).
 //! Runtimes landlock/none: [`run_direct`] (the child is the job; it waits
 //! for the cgroups right after the go).
 //!
@@ -83,7 +85,9 @@ impl Trace {
         if p == libc::MAP_FAILED {
             return Trace::off();
         }
-        Trace { page: p as *mut u64 }
+        Trace {
+            page: p as *mut u64,
+        }
     }
 
     /// CLOCK_MONOTONIC in ns (the clock of `Instant`).
@@ -599,7 +603,10 @@ fn run_job(plan: &ChildPlan, early: bool) -> ! {
         }
         let r = if *fd as usize == target {
             // Already there (the launcher had it closed): keep it at exec.
-            job_call(libc::SYS_fcntl, [target, libc::F_SETFD as usize, 0, 0, 0, 0])
+            job_call(
+                libc::SYS_fcntl,
+                [target, libc::F_SETFD as usize, 0, 0, 0, 0],
+            )
         } else {
             // dup3 with no flags: as dup2, without CLOEXEC on the copy.
             job_call(libc::SYS_dup3, [*fd as usize, target, 0, 0, 0, 0])
@@ -609,7 +616,14 @@ fn run_job(plan: &ChildPlan, early: bool) -> ! {
     // Every fd above 2 closes at exec (the launcher's included).
     let _ = job_call(
         libc::SYS_close_range,
-        [3, u32::MAX as usize, libc::CLOSE_RANGE_CLOEXEC as usize, 0, 0, 0],
+        [
+            3,
+            u32::MAX as usize,
+            libc::CLOSE_RANGE_CLOEXEC as usize,
+            0,
+            0,
+            0,
+        ],
     );
     init::reset_signals();
     plan.trace.mark(STEP_STDIO);

@@ -264,11 +264,10 @@ impl Rules {
             // SAFETY: fstat into a zeroed struct for our fd.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
-            let is_dir = unsafe {
-                sys::call3(libc::SYS_fstat, fd, &mut st as *mut libc::stat as usize, 0)
-            }
-            .is_ok()
-                && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            let is_dir =
+                unsafe { sys::call3(libc::SYS_fstat, fd, &mut st as *mut libc::stat as usize, 0) }
+                    .is_ok()
+                    && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
             let access = if is_dir {
                 *access
             } else {
@@ -299,7 +298,6 @@ impl Rules {
         Ok(())
     }
 }
-
 
 /// Host paths the `landlock` runtime (no namespaces) lets the job read.
 pub fn host_read_only(root: Option<&Path>) -> Vec<PathBuf> {

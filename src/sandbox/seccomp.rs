@@ -296,8 +296,11 @@ fn emit(arch: u32) -> Result<Vec<sock_filter>, Error> {
             ));
         }
     }
-    let (clone_at, ioctl_at, personality_at) =
-        (out_at[OUT_CLONE], out_at[OUT_IOCTL], out_at[OUT_PERSONALITY]);
+    let (clone_at, ioctl_at, personality_at) = (
+        out_at[OUT_CLONE],
+        out_at[OUT_IOCTL],
+        out_at[OUT_PERSONALITY],
+    );
     p.push(stmt(BPF_RET_K, RET_ALLOW));
     p.push(stmt(BPF_RET_K, RET_ERRNO | libc::EPERM as u32));
     p.push(stmt(BPF_RET_K, RET_ERRNO | libc::ENOSYS as u32));

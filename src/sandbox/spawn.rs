@@ -5,12 +5,12 @@
 //! [`child_plan`], [`clone_child`] (named network, clone, pidfd),
 //! [`release`] (maps, cgroup, go) and [`wait_for_exec`].
 
+use std::borrow::Cow;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -284,7 +284,14 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     } else {
         Trace::off()
     };
-    let plan = child_plan(spec, prepared, &command, &child_ends, cgroup.is_some(), trace);
+    let plan = child_plan(
+        spec,
+        prepared,
+        &command,
+        &child_ends,
+        cgroup.is_some(),
+        trace,
+    );
     // 3-4. Named network, clone.
     let started = clone_child(spec, &plan, cgroup)?;
     drop(child_ends);
@@ -305,6 +312,7 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         status: liftoff.then(|| File::from(parent_ends.status_r)),
         cgroup: started.cgroup,
         outcome: None,
+        remover: false,
         lifeline: Some(lifeline),
         stdin: parent_ends.stdin,
         stdout: parent_ends.stdout,
@@ -871,9 +879,7 @@ fn complete_cgroup(started: &mut Started, sync: &File) -> Result<(), Error> {
             match std::fs::OpenOptions::new().write(true).open(&f) {
                 Ok(file) => tasks.push(OwnedFd::from(file)),
                 Err(e) => {
-                    return Err(
-                        started.abort(Error::new(format!("open {}: {e}", f.display())))
-                    );
+                    return Err(started.abort(Error::new(format!("open {}: {e}", f.display()))));
                 }
             }
         }
