@@ -243,7 +243,7 @@ impl Clock {
             prev = Some(*ns);
             self.timings.push((what.into(), at(*ns)));
         }
-        slow.sort_by(|a, b| b.0.cmp(&a.0));
+        slow.sort_by_key(|s| std::cmp::Reverse(s.0));
         for (d, i) in slow.iter().take(5) {
             if let Some((_, what)) = ops.get(*i) {
                 self.timings
