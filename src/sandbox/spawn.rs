@@ -403,12 +403,16 @@ fn child_plan(
     let root = unsafe { libc::geteuid() } == 0;
     let liftoff = spec.runtime == Runtime::Liftoff;
     // An early job (see `child::spawn_job`) where the raw system calls are:
-    // init starts it before /proc, whose mount, masks, pivot_root and the
-    // detach of the old root then overlap the job's own preparation.
+    // init starts it before /dev (the launcher has completed the cgroups by
+    // then), and /dev, /proc, pivot_root and the detach of the old root
+    // overlap the job's start and its own preparation.
     let job_at = prepared
         .ops
         .iter()
-        .position(|(op, _)| matches!(op, Op::Mount { fstype, .. } if fstype.as_bytes() == b"proc"))
+        .position(|(op, _)| {
+            matches!(op, Op::Mount { fstype, dst, .. }
+                if fstype.as_bytes() == b"tmpfs" && dst.as_bytes().ends_with(b"/dev"))
+        })
         .filter(|_| super::sys::RAW)
         .unwrap_or(prepared.ops.len());
     ChildPlan {
