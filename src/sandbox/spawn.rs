@@ -214,8 +214,8 @@ impl Clock {
         for (mark, ns) in marks {
             let what: &'static str = match *mark {
                 child::MARK_GO => "child: got the go",
-                child::STEP_LOOPBACK => "child: ids, cgroup namespace, hostname",
-                child::STEP_CGROUP => "child: cgroups joined, cgroup namespace",
+                child::STEP_LOOPBACK => "child: ids, hostname, loopback",
+                child::STEP_CGROUP => "child: mounts up to /dev, cgroups joined, cgroup namespace",
                 child::MARK_JOB => "job: started (init forked it)",
                 child::STEP_STDIO => "job: session, stdio, signals reset",
                 child::STEP_CAPS => "job: rlimits, capabilities dropped",
