@@ -13,8 +13,11 @@
 //! same rounds, for a before/after ratio on a loaded host.
 //!
 //! `liftoff exec` returns when init reports the job's status: init's exit
-//! (the namespaces' teardown) and the cgroups' removal finish after it, so
-//! each round starts with `/bin/true`, which absorbs that tail.
+//! (the namespaces' teardown) and the cgroups' removal finish after it, as
+//! bwrap's namespaces' teardown finishes after bwrap: every timed start is
+//! preceded by a short pause ([`SETTLE`]) so that it does not pay for the
+//! previous one's tail (on a loaded 2-core host that tail otherwise lands on
+//! whichever variant runs next).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,7 +80,11 @@ fn bwrap_args() -> Vec<String> {
     a
 }
 
+/// Pause before each timed start (see the module doc).
+const SETTLE: Duration = Duration::from_millis(5);
+
 fn time_one(cmd: &mut Command) -> Duration {
+    std::thread::sleep(SETTLE);
     let t = Instant::now();
     let st = cmd
         .stdin(Stdio::null())
@@ -131,9 +138,6 @@ fn main() {
     let mut lo_none = Vec::with_capacity(n);
     let mut base = Vec::with_capacity(n);
     for _ in 0..n {
-        // `bare` first: it absorbs what the previous round's liftoff left
-        // running (its init's exit and the cgroup remover, after liftoff
-        // has returned), so bwrap and the base build start on a quiet host.
         bare.push(time_one(&mut Command::new("/bin/true")));
         if let Some(b) = &base_bin {
             base.push(time_one(Command::new(b).env_clear().args([

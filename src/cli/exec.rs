@@ -410,6 +410,8 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
         return run_piped(spec, &config, run);
     }
     let signals = CancelSignals::block();
+    let show_timings = env.get("LIFTOFF_EXEC_TIMINGS").is_some();
+    sandbox::time_child_phases(show_timings);
     let mut sb = match sandbox::spawn(&spec) {
         Ok(sb) => sb,
         Err(e) => return fail(e),
@@ -417,7 +419,9 @@ pub fn run(args: ExecArgs, env: &Env) -> i32 {
     for w in &sb.warnings {
         eprintln!("liftoff: warning: {w}");
     }
-    let show_timings = env.get("LIFTOFF_EXEC_TIMINGS").is_some();
+    // The cgroups' remover waits for init from now on: nothing to start
+    // once the job has ended.
+    sb.remove_cgroups_at_exit();
     if show_timings {
         for (what, t) in &sb.timings {
             eprintln!(
@@ -566,6 +570,7 @@ fn run_piped(spec: SandboxSpec, config: &Config, run: PipedRun) -> i32 {
     for w in &sb.warnings {
         let _ = pipeline.line(&format!("liftoff: warning: {w}"));
     }
+    sb.remove_cgroups_at_exit();
     let Some(output) = sb.stdout.take() else {
         return fail("the job's output pipe is missing");
     };

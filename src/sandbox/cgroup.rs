@@ -156,6 +156,19 @@ pub struct JobCgroup {
     kill_file: bool,
     /// The v2 directory (entered at clone with CLONE_INTO_CGROUP).
     v2: Option<PathBuf>,
+    /// What [`JobCgroup::finish`] still has to do after [`JobCgroup::begin`].
+    pending: Option<Pending>,
+}
+
+/// The part of a job's cgroups made after the clone ([`JobCgroup::finish`]).
+#[derive(Debug)]
+struct Pending {
+    layout: Layout,
+    own: OwnCgroups,
+    name: String,
+    limits: Limits,
+    /// v2: the jobs directory whose controllers to enable.
+    v2_parent: Option<V2Parent>,
 }
 
 fn write(path: &Path, value: &str) -> Result<(), Error> {
@@ -169,6 +182,39 @@ fn mkdir(dir: &Path) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::new(format!("create cgroup {}: {e}", dir.display()))),
     }
+}
+
+/// mkdir of `dir`, and of its parent first when that is missing (the
+/// parent - `liftoff`, `jobs` - exists after the first job: one system
+/// call per start instead of two).
+fn mkdir_under(dir: &Path) -> Result<(), Error> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::new(format!("create cgroup {}: {e}", dir.display()))),
+    }
+    if let Some(up) = dir.parent() {
+        mkdir(up)?;
+    }
+    mkdir(dir)
+}
+
+/// memory.max (no swap, the whole job killed on OOM), pids.max, cpu.max.
+fn write_v2_limits(dir: &Path, limits: &Limits) -> Result<(), Error> {
+    if let Some(m) = limits.memory {
+        write(&dir.join("memory.max"), &m.to_string())?;
+        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        let _ = std::fs::write(dir.join("memory.oom.group"), "1");
+    }
+    if let Some(p) = limits.pids {
+        write(&dir.join("pids.max"), &p.to_string())?;
+    }
+    if let Some(c) = limits.cpus {
+        let (q, p) = cpu_max(c);
+        write(&dir.join("cpu.max"), &format!("{q} {p}"))?;
+    }
+    Ok(())
 }
 
 fn enable_controllers(dir: &Path, wanted: &[&str]) -> Result<(), Error> {
@@ -197,9 +243,132 @@ fn cpu_max(cpus: f64) -> (u64, u64) {
 impl JobCgroup {
     /// Creates the job's cgroups with `limits` on this host's layout.
     pub fn create(name: &str, limits: &Limits) -> Result<JobCgroup, Error> {
+        let mut cg = JobCgroup::begin(name, limits)?;
+        cg.finish()?;
+        Ok(cg)
+    }
+
+    /// The part the clone needs: the v2 directory (CLONE_INTO_CGROUP). The
+    /// rest - the v1 directories, the controllers, the limits - is
+    /// [`JobCgroup::finish`], which the launcher runs while the child sets
+    /// up its mounts, and which must end before the job starts.
+    pub fn begin(name: &str, limits: &Limits) -> Result<JobCgroup, Error> {
         let layout = Layout::detect(Path::new(CGROUP_ROOT));
         let own = OwnCgroups::read();
-        JobCgroup::create_in(&layout, &own, name, limits)
+        JobCgroup::begin_in(layout, own, name, limits)
+    }
+
+    /// As [`JobCgroup::begin`], for a given layout and own cgroups.
+    fn begin_in(
+        layout: Layout,
+        own: OwnCgroups,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<JobCgroup, Error> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(Error::new(format!("bad cgroup name {name:?}")));
+        }
+        let mut cg = JobCgroup {
+            track: PathBuf::new(),
+            dirs: Vec::new(),
+            oom_file: None,
+            kill_file: false,
+            v2: None,
+            pending: None,
+        };
+        let mut jobs_parent = None;
+        let dir = match &layout {
+            Layout::None => {
+                return Err(Error::new(
+                    "no cgroup file system at /sys/fs/cgroup: limits cannot be enforced",
+                ));
+            }
+            Layout::V2 { root } => {
+                let parent = v2_parent(root, own.unified.as_deref().unwrap_or("/"));
+                if let Some(unit) = &parent.delegated_unit {
+                    // Delegate=yes: leave the unit's own cgroup to its
+                    // subtrees (once: the launcher stays in `supervisor`).
+                    let sup = unit.join("supervisor");
+                    mkdir(&sup)?;
+                    write(&sup.join("cgroup.procs"), &std::process::id().to_string()).map_err(
+                        |e| {
+                            Error::new(format!(
+                                "{e}: is the unit started with Delegate=yes? (see docs/security.md)"
+                            ))
+                        },
+                    )?;
+                }
+                let dir = parent.jobs.join(name);
+                cg.oom_file = Some(dir.join("memory.events"));
+                jobs_parent = Some(parent);
+                Some(dir)
+            }
+            Layout::Hybrid { unified, .. } => Some(
+                unified
+                    .join(
+                        own.unified
+                            .as_deref()
+                            .unwrap_or("/")
+                            .trim_start_matches('/'),
+                    )
+                    .join("liftoff")
+                    .join(name),
+            ),
+            Layout::V1 { .. } => None,
+        };
+        if let Some(dir) = dir {
+            mkdir_under(&dir)?;
+            cg.track = dir.clone();
+            cg.v2 = Some(dir.clone());
+            cg.dirs.push(dir);
+        }
+        cg.pending = Some(Pending {
+            layout,
+            own,
+            name: name.to_string(),
+            limits: limits.clone(),
+            v2_parent: jobs_parent,
+        });
+        Ok(cg)
+    }
+
+    /// The rest of [`JobCgroup::begin`]: v1 directories, controllers,
+    /// limits. Nothing to do after [`JobCgroup::create`]. On an error the
+    /// caller kills the child and calls [`JobCgroup::remove`].
+    pub fn finish(&mut self) -> Result<(), Error> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        match &p.layout {
+            Layout::V2 { .. } => {
+                let wanted = ["memory", "pids", "cpu"];
+                if let Some(parent) = &p.v2_parent {
+                    if let Some(unit) = &parent.delegated_unit {
+                        enable_controllers(unit, &wanted)?;
+                    } else if let Some(up) = parent.jobs.parent() {
+                        enable_controllers(up, &wanted)?;
+                    }
+                    enable_controllers(&parent.jobs, &wanted)?;
+                }
+                self.kill_file = self.track.join("cgroup.kill").exists();
+                write_v2_limits(&self.track, &p.limits)
+            }
+            Layout::Hybrid { root, .. } => {
+                let v1 = JobCgroup::create_v1(root, &p.own, &p.name, &p.limits)?;
+                self.kill_file = self.track.join("cgroup.kill").exists();
+                self.oom_file = v1.oom_file;
+                self.dirs.extend(v1.dirs);
+                Ok(())
+            }
+            Layout::V1 { root } => {
+                let v1 = JobCgroup::create_v1(root, &p.own, &p.name, &p.limits)?;
+                self.track = v1.track;
+                self.oom_file = v1.oom_file;
+                self.dirs.extend(v1.dirs);
+                Ok(())
+            }
+            Layout::None => Ok(()),
+        }
     }
 
     /// As [`JobCgroup::create`], for a given layout and own cgroups (tests).
@@ -209,88 +378,12 @@ impl JobCgroup {
         name: &str,
         limits: &Limits,
     ) -> Result<JobCgroup, Error> {
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(Error::new(format!("bad cgroup name {name:?}")));
+        let mut cg = JobCgroup::begin_in(layout.clone(), own.clone(), name, limits)?;
+        if let Err(e) = cg.finish() {
+            cg.remove();
+            return Err(e);
         }
-        match layout {
-            Layout::None => Err(Error::new(
-                "no cgroup file system at /sys/fs/cgroup: limits cannot be enforced",
-            )),
-            Layout::V2 { root } => {
-                let own_path = own.unified.as_deref().unwrap_or("/");
-                let parent = v2_parent(root, own_path);
-                JobCgroup::create_v2(&parent, name, limits)
-            }
-            Layout::Hybrid { root, unified } => {
-                let own_path = own.unified.as_deref().unwrap_or("/");
-                let track_parent = unified
-                    .join(own_path.trim_start_matches('/'))
-                    .join("liftoff");
-                let mut cg = JobCgroup::create_v1(root, own, name, limits)?;
-                let track = track_parent.join(name);
-                let made = mkdir(&track_parent).and_then(|_| mkdir(&track));
-                if let Err(e) = made {
-                    cg.remove();
-                    return Err(e);
-                }
-                cg.kill_file = track.join("cgroup.kill").exists();
-                cg.v2 = Some(track.clone());
-                cg.dirs.push(track.clone());
-                cg.track = track;
-                Ok(cg)
-            }
-            Layout::V1 { root } => JobCgroup::create_v1(root, own, name, limits),
-        }
-    }
-
-    fn create_v2(parent: &V2Parent, name: &str, limits: &Limits) -> Result<JobCgroup, Error> {
-        let wanted = ["memory", "pids", "cpu"];
-        if let Some(unit) = &parent.delegated_unit {
-            // Delegate=yes: leave the unit's own cgroup to its subtrees.
-            let sup = unit.join("supervisor");
-            mkdir(&sup)?;
-            write(&sup.join("cgroup.procs"), &std::process::id().to_string()).map_err(|e| {
-                Error::new(format!(
-                    "{e}: is the unit started with Delegate=yes? (see docs/security.md)"
-                ))
-            })?;
-            enable_controllers(unit, &wanted)?;
-        } else if let Some(up) = parent.jobs.parent() {
-            enable_controllers(up, &wanted)?;
-        }
-        mkdir(&parent.jobs)?;
-        enable_controllers(&parent.jobs, &wanted)?;
-        let dir = parent.jobs.join(name);
-        mkdir(&dir)?;
-        let cg = JobCgroup {
-            track: dir.clone(),
-            dirs: vec![dir.clone()],
-            oom_file: Some(dir.join("memory.events")),
-            kill_file: dir.join("cgroup.kill").exists(),
-            v2: Some(dir.clone()),
-        };
-        let r = (|| {
-            if let Some(m) = limits.memory {
-                write(&dir.join("memory.max"), &m.to_string())?;
-                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-                let _ = std::fs::write(dir.join("memory.oom.group"), "1");
-            }
-            if let Some(p) = limits.pids {
-                write(&dir.join("pids.max"), &p.to_string())?;
-            }
-            if let Some(c) = limits.cpus {
-                let (q, p) = cpu_max(c);
-                write(&dir.join("cpu.max"), &format!("{q} {p}"))?;
-            }
-            Ok(())
-        })();
-        match r {
-            Ok(()) => Ok(cg),
-            Err(e) => {
-                cg.remove();
-                Err(e)
-            }
-        }
+        Ok(cg)
     }
 
     fn create_v1(
@@ -305,6 +398,7 @@ impl JobCgroup {
             oom_file: None,
             kill_file: false,
             v2: None,
+            pending: None,
         };
         let dir_for = |ctrl: &str, mount: &str| -> PathBuf {
             root.join(mount)
@@ -315,10 +409,7 @@ impl JobCgroup {
         let r = (|| {
             // pids first: it is the v1 tracking hierarchy.
             let pids = dir_for("pids", "pids");
-            if let Some(up) = pids.parent() {
-                mkdir(up)?;
-            }
-            mkdir(&pids)?;
+            mkdir_under(&pids)?;
             cg.dirs.push(pids.clone());
             cg.track = pids.clone();
             if let Some(p) = limits.pids {
@@ -326,10 +417,7 @@ impl JobCgroup {
             }
             if let Some(m) = limits.memory {
                 let mem = dir_for("memory", "memory");
-                if let Some(up) = mem.parent() {
-                    mkdir(up)?;
-                }
-                mkdir(&mem)?;
+                mkdir_under(&mem)?;
                 cg.dirs.push(mem.clone());
                 write(&mem.join("memory.limit_in_bytes"), &m.to_string())?;
                 let _ = std::fs::write(mem.join("memory.memsw.limit_in_bytes"), m.to_string());
@@ -337,10 +425,7 @@ impl JobCgroup {
             }
             if let Some(c) = limits.cpus {
                 let cpu = dir_for("cpu", "cpu");
-                if let Some(up) = cpu.parent() {
-                    mkdir(up)?;
-                }
-                mkdir(&cpu)?;
+                mkdir_under(&cpu)?;
                 cg.dirs.push(cpu.clone());
                 let (q, p) = cpu_max(c);
                 write(&cpu.join("cpu.cfs_period_us"), &p.to_string())?;

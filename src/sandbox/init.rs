@@ -18,19 +18,36 @@ pub(crate) fn block_all() -> libc::sigset_t {
 }
 
 /// The job: no blocked signals, every disposition back to default (the
-/// launcher ignores SIGPIPE, as Rust programs do).
+/// launcher ignores SIGPIPE, as Rust programs do). Raw system calls
+/// ([`super::sys`]): `errno` is left alone.
 pub(crate) fn reset_signals() {
-    // SAFETY: sigset and signal calls with valid arguments; SIGKILL/SIGSTOP
-    // and the reserved realtime signals fail harmlessly.
+    // The kernel's struct sigaction with SIG_DFL (0), no flags, no mask: all
+    // zero, whatever the architecture's field order.
+    let dfl = [0u64; 4];
+    let empty = 0u64;
+    let last = libc::SIGRTMIN();
+    // SAFETY: rt_sigaction/rt_sigprocmask with valid pointers and the
+    // kernel's sigset size (8); SIGKILL/SIGSTOP are skipped.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in 1..libc::SIGRTMIN() {
+        for sig in 1..last {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                let _ = super::sys::call(
+                    libc::SYS_rt_sigaction,
+                    [sig as usize, dfl.as_ptr() as usize, 0, 8, 0, 0],
+                );
             }
         }
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        let _ = super::sys::call(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_SETMASK as usize,
+                &empty as *const u64 as usize,
+                0,
+                8,
+                0,
+                0,
+            ],
+        );
     }
 }
 

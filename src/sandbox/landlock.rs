@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use super::{Error, LandlockMode};
+use super::{Error, LandlockMode, sys};
 
 const CREATE_RULESET_VERSION: u32 = 1;
 const RULE_PATH_BENEATH: libc::c_int = 1;
@@ -210,7 +210,8 @@ impl Rules {
     }
 
     /// Child side: applies the rules to the calling thread. Needs
-    /// no_new_privs. Returns the errno of the failed call.
+    /// no_new_privs. Returns the errno of the failed call. Raw system calls
+    /// ([`super::sys`]): `errno` is left alone.
     pub(crate) fn apply(&self) -> Result<(), i32> {
         if self.abi < 1 {
             return Ok(());
@@ -228,44 +229,45 @@ impl Rules {
         };
         // SAFETY: a valid attr struct of the given size.
         let fd = unsafe {
-            libc::syscall(
+            sys::call3(
                 libc::SYS_landlock_create_ruleset,
-                &attr as *const RulesetAttr,
+                &attr as *const RulesetAttr as usize,
                 size,
-                0u32,
+                0,
             )
-        } as i32;
-        if fd < 0 {
-            return Err(errno());
-        }
-        let result = self.add_all(fd);
-        let result = result.and_then(|_| {
+        }?;
+        let result = self.add_all(fd).and_then(|_| {
             // SAFETY: restrict_self with our ruleset fd and no flags.
-            let r = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) };
-            if r < 0 { Err(errno()) } else { Ok(()) }
+            unsafe { sys::call3(libc::SYS_landlock_restrict_self, fd, 0, 0) }.map(|_| ())
         });
         // SAFETY: closing the ruleset fd we created.
-        unsafe { libc::close(fd) };
+        let _ = unsafe { sys::call3(libc::SYS_close, fd, 0, 0) };
         result
     }
 
-    fn add_all(&self, ruleset: i32) -> Result<(), i32> {
+    fn add_all(&self, ruleset: usize) -> Result<(), i32> {
         for (path, access) in &self.paths {
             // SAFETY: valid C string; O_PATH opens nothing but a reference.
-            let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-            if fd < 0 {
-                let e = errno();
-                if e == libc::ENOENT {
-                    continue;
-                }
-                return Err(e);
-            }
+            let fd = match unsafe {
+                sys::call3(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD as isize as usize,
+                    path.as_ptr() as usize,
+                    (libc::O_PATH | libc::O_CLOEXEC) as usize,
+                )
+            } {
+                Ok(fd) => fd,
+                Err(libc::ENOENT) => continue,
+                Err(e) => return Err(e),
+            };
             // Files take only file rights (else EINVAL).
             // SAFETY: fstat into a zeroed struct for our fd.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
-            let is_dir = unsafe { libc::fstat(fd, &mut st) } == 0
-                && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            let is_dir =
+                unsafe { sys::call3(libc::SYS_fstat, fd, &mut st as *mut libc::stat as usize, 0) }
+                    .is_ok()
+                    && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
             let access = if is_dir {
                 *access
             } else {
@@ -273,31 +275,28 @@ impl Rules {
             };
             let rule = PathBeneath {
                 allowed_access: access,
-                parent_fd: fd,
+                parent_fd: fd as i32,
             };
             // SAFETY: a valid packed path_beneath struct.
             let r = unsafe {
-                libc::syscall(
+                sys::call(
                     libc::SYS_landlock_add_rule,
-                    ruleset,
-                    RULE_PATH_BENEATH,
-                    &rule as *const PathBeneath,
-                    0u32,
+                    [
+                        ruleset,
+                        RULE_PATH_BENEATH as usize,
+                        &rule as *const PathBeneath as usize,
+                        0,
+                        0,
+                        0,
+                    ],
                 )
             };
-            let e = errno();
             // SAFETY: closing the fd we opened.
-            unsafe { libc::close(fd) };
-            if r < 0 {
-                return Err(e);
-            }
+            let _ = unsafe { sys::call3(libc::SYS_close, fd, 0, 0) };
+            r?;
         }
         Ok(())
     }
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 /// Host paths the `landlock` runtime (no namespaces) lets the job read.

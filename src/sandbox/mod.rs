@@ -18,28 +18,40 @@
 //!    ([`seccomp`], compiled once), rlimits ([`rlimits`]), argv/env as C
 //!    strings. The child only makes system calls: it never allocates, so
 //!    spawning from a multi-threaded launcher is safe.
-//! 2. creates the job's cgroups and writes the limits ([`cgroup`]);
+//! 2. creates the job's v2 cgroup directory, which the clone enters
+//!    ([`cgroup::JobCgroup::begin`]; an unprivileged launcher makes all of
+//!    its cgroups here);
 //! 3. for a named network namespace, enters it on this thread ([`namespaces`]);
-//! 4. `clone(2)` with CLONE_NEWUSER|NEWNS|NEWPID|NEWIPC|NEWUTS(|NEWNET) at once;
+//! 4. `clone(2)` with CLONE_NEWUSER|NEWNS|NEWPID|NEWIPC|NEWUTS(|NEWNET) at
+//!    once, into the v2 cgroup;
 //! 5. writes the child's uid/gid maps (1983 inside = an unprivileged id
-//!    outside), moves it into the cgroups, and lets it go (sync pipe);
+//!    outside) and lets it go (a seqpacket socket); then, while the child
+//!    mounts, completes the cgroups (v1 directories, controllers, limits:
+//!    [`cgroup::JobCgroup::finish`]), sets the child's OOM score, and sends
+//!    it the v1 `tasks` files to join;
 //! 6. reads the error pipe until EOF (the job's exec) or a setup error.
 //!
 //! In the child, pid 1 of the new pid namespace ([`child`]):
 //! 1. PDEATHSIG=SIGKILL, waits for the go; becomes uid/gid 1983 (keeping its
-//!    capabilities inside the namespace), new cgroup namespace, hostname,
-//!    loopback up (network none);
+//!    capabilities inside the namespace), hostname, loopback up (network
+//!    none);
 //! 2. runs the mount plan: private propagation, the root tmpfs on /tmp
 //!    (below a staging pivot_root only when something is bound by path from
 //!    below /tmp), binds into it (host directories attached from the
-//!    launcher's fds with move_mount), /proc, /dev, /etc, pivot_root(".",
-//!    "."), old root detached, / read-only;
-//! 3. starts the job (vfork-like: CLONE_VM|CLONE_VFORK, init suspended
-//!    until the job's execve), then becomes the reaping init ([`init`]);
+//!    launcher's fds with move_mount), /dev, /etc, ...
+//! 3. before /proc: waits for the launcher's cgroups, joins the v1 ones,
+//!    enters a new cgroup namespace, and starts the job (CLONE_VM on a
+//!    stack of its own), which prepares itself while init goes on: /proc,
+//!    pivot_root(".", "."), old root detached, / read-only; then init tells
+//!    the job the root is finished and becomes the reaping init ([`init`]).
 //!
 //! In the job: new session, stdio, fds closed on exec, signals reset,
-//! rlimits, bounding set and capabilities dropped, no_new_privs, landlock,
-//! cwd, seccomp (last: it forbids what setup needed), execve.
+//! rlimits, bounding set and capabilities dropped, no_new_privs, seccomp
+//! (it forbids what setup needed; the rest below is allowed), then, in the
+//! finished root, landlock, cwd, execve. Raw system calls only ([`sys`]:
+//! init runs at the same time in the same memory). Where there are no raw
+//! calls, init starts the job after its whole plan and waits for its exec
+//! (CLONE_VFORK), and seccomp comes last.
 //!
 //! Runtime `landlock` skips the namespaces and the mount plan (the job is the
 //! direct child, host paths); runtime `none` only cleans the environment.
@@ -57,6 +69,7 @@ pub mod rlimits;
 pub mod sched;
 pub mod seccomp;
 mod spawn;
+mod sys;
 
 use std::fmt;
 use std::fs::File;
@@ -65,7 +78,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use crate::config::{LandlockMode, Network, Runtime};
-pub use spawn::spawn;
+pub use spawn::{spawn, time_child_phases};
 
 /// The job's uid and gid inside the sandbox (the seed's runner convention).
 pub const JOB_ID: u32 = 1983;
@@ -300,8 +313,11 @@ pub struct Sandbox {
     status: Option<File>,
     cgroup: Option<cgroup::JobCgroup>,
     outcome: Option<Outcome>,
-    /// The sync pipe's write end: closing it (launcher death) tells a child
-    /// still in setup to stop.
+    /// The cgroups' detached remover is already waiting for init's exit
+    /// ([`Sandbox::remove_cgroups_at_exit`]).
+    remover: bool,
+    /// The sync socket's launcher end: closing it (launcher death) tells a
+    /// child still in setup to stop.
     #[allow(dead_code)]
     lifeline: Option<File>,
     pub stdin: Option<File>,
@@ -309,8 +325,9 @@ pub struct Sandbox {
     pub stderr: Option<File>,
     /// What is not enforced on this host (said once, never silently).
     pub warnings: Vec<String>,
-    /// Time since `spawn` was called at each setup phase (for tuning).
-    pub timings: Vec<(&'static str, Duration)>,
+    /// Time since `spawn` was called at each setup phase (for tuning; with
+    /// [`time_child_phases`], the child's phases too).
+    pub timings: Vec<(std::borrow::Cow<'static, str>, Duration)>,
 }
 
 impl Sandbox {
@@ -380,6 +397,20 @@ impl Sandbox {
         }
     }
 
+    /// Starts now the detached process that removes the job's cgroups once
+    /// init has exited ([`cgroup::JobCgroup::remove_after_exit`]), so that
+    /// [`Sandbox::wait_detached`] has nothing left to start after the job's
+    /// end: for a launcher that exits right after the job (`liftoff exec`).
+    /// The cgroups stay usable until then (kill, OOM check).
+    pub fn remove_cgroups_at_exit(&mut self) {
+        if self.remover || self.status.is_none() {
+            return;
+        }
+        if let Some(cg) = &self.cgroup {
+            self.remover = cg.remove_after_exit(self.pidfd.as_fd()).is_ok();
+        }
+    }
+
     /// Blocks until the job ends, like [`Sandbox::wait`], but returns as soon
     /// as init reports the job's status (runtime liftoff): init's own exit -
     /// the teardown of the job's namespaces, an RCU grace period for its
@@ -407,7 +438,7 @@ impl Sandbox {
         };
         let oom_killed = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
         if let Some(cg) = &self.cgroup {
-            if cg.remove_after_exit(self.pidfd.as_fd()).is_err() {
+            if !self.remover && cg.remove_after_exit(self.pidfd.as_fd()).is_err() {
                 self.reap_and_remove();
             }
         }

@@ -24,15 +24,28 @@ pub fn plan(nofile: u64) -> Vec<Rlimit> {
 }
 
 /// Child side: applies the limits. A hard limit above the launcher's own
-/// cannot be raised: the launcher's hard limit is kept then.
+/// cannot be raised: the launcher's hard limit is kept then. Raw system
+/// calls ([`super::sys`]): `errno` is left alone.
 pub(crate) fn apply(limits: &[Rlimit]) -> Result<(), i32> {
     for l in limits {
         let mut cur = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        // SAFETY: getrlimit into a valid struct.
-        unsafe { libc::getrlimit(l.resource as _, &mut cur) };
+        // SAFETY: prlimit64 of this process into a valid struct.
+        let _ = unsafe {
+            super::sys::call(
+                libc::SYS_prlimit64,
+                [
+                    0,
+                    l.resource as usize,
+                    0,
+                    &mut cur as *mut libc::rlimit as usize,
+                    0,
+                    0,
+                ],
+            )
+        };
         let v = if cur.rlim_max != libc::RLIM_INFINITY && l.value > cur.rlim_max {
             cur.rlim_max
         } else {
@@ -42,10 +55,20 @@ pub(crate) fn apply(limits: &[Rlimit]) -> Result<(), i32> {
             rlim_cur: v,
             rlim_max: v,
         };
-        // SAFETY: setrlimit with a valid struct.
-        if unsafe { libc::setrlimit(l.resource as _, &new) } != 0 {
-            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-        }
+        // SAFETY: prlimit64 of this process with a valid struct.
+        unsafe {
+            super::sys::call(
+                libc::SYS_prlimit64,
+                [
+                    0,
+                    l.resource as usize,
+                    &new as *const libc::rlimit as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        }?;
     }
     Ok(())
 }

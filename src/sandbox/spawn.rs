@@ -5,16 +5,18 @@
 //! [`child_plan`], [`clone_child`] (named network, clone, pidfd),
 //! [`release`] (maps, cgroup, go) and [`wait_for_exec`].
 
+use std::borrow::Cow;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cgroup::JobCgroup;
-use super::child::{self, ChildPlan};
+use super::child::{self, ChildPlan, Trace};
 use super::landlock::{self, Rules};
 use super::mounts::Op;
 use super::namespaces::{self, NetnsGuard};
@@ -53,6 +55,26 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     // SAFETY: pipe2 into a two-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(Error::os("pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds are fresh and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The launcher-child channel: a seqpacket socket pair (messages keep their
+/// bounds, and the second one carries fds).
+fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair into a two-element array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(Error::os("socketpair", std::io::Error::last_os_error()));
     }
     // SAFETY: both fds are fresh and owned by us.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -165,19 +187,79 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, Error> {
 /// Time since `spawn` was called at each setup phase ([`Sandbox::timings`]).
 struct Clock {
     t0: Instant,
-    timings: Vec<(&'static str, Duration)>,
+    /// `t0` as CLOCK_MONOTONIC ns (the child's marks use that clock).
+    t0_ns: u64,
+    timings: Vec<(Cow<'static, str>, Duration)>,
 }
 
 impl Clock {
     fn start() -> Clock {
         Clock {
             t0: Instant::now(),
+            t0_ns: Trace::now(),
             timings: Vec::with_capacity(8),
         }
     }
     fn mark(&mut self, phase: &'static str) {
-        self.timings.push((phase, self.t0.elapsed()));
+        self.timings.push((phase.into(), self.t0.elapsed()));
     }
+
+    /// The child's marks ([`Trace`]) as phases: the steps, the mount plan
+    /// as one phase, and its slowest operations.
+    fn child_phases(&mut self, marks: &[(u32, u64)], ops: &[(Op, String)]) {
+        let at = |ns: u64| Duration::from_nanos(ns.saturating_sub(self.t0_ns));
+        let mut slow: Vec<(Duration, usize)> = Vec::new();
+        let mut prev = None;
+        let mut mounts = 0;
+        for (mark, ns) in marks {
+            let what: &'static str = match *mark {
+                child::MARK_GO => "child: got the go",
+                child::STEP_LOOPBACK => "child: ids, hostname, loopback",
+                child::STEP_CGROUP => "child: mounts up to /dev, cgroups joined, cgroup namespace",
+                child::MARK_JOB => "job: started (init forked it)",
+                child::STEP_STDIO => "job: session, stdio, signals reset",
+                child::STEP_CAPS => "job: rlimits, capabilities dropped",
+                child::STEP_SECCOMP => "job: no_new_privs, seccomp",
+                child::MARK_READY => "job: init's root finished",
+                child::STEP_LANDLOCK => "job: landlock",
+                child::STEP_CWD => "job: cwd (execve next)",
+                m if m >= child::STEP_MOUNT => {
+                    let i = (m - child::STEP_MOUNT) as usize;
+                    if let Some(p) = prev {
+                        slow.push((at(*ns).saturating_sub(at(p)), i));
+                    }
+                    mounts += 1;
+                    prev = Some(*ns);
+                    if i + 1 == ops.len() {
+                        self.timings.push((
+                            format!("child: mount plan done ({mounts} operations)").into(),
+                            at(*ns),
+                        ));
+                    }
+                    continue;
+                }
+                _ => "child: mark",
+            };
+            prev = Some(*ns);
+            self.timings.push((what.into(), at(*ns)));
+        }
+        slow.sort_by_key(|s| std::cmp::Reverse(s.0));
+        for (d, i) in slow.iter().take(5) {
+            if let Some((_, what)) = ops.get(*i) {
+                self.timings
+                    .push((format!("  (slowest mount operations) {what}").into(), *d));
+            }
+        }
+    }
+}
+
+/// Whether [`spawn`] also times the phases inside the child (one shared
+/// page per start): `liftoff exec` with `LIFTOFF_EXEC_TIMINGS`.
+static CHILD_TIMINGS: AtomicBool = AtomicBool::new(false);
+
+/// Times the child's phases too ([`Sandbox::timings`]); for tuning.
+pub fn time_child_phases(on: bool) {
+    CHILD_TIMINGS.store(on, Ordering::Relaxed);
 }
 
 /// The phases of the module doc of `sandbox`, in order.
@@ -193,27 +275,44 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let prepared = prepare(spec, &workspace, &mut warnings, &mut clock)?;
     let command = Command::new(spec, &workspace)?;
     clock.mark("plan: argv, env");
-    // 2. cgroups, and the pipes between launcher and child.
+    // 2. The cgroup the clone enters, and the pipes between launcher and child.
     let cgroup = create_cgroup(spec, root, &mut warnings)?;
-    clock.mark("cgroups created");
-    let (child_ends, parent_ends) = open_pipes(spec, cgroup.as_ref())?;
-    let plan = child_plan(spec, prepared, &command, &child_ends, cgroup.is_some());
+    clock.mark("cgroup created");
+    let (child_ends, parent_ends) = open_pipes(spec)?;
+    let trace = if CHILD_TIMINGS.load(Ordering::Relaxed) {
+        Trace::new()
+    } else {
+        Trace::off()
+    };
+    let plan = child_plan(
+        spec,
+        prepared,
+        &command,
+        &child_ends,
+        cgroup.is_some(),
+        trace,
+    );
     // 3-4. Named network, clone.
     let started = clone_child(spec, &plan, cgroup)?;
     drop(child_ends);
     clock.mark("cloned");
-    // 5. Maps, cgroup, go.
+    // 5. Maps, go; then the cgroups completed while the child mounts.
     let lifeline = release(&started, liftoff, host, parent_ends.sync_w)?;
     clock.mark("maps written, child released");
+    let mut started = started;
+    complete_cgroup(&mut started, &lifeline)?;
+    clock.mark("cgroups completed (limits), sent to the child");
     // 6. Exec or error.
     wait_for_exec(&started, parent_ends.err_r, &plan, &command.program)?;
     clock.mark("job exec'd");
+    clock.child_phases(&plan.trace.read(), &plan.ops);
     Ok(Sandbox {
         pid: started.pid,
         pidfd: started.pidfd,
         status: liftoff.then(|| File::from(parent_ends.status_r)),
         cgroup: started.cgroup,
         outcome: None,
+        remover: false,
         lifeline: Some(lifeline),
         stdin: parent_ends.stdin,
         stdout: parent_ends.stdout,
@@ -298,11 +397,28 @@ fn child_plan(
     command: &Command,
     ends: &ChildEnds,
     cgroupns: bool,
+    trace: Trace,
 ) -> ChildPlan {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let liftoff = spec.runtime == Runtime::Liftoff;
+    // An early job (see `child::spawn_job`) where the raw system calls are:
+    // init starts it before /dev (the launcher has completed the cgroups by
+    // then), and /dev, /proc, pivot_root and the detach of the old root
+    // overlap the job's start and its own preparation.
+    let job_at = prepared
+        .ops
+        .iter()
+        .position(|(op, _)| {
+            matches!(op, Op::Mount { fstype, dst, .. }
+                if fstype.as_bytes() == b"tmpfs" && dst.as_bytes().ends_with(b"/dev"))
+        })
+        .filter(|_| super::sys::RAW)
+        .unwrap_or(prepared.ops.len());
     ChildPlan {
+        job_at,
+        ready_r: ends.ready_r.as_raw_fd(),
+        ready_w: ends.ready_w.as_raw_fd(),
         ops: prepared.ops,
         hostname: command.hostname.clone(),
         loopback: spec.network == Network::None,
@@ -318,9 +434,9 @@ fn child_plan(
         cwd: command.cwd.clone(),
         stdio: ends.stdio(),
         sync_fd: ends.sync_r.as_raw_fd(),
-        cgroup_tasks: ends.cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
         err_fd: ends.err_w.as_raw_fd(),
         status_fd: ends.status_w.as_raw_fd(),
+        trace,
     }
 }
 
@@ -473,14 +589,21 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// The job's cgroups with the limits written. An unprivileged launcher
+/// The job's cgroups: a root launcher makes what the clone needs
+/// ([`JobCgroup::begin`]) and completes the rest while the child sets up
+/// ([`complete_cgroup`]). An unprivileged launcher makes them all here, and
 /// without a delegated cgroup runs the job without (said in `warnings`).
 fn create_cgroup(
     spec: &SandboxSpec,
     root: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Option<JobCgroup>, Error> {
-    match JobCgroup::create(&spec.name, &spec.limits) {
+    let made = if root {
+        JobCgroup::begin(&spec.name, &spec.limits)
+    } else {
+        JobCgroup::create(&spec.name, &spec.limits)
+    };
+    match made {
         Ok(cg) => Ok(Some(cg)),
         Err(e) if !root => {
             warnings.push(if spec.runtime == Runtime::Liftoff {
@@ -498,16 +621,17 @@ fn create_cgroup(
     }
 }
 
-/// The child's ends of the pipes and stdio, and the v1 `tasks` files it
-/// joins: closed in the launcher right after the clone.
+/// The child's ends of the pipes and stdio: closed in the launcher right
+/// after the clone.
 struct ChildEnds {
     sync_r: OwnedFd,
+    ready_r: OwnedFd,
+    ready_w: OwnedFd,
     err_w: OwnedFd,
     status_w: OwnedFd,
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    cgroup_tasks: Vec<OwnedFd>,
 }
 
 impl ChildEnds {
@@ -529,19 +653,9 @@ struct ParentEnds {
     stderr: Option<File>,
 }
 
-fn open_pipes(
-    spec: &SandboxSpec,
-    cgroup: Option<&JobCgroup>,
-) -> Result<(ChildEnds, ParentEnds), Error> {
-    let mut cgroup_tasks = Vec::new();
-    for f in cgroup.map(|c| c.v1_task_files()).unwrap_or_default() {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&f)
-            .map_err(|e| Error::new(format!("open {}: {e}", f.display())))?;
-        cgroup_tasks.push(OwnedFd::from(file));
-    }
-    let (sync_r, sync_w) = pipe()?;
+fn open_pipes(spec: &SandboxSpec) -> Result<(ChildEnds, ParentEnds), Error> {
+    let (sync_r, sync_w) = socketpair()?;
+    let (ready_r, ready_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
     let (in_child, in_parent) = stdio(spec.stdin, true)?;
@@ -563,12 +677,13 @@ fn open_pipes(
     Ok((
         ChildEnds {
             sync_r,
+            ready_r,
+            ready_w,
             err_w,
             status_w,
             stdin: in_child,
             stdout: out_child,
             stderr: errs_child,
-            cgroup_tasks,
         },
         ParentEnds {
             sync_w,
@@ -729,8 +844,8 @@ fn clone_child(
 }
 
 /// Phase 5: writes the uid/gid maps, moves the child into its v2 cgroup
-/// when the clone could not, sets its OOM score, and lets it go. Returns the
-/// sync pipe's write end, kept for the job's lifetime (the lifeline).
+/// when the clone could not, and lets it go. Returns the launcher's end of
+/// the sync socket, kept for the job's lifetime (the lifeline).
 fn release(
     started: &Started,
     liftoff: bool,
@@ -746,17 +861,84 @@ fn release(
             cg.add_v2(pid).map_err(|e| started.abort(e))?;
         }
     }
-    // Best effort: raising a score needs no privilege beyond owning the
-    // process; a host without the file keeps the default.
-    let _ = std::fs::write(
-        format!("/proc/{pid}/oom_score_adj"),
-        child::JOB_OOM_SCORE_ADJ,
-    );
     let mut sync_w = File::from(sync_w);
     sync_w
         .write_all(&[1])
         .map_err(|e| started.abort(Error::os("start the sandbox", e)))?;
     Ok(sync_w)
+}
+
+/// Phase 5, while the child mounts: completes the cgroups (v1 directories,
+/// controllers, limits), sets the child's OOM score, and sends the child the
+/// second message - the limits are in place - with the v1 `tasks` files to
+/// join. The child starts the job only after it.
+fn complete_cgroup(started: &mut Started, sync: &File) -> Result<(), Error> {
+    let pid = started.pid;
+    let mut tasks = Vec::new();
+    if let Some(cg) = started.cgroup.as_mut() {
+        if let Err(e) = cg.finish() {
+            return Err(started.abort(e));
+        }
+        for f in cg.v1_task_files() {
+            match std::fs::OpenOptions::new().write(true).open(&f) {
+                Ok(file) => tasks.push(OwnedFd::from(file)),
+                Err(e) => {
+                    return Err(started.abort(Error::new(format!("open {}: {e}", f.display()))));
+                }
+            }
+        }
+    }
+    // Best effort: raising a score needs no privilege beyond owning the
+    // process; a host without the file keeps the default. Before the job
+    // exists: everything it forks inherits it.
+    let _ = std::fs::write(
+        format!("/proc/{pid}/oom_score_adj"),
+        child::JOB_OOM_SCORE_ADJ,
+    );
+    send_fds(sync, &tasks).map_err(|e| started.abort(Error::os("start the sandbox", e)))
+}
+
+/// One byte with `fds` attached (SCM_RIGHTS).
+fn send_fds(sock: &File, fds: &[OwnedFd]) -> std::io::Result<()> {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = std::mem::size_of_val(raw.as_slice()) as u32;
+    // SAFETY: CMSG_SPACE is arithmetic on a length.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8).max(1)];
+    let mut byte = [1u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the
+    // sendmsg call, and the control message is written within `control`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !raw.is_empty() {
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = space as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr() as *const u8,
+                libc::CMSG_DATA(c),
+                payload as usize,
+            );
+        }
+        loop {
+            if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) == 1 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
 }
 
 /// Phase 6: reads the error pipe until EOF (the job's exec) or a setup
