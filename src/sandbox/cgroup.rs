@@ -25,7 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Error, Limits};
+use super::{Error, Limits, sys};
 
 /// Where the cgroup file systems are mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -624,57 +624,11 @@ extern "C" fn remover_entry(arg: *mut libc::c_void) -> libc::c_int {
     remove_when_gone(r.pidfd, &r.dirs)
 }
 
-/// A system call that leaves errno alone: the remover shares the
-/// launcher's memory, thread-local errno included.
-#[cfg(target_arch = "x86_64")]
-unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
-    let ret: isize;
-    // SAFETY (caller): the arguments are valid for system call `nr`.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") nr as isize => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret
-}
-
-/// A system call that leaves errno alone (see the x86_64 one).
-#[cfg(target_arch = "aarch64")]
-unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
-    let ret: isize;
-    // SAFETY (caller): the arguments are valid for system call `nr`.
-    unsafe {
-        std::arch::asm!(
-            "svc 0",
-            in("x8") nr as usize,
-            inlateout("x0") a[0] => ret,
-            in("x1") a[1],
-            in("x2") a[2],
-            in("x3") a[3],
-            options(nostack),
-        );
-    }
-    ret
-}
-
-/// Elsewhere: libc's wrapper (a failing call may set the launcher's errno).
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-unsafe fn raw(nr: libc::c_long, a: [usize; 4]) -> isize {
-    // SAFETY (caller): the arguments are valid for system call `nr`.
-    unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3]) as isize }
-}
-
 /// The detached remover: own session, no fds but the pidfd (a caller reading
 /// the launcher's output sees EOF when the launcher exits), waits for the
 /// exit, removes the directories (innermost first), exits. Never returns.
+/// System calls through [`sys`], which leave errno alone: the remover shares
+/// the launcher's memory, thread-local errno included.
 fn remove_when_gone(pidfd: i32, dirs: &[CString]) -> ! {
     let fd = pidfd as usize;
     let cwd = libc::AT_FDCWD as isize as usize;
@@ -682,11 +636,11 @@ fn remove_when_gone(pidfd: i32, dirs: &[CString]) -> ! {
     // strings prepared by the launcher); exit ends this process alone and
     // runs nothing of the launcher.
     unsafe {
-        raw(libc::SYS_setsid, [0; 4]);
+        let _ = sys::call3(libc::SYS_setsid, 0, 0, 0);
         if fd > 0 {
-            raw(libc::SYS_close_range, [0, fd - 1, 0, 0]);
+            let _ = sys::call3(libc::SYS_close_range, 0, fd - 1, 0);
         }
-        raw(libc::SYS_close_range, [fd + 1, u32::MAX as usize, 0, 0]);
+        let _ = sys::call3(libc::SYS_close_range, fd + 1, u32::MAX as usize, 0);
         let mut p = libc::pollfd {
             fd: pidfd,
             events: libc::POLLIN,
@@ -694,7 +648,7 @@ fn remove_when_gone(pidfd: i32, dirs: &[CString]) -> ! {
         };
         // Retried on EINTR (and any other failure, which does not happen
         // with one valid pollfd).
-        while raw(libc::SYS_ppoll, [&mut p as *mut _ as usize, 1, 0, 0]) < 0 {}
+        while sys::call3(libc::SYS_ppoll, &mut p as *mut _ as usize, 1, 0).is_err() {}
         let pause = libc::timespec {
             tv_sec: 0,
             tv_nsec: 200_000,
@@ -702,17 +656,19 @@ fn remove_when_gone(pidfd: i32, dirs: &[CString]) -> ! {
         for d in dirs {
             // As `remove`: up to 500 ms for processes still leaving.
             for _ in 0..2500 {
-                let r = raw(
+                let r = sys::call3(
                     libc::SYS_unlinkat,
-                    [cwd, d.as_ptr() as usize, libc::AT_REMOVEDIR as usize, 0],
+                    cwd,
+                    d.as_ptr() as usize,
+                    libc::AT_REMOVEDIR as usize,
                 );
-                if r == 0 || r == -(libc::ENOENT as isize) {
+                if matches!(r, Ok(_) | Err(libc::ENOENT)) {
                     break;
                 }
-                raw(libc::SYS_nanosleep, [&pause as *const _ as usize, 0, 0, 0]);
+                let _ = sys::call3(libc::SYS_nanosleep, &pause as *const _ as usize, 0, 0);
             }
         }
-        raw(libc::SYS_exit, [0; 4]);
+        let _ = sys::call3(libc::SYS_exit, 0, 0, 0);
         // exit does not return.
         #[allow(clippy::empty_loop)]
         loop {}
