@@ -107,23 +107,7 @@ impl<'a> Client<'a> {
     /// Downloads blob `digest` of `size` bytes into `out` (from its start),
     /// checking both; a cut download is tried again.
     pub fn blob(&mut self, digest: &str, size: u64, out: &mut File) -> Result<(), Error> {
-        let mut n = 1;
-        let mut rng = crate::http::seed();
-        let mut last = None;
-        loop {
-            match self.blob_once(digest, size, out) {
-                Err(Error::Registry {
-                    transient: true,
-                    detail,
-                    ..
-                }) if n < TRIES => {
-                    last = Some(detail);
-                    std::thread::sleep(retry().backoff(n, &mut rng));
-                    n += 1;
-                }
-                r => return r.map_err(|e| after(e, last)),
-            }
-        }
+        retrying(|| self.blob_once(digest, size, out))
     }
 
     fn blob_once(&mut self, digest: &str, size: u64, out: &mut File) -> Result<(), Error> {
@@ -200,23 +184,7 @@ impl<'a> Client<'a> {
     /// GET `/v2/<repository>/<path>`, tried again while the failure is
     /// transient.
     fn get(&mut self, path: &str, accept: &str, long: bool) -> Result<Response<ureq::Body>, Error> {
-        let mut n = 1;
-        let mut rng = crate::http::seed();
-        let mut last = None;
-        loop {
-            match self.get_once(path, accept, long) {
-                Err(Error::Registry {
-                    transient: true,
-                    detail,
-                    ..
-                }) if n < TRIES => {
-                    last = Some(detail);
-                    std::thread::sleep(retry().backoff(n, &mut rng));
-                    n += 1;
-                }
-                r => return r.map_err(|e| after(e, last)),
-            }
-        }
+        retrying(|| self.get_once(path, accept, long))
     }
 
     fn get_once(
@@ -412,6 +380,29 @@ impl<'a> Client<'a> {
         };
         self.auth = Some(format!("Bearer {token}"));
         Ok(())
+    }
+}
+
+/// `once` until it succeeds or fails for good: a transient registry error
+/// is tried again (at most [`TRIES`] in all, with backoff); the final error
+/// names the earlier one ([`after`]).
+fn retrying<T>(mut once: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut n = 1;
+    let mut rng = crate::http::seed();
+    let mut last = None;
+    loop {
+        match once() {
+            Err(Error::Registry {
+                transient: true,
+                detail,
+                ..
+            }) if n < TRIES => {
+                last = Some(detail);
+                std::thread::sleep(retry().backoff(n, &mut rng));
+                n += 1;
+            }
+            r => return r.map_err(|e| after(e, last)),
+        }
     }
 }
 
