@@ -143,7 +143,7 @@ pub fn v2_parent(root: &Path, own: &str) -> V2Parent {
 }
 
 /// The cgroups of one job.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct JobCgroup {
     /// The directory whose cgroup.procs lists every process of the job (v2
     /// or the unified hierarchy; the pids controller on v1).
@@ -268,14 +268,7 @@ impl JobCgroup {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(Error::new(format!("bad cgroup name {name:?}")));
         }
-        let mut cg = JobCgroup {
-            track: PathBuf::new(),
-            dirs: Vec::new(),
-            oom_file: None,
-            kill_file: false,
-            v2: None,
-            pending: None,
-        };
+        let mut cg = JobCgroup::default();
         let mut jobs_parent = None;
         let dir = match &layout {
             Layout::None => {
@@ -392,14 +385,7 @@ impl JobCgroup {
         name: &str,
         limits: &Limits,
     ) -> Result<JobCgroup, Error> {
-        let mut cg = JobCgroup {
-            track: PathBuf::new(),
-            dirs: Vec::new(),
-            oom_file: None,
-            kill_file: false,
-            v2: None,
-            pending: None,
-        };
+        let mut cg = JobCgroup::default();
         let dir_for = |ctrl: &str, mount: &str| -> PathBuf {
             root.join(mount)
                 .join(own.v1_path(ctrl).trim_start_matches('/'))
