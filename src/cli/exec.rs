@@ -68,9 +68,14 @@ pub struct ExecArgs {
     /// Working directory inside the sandbox (default /mnt/workspace).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
-    /// Hostname inside the sandbox (default: one of its own).
+    /// Hostname inside the sandbox (default liftoff).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Make the job's whole root in its own mount namespace instead of
+    /// copying the ready-made one (a root launcher keeps those under
+    /// /run/liftoff/roots): slower, for comparison and diagnosis.
+    #[arg(long)]
+    pub fresh_root: bool,
     /// Mask the value of variable NAME (in the job's environment, else liftoff's) in the output; SPACELIFT_MASK_ENVS is honoured too.
     #[arg(long = "mask", value_name = "NAME")]
     pub masks: Vec<String>,
@@ -81,7 +86,7 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DURATION")]
     pub logs_timeout: Option<String>,
     /// Run a plain (unencrypted) run spec (JSON, see docs/protocol.md) through the whole run pipeline locally: policy, source, environment, provider cache, sandboxed steps, masked logs on the terminal (or --log-file). No control plane.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["workspace", "root", "mounts", "network", "env", "pass_env", "memory", "pids", "timeout", "cwd", "hostname", "logs_timeout", "masks"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["workspace", "root", "mounts", "network", "env", "pass_env", "memory", "pids", "timeout", "cwd", "hostname", "fresh_root", "logs_timeout", "masks"])]
     pub spec: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(
@@ -108,6 +113,7 @@ impl ExecArgs {
             timeout: None,
             cwd: None,
             hostname: None,
+            fresh_root: false,
             masks: Vec::new(),
             log_file: None,
             logs_timeout: None,
@@ -262,6 +268,7 @@ pub fn build_spec(
     } else {
         spec.hostname = "liftoff".into();
     }
+    spec.ready_root = !args.fresh_root;
     spec.stdin = Stdio::Inherit;
     spec.stdout = Stdio::Inherit;
     spec.stderr = Stdio::Inherit;

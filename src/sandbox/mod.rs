@@ -65,6 +65,7 @@ mod init;
 pub mod landlock;
 pub mod mounts;
 pub mod namespaces;
+pub mod pin;
 pub mod rlimits;
 pub mod sched;
 pub mod seccomp;
@@ -182,6 +183,10 @@ pub struct SandboxSpec {
     /// appear in the job's /bin, over what the root's /bin holds: a
     /// read-only overlay (the run's tool as `/bin/terraform`).
     pub bin_overlay: Option<PathBuf>,
+    /// Start from a ready-made root when the launcher can ([`pin`]: root,
+    /// the host's root); false makes the whole root in the job's own
+    /// namespace every time (`liftoff exec --fresh-root`).
+    pub ready_root: bool,
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
@@ -189,7 +194,7 @@ pub struct SandboxSpec {
 
 impl SandboxSpec {
     /// A spec with the defaults: runtime liftoff, host network, best-effort
-    /// landlock, default limits, a unique name and hostname.
+    /// landlock, default limits, a unique name, hostname `liftoff`.
     pub fn new(workspace: impl Into<PathBuf>, argv: Vec<String>) -> Self {
         let name = unique_name();
         SandboxSpec {
@@ -200,7 +205,7 @@ impl SandboxSpec {
             env: default_env(),
             argv,
             cwd: None,
-            hostname: name.clone(),
+            hostname: "liftoff".into(),
             network: Network::Host,
             limits: Limits::default(),
             landlock: LandlockMode::BestEffort,
@@ -208,6 +213,7 @@ impl SandboxSpec {
             host_id: DEFAULT_HOST_ID,
             ca_bundle: None,
             bin_overlay: None,
+            ready_root: true,
             stdin: Stdio::Null,
             stdout: Stdio::Piped,
             stderr: Stdio::Piped,

@@ -82,6 +82,9 @@ pub enum Op {
         old: CString,
     },
     Detach(CString),
+    /// The op, where a missing target is no error: a /proc entry this
+    /// kernel does not have (checked at run time: one lookup fewer each).
+    IfExists(Box<Op>),
 }
 
 fn cs(p: impl AsRef<Path>) -> Result<CString, Error> {
@@ -104,10 +107,36 @@ struct Plan {
     /// A bind by path reads from below [`STAGE`], which the one-pivot
     /// layout covers: the plan is made again with the staging layout.
     shadowed: bool,
+    /// Which part of the root this plan makes.
+    part: Part,
+    /// Mount points only (the job's own mounts, planned into a ready-made
+    /// root): every op but mkdir and touch is left out.
+    points_only: bool,
+}
+
+/// Which part of the job's root a plan makes (see the module doc).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Part {
+    /// All of it, in the job's own mount namespace.
+    Whole,
+    /// The ready-made root ([`super::pin`]): everything but the job's own
+    /// mounts, for which it makes the mount points.
+    Root,
+    /// The job's own mounts, over a copy of the ready-made root: its
+    /// workspace, /tmp, home, extra mounts, bin overlay, devpts, /dev/shm,
+    /// /proc and its masks.
+    Job,
 }
 
 impl Plan {
     fn push(&mut self, op: Op, what: String) {
+        let point = matches!(op, Op::Mkdir(..) | Op::Touch(_));
+        // Over a ready-made root the mount points exist (and it is
+        // read-only); while making that root, only they are wanted of the
+        // job's own mounts.
+        if (self.part == Part::Job && point) || (self.points_only && !point) {
+            return;
+        }
         self.ops.push((op, what));
     }
     /// mkdir -p of `dir` (a /newroot path), skipping what the plan made.
@@ -142,7 +171,7 @@ impl Plan {
             if rw { "read-write" } else { "read-only" },
             self.inside(dst).display()
         );
-        if self.by_fd {
+        if self.by_fd && !self.points_only {
             match open_tree_clone(src)? {
                 Some(tree) => {
                     let dst = cs(dst)?;
@@ -152,7 +181,13 @@ impl Plan {
                 None => self.by_fd = false,
             }
         }
-        if self.host == "/" && src.starts_with(STAGE) {
+        if self.part == Part::Job {
+            return Err(Error::new(format!(
+                "{}: over a ready-made root, binds go by file descriptor (open_tree)",
+                src.display()
+            )));
+        }
+        if self.host == "/" && src.starts_with(STAGE) && !self.points_only {
             self.shadowed = true;
         }
         self.push(
@@ -305,22 +340,157 @@ pub fn check_target(p: &Path) -> Result<(), Error> {
 /// pivot_root when nothing is bound by path from below [`STAGE`] (a root
 /// launcher binds by file descriptor), else with the staging pivot.
 pub fn plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
-    let p = plan_with(spec, true)?;
+    let p = plan_with(spec, true, Part::Whole)?;
     if !p.shadowed {
         return Ok(p.ops);
     }
-    Ok(plan_with(spec, false)?.ops)
+    Ok(plan_with(spec, false, Part::Whole)?.ops)
 }
 
-fn plan_with(spec: &SandboxSpec, one_pivot: bool) -> Result<Plan, Error> {
+/// The ready-made root of `spec` ([`super::pin`] runs it in a mount
+/// namespace of its own and keeps that): steps 1-4 and 7 as in [`plan`],
+/// the mount points of step 5, /dev without its devpts and shm, and a
+/// /proc that only makes the job's own /proc possible (a user namespace
+/// may mount proc where one is fully visible) and that the job's covers.
+pub fn root_plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
+    let p = plan_with(spec, true, Part::Root)?;
+    if p.shadowed || !p.by_fd {
+        return Err(Error::new(
+            "a ready-made root needs binds by file descriptor (open_tree)",
+        ));
+    }
+    Ok(p.ops)
+}
+
+/// What identifies [`root_plan`] of `spec` without making it: what the
+/// root takes from the spec, and the identity (device, inode, mode, size,
+/// change times) of the launcher's executable and of every host path the
+/// plan reads or binds in the root. Equal keys, equal roots: an edited
+/// resolv.conf, a new loader cache or CA bundle, an upgraded launcher each
+/// give another key. (Bound directories are live: what changes inside them
+/// the job sees anyway.)
+pub fn root_key(spec: &SandboxSpec) -> Result<u64, Error> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    if spec.root.is_some() {
+        return Err(Error::new("a ready-made root is the host's root only"));
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        &spec.hostname,
+        spec.network == Network::None,
+        &spec.ca_bundle,
+    )
+        .hash(&mut h);
+    for m in &spec.mounts {
+        (&m.target, m.source.is_dir()).hash(&mut h);
+    }
+    let mut stamp = |p: &Path, follow: bool| {
+        let m = if follow {
+            std::fs::metadata(p)
+        } else {
+            std::fs::symlink_metadata(p)
+        };
+        match m {
+            Ok(m) => (
+                m.dev(),
+                m.ino(),
+                m.mode(),
+                m.size(),
+                (m.mtime(), m.mtime_nsec()),
+                (m.ctime(), m.ctime_nsec()),
+            )
+                .hash(&mut h),
+            Err(e) => e.raw_os_error().hash(&mut h),
+        }
+    };
+    stamp(Path::new("/proc/self/exe"), true);
+    for d in HOST_DIRS {
+        stamp(&Path::new("/").join(d), false);
+    }
+    for e in HOST_ETC {
+        let p = Path::new("/etc").join(e);
+        stamp(&p, false);
+        stamp(&p, true);
+    }
+    stamp(Path::new("/etc/hosts"), true);
+    stamp(Path::new("/etc/resolv.conf"), true);
+    if let Some(b) = spec.ca_bundle.clone().or_else(host_ca_bundle) {
+        stamp(&b, false);
+        stamp(&b, true);
+    }
+    Ok(h.finish())
+}
+
+/// The job's own mounts over a copy of the ready-made root of `spec`, its
+/// paths those of the sandbox (the copy is the job's root from the start).
+pub fn job_plan(spec: &SandboxSpec) -> Result<Vec<(Op, String)>, Error> {
+    Ok(plan_with(spec, true, Part::Job)?.ops)
+}
+
+fn plan_with(spec: &SandboxSpec, one_pivot: bool, part: Part) -> Result<Plan, Error> {
     let mut p = Plan {
         ops: Vec::with_capacity(96),
         dirs: BTreeSet::new(),
         by_fd: true,
-        root: if one_pivot { STAGE } else { "/newroot" },
+        root: match part {
+            Part::Job => "/",
+            _ if one_pivot => STAGE,
+            _ => "/newroot",
+        },
         host: if one_pivot { "/" } else { "/oldroot" },
         shadowed: false,
+        part,
+        points_only: false,
     };
+    if part != Part::Job {
+        root_and_etc(&mut p, spec, one_pivot)?;
+    }
+    // 5: workspace, tmp, home, extra mounts (only their mount points in a
+    // ready-made root).
+    p.points_only = part == Part::Root;
+    let ws = p.nr(WORKSPACE);
+    p.bind(&spec.workspace, &ws, true)?;
+    let tmp = p.nr("/tmp");
+    p.mount("tmpfs", &tmp, libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
+    let home = p.nr(JOB_HOME);
+    p.mount(
+        "tmpfs",
+        &home,
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    )?;
+    for m in &spec.mounts {
+        extra_mount(&mut p, m)?;
+    }
+    if let Some(dir) = &spec.bin_overlay {
+        bin_overlay(&mut p, spec, dir)?;
+    }
+    p.points_only = false;
+    // 6: /dev and /proc.
+    dev(&mut p)?;
+    proc(&mut p)?;
+    if part == Part::Job {
+        return Ok(p);
+    }
+    // 7: final pivot, detach, read-only root.
+    p.push(Op::Chdir(cs(p.root)?), format!("chdir {}", p.root));
+    p.push(
+        Op::PivotRoot {
+            new: cs(".")?,
+            old: cs(".")?,
+        },
+        "pivot_root into the new root".into(),
+    );
+    p.push(Op::Detach(cs(".")?), "detach the old root".into());
+    p.push(Op::Chdir(cs("/")?), "chdir /".into());
+    p.push(Op::ReadOnly(cs("/")?), "make / read-only".into());
+    Ok(p)
+}
+
+/// Steps 1-4: private propagation (and the staging pivot), the root tmpfs,
+/// the root's directories, /etc.
+fn root_and_etc(p: &mut Plan, spec: &SandboxSpec, one_pivot: bool) -> Result<(), Error> {
     // 1-2: private propagation (and the staging tmpfs, first pivot).
     p.push(
         Op::Mount {
@@ -371,7 +541,7 @@ fn plan_with(spec: &SandboxSpec, one_pivot: bool) -> Result<Plan, Error> {
             for d in HOST_DIRS {
                 let host = Path::new("/").join(d);
                 let dst = p.nr(d);
-                mirror_entry(&mut p, &host, &dst)?;
+                mirror_entry(p, &host, &dst)?;
             }
         }
         Some(root) => {
@@ -384,46 +554,12 @@ fn plan_with(spec: &SandboxSpec, one_pivot: bool) -> Result<Plan, Error> {
                     continue;
                 }
                 let dst = p.nr(n);
-                mirror_entry(&mut p, &entry.path(), &dst)?;
+                mirror_entry(p, &entry.path(), &dst)?;
             }
         }
     }
     // 4: /etc.
-    etc(&mut p, spec)?;
-    // 5: workspace, tmp, home, extra mounts.
-    let ws = p.nr(WORKSPACE);
-    p.bind(&spec.workspace, &ws, true)?;
-    let tmp = p.nr("/tmp");
-    p.mount("tmpfs", &tmp, libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
-    let home = p.nr(JOB_HOME);
-    p.mount(
-        "tmpfs",
-        &home,
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=0755",
-    )?;
-    for m in &spec.mounts {
-        extra_mount(&mut p, m)?;
-    }
-    if let Some(dir) = &spec.bin_overlay {
-        bin_overlay(&mut p, spec, dir)?;
-    }
-    // 6: /dev and /proc.
-    dev(&mut p)?;
-    proc(&mut p)?;
-    // 7: final pivot, detach, read-only root.
-    p.push(Op::Chdir(cs(p.root)?), format!("chdir {}", p.root));
-    p.push(
-        Op::PivotRoot {
-            new: cs(".")?,
-            old: cs(".")?,
-        },
-        "pivot_root into the new root".into(),
-    );
-    p.push(Op::Detach(cs(".")?), "detach the old root".into());
-    p.push(Op::Chdir(cs("/")?), "chdir /".into());
-    p.push(Op::ReadOnly(cs("/")?), "make / read-only".into());
-    Ok(p)
+    etc(p, spec)
 }
 
 /// A top-level entry of the root: a symlink stays a symlink, a directory or
@@ -653,37 +789,42 @@ pub fn host_ca_bundle() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// /dev: a read-only tmpfs of device binds and links (the ready-made root
+/// has it), its own devpts and shm (the job's).
 fn dev(p: &mut Plan) -> Result<(), Error> {
     let dev = p.nr("/dev");
-    p.mount(
-        "tmpfs",
-        &dev,
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        "mode=0755,size=64k",
-    )?;
-    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let path = dev.join(d);
-        p.push(Op::Touch(cs(&path)?), format!("create /dev/{d}"));
-        p.push(
-            Op::Bind {
-                src: cs(Path::new(p.host).join("dev").join(d))?,
-                dst: cs(&path)?,
-                rw: true,
-                dev: true,
-            },
-            format!("bind /dev/{d}"),
-        );
+    if p.part != Part::Job {
+        p.mount(
+            "tmpfs",
+            &dev,
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0755,size=64k",
+        )?;
+        for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let path = dev.join(d);
+            p.push(Op::Touch(cs(&path)?), format!("create /dev/{d}"));
+            p.push(
+                Op::Bind {
+                    src: cs(Path::new(p.host).join("dev").join(d))?,
+                    dst: cs(&path)?,
+                    rw: true,
+                    dev: true,
+                },
+                format!("bind /dev/{d}"),
+            );
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+            ("core", "/proc/kcore"),
+        ] {
+            p.symlink(Path::new(target), &dev.join(name))?;
+        }
     }
-    for (name, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-        ("core", "/proc/kcore"),
-    ] {
-        p.symlink(Path::new(target), &dev.join(name))?;
-    }
+    p.points_only = p.part == Part::Root;
     p.mount(
         "devpts",
         &dev.join("pts"),
@@ -696,10 +837,16 @@ fn dev(p: &mut Plan) -> Result<(), Error> {
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=1777",
     )?;
-    p.push(Op::ReadOnly(cs(&dev)?), "make /dev read-only".into());
+    p.points_only = false;
+    if p.part != Part::Job {
+        p.push(Op::ReadOnly(cs(&dev)?), "make /dev read-only".into());
+    }
     Ok(())
 }
 
+/// A fresh /proc with Docker's masks. In the ready-made root, a /proc of
+/// its builder's empty pid namespace, without masks: the job's own covers
+/// it (and it is what lets a user namespace mount a proc at all).
 fn proc(p: &mut Plan) -> Result<(), Error> {
     let proc = p.nr("/proc");
     p.mount(
@@ -708,46 +855,40 @@ fn proc(p: &mut Plan) -> Result<(), Error> {
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         "",
     )?;
+    if p.part == Part::Root {
+        return Ok(());
+    }
     for f in PROC_MASK_FILES {
-        if Path::new("/proc").join(f).exists() {
-            p.push(
-                Op::Bind {
-                    src: cs(p.nr("/dev/null"))?,
-                    dst: cs(proc.join(f))?,
-                    rw: true,
-                    dev: true,
-                },
-                format!("mask /proc/{f}"),
-            );
-        }
+        let op = Op::Bind {
+            src: cs(p.nr("/dev/null"))?,
+            dst: cs(proc.join(f))?,
+            rw: true,
+            dev: true,
+        };
+        p.push(Op::IfExists(Box::new(op)), format!("mask /proc/{f}"));
     }
     for d in PROC_MASK_DIRS {
-        if Path::new("/proc").join(d).is_dir() {
-            p.push(
-                Op::Mount {
-                    src: cs("tmpfs")?,
-                    dst: cs(proc.join(d))?,
-                    fstype: cs("tmpfs")?,
-                    flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    data: cs("size=0")?,
-                },
-                format!("mask /proc/{d}"),
-            );
-        }
+        let op = Op::Mount {
+            src: cs("tmpfs")?,
+            dst: cs(proc.join(d))?,
+            fstype: cs("tmpfs")?,
+            flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: cs("size=0")?,
+        };
+        p.push(Op::IfExists(Box::new(op)), format!("mask /proc/{d}"));
     }
     for r in PROC_RO {
-        if Path::new("/proc").join(r).exists() {
-            let path = cs(proc.join(r))?;
-            p.push(
-                Op::Bind {
-                    src: path.clone(),
-                    dst: path,
-                    rw: false,
-                    dev: false,
-                },
-                format!("make /proc/{r} read-only"),
-            );
-        }
+        let path = cs(proc.join(r))?;
+        let op = Op::Bind {
+            src: path.clone(),
+            dst: path,
+            rw: false,
+            dev: false,
+        };
+        p.push(
+            Op::IfExists(Box::new(op)),
+            format!("make /proc/{r} read-only"),
+        );
     }
     Ok(())
 }
@@ -1103,6 +1244,10 @@ impl Op {
                 // SAFETY: valid C string.
                 check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) })
             }
+            Op::IfExists(op) => match op.run() {
+                Err(libc::ENOENT) => Ok(()),
+                r => r,
+            },
         }
     }
 }
@@ -1167,6 +1312,8 @@ mod tests {
             root: STAGE,
             host: "/",
             shadowed: false,
+            part: Part::Whole,
+            points_only: false,
         };
         p.bind(Path::new("/usr"), &p.nr("/usr"), false).unwrap();
         assert!(!p.shadowed, "/usr is not below {STAGE}");
@@ -1214,5 +1361,61 @@ mod tests {
         assert!(text.contains(&"make / read-only"));
         // /usr is bound read-only (a real dir on every supported host).
         assert!(text.iter().any(|w| w.contains("/usr read-only at /usr")));
+    }
+
+    #[test]
+    fn a_ready_made_root_holds_mount_points_and_the_job_plan_only_its_own_mounts() {
+        let ws = tempfile::tempdir().unwrap();
+        let mut spec = SandboxSpec::new(ws.path(), vec!["/bin/true".into()]);
+        spec.mounts.push(BindMount {
+            source: ws.path().to_path_buf(),
+            target: "/mnt/extra/dir".into(),
+            writable: false,
+        });
+        // The root's part, without opening anything: mount points for the
+        // job's own mounts, no tmpfs of the job's, no devpts, no masks.
+        let p = plan_with(&spec, true, Part::Root).unwrap();
+        let root: Vec<&str> = p.ops.iter().map(|(_, w)| w.as_str()).collect();
+        for dir in [
+            "/mnt/workspace",
+            "/mnt/extra/dir",
+            "/home/spacelift",
+            "/dev/pts",
+            "/dev/shm",
+        ] {
+            assert!(
+                root.iter()
+                    .any(|w| *w == format!("create directory {STAGE}{dir}")),
+                "{dir} missing from {root:#?}"
+            );
+        }
+        assert!(!root.iter().any(|w| w.contains("at /mnt/workspace")));
+        assert!(!root.iter().any(|w| w.starts_with("mount devpts")));
+        assert!(!root.iter().any(|w| w.starts_with("mask ")));
+        assert!(root.contains(&"make / read-only"));
+        assert!(root.iter().any(|w| w.starts_with("mount proc at /proc")));
+        // The job's part: no directory, no root, its own mounts in order,
+        // devpts before /proc and its masks.
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                job_plan(&spec).is_err(),
+                "binds by path cannot reach the host"
+            );
+            return;
+        }
+        let job = job_plan(&spec).unwrap();
+        let what: Vec<&str> = job.iter().map(|(_, w)| w.as_str()).collect();
+        assert!(job.iter().all(|(op, _)| !matches!(
+            op,
+            Op::Mkdir(..) | Op::Touch(_) | Op::PivotRoot { .. } | Op::Detach(_)
+        )));
+        assert!(
+            what[0].ends_with("read-write at /mnt/workspace"),
+            "{what:#?}"
+        );
+        let at = |w: &str| what.iter().position(|x| x.starts_with(w)).unwrap();
+        assert!(at("mount devpts at /dev/pts") < at("mount proc at /proc"));
+        assert!(at("mount proc at /proc") < at("mask /proc/keys"));
     }
 }

@@ -20,6 +20,7 @@ use super::child::{self, ChildPlan, Trace};
 use super::landlock::{self, Rules};
 use super::mounts::Op;
 use super::namespaces::{self, NetnsGuard};
+use super::pin;
 use super::seccomp::Programs;
 use super::{
     Error, JOB_HOME, Network, Runtime, Sandbox, SandboxSpec, Stdio, WORKSPACE, mounts, rlimits,
@@ -272,7 +273,8 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     let liftoff = spec.runtime == Runtime::Liftoff;
     let workspace = own_workspace(spec, root, host)?;
     // 1. The plan.
-    let prepared = prepare(spec, &workspace, &mut warnings, &mut clock)?;
+    let mut prepared = prepare(spec, &workspace, &mut warnings, &mut clock)?;
+    let ready = prepared.ready.take();
     let command = Command::new(spec, &workspace)?;
     clock.mark("plan: argv, env");
     // 2. The cgroup the clone enters, and the pipes between launcher and child.
@@ -293,7 +295,8 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
         trace,
     );
     // 3-4. Named network, clone.
-    let started = clone_child(spec, &plan, cgroup)?;
+    let started = clone_child(spec, &plan, cgroup, ready.as_ref())?;
+    drop(ready);
     drop(child_ends);
     clock.mark("cloned");
     // 5. Maps, go; then the cgroups completed while the child mounts.
@@ -364,6 +367,8 @@ fn own_workspace(spec: &SandboxSpec, root: bool, host: (u32, u32)) -> Result<Pat
 /// Phase 1 without the command: mounts, landlock, seccomp.
 struct Prepared {
     ops: Vec<(Op, String)>,
+    /// The ready-made root the clone copies ([`pin`]), when there is one.
+    ready: Option<OwnedFd>,
     landlock: Option<Rules>,
     seccomp: Option<&'static Programs>,
 }
@@ -374,7 +379,7 @@ fn prepare(
     warnings: &mut Vec<String>,
     clock: &mut Clock,
 ) -> Result<Prepared, Error> {
-    let ops = mount_plan(spec, workspace)?;
+    let (ops, ready) = mount_plan(spec, workspace, clock)?;
     let landlock = landlock_rules(spec, workspace, warnings)?;
     clock.mark("plan: mounts, landlock");
     let seccomp = match spec.runtime {
@@ -384,6 +389,7 @@ fn prepare(
     clock.mark("plan: seccomp");
     Ok(Prepared {
         ops,
+        ready,
         landlock,
         seccomp,
     })
@@ -411,7 +417,8 @@ fn child_plan(
         .iter()
         .position(|(op, _)| {
             matches!(op, Op::Mount { fstype, dst, .. }
-                if fstype.as_bytes() == b"tmpfs" && dst.as_bytes().ends_with(b"/dev"))
+                if (fstype.as_bytes() == b"tmpfs" && dst.as_bytes().ends_with(b"/dev"))
+                    || fstype.as_bytes() == b"devpts")
         })
         .filter(|_| super::sys::RAW)
         .unwrap_or(prepared.ops.len());
@@ -440,14 +447,33 @@ fn child_plan(
     }
 }
 
-/// The mount plan (runtime liftoff only; the others use host paths).
-fn mount_plan(spec: &SandboxSpec, workspace: &Path) -> Result<Vec<(Op, String)>, Error> {
+/// The mount plan (runtime liftoff only; the others use host paths): the
+/// job's own mounts over a ready-made root when a root launcher has one
+/// for the host's root ([`pin`]), else the whole root.
+fn mount_plan(
+    spec: &SandboxSpec,
+    workspace: &Path,
+    clock: &mut Clock,
+) -> Result<(Vec<(Op, String)>, Option<OwnedFd>), Error> {
     if spec.runtime != Runtime::Liftoff {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let mut s = spec.clone();
     s.workspace = workspace.to_path_buf();
-    mounts::plan(&s)
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && s.ready_root && s.root.is_none() {
+        if let Some((ns, how)) = pin::ready_root(&s) {
+            if let Ok(ops) = mounts::job_plan(&s) {
+                clock.mark(match how {
+                    pin::Source::Pinned => "plan: ready-made root (pinned)",
+                    pin::Source::Built => "plan: ready-made root (built and pinned)",
+                });
+                return Ok((ops, Some(ns)));
+            }
+        }
+    }
+    Ok((mounts::plan(&s)?, None))
 }
 
 /// The job's landlock rules: sandbox paths for runtime liftoff, host paths
@@ -734,6 +760,7 @@ fn clone_child(
     spec: &SandboxSpec,
     plan: &ChildPlan,
     cgroup: Option<JobCgroup>,
+    ready: Option<&OwnedFd>,
 ) -> Result<Started, Error> {
     let liftoff = spec.runtime == Runtime::Liftoff;
     let flags = if liftoff {
@@ -769,6 +796,20 @@ fn clone_child(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = f.as_raw_fd() as u64;
     }
+    // The clone's mount namespace is a copy of this thread's: the
+    // ready-made root's, for as long as the clone takes.
+    let entered = match ready {
+        Some(ns) => match pin::Entered::enter(ns) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove();
+                }
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     // SAFETY: a fork-like clone3 (no CLONE_VM, no stack): the child gets a
     // copy of this address space and only runs `child::run_*`, which make
     // system calls on `plan` and never return.
@@ -807,6 +848,14 @@ fn clone_child(
             child::run_init(plan)
         } else {
             child::run_direct(plan)
+        }
+    }
+    if let Some(e) = entered {
+        if let Err(e) = e.leave() {
+            if pid > 0 {
+                return Err(abort(pid as libc::pid_t, cgroup.as_ref(), e));
+            }
+            return Err(e);
         }
     }
     drop(guard);
