@@ -447,14 +447,13 @@ fn child_plan(
     }
 }
 
+/// The mount operations, and the ready-made root they run over (if any).
+type MountPlan = (Vec<(Op, String)>, Option<OwnedFd>);
+
 /// The mount plan (runtime liftoff only; the others use host paths): the
 /// job's own mounts over a ready-made root when a root launcher has one
 /// for the host's root ([`pin`]), else the whole root.
-fn mount_plan(
-    spec: &SandboxSpec,
-    workspace: &Path,
-    clock: &mut Clock,
-) -> Result<(Vec<(Op, String)>, Option<OwnedFd>), Error> {
+fn mount_plan(spec: &SandboxSpec, workspace: &Path, clock: &mut Clock) -> Result<MountPlan, Error> {
     if spec.runtime != Runtime::Liftoff {
         return Ok((Vec::new(), None));
     }
