@@ -90,9 +90,27 @@ fn the_job_sees_the_same_root_with_or_without_it() {
         for p in /etc/x /x /dev/x /usr/x /proc/sys/kernel/x; do touch $p 2>/dev/null && echo WROTE $p; done; \
         touch /tmp/x /mnt/workspace/x /home/spacelift/x /dev/shm/x && echo writable; \
         wc -c < /proc/keys; readlink /dev/stdin /bin";
-    let (ready, err) = timed(&["--workspace", w], script);
+    // Mount points inside the job's own /tmp and home are the job's to
+    // make (the ready-made root's would be covered).
+    std::fs::write(ws.path().join("seen"), "x").unwrap();
+    let under_tmp = format!("{w}:/tmp/a/b:ro");
+    let under_home = format!("{w}:/home/spacelift/c");
+    let deep = format!("{w}:/opt/deep/d");
+    let script = format!("{script}; ls /tmp/a/b /home/spacelift/c /opt/deep/d");
+    let args = [
+        "--workspace",
+        w,
+        "--mount",
+        &under_tmp,
+        "--mount",
+        &under_home,
+        "--mount",
+        &deep,
+    ];
+    let (ready, err) = timed(&args, &script);
     assert!(err.contains("ready-made root"), "{err}");
-    let (fresh, err) = timed(&["--workspace", w, "--fresh-root"], script);
+    let fresh_args = [&args[..], &["--fresh-root"]].concat();
+    let (fresh, err) = timed(&fresh_args, &script);
     assert!(!err.contains("ready-made root"), "{err}");
     assert_eq!(ready, fresh);
     assert!(

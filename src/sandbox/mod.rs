@@ -17,13 +17,17 @@
 //!    ([`mounts`]), landlock rules ([`landlock`]), the seccomp BPF
 //!    ([`seccomp`], compiled once), rlimits ([`rlimits`]), argv/env as C
 //!    strings. The child only makes system calls: it never allocates, so
-//!    spawning from a multi-threaded launcher is safe.
+//!    spawning from a multi-threaded launcher is safe. A root launcher
+//!    with the host's root first gets the ready-made root ([`pin`]: pinned,
+//!    or built and pinned now) and plans only the job's own mounts over it
+//!    ([`mounts::job_plan`]);
 //! 2. creates the job's v2 cgroup directory, which the clone enters
 //!    ([`cgroup::JobCgroup::begin`]; an unprivileged launcher makes all of
 //!    its cgroups here);
 //! 3. for a named network namespace, enters it on this thread ([`namespaces`]);
 //! 4. `clone(2)` with CLONE_NEWUSER|NEWNS|NEWPID|NEWIPC|NEWUTS(|NEWNET) at
-//!    once, into the v2 cgroup;
+//!    once, into the v2 cgroup; with a ready-made root, from inside its
+//!    mount namespace ([`pin::Entered`]), so the new one is a copy of it;
 //! 5. writes the child's uid/gid maps (1983 inside = an unprivileged id
 //!    outside) and lets it go (a seqpacket socket); then, while the child
 //!    mounts, completes the cgroups (v1 directories, controllers, limits:
@@ -38,7 +42,9 @@
 //! 2. runs the mount plan: private propagation, the root tmpfs on /tmp
 //!    (below a staging pivot_root only when something is bound by path from
 //!    below /tmp), binds into it (host directories attached from the
-//!    launcher's fds with move_mount), /dev, /etc, ...
+//!    launcher's fds with move_mount), /dev, /etc, ... (over a ready-made
+//!    root, which is already the root: the workspace, /tmp, home, extra
+//!    mounts, devpts, /dev/shm, /proc);
 //! 3. before /proc: waits for the launcher's cgroups, joins the v1 ones,
 //!    enters a new cgroup namespace, and starts the job (CLONE_VM on a
 //!    stack of its own), which prepares itself while init goes on: /proc,

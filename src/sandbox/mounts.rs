@@ -28,9 +28,16 @@
 //!    and read-only paths;
 //! 7. `pivot_root(".", ".")` in the new root, the old root detached under
 //!    it, / remounted read-only.
+//!
+//! A root launcher splits that plan in two ([`Part`]): [`root_plan`] (steps
+//! 1-4 and 7, the mount points of 5, /dev without devpts and shm, a /proc
+//! that only makes the job's possible) runs once in a ready-made root
+//! ([`super::pin`], identified by [`root_key`]); [`job_plan`] (step 5, devpts,
+//! shm, /proc and its masks, at the sandbox's own paths) runs in each job's
+//! copy of it.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -112,6 +119,9 @@ struct Plan {
     /// Mount points only (the job's own mounts, planned into a ready-made
     /// root): every op but mkdir and touch is left out.
     points_only: bool,
+    /// The job's own tmpfs directories (/tmp, the home) as paths of the
+    /// root under construction.
+    own: Vec<PathBuf>,
 }
 
 /// Which part of the job's root a plan makes (see the module doc).
@@ -130,14 +140,30 @@ enum Part {
 
 impl Plan {
     fn push(&mut self, op: Op, what: String) {
-        let point = matches!(op, Op::Mkdir(..) | Op::Touch(_));
-        // Over a ready-made root the mount points exist (and it is
-        // read-only); while making that root, only they are wanted of the
-        // job's own mounts.
-        if (self.part == Part::Job && point) || (self.points_only && !point) {
-            return;
+        let point = match &op {
+            Op::Mkdir(p, _) | Op::Touch(p) => Some(Path::new(OsStr::from_bytes(p.as_bytes()))),
+            _ => None,
+        };
+        let keep = match point {
+            // Over a ready-made root the mount points exist (and it is
+            // read-only), but for those inside the job's own /tmp and home,
+            // which the ready-made root cannot hold: the job makes them in
+            // its fresh tmpfs.
+            Some(p) => {
+                let below_own = self.own.iter().any(|o| p != o && p.starts_with(o));
+                match self.part {
+                    Part::Whole => true,
+                    Part::Root => !below_own,
+                    Part::Job => below_own,
+                }
+            }
+            // While making that root, only the mount points are wanted of
+            // the job's own mounts.
+            None => !self.points_only,
+        };
+        if keep {
+            self.ops.push((op, what));
         }
-        self.ops.push((op, what));
     }
     /// mkdir -p of `dir` (a /newroot path), skipping what the plan made.
     fn mkdirs(&mut self, dir: &Path) -> Result<(), Error> {
@@ -442,7 +468,9 @@ fn plan_with(spec: &SandboxSpec, one_pivot: bool, part: Part) -> Result<Plan, Er
         shadowed: false,
         part,
         points_only: false,
+        own: Vec::new(),
     };
+    p.own = vec![p.nr("/tmp"), p.nr(JOB_HOME)];
     if part != Part::Job {
         root_and_etc(&mut p, spec, one_pivot)?;
     }
@@ -1314,6 +1342,7 @@ mod tests {
             shadowed: false,
             part: Part::Whole,
             points_only: false,
+            own: Vec::new(),
         };
         p.bind(Path::new("/usr"), &p.nr("/usr"), false).unwrap();
         assert!(!p.shadowed, "/usr is not below {STAGE}");

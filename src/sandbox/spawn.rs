@@ -300,10 +300,13 @@ fn spawn_here(spec: &SandboxSpec) -> Result<Sandbox, Error> {
     drop(child_ends);
     clock.mark("cloned");
     // 5. Maps, go; then the cgroups completed while the child mounts.
-    let lifeline = release(&started, liftoff, host, parent_ends.sync_w)?;
+    // A child that failed early (and was ended by the abort) said why in
+    // the error pipe: that, rather than the broken socket.
+    let said = |e: Error| setup_error(&parent_ends.err_r, &plan, &command.program).unwrap_or(e);
+    let lifeline = release(&started, liftoff, host, parent_ends.sync_w).map_err(said)?;
     clock.mark("maps written, child released");
     let mut started = started;
-    complete_cgroup(&mut started, &lifeline)?;
+    complete_cgroup(&mut started, &lifeline).map_err(said)?;
     clock.mark("cgroups completed (limits), sent to the child");
     // 6. Exec or error.
     wait_for_exec(&started, parent_ends.err_r, &plan, &command.program)?;
@@ -411,14 +414,15 @@ fn child_plan(
     // An early job (see `child::spawn_job`) where the raw system calls are:
     // init starts it before /dev (the launcher has completed the cgroups by
     // then), and /dev, /proc, pivot_root and the detach of the old root
-    // overlap the job's start and its own preparation.
+    // overlap the job's start and its own preparation. Over a ready-made
+    // root, before /proc: its mount and masks overlap them.
     let job_at = prepared
         .ops
         .iter()
         .position(|(op, _)| {
             matches!(op, Op::Mount { fstype, dst, .. }
                 if (fstype.as_bytes() == b"tmpfs" && dst.as_bytes().ends_with(b"/dev"))
-                    || fstype.as_bytes() == b"devpts")
+                    || fstype.as_bytes() == b"proc")
         })
         .filter(|_| super::sys::RAW)
         .unwrap_or(prepared.ops.len());
@@ -1027,6 +1031,44 @@ fn wait_for_exec(
     if got < buf.len() {
         return Ok(());
     }
+    Err(started.abort(describe(buf, plan, program)))
+}
+
+/// The setup error (step, errno) a child that has ended left in the error
+/// pipe, if it left one.
+fn setup_error(err_r: &OwnedFd, plan: &ChildPlan, program: &str) -> Option<Error> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        // Only what is there now: another clone may hold a copy of the
+        // write end for a moment.
+        let mut pfd = libc::pollfd {
+            fd: err_r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll of one valid pollfd without waiting.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 || pfd.revents & libc::POLLIN == 0 {
+            return None;
+        }
+        // SAFETY: a read into the rest of a stack buffer, which has data.
+        let n = unsafe {
+            libc::read(
+                err_r.as_raw_fd(),
+                buf[got..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - got,
+            )
+        };
+        if n <= 0 {
+            return None;
+        }
+        got += n as usize;
+    }
+    Some(describe(buf, plan, program))
+}
+
+/// A child's setup error (step, errno) in words.
+fn describe(buf: [u8; 8], plan: &ChildPlan, program: &str) -> Error {
     let step = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let what = child::describe(step, &plan.ops, program);
@@ -1039,9 +1081,9 @@ fn wait_for_exec(
             .and_then(|(op, _)| mounts::hint(op, errno))
             .unwrap_or_default()
     };
-    Err(started.abort(Error {
+    Error {
         message: format!("sandbox setup failed: {what}: {err}{hint}"),
         step: Some(what),
         errno: Some(errno),
-    }))
+    }
 }
