@@ -85,7 +85,19 @@ liftoff_disable() {
     rm -f /etc/systemd/system/multi-user.target.wants/liftoff.service
 }
 
+# The ready-made job roots a root launcher keeps (mount namespaces pinned
+# under /run/liftoff/roots, see docs/security.md): released once liftoff has
+# stopped. An upgraded launcher never uses an older one's roots anyway.
+liftoff_release_roots() {
+    for m in /run/liftoff/roots/*/mnt; do
+        if [ -e "$m" ]; then umount -l "$m" 2>/dev/null || true; fi
+    done
+    umount -l /run/liftoff/roots 2>/dev/null || true
+    rm -rf /run/liftoff/roots
+}
+
 liftoff_purge_state() {
+    liftoff_release_roots
     rm -rf "$LIFTOFF_STATE" "$LIFTOFF_CACHE" /run/liftoff
     rmdir /etc/liftoff 2>/dev/null || true
 }

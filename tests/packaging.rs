@@ -133,9 +133,32 @@ fn deb_installs_upgrades_removes_and_purges_and_rpm_is_complete() {
             .contains("SPACELIFT_METADATA_kept=yes")
     );
 
-    // Remove: binary gone, state and configuration kept.
+    // The installed launcher pins a ready-made job root (root, the host's
+    // root): remove releases it with the binary.
+    let ws = tempfile::tempdir().unwrap();
+    run(
+        "/usr/bin/liftoff",
+        &[
+            "exec",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--",
+            "/bin/true",
+        ],
+    );
+    let pinned = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" /run/liftoff/roots/") && l.contains(" - nsfs "))
+            .count()
+    };
+    assert!(pinned() > 0, "the launcher pinned no root");
+
+    // Remove: binary gone, pinned roots released, state and configuration kept.
     run("dpkg", &["-r", "liftoff"]);
     assert!(!Path::new("/usr/bin/liftoff").exists());
+    assert_eq!(pinned(), 0, "remove released the pinned roots");
     assert!(
         Path::new("/var/lib/liftoff/state-marker").exists(),
         "state must survive remove"

@@ -76,6 +76,17 @@ fn a_root_is_built_and_pinned_once_then_every_job_copies_it() {
         assert!(err.contains("ready-made root (pinned)"), "{err}");
     }
     assert_eq!(pins(), after, "no pin was added or removed");
+    // A pin whose namespace is gone (a restarted service's mount namespace
+    // took it along) is made again, once.
+    let mnt = std::ffi::CString::new(new[0].join("mnt").to_str().unwrap()).unwrap();
+    // SAFETY: a detach of a valid C string path.
+    assert_eq!(unsafe { libc::umount2(mnt.as_ptr(), libc::MNT_DETACH) }, 0);
+    assert!(new[0].join("mnt").exists(), "the dead pin's file stays");
+    let (_, err) = timed(&["--hostname", &host], "true");
+    assert!(err.contains("ready-made root (built and pinned)"), "{err}");
+    let (_, err) = timed(&["--hostname", &host], "true");
+    assert!(err.contains("ready-made root (pinned)"), "{err}");
+    assert_eq!(pins(), after);
 }
 
 #[test]

@@ -57,6 +57,9 @@ pub enum Source {
 /// root, no open_tree) or anything about it failed: the caller then makes
 /// the whole root in the job's namespace.
 pub(crate) fn ready_root(spec: &SandboxSpec) -> Option<(OwnedFd, Source)> {
+    // A root that cannot be kept would be built at every start: slower
+    // than making it in the job's namespace.
+    pin_dir()?;
     let key = mounts::root_key(spec).ok()?;
     let dir = Path::new(PIN_DIR).join(format!("{LAYOUT}-{key:016x}"));
     if let Some(ns) = open_pinned(&dir) {
@@ -215,9 +218,6 @@ fn builder(ops: &[(Op, String)], res_w: i32, hold_r: i32) -> ! {
 /// Pins `ns` at `dir` (best effort: a launcher that cannot pin builds again
 /// next time). Published by a rename, so a pin is whole or absent.
 fn pin(ns: &OwnedFd, dir: &Path) {
-    if pin_dir().is_none() {
-        return;
-    }
     let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     if std::fs::create_dir(&tmp).is_err() {
@@ -229,11 +229,22 @@ fn pin(ns: &OwnedFd, dir: &Path) {
             &PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd())),
             &file,
         );
-    if made && std::fs::rename(&tmp, dir).is_ok() {
-        evict(dir);
-        return;
+    if made {
+        if std::fs::rename(&tmp, dir).is_ok() {
+            evict(dir);
+            return;
+        }
+        // A dead pin of the same key (its namespace went with the mount
+        // namespace of an earlier launcher, as a restarted service's does)
+        // is replaced; a live one (another launcher was first) is kept.
+        if open_pinned(dir).is_none() {
+            release(dir);
+            if std::fs::rename(&tmp, dir).is_ok() {
+                evict(dir);
+                return;
+            }
+        }
     }
-    // Another launcher pinned the same root first, or the bind failed.
     release(&tmp);
 }
 
