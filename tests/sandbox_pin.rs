@@ -107,7 +107,8 @@ fn the_job_sees_the_same_root_with_or_without_it() {
     let under_tmp = format!("{w}:/tmp/a/b:ro");
     let under_home = format!("{w}:/home/spacelift/c");
     let deep = format!("{w}:/opt/deep/d");
-    let script = format!("{script}; ls /tmp/a/b /home/spacelift/c /opt/deep/d");
+    let nested = format!("{w}:/opt/deep/d/sub:ro");
+    let script = format!("{script}; ls /tmp/a/b /home/spacelift/c /opt/deep/d /opt/deep/d/sub");
     let args = [
         "--workspace",
         w,
@@ -117,6 +118,8 @@ fn the_job_sees_the_same_root_with_or_without_it() {
         &under_home,
         "--mount",
         &deep,
+        "--mount",
+        &nested,
     ];
     let (ready, err) = timed(&args, &script);
     assert!(err.contains("ready-made root"), "{err}");

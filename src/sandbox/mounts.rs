@@ -119,9 +119,12 @@ struct Plan {
     /// Mount points only (the job's own mounts, planned into a ready-made
     /// root): every op but mkdir and touch is left out.
     points_only: bool,
-    /// The job's own tmpfs directories (/tmp, the home) as paths of the
-    /// root under construction.
+    /// Where the job's own mounts are (workspace, /tmp, home, extra
+    /// mounts), as paths of the root under construction: a mount point
+    /// below one is made in that mount, by the job.
     own: Vec<PathBuf>,
+    /// Step 5 is being planned: its mounts go into `own`.
+    job_mounts: bool,
 }
 
 /// Which part of the job's root a plan makes (see the module doc).
@@ -146,9 +149,9 @@ impl Plan {
         };
         let keep = match point {
             // Over a ready-made root the mount points exist (and it is
-            // read-only), but for those inside the job's own /tmp and home,
-            // which the ready-made root cannot hold: the job makes them in
-            // its fresh tmpfs.
+            // read-only), but for those inside the job's own mounts (its
+            // workspace, /tmp, home, ...), which the ready-made root cannot
+            // hold: the job makes them there, after that mount.
             Some(p) => {
                 let below_own = self.own.iter().any(|o| p != o && p.starts_with(o));
                 match self.part {
@@ -180,6 +183,13 @@ impl Plan {
         Ok(())
     }
     fn bind(&mut self, src: &Path, dst: &Path, rw: bool) -> Result<(), Error> {
+        self.bind_at(src, dst, rw)?;
+        if self.job_mounts {
+            self.own.push(dst.to_path_buf());
+        }
+        Ok(())
+    }
+    fn bind_at(&mut self, src: &Path, dst: &Path, rw: bool) -> Result<(), Error> {
         let host = Path::new(self.host).join(src.strip_prefix("/").unwrap_or(src));
         let meta = std::fs::metadata(src)
             .map_err(|e| Error::new(format!("mount source {}: {e}", src.display())))?;
@@ -264,6 +274,9 @@ impl Plan {
             },
             what,
         );
+        if self.job_mounts {
+            self.own.push(dst.to_path_buf());
+        }
         Ok(())
     }
     fn write(&mut self, path: &Path, data: Vec<u8>) -> Result<(), Error> {
@@ -469,14 +482,15 @@ fn plan_with(spec: &SandboxSpec, one_pivot: bool, part: Part) -> Result<Plan, Er
         part,
         points_only: false,
         own: Vec::new(),
+        job_mounts: false,
     };
-    p.own = vec![p.nr("/tmp"), p.nr(JOB_HOME)];
     if part != Part::Job {
         root_and_etc(&mut p, spec, one_pivot)?;
     }
     // 5: workspace, tmp, home, extra mounts (only their mount points in a
     // ready-made root).
     p.points_only = part == Part::Root;
+    p.job_mounts = true;
     let ws = p.nr(WORKSPACE);
     p.bind(&spec.workspace, &ws, true)?;
     let tmp = p.nr("/tmp");
@@ -495,6 +509,7 @@ fn plan_with(spec: &SandboxSpec, one_pivot: bool, part: Part) -> Result<Plan, Er
         bin_overlay(&mut p, spec, dir)?;
     }
     p.points_only = false;
+    p.job_mounts = false;
     // 6: /dev and /proc.
     dev(&mut p)?;
     proc(&mut p)?;
@@ -1343,6 +1358,7 @@ mod tests {
             part: Part::Whole,
             points_only: false,
             own: Vec::new(),
+            job_mounts: false,
         };
         p.bind(Path::new("/usr"), &p.nr("/usr"), false).unwrap();
         assert!(!p.shadowed, "/usr is not below {STAGE}");

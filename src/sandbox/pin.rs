@@ -44,6 +44,8 @@ pub const MAX_PINS: usize = 16;
 /// never uses a root an older one pinned.
 const LAYOUT: u32 = 1;
 const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// How long the builder may take (host mounts that hang, e.g. NFS).
+const BUILD_TIMEOUT_MS: i32 = 30_000;
 
 /// How [`ready_root`] got its root (for `LIFTOFF_EXEC_TIMINGS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +165,21 @@ fn built(pid: libc::pid_t, ops: &[(Op, String)], res_r: OwnedFd) -> Result<(), E
     let mut buf = [0u8; 8];
     let mut got = 0;
     while got < buf.len() {
+        // A builder stuck on a host mount must not hang the launcher.
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll of one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, BUILD_TIMEOUT_MS) } == 0 {
+            // SAFETY: kill our own child (reaped by the caller).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(Error::new(format!(
+                "the ready-made root's builder (pid {pid}) did not finish within {} s",
+                BUILD_TIMEOUT_MS / 1000
+            )));
+        }
         match f.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => {
@@ -219,7 +236,7 @@ fn builder(ops: &[(Op, String)], res_w: i32, hold_r: i32) -> ! {
 /// next time). Published by a rename, so a pin is whole or absent.
 fn pin(ns: &OwnedFd, dir: &Path) {
     let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    release(&tmp);
     if std::fs::create_dir(&tmp).is_err() {
         return;
     }
