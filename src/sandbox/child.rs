@@ -46,6 +46,7 @@ pub(crate) const STEP_CGROUP: u32 = 19;
 pub(crate) const STEP_MOUNT: u32 = 1000;
 /// Marks of the phase clock only ([`Trace`]), never errors.
 pub(crate) const MARK_GO: u32 = 900;
+pub(crate) const MARK_RUNNING: u32 = 903;
 pub(crate) const MARK_JOB: u32 = 901;
 pub(crate) const MARK_READY: u32 = 902;
 
@@ -350,6 +351,7 @@ fn launcher_alive(plan: &ChildPlan) {
 /// Pid 1 of the new namespaces (runtime liftoff). Never returns.
 pub(crate) fn run_init(plan: &ChildPlan) -> ! {
     let e = plan.err_fd;
+    plan.trace.mark(MARK_RUNNING);
     wait_for_go(plan);
     plan.trace.mark(MARK_GO);
     // The namespace's root (0) is unmapped, so the job id keeps our

@@ -59,14 +59,14 @@ pub enum Source {
 /// root, no open_tree) or anything about it failed: the caller then makes
 /// the whole root in the job's namespace.
 pub(crate) fn ready_root(spec: &SandboxSpec) -> Option<(OwnedFd, Source)> {
-    // A root that cannot be kept would be built at every start: slower
-    // than making it in the job's namespace.
-    pin_dir()?;
     let key = mounts::root_key(spec).ok()?;
     let dir = Path::new(PIN_DIR).join(format!("{LAYOUT}-{key:016x}"));
     if let Some(ns) = open_pinned(&dir) {
         return Some((ns, Source::Pinned));
     }
+    // A root that cannot be kept would be built at every start: slower
+    // than making it in the job's namespace.
+    pin_dir()?;
     let ns = build(spec, &dir).ok()?;
     Some((ns, Source::Built))
 }

@@ -214,6 +214,7 @@ impl Clock {
         let mut mounts = 0;
         for (mark, ns) in marks {
             let what: &'static str = match *mark {
+                child::MARK_RUNNING => "child: running (cloned)",
                 child::MARK_GO => "child: got the go",
                 child::STEP_LOOPBACK => "child: ids, hostname, loopback",
                 child::STEP_CGROUP => "child: mounts up to /dev, cgroups joined, cgroup namespace",
