@@ -33,7 +33,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::mounts::{self, Op};
-use super::{Error, SandboxSpec};
+use super::{Error, SandboxSpec, sys};
 
 /// Where the pins are (root's runtime directory: gone at reboot).
 pub const PIN_DIR: &str = "/run/liftoff/roots";
@@ -157,53 +157,35 @@ fn build(spec: &SandboxSpec, dir: &Path) -> Result<OwnedFd, Error> {
     Ok(ns)
 }
 
-/// The builder's word: EOF-free one byte when the root is made, else the
-/// failed op and errno (8 bytes), which become an error.
+/// The builder's word: EOF when the root is made, else the failed op and
+/// errno (8 bytes), which become an error.
 fn built(pid: libc::pid_t, ops: &[(Op, String)], res_r: OwnedFd) -> Result<(), Error> {
-    use std::io::Read;
-    let mut f = std::fs::File::from(res_r);
     let mut buf = [0u8; 8];
-    let mut got = 0;
-    while got < buf.len() {
-        // A builder stuck on a host mount must not hang the launcher.
-        let mut pfd = libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll of one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, BUILD_TIMEOUT_MS) } == 0 {
+    // A builder stuck on a host mount must not hang the launcher.
+    match sys::read_within(res_r.as_raw_fd(), &mut buf, BUILD_TIMEOUT_MS) {
+        Ok(0) => Ok(()),
+        Ok(8) => {
+            let i = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            let what = ops.get(i).map(|(_, w)| w.as_str()).unwrap_or("?");
+            Err(Error::new(format!(
+                "ready-made root: {what}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )))
+        }
+        Ok(_) => Err(Error::new(format!(
+            "the ready-made root's builder (pid {pid}) ended early"
+        ))),
+        Err(sys::Short::TimedOut) => {
             // SAFETY: kill our own child (reaped by the caller).
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            return Err(Error::new(format!(
+            Err(Error::new(format!(
                 "the ready-made root's builder (pid {pid}) did not finish within {} s",
                 BUILD_TIMEOUT_MS / 1000
-            )));
+            )))
         }
-        match f.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                got += n;
-                if got == 1 && buf[0] == 0xff {
-                    return Ok(());
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::os("read the ready-made root's builder", e)),
-        }
+        Err(sys::Short::Failed(e)) => Err(Error::os("read the ready-made root's builder", e)),
     }
-    if got < buf.len() {
-        return Err(Error::new(format!(
-            "the ready-made root's builder (pid {pid}) ended early"
-        )));
-    }
-    let i = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let what = ops.get(i).map(|(_, w)| w.as_str()).unwrap_or("?");
-    Err(Error::new(format!(
-        "ready-made root: {what}: {}",
-        std::io::Error::from_raw_os_error(errno)
-    )))
 }
 
 /// The builder: pid 1 of its own pid namespace (whose /proc the root
@@ -223,10 +205,10 @@ fn builder(ops: &[(Op, String)], res_w: i32, hold_r: i32) -> ! {
         }
     }
     let mut b = [0u8; 1];
-    // SAFETY: one byte to the launcher, then block until it closes the
-    // hold pipe (or dies), then _exit.
+    // SAFETY: EOF to the launcher (the root is made), then block until it
+    // closes the hold pipe (or dies), then _exit.
     unsafe {
-        libc::write(res_w, [0xffu8].as_ptr() as *const libc::c_void, 1);
+        libc::close(res_w);
         while libc::read(hold_r, b.as_mut_ptr() as *mut libc::c_void, 1) < 0 {}
         libc::_exit(0);
     }

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use super::pin;
 use super::seccomp::Programs;
 use super::{
     Error, JOB_HOME, Network, Runtime, Sandbox, SandboxSpec, Stdio, WORKSPACE, mounts, rlimits,
-    seccomp,
+    seccomp, sys,
 };
 
 /// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
@@ -1002,70 +1002,31 @@ fn wait_for_exec(
     plan: &ChildPlan,
     program: &str,
 ) -> Result<(), Error> {
-    let mut err_r = File::from(err_r);
     let mut buf = [0u8; 8];
-    let mut got = 0;
-    while got < buf.len() {
-        // A child stuck in setup must not hang the launcher.
-        let mut pfd = libc::pollfd {
-            fd: err_r.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll of one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, SETUP_TIMEOUT_MS) };
-        if r == 0 {
-            return Err(started.abort(Error::new(format!(
-                "sandbox setup did not finish within {} s",
-                SETUP_TIMEOUT_MS / 1000
-            ))));
-        }
-        match err_r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(started.abort(Error::os("read the sandbox's setup status", e)));
-            }
+    // A child stuck in setup must not hang the launcher.
+    match sys::read_within(err_r.as_raw_fd(), &mut buf, SETUP_TIMEOUT_MS) {
+        Ok(n) if n < buf.len() => Ok(()),
+        Ok(_) => Err(started.abort(describe(buf, plan, program))),
+        Err(sys::Short::TimedOut) => Err(started.abort(Error::new(format!(
+            "sandbox setup did not finish within {} s",
+            SETUP_TIMEOUT_MS / 1000
+        )))),
+        Err(sys::Short::Failed(e)) => {
+            Err(started.abort(Error::os("read the sandbox's setup status", e)))
         }
     }
-    if got < buf.len() {
-        return Ok(());
-    }
-    Err(started.abort(describe(buf, plan, program)))
 }
 
 /// The setup error (step, errno) a child that has ended left in the error
 /// pipe, if it left one.
 fn setup_error(err_r: &OwnedFd, plan: &ChildPlan, program: &str) -> Option<Error> {
     let mut buf = [0u8; 8];
-    let mut got = 0;
-    while got < buf.len() {
-        // Only what is there now: another clone may hold a copy of the
-        // write end for a moment.
-        let mut pfd = libc::pollfd {
-            fd: err_r.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll of one valid pollfd without waiting.
-        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 || pfd.revents & libc::POLLIN == 0 {
-            return None;
-        }
-        // SAFETY: a read into the rest of a stack buffer, which has data.
-        let n = unsafe {
-            libc::read(
-                err_r.as_raw_fd(),
-                buf[got..].as_mut_ptr() as *mut libc::c_void,
-                buf.len() - got,
-            )
-        };
-        if n <= 0 {
-            return None;
-        }
-        got += n as usize;
+    // Only what is there now: another clone may hold a copy of the write
+    // end for a moment.
+    match sys::read_within(err_r.as_raw_fd(), &mut buf, 0) {
+        Ok(8) => Some(describe(buf, plan, program)),
+        _ => None,
     }
-    Some(describe(buf, plan, program))
 }
 
 /// A child's setup error (step, errno) in words.
