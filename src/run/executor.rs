@@ -430,14 +430,14 @@ impl RunDir {
     /// links included, never followed) so that every later create and chown
     /// starts from a directory liftoff made itself. A leftover that cannot
     /// be removed fails the run: it is never built upon.
-    fn fresh(path: PathBuf) -> Result<RunDir, String> {
+    fn fresh(path: PathBuf) -> Result<RunDir, RunError> {
         match fs::remove_dir_all(&path) {
             Ok(()) => Ok(RunDir(path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RunDir(path)),
-            Err(e) => Err(format!(
+            Err(e) => Err(RunError::Workspace(format!(
                 "cannot remove what an earlier run left in {}: {e}; remove it by hand",
                 path.display()
-            )),
+            ))),
         }
     }
 }
@@ -532,7 +532,6 @@ fn run(
     }
 
     let result = RunDir::fresh(run_dir.clone())
-        .map_err(RunError::Workspace)
         .and_then(|_dir| {
             run_logged(
                 shared, &spec, &launch, &workspace, &layer, &mut log, events, control,

@@ -72,6 +72,7 @@ pub mod landlock;
 pub mod mounts;
 pub mod namespaces;
 pub mod pin;
+mod pipes;
 pub mod rlimits;
 pub mod sched;
 pub mod seccomp;

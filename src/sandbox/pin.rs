@@ -33,7 +33,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::mounts::{self, Op};
-use super::{Error, SandboxSpec, sys};
+use super::{Error, SandboxSpec, pipes};
 
 /// Where the pins are (root's runtime directory: gone at reboot).
 pub const PIN_DIR: &str = "/run/liftoff/roots";
@@ -96,22 +96,12 @@ fn is_namespace(fd: &OwnedFd) -> bool {
     r == 0 && st.f_type as i64 == NSFS_MAGIC
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 into a two-int array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::os("pipe", std::io::Error::last_os_error()));
-    }
-    // SAFETY: two fresh fds that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// Makes the ready-made root in a new mount (and pid) namespace, pins it at
 /// `dir` when it can, and returns the namespace.
 fn build(spec: &SandboxSpec, dir: &Path) -> Result<OwnedFd, Error> {
     let ops = mounts::root_plan(spec)?;
-    let (res_r, res_w) = pipe()?;
-    let (hold_r, hold_w) = pipe()?;
+    let (res_r, res_w) = pipes::pipe()?;
+    let (hold_r, hold_w) = pipes::pipe()?;
     // SAFETY: a fork-like clone (no CLONE_VM): the child runs `builder`,
     // which only makes system calls on `ops` and never returns.
     let pid = unsafe {
@@ -162,7 +152,7 @@ fn build(spec: &SandboxSpec, dir: &Path) -> Result<OwnedFd, Error> {
 fn built(pid: libc::pid_t, ops: &[(Op, String)], res_r: OwnedFd) -> Result<(), Error> {
     let mut buf = [0u8; 8];
     // A builder stuck on a host mount must not hang the launcher.
-    match sys::read_within(res_r.as_raw_fd(), &mut buf, BUILD_TIMEOUT_MS) {
+    match pipes::read_within(res_r.as_raw_fd(), &mut buf, BUILD_TIMEOUT_MS) {
         Ok(0) => Ok(()),
         Ok(8) => {
             let i = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -176,7 +166,7 @@ fn built(pid: libc::pid_t, ops: &[(Op, String)], res_r: OwnedFd) -> Result<(), E
         Ok(_) => Err(Error::new(format!(
             "the ready-made root's builder (pid {pid}) ended early"
         ))),
-        Err(sys::Short::TimedOut) => {
+        Err(pipes::Short::TimedOut) => {
             // SAFETY: kill our own child (reaped by the caller).
             unsafe { libc::kill(pid, libc::SIGKILL) };
             Err(Error::new(format!(
@@ -184,7 +174,7 @@ fn built(pid: libc::pid_t, ops: &[(Op, String)], res_r: OwnedFd) -> Result<(), E
                 BUILD_TIMEOUT_MS / 1000
             )))
         }
-        Err(sys::Short::Failed(e)) => Err(Error::os("read the ready-made root's builder", e)),
+        Err(pipes::Short::Failed(e)) => Err(Error::os("read the ready-made root's builder", e)),
     }
 }
 

@@ -23,8 +23,8 @@ use super::namespaces::{self, NetnsGuard};
 use super::pin;
 use super::seccomp::Programs;
 use super::{
-    Error, JOB_HOME, Network, Runtime, Sandbox, SandboxSpec, Stdio, WORKSPACE, mounts, rlimits,
-    seccomp, sys,
+    Error, JOB_HOME, Network, Runtime, Sandbox, SandboxSpec, Stdio, WORKSPACE, mounts, pipes,
+    rlimits, seccomp,
 };
 
 /// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
@@ -50,36 +50,6 @@ const SETUP_TIMEOUT_MS: i32 = 30_000;
 
 /// Capacity asked for the job's output pipe.
 const OUTPUT_PIPE_SIZE: libc::c_int = 1 << 20;
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 into a two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::os("pipe", std::io::Error::last_os_error()));
-    }
-    // SAFETY: both fds are fresh and owned by us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// The launcher-child channel: a seqpacket socket pair (messages keep their
-/// bounds, and the second one carries fds).
-fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair into a two-element array.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(Error::os("socketpair", std::io::Error::last_os_error()));
-    }
-    // SAFETY: both fds are fresh and owned by us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
 
 fn cstr(s: &[u8], what: &str) -> Result<CString, Error> {
     CString::new(s).map_err(|_| Error::new(format!("{what} contains a NUL byte")))
@@ -119,7 +89,7 @@ fn stdio(which: Stdio, input: bool) -> Result<(Option<OwnedFd>, Option<File>), E
         }
         Stdio::Merged => Err(Error::new("only stderr can be merged (into stdout)")),
         Stdio::Piped => {
-            let (r, w) = pipe()?;
+            let (r, w) = pipes::pipe()?;
             if !input {
                 // A job's output pipe holds 1 MiB (when the host allows):
                 // the job writes on while the launcher delivers a chunk.
@@ -684,10 +654,10 @@ struct ParentEnds {
 }
 
 fn open_pipes(spec: &SandboxSpec) -> Result<(ChildEnds, ParentEnds), Error> {
-    let (sync_r, sync_w) = socketpair()?;
-    let (ready_r, ready_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let (status_r, status_w) = pipe()?;
+    let (sync_r, sync_w) = pipes::socketpair()?;
+    let (ready_r, ready_w) = pipes::pipe()?;
+    let (err_r, err_w) = pipes::pipe()?;
+    let (status_r, status_w) = pipes::pipe()?;
     let (in_child, in_parent) = stdio(spec.stdin, true)?;
     let (out_child, out_parent) = stdio(spec.stdout, false)?;
     let (errs_child, errs_parent) = match (spec.stderr, &out_child, &out_parent) {
@@ -1004,14 +974,14 @@ fn wait_for_exec(
 ) -> Result<(), Error> {
     let mut buf = [0u8; 8];
     // A child stuck in setup must not hang the launcher.
-    match sys::read_within(err_r.as_raw_fd(), &mut buf, SETUP_TIMEOUT_MS) {
+    match pipes::read_within(err_r.as_raw_fd(), &mut buf, SETUP_TIMEOUT_MS) {
         Ok(n) if n < buf.len() => Ok(()),
         Ok(_) => Err(started.abort(describe(buf, plan, program))),
-        Err(sys::Short::TimedOut) => Err(started.abort(Error::new(format!(
+        Err(pipes::Short::TimedOut) => Err(started.abort(Error::new(format!(
             "sandbox setup did not finish within {} s",
             SETUP_TIMEOUT_MS / 1000
         )))),
-        Err(sys::Short::Failed(e)) => {
+        Err(pipes::Short::Failed(e)) => {
             Err(started.abort(Error::os("read the sandbox's setup status", e)))
         }
     }
@@ -1023,7 +993,7 @@ fn setup_error(err_r: &OwnedFd, plan: &ChildPlan, program: &str) -> Option<Error
     let mut buf = [0u8; 8];
     // Only what is there now: another clone may hold a copy of the write
     // end for a moment.
-    match sys::read_within(err_r.as_raw_fd(), &mut buf, 0) {
+    match pipes::read_within(err_r.as_raw_fd(), &mut buf, 0) {
         Ok(8) => Some(describe(buf, plan, program)),
         _ => None,
     }

@@ -6,8 +6,6 @@
 //! Order: none; [`call`] is a helper. [`RAW`] says whether this target has
 //! the raw form (x86_64, aarch64); elsewhere [`call`] is libc's `syscall`,
 //! which sets `errno`, and the job runs only while init waits for it.
-//! [`read_within`] is the launcher's side of a child's pipe: its word (an
-//! error as step and errno), or EOF, within a deadline.
 
 /// Whether [`call`] leaves `errno` alone on this target.
 pub(crate) const RAW: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
@@ -97,83 +95,9 @@ pub(crate) unsafe fn call3(nr: libc::c_long, a: usize, b: usize, c: usize) -> Re
     unsafe { call(nr, [a, b, c, 0, 0, 0]) }
 }
 
-/// Why [`read_within`] stopped short.
-#[derive(Debug)]
-pub(crate) enum Short {
-    /// Nothing came for `timeout_ms`.
-    TimedOut,
-    Failed(std::io::Error),
-}
-
-/// Reads `fd` into `buf` until it is full or at EOF, waiting at most
-/// `timeout_ms` for each piece (0: only what is there now). Returns the
-/// bytes read.
-pub(crate) fn read_within(fd: i32, buf: &mut [u8], timeout_ms: i32) -> Result<usize, Short> {
-    let mut got = 0;
-    while got < buf.len() {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll of one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if r == 0 {
-            return Err(Short::TimedOut);
-        }
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Short::Failed(e));
-        }
-        // SAFETY: a read into the rest of `buf`.
-        let n = unsafe {
-            libc::read(
-                fd,
-                buf[got..].as_mut_ptr() as *mut libc::c_void,
-                buf.len() - got,
-            )
-        };
-        match n {
-            0 => break,
-            n if n > 0 => got += n as usize,
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Short::Failed(e));
-                }
-            }
-        }
-    }
-    Ok(got)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_word_eof_or_a_deadline() {
-        let mut fds = [0; 2];
-        // SAFETY: pipe into a two-int array.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        let mut buf = [0u8; 8];
-        assert!(matches!(
-            read_within(fds[0], &mut buf, 10),
-            Err(Short::TimedOut)
-        ));
-        // SAFETY: writes to and closes the write end.
-        unsafe {
-            libc::write(fds[1], b"abc".as_ptr() as *const libc::c_void, 3);
-            libc::close(fds[1]);
-        }
-        assert_eq!(read_within(fds[0], &mut buf, 10).unwrap(), 3);
-        assert_eq!(&buf[..3], b"abc");
-        // SAFETY: closes the read end.
-        unsafe { libc::close(fds[0]) };
-    }
 
     #[test]
     fn values_and_errors_come_back_without_touching_errno() {
